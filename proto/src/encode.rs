@@ -1,0 +1,294 @@
+//! Re-encoding of heads for the next hop, and weft's own short responses.
+//!
+//! Only heads are written here; body bytes are never copied by weft-proto.
+//! Framing headers are always re-emitted from the parsed framing, never copied,
+//! so the next hop sees exactly one unambiguous framing.
+
+use crate::head::{is_hop_by_hop, BodyFraming, HeaderKind};
+use crate::request::RequestHead;
+use crate::response::ResponseHead;
+use bytes::{BufMut, BytesMut};
+use std::fmt::Write as _;
+
+/// What the proxy adds to a request it forwards.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestOptions<'a> {
+    /// The client's IP address, appended to `x-forwarded-for`.
+    pub client_ip: &'a str,
+    /// `http` or `https`: becomes `x-forwarded-proto`.
+    pub proto: &'a str,
+    /// Host to send when the request has none (HTTP/1.0 clients).
+    pub default_host: &'a str,
+}
+
+fn put_num(out: &mut BytesMut, n: u64) {
+    let _ = write!(out, "{n}");
+}
+
+/// Appends the head of `req` as it goes upstream (always HTTP/1.1).
+///
+/// Hop-by-hop fields are removed, `Expect: 100-continue` is dropped (weft
+/// answers it itself), `x-forwarded-for` is extended and `x-forwarded-proto`
+/// set; `Connection: upgrade` and `Upgrade` are kept only for an upgrade.
+pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut BytesMut) {
+    let raw = &req.raw[..];
+    out.reserve(raw.len() + 128);
+    out.put_slice(&raw[req.method.clone()]);
+    out.put_u8(b' ');
+    out.put_slice(&raw[req.target.clone()]);
+    out.put_slice(b" HTTP/1.1\r\n");
+    let mut had_content_length = false;
+    let mut xff_first = true;
+    let mut saw_host = false;
+    for h in &req.headers {
+        match h.kind {
+            HeaderKind::ContentLength => {
+                had_content_length = true;
+                continue;
+            }
+            HeaderKind::TransferEncoding | HeaderKind::XForwardedProto => continue,
+            HeaderKind::Expect if req.expect_continue => continue,
+            HeaderKind::XForwardedFor => {
+                if xff_first {
+                    out.put_slice(b"x-forwarded-for: ");
+                    xff_first = false;
+                } else {
+                    out.put_slice(b", ");
+                }
+                out.put_slice(&raw[h.value.clone()]);
+                continue;
+            }
+            HeaderKind::Host => saw_host = true,
+            _ => {}
+        }
+        if !xff_first && h.kind != HeaderKind::XForwardedFor {
+            // Close the pending x-forwarded-for line before the next field.
+            out.put_slice(b", ");
+            out.put_slice(opts.client_ip.as_bytes());
+            out.put_slice(b"\r\n");
+            xff_first = true;
+        }
+        if is_hop_by_hop(raw, h, &req.connection) {
+            continue;
+        }
+        out.put_slice(&raw[h.name.clone()]);
+        out.put_slice(b": ");
+        out.put_slice(&raw[h.value.clone()]);
+        out.put_slice(b"\r\n");
+    }
+    if !xff_first {
+        out.put_slice(b", ");
+        out.put_slice(opts.client_ip.as_bytes());
+        out.put_slice(b"\r\n");
+    } else if !req.headers.iter().any(|h| h.kind == HeaderKind::XForwardedFor) {
+        out.put_slice(b"x-forwarded-for: ");
+        out.put_slice(opts.client_ip.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"x-forwarded-proto: ");
+    out.put_slice(opts.proto.as_bytes());
+    out.put_slice(b"\r\n");
+    if !saw_host {
+        out.put_slice(b"host: ");
+        out.put_slice(opts.default_host.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match req.framing {
+        BodyFraming::Length(n) => {
+            out.put_slice(b"content-length: ");
+            put_num(out, n);
+            out.put_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        BodyFraming::None if had_content_length => out.put_slice(b"content-length: 0\r\n"),
+        BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+    if req.upgrade {
+        out.put_slice(b"connection: upgrade\r\n");
+        for h in req.headers.iter().filter(|h| h.kind == HeaderKind::Upgrade) {
+            out.put_slice(b"upgrade: ");
+            out.put_slice(&raw[h.value.clone()]);
+            out.put_slice(b"\r\n");
+        }
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// How a response head is written to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseOptions {
+    /// The framing the client will see (chunked becomes close-delimited for
+    /// HTTP/1.0 clients, where the runtime removes the chunking).
+    pub framing: BodyFraming,
+    /// weft closes the client connection after this response.
+    pub close: bool,
+    /// The client is HTTP/1.0 and asked for keep-alive.
+    pub keep_alive_10: bool,
+    /// This is a `101 Switching Protocols` that starts a tunnel.
+    pub upgrade: bool,
+}
+
+/// Appends the head of `res` as it goes to the client.
+pub fn encode_response(res: &ResponseHead, opts: &ResponseOptions, out: &mut BytesMut) {
+    let raw = &res.raw[..];
+    out.reserve(raw.len() + 64);
+    out.put_slice(b"HTTP/1.1 ");
+    put_num(out, u64::from(res.status));
+    out.put_u8(b' ');
+    out.put_slice(&raw[res.reason.clone()]);
+    out.put_slice(b"\r\n");
+    for h in &res.headers {
+        if matches!(h.kind, HeaderKind::ContentLength | HeaderKind::TransferEncoding)
+            || is_hop_by_hop(raw, h, &res.connection)
+        {
+            continue;
+        }
+        out.put_slice(&raw[h.name.clone()]);
+        out.put_slice(b": ");
+        out.put_slice(&raw[h.value.clone()]);
+        out.put_slice(b"\r\n");
+    }
+    match opts.framing {
+        BodyFraming::Length(n) => {
+            out.put_slice(b"content-length: ");
+            put_num(out, n);
+            out.put_slice(b"\r\n");
+        }
+        BodyFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        BodyFraming::None => {
+            // Keep an explicit zero length (and HEAD/304 lengths) as sent.
+            if let Some(h) = res.headers.iter().find(|h| h.kind == HeaderKind::ContentLength) {
+                out.put_slice(b"content-length: ");
+                out.put_slice(&raw[h.value.clone()]);
+                out.put_slice(b"\r\n");
+            }
+        }
+        BodyFraming::UntilClose => {}
+    }
+    if opts.upgrade {
+        out.put_slice(b"connection: upgrade\r\n");
+        for h in res.headers.iter().filter(|h| h.kind == HeaderKind::Upgrade) {
+            out.put_slice(b"upgrade: ");
+            out.put_slice(&raw[h.value.clone()]);
+            out.put_slice(b"\r\n");
+        }
+    } else if opts.close {
+        out.put_slice(b"connection: close\r\n");
+    } else if opts.keep_alive_10 {
+        out.put_slice(b"connection: keep-alive\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// The reason phrase weft uses for its own responses.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// A complete response written by weft itself: status, a `weft-error` header
+/// with the stable `code`, and a one-line plain-text body naming the cause.
+pub fn error_response(status: u16, code: &str, message: &str, close: bool, head_only: bool) -> BytesMut {
+    let mut out = BytesMut::with_capacity(160 + message.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nweft-error: {code}\r\n",
+        reason(status),
+        message.len() + 1
+    );
+    if close {
+        out.put_slice(b"connection: close\r\n");
+    }
+    out.put_slice(b"\r\n");
+    if !head_only {
+        out.put_slice(message.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::head::Limits;
+    use crate::{parse_request, parse_response};
+
+    fn req(s: &str) -> RequestHead {
+        parse_request(&mut BytesMut::from(s), &Limits::default()).unwrap().unwrap()
+    }
+
+    const OPTS: RequestOptions<'static> =
+        RequestOptions { client_ip: "10.0.0.9", proto: "http", default_host: "up:80" };
+
+    fn enc(s: &str) -> String {
+        let mut out = BytesMut::new();
+        encode_request(&req(s), &OPTS, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_adds_forwarding() {
+        let out = enc(
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nX-Secret: 1\r\nTE: trailers\r\nTrailer: x\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nX-Keep: yes\r\nX-Forwarded-Proto: https\r\n\r\n",
+        );
+        assert_eq!(out, "GET /x HTTP/1.1\r\nHost: a\r\nX-Keep: yes\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n");
+    }
+
+    #[test]
+    fn appends_to_existing_xff() {
+        let out = enc("GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nHost: a\r\n\r\n");
+        assert!(out.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nHost: a\r\n"), "{out}");
+        let out = enc("GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n");
+        assert!(out.ends_with("x-forwarded-for: 1.1.1.1, 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn normalises_framing_and_upgrade() {
+        let out = enc("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\nExpect: 100-continue\r\n\r\n");
+        assert!(out.contains("content-length: 7\r\n") && !out.contains("Expect"), "{out}");
+        let out = enc("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+        let out = enc("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert!(out.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"), "{out}");
+        let out = enc("GET / HTTP/1.0\r\n\r\n");
+        assert!(out.contains("host: up:80\r\n"), "{out}");
+    }
+
+    #[test]
+    fn response_head() {
+        let res = parse_response(
+            &mut BytesMut::from("HTTP/1.1 200 OK\r\nConnection: close, X-A\r\nX-A: 1\r\nServer: s\r\nContent-Length: 3\r\n\r\n"),
+            &Limits::default(),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let mut out = BytesMut::new();
+        let opts = ResponseOptions { framing: res.framing, close: false, keep_alive_10: false, upgrade: false };
+        encode_response(&res, &opts, &mut out);
+        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nServer: s\r\ncontent-length: 3\r\n\r\n");
+    }
+
+    #[test]
+    fn own_errors() {
+        let r = error_response(503, "no-endpoint", "cluster has no endpoint", true, false);
+        let s = std::str::from_utf8(&r).unwrap();
+        assert!(s.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(s.contains("weft-error: no-endpoint\r\n") && s.ends_with("\r\n\r\ncluster has no endpoint\n"));
+    }
+}

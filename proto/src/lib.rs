@@ -1,0 +1,20 @@
+//! weft-proto: the HTTP/1.1 wire, with no IO.
+//!
+//! Strict head parsing on top of `httparse` (RFC 9112: ambiguous framing is
+//! rejected, never guessed), the body framing decisions, an incremental chunked
+//! decoder that validates while bytes stream through, the hop-by-hop rules and
+//! the re-encoding of heads for the next hop. Everything here is a pure function
+//! or state machine over bytes; sockets live in the `weft` runtime crate.
+
+pub mod chunked;
+pub mod encode;
+pub mod error;
+pub mod head;
+pub mod request;
+pub mod response;
+
+pub use chunked::{ChunkedDecoder, ChunkedError, Step};
+pub use error::HeadError;
+pub use head::{BodyFraming, HeaderRange, Limits};
+pub use request::{parse_request, RequestHead};
+pub use response::{parse_response, ResponseHead};
