@@ -1,1 +1,17 @@
+//! weft-core: the decisions of the proxy, with no IO.
+//!
+//! The configuration model and its validation, the route table, the load
+//! balancers and the request-path error type. Nothing here opens a socket or
+//! reads the clock: time and randomness come in as arguments, so every
+//! behaviour is testable deterministically.
 
+pub mod balance;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod route;
+
+pub use balance::{least_loaded, Rng, RoundRobin};
+pub use config::{BalancerKind, Cluster, Config, ConfigError, Driver, Listener, RuntimeSettings};
+pub use error::{ErrorKind, ProxyError, Side};
+pub use route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};

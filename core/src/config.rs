@@ -1,0 +1,615 @@
+//! The configuration file: its TOML model, validation, and the compiled
+//! snapshot every worker runs from.
+//!
+//! Errors name the line and the field and say what was expected. Endpoint
+//! host names are resolved through a function the caller passes in, so this
+//! module stays free of IO.
+
+use crate::duration;
+use crate::route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+use toml::Spanned;
+
+/// A configuration mistake: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// The field at fault, like `route[2].split`.
+    pub field: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.field.is_empty()) {
+            (Some(l), false) => write!(f, "line {l}, field `{}`: {}", self.field, self.message),
+            (Some(l), true) => write!(f, "line {l}: {}", self.message),
+            (None, false) => write!(f, "field `{}`: {}", self.field, self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Which IO driver the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Driver {
+    /// io_uring where the kernel allows it, else epoll (said once in the log).
+    #[default]
+    Auto,
+    /// io_uring only: fail to start without it.
+    IoUring,
+    /// epoll only.
+    Epoll,
+}
+
+/// How a cluster picks an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancerKind {
+    /// Power of two random choices over in-flight requests.
+    #[default]
+    LeastLoaded,
+    /// In turn.
+    RoundRobin,
+}
+
+/// The protocol weft speaks to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 (not implemented yet: refused at load).
+    Http2,
+}
+
+/// `[runtime]`: threads and drivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// IO driver.
+    pub driver: Driver,
+    /// Pin worker `i` to core `i` (modulo the core count).
+    pub pin_cores: bool,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// One `[[listener]]`, with its routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Unique name.
+    pub name: String,
+    /// Address to bind on every worker.
+    pub addr: SocketAddr,
+    /// Longest request line (414 beyond).
+    pub max_request_line: usize,
+    /// Largest request head in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most header fields (431 beyond).
+    pub max_headers: usize,
+    /// Time a client has to send a complete head once it started (408).
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    /// The listener's routes, in order.
+    pub routes: RouteTable,
+}
+
+/// Keep-alive pool settings of a cluster, per worker and endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Most idle connections kept per endpoint.
+    pub max_idle: usize,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+}
+
+/// One `[[cluster]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Unique name.
+    pub name: String,
+    /// Upstream protocol.
+    pub protocol: Protocol,
+    /// Balancer.
+    pub balancer: BalancerKind,
+    /// Endpoint addresses, resolved at load.
+    pub endpoints: Vec<SocketAddr>,
+    /// Endpoints as written (`host:port`), used as the default Host.
+    pub authorities: Vec<String>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Keep-alive pool.
+    pub pool: PoolSettings,
+}
+
+/// A validated configuration: what every worker runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[runtime]`.
+    pub runtime: RuntimeSettings,
+    /// Listeners, each with its routes.
+    pub listeners: Vec<Listener>,
+    /// Clusters, referenced by index from routes.
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        duration::parse(&s).map(Dur).map_err(de::Error::custom)
+    }
+}
+
+fn secs(n: u64) -> Dur {
+    Dur(Duration::from_secs(n))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    runtime: RawRuntime,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<Spanned<RawListener>>,
+    #[serde(default, rename = "route")]
+    routes: Vec<Spanned<RawRoute>>,
+    #[serde(default, rename = "cluster")]
+    clusters: Vec<Spanned<RawCluster>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    #[serde(default)]
+    workers: usize,
+    #[serde(default)]
+    driver: Driver,
+    #[serde(default)]
+    pin_cores: bool,
+    #[serde(default = "default_drain")]
+    drain_timeout: Dur,
+}
+
+impl Default for RawRuntime {
+    fn default() -> Self {
+        RawRuntime { workers: 0, driver: Driver::Auto, pin_cores: false, drain_timeout: default_drain() }
+    }
+}
+
+fn default_drain() -> Dur {
+    secs(10)
+}
+fn default_request_line() -> usize {
+    8 * 1024
+}
+fn default_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_headers() -> usize {
+    100
+}
+fn default_header_timeout() -> Dur {
+    secs(10)
+}
+fn default_idle() -> Dur {
+    secs(60)
+}
+fn default_connect() -> Dur {
+    secs(1)
+}
+fn default_max_idle() -> usize {
+    64
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    #[serde(default = "default_request_line")]
+    max_request_line: usize,
+    #[serde(default = "default_header_bytes")]
+    max_header_bytes: usize,
+    #[serde(default = "default_headers")]
+    max_headers: usize,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: Dur,
+    #[serde(default = "default_idle")]
+    idle_timeout: Dur,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    host: Option<String>,
+    path: Option<String>,
+    path_prefix: Option<String>,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSplit {
+    cluster: Spanned<String>,
+    weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    listener: Option<Spanned<String>>,
+    #[serde(rename = "match", default)]
+    matcher: Option<Spanned<RawMatch>>,
+    cluster: Option<Spanned<String>>,
+    split: Option<Spanned<Vec<RawSplit>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    #[serde(default = "default_max_idle")]
+    max_idle: usize,
+    #[serde(default = "default_idle")]
+    idle_timeout: Dur,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        RawPool { max_idle: default_max_idle(), idle_timeout: default_idle() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    protocol: Option<Spanned<Protocol>>,
+    #[serde(default)]
+    balancer: BalancerKind,
+    endpoints: Spanned<Vec<String>>,
+    #[serde(default = "default_connect")]
+    connect_timeout: Dur,
+    #[serde(default)]
+    pool: RawPool,
+}
+
+/// Resolves `host:port` to addresses; passed in by the runtime (DNS is IO).
+pub type Resolver<'a> = &'a dyn Fn(&str) -> Result<Vec<SocketAddr>, String>;
+
+/// A resolver that only accepts literal `IP:port` addresses.
+pub fn literal_only(s: &str) -> Result<Vec<SocketAddr>, String> {
+    s.parse::<SocketAddr>()
+        .map(|a| vec![a])
+        .map_err(|_| format!("`{s}` is not an IP:port address"))
+}
+
+struct Lines<'a>(&'a str);
+
+impl Lines<'_> {
+    fn at(&self, offset: usize) -> usize {
+        self.0.as_bytes()[..offset.min(self.0.len())].iter().filter(|b| **b == b'\n').count() + 1
+    }
+}
+
+fn err(line: usize, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { line: Some(line), field: field.into(), message: message.into() }
+}
+
+impl Config {
+    /// Parses and validates a configuration, resolving endpoint names with `resolve`.
+    pub fn parse(src: &str, resolve: Resolver<'_>) -> Result<Config, ConfigError> {
+        let lines = Lines(src);
+        let raw: RawConfig = toml::from_str(src).map_err(|e| ConfigError {
+            line: e.span().map(|s| lines.at(s.start)),
+            field: String::new(),
+            message: e.message().trim().to_string(),
+        })?;
+
+        let runtime = RuntimeSettings {
+            workers: raw.runtime.workers,
+            driver: raw.runtime.driver,
+            pin_cores: raw.runtime.pin_cores,
+            drain_timeout: raw.runtime.drain_timeout.0,
+        };
+
+        // Clusters first: routes refer to them by name.
+        let mut clusters = Vec::new();
+        let mut cluster_index = HashMap::new();
+        for (i, c) in raw.clusters.iter().enumerate() {
+            let line = lines.at(c.span().start);
+            let c = c.get_ref();
+            let name = c.name.get_ref().trim().to_string();
+            let field = |f: &str| format!("cluster[{i}].{f}");
+            if name.is_empty() {
+                return Err(err(lines.at(c.name.span().start), field("name"), "a cluster needs a non-empty name"));
+            }
+            if cluster_index.insert(name.clone(), i).is_some() {
+                return Err(err(lines.at(c.name.span().start), field("name"), format!("duplicate cluster name `{name}`")));
+            }
+            let protocol = c.protocol.as_ref().map(|p| *p.get_ref()).unwrap_or_default();
+            if let Some(p) = c.protocol.as_ref().filter(|p| *p.get_ref() == Protocol::Http2) {
+                return Err(err(
+                    lines.at(p.span().start),
+                    field("protocol"),
+                    "HTTP/2 upstreams are not supported yet; use protocol = \"http1\"",
+                ));
+            }
+            let eline = lines.at(c.endpoints.span().start);
+            let mut endpoints = Vec::new();
+            let mut authorities = Vec::new();
+            for e in c.endpoints.get_ref() {
+                let addrs = resolve(e).map_err(|m| err(eline, field("endpoints"), format!("cannot resolve `{e}`: {m}")))?;
+                let Some(addr) = addrs.first() else {
+                    return Err(err(eline, field("endpoints"), format!("`{e}` resolved to no address")));
+                };
+                endpoints.push(*addr);
+                authorities.push(e.clone());
+            }
+            if c.pool.idle_timeout.0.is_zero() {
+                return Err(err(line, field("pool.idle_timeout"), "must be longer than zero"));
+            }
+            clusters.push(Cluster {
+                name,
+                protocol,
+                balancer: c.balancer,
+                endpoints,
+                authorities,
+                connect_timeout: c.connect_timeout.0,
+                pool: PoolSettings { max_idle: c.pool.max_idle, idle_timeout: c.pool.idle_timeout.0 },
+            });
+        }
+
+        let mut listeners = Vec::new();
+        let mut listener_index = HashMap::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let l = l.get_ref();
+            let field = |f: &str| format!("listener[{i}].{f}");
+            let name = l.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                return Err(err(lines.at(l.name.span().start), field("name"), "a listener needs a non-empty name"));
+            }
+            if listener_index.insert(name.clone(), i).is_some() {
+                return Err(err(lines.at(l.name.span().start), field("name"), format!("duplicate listener name `{name}`")));
+            }
+            let addr: SocketAddr = l.listen.get_ref().parse().map_err(|_| {
+                err(
+                    lines.at(l.listen.span().start),
+                    field("listen"),
+                    format!("`{}` is not an IP:port address, like \"0.0.0.0:8080\"", l.listen.get_ref()),
+                )
+            })?;
+            if listeners.iter().any(|x: &Listener| x.addr == addr) {
+                return Err(err(lines.at(l.listen.span().start), field("listen"), format!("address {addr} is used by two listeners")));
+            }
+            if l.max_headers == 0 || l.max_headers > 256 {
+                return Err(err(lines.at(l.name.span().start), field("max_headers"), "must be between 1 and 256"));
+            }
+            listeners.push(Listener {
+                name,
+                addr,
+                max_request_line: l.max_request_line,
+                max_header_bytes: l.max_header_bytes,
+                max_headers: l.max_headers,
+                header_timeout: l.header_timeout.0,
+                idle_timeout: l.idle_timeout.0,
+                routes: RouteTable::default(),
+            });
+        }
+        if listeners.is_empty() {
+            return Err(ConfigError {
+                line: None,
+                field: "listener".into(),
+                message: "no [[listener]]: add one with a name and a listen address".into(),
+            });
+        }
+
+        for (i, r) in raw.routes.iter().enumerate() {
+            let line = lines.at(r.span().start);
+            let r = r.get_ref();
+            let field = |f: &str| format!("route[{i}].{f}");
+            let li = match &r.listener {
+                Some(n) => *listener_index.get(n.get_ref().as_str()).ok_or_else(|| {
+                    err(lines.at(n.span().start), field("listener"), format!("no listener named `{}`", n.get_ref()))
+                })?,
+                None if listeners.len() == 1 => 0,
+                None => return Err(err(line, field("listener"), "several listeners exist: name the route's listener")),
+            };
+            let lookup = |n: &Spanned<String>| {
+                cluster_index.get(n.get_ref().as_str()).copied().ok_or_else(|| {
+                    err(lines.at(n.span().start), field("cluster"), format!("no cluster named `{}`", n.get_ref()))
+                })
+            };
+            let target = match (&r.cluster, &r.split) {
+                (Some(c), None) => Target::Cluster(lookup(c)?),
+                (None, Some(split)) => {
+                    let sline = lines.at(split.span().start);
+                    if split.get_ref().is_empty() {
+                        return Err(err(sline, field("split"), "a split needs at least one cluster"));
+                    }
+                    let mut cs = Vec::new();
+                    let mut ws = Vec::new();
+                    for s in split.get_ref() {
+                        cs.push(lookup(&s.cluster).map_err(|mut e| {
+                            e.field = field("split.cluster");
+                            e
+                        })?);
+                        ws.push(s.weight);
+                    }
+                    let total: u64 = ws.iter().map(|w| u64::from(*w)).sum();
+                    if total == 0 {
+                        return Err(err(sline, field("split"), "the weights add up to zero; give at least one cluster a positive weight"));
+                    }
+                    Target::Split { clusters: cs, weights: ws, total }
+                }
+                (Some(c), Some(_)) => {
+                    return Err(err(lines.at(c.span().start), field("cluster"), "give either `cluster` or `split`, not both"))
+                }
+                (None, None) => return Err(err(line, field("cluster"), "a route needs `cluster = \"name\"` or a `split`")),
+            };
+            let m = r.matcher.as_ref().map(|m| m.get_ref());
+            let path = match m {
+                Some(RawMatch { path: Some(_), path_prefix: Some(_), .. }) => {
+                    return Err(err(line, field("match"), "give either `path` or `path_prefix`, not both"))
+                }
+                Some(RawMatch { path: Some(p), .. }) => PathMatch::Exact(p.clone()),
+                Some(RawMatch { path_prefix: Some(p), .. }) => PathMatch::Prefix(p.clone()),
+                _ => PathMatch::Any,
+            };
+            for p in [&path] {
+                if let PathMatch::Exact(p) | PathMatch::Prefix(p) = p {
+                    if !p.starts_with('/') {
+                        return Err(err(line, field("match.path"), format!("`{p}` must start with `/`")));
+                    }
+                }
+            }
+            let matcher = RouteMatch {
+                host: m.and_then(|m| m.host.as_deref()).map(HostMatch::parse).unwrap_or(HostMatch::Any),
+                path,
+                method: m.and_then(|m| m.method.clone()),
+                headers: m
+                    .map(|m| m.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
+                    .unwrap_or_default(),
+            };
+            listeners[li].routes.routes.push(Route { matcher, target, line });
+        }
+        Ok(Config { runtime, listeners, clusters })
+    }
+
+    /// A human summary of what this configuration runs, for `weft check`.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        use std::fmt::Write;
+        let workers = if self.runtime.workers == 0 { "one per core".to_string() } else { self.runtime.workers.to_string() };
+        let _ = writeln!(s, "workers: {workers}, driver: {:?}, pin cores: {}", self.runtime.driver, self.runtime.pin_cores);
+        for l in &self.listeners {
+            let _ = writeln!(s, "listener {} on {} ({} routes)", l.name, l.addr, l.routes.routes.len());
+            for r in &l.routes.routes {
+                let target = match &r.target {
+                    Target::Cluster(c) => self.clusters[*c].name.clone(),
+                    Target::Split { clusters, weights, .. } => clusters
+                        .iter()
+                        .zip(weights)
+                        .map(|(c, w)| format!("{}={w}", self.clusters[*c].name))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                };
+                let _ = writeln!(s, "  route (line {}) {:?} {:?} -> {target}", r.line, r.matcher.host, r.matcher.path);
+            }
+        }
+        for c in &self.clusters {
+            let eps: Vec<String> = c.endpoints.iter().map(|e| e.to_string()).collect();
+            let _ = writeln!(s, "cluster {} ({:?}): {}", c.name, c.balancer, eps.join(", "));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, &literal_only)
+    }
+
+    const GOOD: &str = r#"
+[runtime]
+workers = 2
+
+[[listener]]
+name = "ingress"
+listen = "127.0.0.1:8080"
+
+[[route]]
+match = { host = "api.example.com", path_prefix = "/v1", headers = { X-Canary = "1" } }
+split = [ { cluster = "b", weight = 1 }, { cluster = "a", weight = 99 } ]
+
+[[route]]
+cluster = "a"
+
+[[cluster]]
+name = "a"
+endpoints = ["127.0.0.1:9001", "127.0.0.1:9002"]
+connect_timeout = "250ms"
+
+[[cluster]]
+name = "b"
+balancer = "round-robin"
+endpoints = ["127.0.0.1:9003"]
+pool = { max_idle = 4, idle_timeout = "5s" }
+"#;
+
+    #[test]
+    fn parses_the_sketch() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.runtime.workers, 2);
+        assert_eq!(c.listeners[0].routes.routes.len(), 2);
+        assert_eq!(c.listeners[0].routes.routes[0].matcher.headers, vec![("x-canary".into(), "1".into())]);
+        assert_eq!(c.listeners[0].routes.routes[0].line, 9);
+        assert_eq!(c.clusters[0].connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.clusters[1].pool.max_idle, 4);
+        assert!(c.describe().contains("b=1 a=99"));
+    }
+
+    fn error_of(src: &str) -> ConfigError {
+        parse(src).expect_err("must be refused")
+    }
+
+    #[test]
+    fn unknown_field_names_line() {
+        let e = error_of("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("unknown field `lisen`"), "{e}");
+    }
+
+    #[test]
+    fn dangling_cluster() {
+        let e = error_of("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"nope\"\n");
+        assert_eq!((e.line, e.field.as_str()), (Some(5), "route[0].cluster"), "{e}");
+        assert!(e.to_string().contains("no cluster named `nope`"));
+    }
+
+    #[test]
+    fn zero_weight_and_duplicates() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        let e = error_of(&format!("{base}[[route]]\nsplit = [{{ cluster = \"c\", weight = 0 }}]\n"));
+        assert_eq!((e.line, e.field.as_str()), (Some(8), "route[0].split"), "{e}");
+        let e = error_of(&format!("{base}[[cluster]]\nname = \"c\"\nendpoints = []\n"));
+        assert_eq!((e.line, e.field.as_str()), (Some(8), "cluster[1].name"), "{e}");
+        let e = error_of(&format!("{base}[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:3\"\n"));
+        assert!(e.message.contains("duplicate listener"), "{e}");
+    }
+
+    #[test]
+    fn bad_values() {
+        let e = error_of("[[listener]]\nname = \"a\"\nlisten = \"nowhere\"\n");
+        assert_eq!(e.line, Some(3));
+        let e = error_of("[runtime]\ndrain_timeout = \"5\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("no unit"), "{e}");
+        let e = error_of("[runtime]\ndriver = \"kqueue\"\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(error_of("").message.contains("no [[listener]]"));
+        let e = error_of("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"db:5\"]\n");
+        assert!(e.message.contains("cannot resolve `db:5`"), "{e}");
+    }
+}

@@ -1,0 +1,141 @@
+//! The one error type of the request path.
+//!
+//! It records what went wrong, which side caused it and whether a retry is
+//! safe; the status, the `weft-error` header and (later) retries, breakers and
+//! metrics all read from it, so they never disagree.
+
+use std::fmt;
+
+/// Which side of the proxy caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client (downstream).
+    Downstream,
+    /// The upstream endpoint.
+    Upstream,
+    /// weft itself (configuration, limits).
+    Proxy,
+}
+
+/// What went wrong while proxying one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No route matches the request.
+    NoRoute,
+    /// The cluster has no endpoint to send to.
+    NoEndpoint,
+    /// The endpoint refused the connection.
+    ConnectRefused,
+    /// Connecting to the endpoint failed otherwise (unreachable, reset...).
+    ConnectFailed,
+    /// Connecting took longer than the cluster's `connect_timeout`.
+    ConnectTimeout,
+    /// The upstream reset or closed the connection before a complete response head.
+    UpstreamReset,
+    /// The upstream sent a response head weft cannot accept.
+    UpstreamMalformed,
+    /// The upstream body broke off or was malformed after the head was forwarded.
+    UpstreamBodyError,
+    /// The client's body broke off or was malformed.
+    DownstreamBodyError,
+}
+
+/// An error on the request path: kind, side, and whether retrying is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// True when the request provably never reached the upstream.
+    pub request_not_sent: bool,
+}
+
+impl ProxyError {
+    /// An error of `kind`; whether the request left weft follows from the kind.
+    pub fn new(kind: ErrorKind) -> Self {
+        let request_not_sent = matches!(
+            kind,
+            ErrorKind::NoRoute
+                | ErrorKind::NoEndpoint
+                | ErrorKind::ConnectRefused
+                | ErrorKind::ConnectFailed
+                | ErrorKind::ConnectTimeout
+        );
+        ProxyError { kind, request_not_sent }
+    }
+
+    /// Which side caused the error.
+    pub fn side(&self) -> Side {
+        match self.kind {
+            ErrorKind::NoRoute | ErrorKind::NoEndpoint => Side::Proxy,
+            ErrorKind::DownstreamBodyError => Side::Downstream,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// The status a client receives when no response head was sent yet.
+    pub fn status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::NoRoute => 404,
+            ErrorKind::NoEndpoint | ErrorKind::ConnectRefused | ErrorKind::ConnectFailed => 503,
+            ErrorKind::ConnectTimeout => 504,
+            ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed | ErrorKind::UpstreamBodyError => 502,
+            ErrorKind::DownstreamBodyError => 400,
+        }
+    }
+
+    /// A stable short code: the value of the `weft-error` header.
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::NoRoute => "no-route",
+            ErrorKind::NoEndpoint => "no-endpoint",
+            ErrorKind::ConnectRefused => "connect-refused",
+            ErrorKind::ConnectFailed => "connect-failed",
+            ErrorKind::ConnectTimeout => "connect-timeout",
+            ErrorKind::UpstreamReset => "upstream-reset",
+            ErrorKind::UpstreamMalformed => "upstream-malformed-response",
+            ErrorKind::UpstreamBodyError => "upstream-body-error",
+            ErrorKind::DownstreamBodyError => "downstream-body-error",
+        }
+    }
+
+    /// Retrying on another endpoint cannot duplicate the request: it never
+    /// left weft, or the method is idempotent.
+    pub fn retry_safe(&self, idempotent_method: bool) -> bool {
+        self.request_not_sent || idempotent_method
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            ErrorKind::NoRoute => "no route matches this request",
+            ErrorKind::NoEndpoint => "the cluster has no endpoint available",
+            ErrorKind::ConnectRefused => "the upstream refused the connection",
+            ErrorKind::ConnectFailed => "connecting to the upstream failed",
+            ErrorKind::ConnectTimeout => "connecting to the upstream timed out",
+            ErrorKind::UpstreamReset => "the upstream closed the connection before a complete response",
+            ErrorKind::UpstreamMalformed => "the upstream sent a malformed response head",
+            ErrorKind::UpstreamBodyError => "the upstream response body broke off",
+            ErrorKind::DownstreamBodyError => "the request body was malformed or broke off",
+        })
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_sides_agree() {
+        assert_eq!(ProxyError::new(ErrorKind::NoRoute).status(), 404);
+        assert_eq!(ProxyError::new(ErrorKind::ConnectRefused).status(), 503);
+        assert_eq!(ProxyError::new(ErrorKind::ConnectTimeout).status(), 504);
+        assert_eq!(ProxyError::new(ErrorKind::UpstreamReset).status(), 502);
+        assert!(ProxyError::new(ErrorKind::ConnectRefused).retry_safe(false));
+        assert!(!ProxyError::new(ErrorKind::UpstreamReset).retry_safe(false));
+        assert!(ProxyError::new(ErrorKind::UpstreamReset).retry_safe(true));
+        assert_eq!(ProxyError::new(ErrorKind::UpstreamReset).side(), Side::Upstream);
+    }
+}

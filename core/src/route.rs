@@ -1,0 +1,171 @@
+//! The route table: ordered routes, first match wins.
+
+/// How a route matches the request host (compared without port, ignoring case).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Any host.
+    Any,
+    /// Exactly this host (stored lower-case).
+    Exact(String),
+    /// `*.suffix`: any host ending in `.suffix` (stored as `.suffix`, lower-case).
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// Parses `example.com`, `*.example.com` or `*`.
+    pub fn parse(s: &str) -> Self {
+        let s = s.to_ascii_lowercase();
+        if s == "*" {
+            HostMatch::Any
+        } else if let Some(rest) = s.strip_prefix('*') {
+            HostMatch::Suffix(rest.to_string())
+        } else {
+            HostMatch::Exact(s)
+        }
+    }
+
+    /// True when `host` matches.
+    pub fn matches(&self, host: Option<&str>) -> bool {
+        match (self, host) {
+            (HostMatch::Any, _) => true,
+            (_, None) => false,
+            (HostMatch::Exact(e), Some(h)) => h.eq_ignore_ascii_case(e),
+            (HostMatch::Suffix(s), Some(h)) => {
+                h.len() > s.len() && h.as_bytes()[h.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+        }
+    }
+}
+
+/// How a route matches the request path (without query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Any path.
+    Any,
+    /// Exactly this path.
+    Exact(String),
+    /// Paths starting with this string.
+    Prefix(String),
+}
+
+/// Everything a route requires of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// Host condition.
+    pub host: HostMatch,
+    /// Path condition.
+    pub path: PathMatch,
+    /// Method condition (exact, case-sensitive as methods are).
+    pub method: Option<String>,
+    /// Header equality conditions: lower-case name, exact value.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where a matched request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One cluster, by index into [`crate::Config::clusters`].
+    Cluster(usize),
+    /// A weighted split: cluster indices, their weights and the weights' sum.
+    Split {
+        /// Cluster indices.
+        clusters: Vec<usize>,
+        /// Weight of each cluster.
+        weights: Vec<u32>,
+        /// Sum of the weights (positive).
+        total: u64,
+    },
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Conditions.
+    pub matcher: RouteMatch,
+    /// Destination.
+    pub target: Target,
+    /// Line of the route in the configuration file, for messages.
+    pub line: usize,
+}
+
+/// The ordered routes of one listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    /// Routes in configuration order.
+    pub routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// The first route matching the request, if any. `header` looks up a
+    /// request header by lower-case name.
+    pub fn find<'h>(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            let m = &r.matcher;
+            m.host.matches(host)
+                && match &m.path {
+                    PathMatch::Any => true,
+                    PathMatch::Exact(p) => path == p,
+                    PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+                }
+                && m.method.as_deref().is_none_or(|x| x == method)
+                && m.headers.iter().all(|(n, v)| header(n) == Some(v.as_bytes()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: &str, path: PathMatch, method: Option<&str>, headers: &[(&str, &str)], c: usize) -> Route {
+        Route {
+            matcher: RouteMatch {
+                host: HostMatch::parse(host),
+                path,
+                method: method.map(str::to_string),
+                headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            },
+            target: Target::Cluster(c),
+            line: 0,
+        }
+    }
+
+    fn pick(t: &RouteTable, host: Option<&str>, path: &str, method: &str, hdrs: &[(&str, &str)]) -> Option<usize> {
+        t.find(host, path, method, |n| hdrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_bytes()))
+            .map(|r| match r.target {
+                Target::Cluster(c) => c,
+                _ => usize::MAX,
+            })
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let t = RouteTable {
+            routes: vec![
+                route("api.example.com", PathMatch::Prefix("/v1".into()), None, &[("x-canary", "1")], 0),
+                route("api.example.com", PathMatch::Prefix("/v1".into()), None, &[], 1),
+                route("*.example.com", PathMatch::Exact("/health".into()), Some("GET"), &[], 2),
+                route("*", PathMatch::Any, None, &[], 3),
+            ],
+        };
+        assert_eq!(pick(&t, Some("API.example.com"), "/v1/x", "GET", &[("x-canary", "1")]), Some(0));
+        assert_eq!(pick(&t, Some("api.example.com"), "/v1/x", "GET", &[("x-canary", "2")]), Some(1));
+        assert_eq!(pick(&t, Some("a.example.com"), "/health", "GET", &[]), Some(2));
+        assert_eq!(pick(&t, Some("a.example.com"), "/health", "POST", &[]), Some(3));
+        assert_eq!(pick(&t, Some("example.com"), "/health", "GET", &[]), Some(3));
+        assert_eq!(pick(&t, None, "/", "GET", &[]), Some(3));
+    }
+
+    #[test]
+    fn no_match() {
+        let t = RouteTable { routes: vec![route("a", PathMatch::Exact("/x".into()), None, &[], 0)] };
+        assert_eq!(pick(&t, Some("a"), "/y", "GET", &[]), None);
+        assert_eq!(pick(&t, Some("b"), "/x", "GET", &[]), None);
+    }
+}
