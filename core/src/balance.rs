@@ -14,7 +14,7 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator from `seed` (any value, zero included).
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15 | 1)
+        Rng((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)
     }
 
     /// The next 64 random bits.
@@ -75,7 +75,7 @@ impl RoundRobin {
 /// Picks an index from `weights` with probability proportional to the weight.
 /// `total` is their sum and must be positive.
 pub fn pick_weighted(weights: &[u32], total: u64, rng: &mut Rng) -> usize {
-    let mut x = (u128::from(rng.next_u64()) * u128::from(total) >> 64) as u64;
+    let mut x = ((u128::from(rng.next_u64()) * u128::from(total)) >> 64) as u64;
     for (i, w) in weights.iter().enumerate() {
         if x < u64::from(*w) {
             return i;
@@ -122,7 +122,9 @@ mod tests {
     fn deterministic_for_a_seed() {
         let picks = |seed| {
             let mut rng = Rng::new(seed);
-            (0..32).map(|_| least_loaded(10, |i| i as u32 % 3, &mut rng)).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| least_loaded(10, |i| i as u32 % 3, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(picks(42), picks(42));
     }

@@ -189,7 +189,12 @@ struct RawRuntime {
 
 impl Default for RawRuntime {
     fn default() -> Self {
-        RawRuntime { workers: 0, driver: Driver::Auto, pin_cores: false, drain_timeout: default_drain() }
+        RawRuntime {
+            workers: 0,
+            driver: Driver::Auto,
+            pin_cores: false,
+            drain_timeout: default_drain(),
+        }
     }
 }
 
@@ -274,7 +279,10 @@ struct RawPool {
 
 impl Default for RawPool {
     fn default() -> Self {
-        RawPool { max_idle: default_max_idle(), idle_timeout: default_idle() }
+        RawPool {
+            max_idle: default_max_idle(),
+            idle_timeout: default_idle(),
+        }
     }
 }
 
@@ -306,12 +314,20 @@ struct Lines<'a>(&'a str);
 
 impl Lines<'_> {
     fn at(&self, offset: usize) -> usize {
-        self.0.as_bytes()[..offset.min(self.0.len())].iter().filter(|b| **b == b'\n').count() + 1
+        self.0.as_bytes()[..offset.min(self.0.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 }
 
 fn err(line: usize, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { line: Some(line), field: field.into(), message: message.into() }
+    ConfigError {
+        line: Some(line),
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 impl Config {
@@ -340,10 +356,18 @@ impl Config {
             let name = c.name.get_ref().trim().to_string();
             let field = |f: &str| format!("cluster[{i}].{f}");
             if name.is_empty() {
-                return Err(err(lines.at(c.name.span().start), field("name"), "a cluster needs a non-empty name"));
+                return Err(err(
+                    lines.at(c.name.span().start),
+                    field("name"),
+                    "a cluster needs a non-empty name",
+                ));
             }
             if cluster_index.insert(name.clone(), i).is_some() {
-                return Err(err(lines.at(c.name.span().start), field("name"), format!("duplicate cluster name `{name}`")));
+                return Err(err(
+                    lines.at(c.name.span().start),
+                    field("name"),
+                    format!("duplicate cluster name `{name}`"),
+                ));
             }
             let protocol = c.protocol.as_ref().map(|p| *p.get_ref()).unwrap_or_default();
             if let Some(p) = c.protocol.as_ref().filter(|p| *p.get_ref() == Protocol::Http2) {
@@ -357,9 +381,14 @@ impl Config {
             let mut endpoints = Vec::new();
             let mut authorities = Vec::new();
             for e in c.endpoints.get_ref() {
-                let addrs = resolve(e).map_err(|m| err(eline, field("endpoints"), format!("cannot resolve `{e}`: {m}")))?;
+                let addrs = resolve(e)
+                    .map_err(|m| err(eline, field("endpoints"), format!("cannot resolve `{e}`: {m}")))?;
                 let Some(addr) = addrs.first() else {
-                    return Err(err(eline, field("endpoints"), format!("`{e}` resolved to no address")));
+                    return Err(err(
+                        eline,
+                        field("endpoints"),
+                        format!("`{e}` resolved to no address"),
+                    ));
                 };
                 endpoints.push(*addr);
                 authorities.push(e.clone());
@@ -374,7 +403,10 @@ impl Config {
                 endpoints,
                 authorities,
                 connect_timeout: c.connect_timeout.0,
-                pool: PoolSettings { max_idle: c.pool.max_idle, idle_timeout: c.pool.idle_timeout.0 },
+                pool: PoolSettings {
+                    max_idle: c.pool.max_idle,
+                    idle_timeout: c.pool.idle_timeout.0,
+                },
             });
         }
 
@@ -385,23 +417,42 @@ impl Config {
             let field = |f: &str| format!("listener[{i}].{f}");
             let name = l.name.get_ref().trim().to_string();
             if name.is_empty() {
-                return Err(err(lines.at(l.name.span().start), field("name"), "a listener needs a non-empty name"));
+                return Err(err(
+                    lines.at(l.name.span().start),
+                    field("name"),
+                    "a listener needs a non-empty name",
+                ));
             }
             if listener_index.insert(name.clone(), i).is_some() {
-                return Err(err(lines.at(l.name.span().start), field("name"), format!("duplicate listener name `{name}`")));
+                return Err(err(
+                    lines.at(l.name.span().start),
+                    field("name"),
+                    format!("duplicate listener name `{name}`"),
+                ));
             }
             let addr: SocketAddr = l.listen.get_ref().parse().map_err(|_| {
                 err(
                     lines.at(l.listen.span().start),
                     field("listen"),
-                    format!("`{}` is not an IP:port address, like \"0.0.0.0:8080\"", l.listen.get_ref()),
+                    format!(
+                        "`{}` is not an IP:port address, like \"0.0.0.0:8080\"",
+                        l.listen.get_ref()
+                    ),
                 )
             })?;
             if listeners.iter().any(|x: &Listener| x.addr == addr) {
-                return Err(err(lines.at(l.listen.span().start), field("listen"), format!("address {addr} is used by two listeners")));
+                return Err(err(
+                    lines.at(l.listen.span().start),
+                    field("listen"),
+                    format!("address {addr} is used by two listeners"),
+                ));
             }
             if l.max_headers == 0 || l.max_headers > 256 {
-                return Err(err(lines.at(l.name.span().start), field("max_headers"), "must be between 1 and 256"));
+                return Err(err(
+                    lines.at(l.name.span().start),
+                    field("max_headers"),
+                    "must be between 1 and 256",
+                ));
             }
             listeners.push(Listener {
                 name,
@@ -428,14 +479,28 @@ impl Config {
             let field = |f: &str| format!("route[{i}].{f}");
             let li = match &r.listener {
                 Some(n) => *listener_index.get(n.get_ref().as_str()).ok_or_else(|| {
-                    err(lines.at(n.span().start), field("listener"), format!("no listener named `{}`", n.get_ref()))
+                    err(
+                        lines.at(n.span().start),
+                        field("listener"),
+                        format!("no listener named `{}`", n.get_ref()),
+                    )
                 })?,
                 None if listeners.len() == 1 => 0,
-                None => return Err(err(line, field("listener"), "several listeners exist: name the route's listener")),
+                None => {
+                    return Err(err(
+                        line,
+                        field("listener"),
+                        "several listeners exist: name the route's listener",
+                    ))
+                }
             };
             let lookup = |n: &Spanned<String>| {
                 cluster_index.get(n.get_ref().as_str()).copied().ok_or_else(|| {
-                    err(lines.at(n.span().start), field("cluster"), format!("no cluster named `{}`", n.get_ref()))
+                    err(
+                        lines.at(n.span().start),
+                        field("cluster"),
+                        format!("no cluster named `{}`", n.get_ref()),
+                    )
                 })
             };
             let target = match (&r.cluster, &r.split) {
@@ -456,63 +521,131 @@ impl Config {
                     }
                     let total: u64 = ws.iter().map(|w| u64::from(*w)).sum();
                     if total == 0 {
-                        return Err(err(sline, field("split"), "the weights add up to zero; give at least one cluster a positive weight"));
+                        return Err(err(
+                            sline,
+                            field("split"),
+                            "the weights add up to zero; give at least one cluster a positive weight",
+                        ));
                     }
-                    Target::Split { clusters: cs, weights: ws, total }
+                    Target::Split {
+                        clusters: cs,
+                        weights: ws,
+                        total,
+                    }
                 }
                 (Some(c), Some(_)) => {
-                    return Err(err(lines.at(c.span().start), field("cluster"), "give either `cluster` or `split`, not both"))
+                    return Err(err(
+                        lines.at(c.span().start),
+                        field("cluster"),
+                        "give either `cluster` or `split`, not both",
+                    ))
                 }
-                (None, None) => return Err(err(line, field("cluster"), "a route needs `cluster = \"name\"` or a `split`")),
+                (None, None) => {
+                    return Err(err(
+                        line,
+                        field("cluster"),
+                        "a route needs `cluster = \"name\"` or a `split`",
+                    ))
+                }
             };
             let m = r.matcher.as_ref().map(|m| m.get_ref());
             let path = match m {
-                Some(RawMatch { path: Some(_), path_prefix: Some(_), .. }) => {
-                    return Err(err(line, field("match"), "give either `path` or `path_prefix`, not both"))
+                Some(RawMatch {
+                    path: Some(_),
+                    path_prefix: Some(_),
+                    ..
+                }) => {
+                    return Err(err(
+                        line,
+                        field("match"),
+                        "give either `path` or `path_prefix`, not both",
+                    ))
                 }
                 Some(RawMatch { path: Some(p), .. }) => PathMatch::Exact(p.clone()),
-                Some(RawMatch { path_prefix: Some(p), .. }) => PathMatch::Prefix(p.clone()),
+                Some(RawMatch {
+                    path_prefix: Some(p), ..
+                }) => PathMatch::Prefix(p.clone()),
                 _ => PathMatch::Any,
             };
             for p in [&path] {
                 if let PathMatch::Exact(p) | PathMatch::Prefix(p) = p {
                     if !p.starts_with('/') {
-                        return Err(err(line, field("match.path"), format!("`{p}` must start with `/`")));
+                        return Err(err(
+                            line,
+                            field("match.path"),
+                            format!("`{p}` must start with `/`"),
+                        ));
                     }
                 }
             }
             let matcher = RouteMatch {
-                host: m.and_then(|m| m.host.as_deref()).map(HostMatch::parse).unwrap_or(HostMatch::Any),
+                host: m
+                    .and_then(|m| m.host.as_deref())
+                    .map(HostMatch::parse)
+                    .unwrap_or(HostMatch::Any),
                 path,
                 method: m.and_then(|m| m.method.clone()),
                 headers: m
-                    .map(|m| m.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
+                    .map(|m| {
+                        m.headers
+                            .iter()
+                            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             };
-            listeners[li].routes.routes.push(Route { matcher, target, line });
+            listeners[li].routes.routes.push(Route {
+                matcher,
+                target,
+                line,
+            });
         }
-        Ok(Config { runtime, listeners, clusters })
+        Ok(Config {
+            runtime,
+            listeners,
+            clusters,
+        })
     }
 
     /// A human summary of what this configuration runs, for `weft check`.
     pub fn describe(&self) -> String {
         let mut s = String::new();
         use std::fmt::Write;
-        let workers = if self.runtime.workers == 0 { "one per core".to_string() } else { self.runtime.workers.to_string() };
-        let _ = writeln!(s, "workers: {workers}, driver: {:?}, pin cores: {}", self.runtime.driver, self.runtime.pin_cores);
+        let workers = if self.runtime.workers == 0 {
+            "one per core".to_string()
+        } else {
+            self.runtime.workers.to_string()
+        };
+        let _ = writeln!(
+            s,
+            "workers: {workers}, driver: {:?}, pin cores: {}",
+            self.runtime.driver, self.runtime.pin_cores
+        );
         for l in &self.listeners {
-            let _ = writeln!(s, "listener {} on {} ({} routes)", l.name, l.addr, l.routes.routes.len());
+            let _ = writeln!(
+                s,
+                "listener {} on {} ({} routes)",
+                l.name,
+                l.addr,
+                l.routes.routes.len()
+            );
             for r in &l.routes.routes {
                 let target = match &r.target {
                     Target::Cluster(c) => self.clusters[*c].name.clone(),
-                    Target::Split { clusters, weights, .. } => clusters
+                    Target::Split {
+                        clusters, weights, ..
+                    } => clusters
                         .iter()
                         .zip(weights)
                         .map(|(c, w)| format!("{}={w}", self.clusters[*c].name))
                         .collect::<Vec<_>>()
                         .join(" "),
                 };
-                let _ = writeln!(s, "  route (line {}) {:?} {:?} -> {target}", r.line, r.matcher.host, r.matcher.path);
+                let _ = writeln!(
+                    s,
+                    "  route (line {}) {:?} {:?} -> {target}",
+                    r.line, r.matcher.host, r.matcher.path
+                );
             }
         }
         for c in &self.clusters {
@@ -563,7 +696,10 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         let c = parse(GOOD).unwrap();
         assert_eq!(c.runtime.workers, 2);
         assert_eq!(c.listeners[0].routes.routes.len(), 2);
-        assert_eq!(c.listeners[0].routes.routes[0].matcher.headers, vec![("x-canary".into(), "1".into())]);
+        assert_eq!(
+            c.listeners[0].routes.routes[0].matcher.headers,
+            vec![("x-canary".into(), "1".into())]
+        );
         assert_eq!(c.listeners[0].routes.routes[0].line, 9);
         assert_eq!(c.clusters[0].connect_timeout, Duration::from_millis(250));
         assert_eq!(c.clusters[1].pool.max_idle, 4);
@@ -583,7 +719,8 @@ pool = { max_idle = 4, idle_timeout = "5s" }
 
     #[test]
     fn dangling_cluster() {
-        let e = error_of("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"nope\"\n");
+        let e =
+            error_of("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"nope\"\n");
         assert_eq!((e.line, e.field.as_str()), (Some(5), "route[0].cluster"), "{e}");
         assert!(e.to_string().contains("no cluster named `nope`"));
     }
@@ -591,11 +728,15 @@ pool = { max_idle = 4, idle_timeout = "5s" }
     #[test]
     fn zero_weight_and_duplicates() {
         let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
-        let e = error_of(&format!("{base}[[route]]\nsplit = [{{ cluster = \"c\", weight = 0 }}]\n"));
+        let e = error_of(&format!(
+            "{base}[[route]]\nsplit = [{{ cluster = \"c\", weight = 0 }}]\n"
+        ));
         assert_eq!((e.line, e.field.as_str()), (Some(8), "route[0].split"), "{e}");
         let e = error_of(&format!("{base}[[cluster]]\nname = \"c\"\nendpoints = []\n"));
         assert_eq!((e.line, e.field.as_str()), (Some(8), "cluster[1].name"), "{e}");
-        let e = error_of(&format!("{base}[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:3\"\n"));
+        let e = error_of(&format!(
+            "{base}[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:3\"\n"
+        ));
         assert!(e.message.contains("duplicate listener"), "{e}");
     }
 
@@ -603,7 +744,9 @@ pool = { max_idle = 4, idle_timeout = "5s" }
     fn bad_values() {
         let e = error_of("[[listener]]\nname = \"a\"\nlisten = \"nowhere\"\n");
         assert_eq!(e.line, Some(3));
-        let e = error_of("[runtime]\ndrain_timeout = \"5\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
+        let e = error_of(
+            "[runtime]\ndrain_timeout = \"5\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n",
+        );
         assert_eq!(e.line, Some(2), "{e}");
         assert!(e.message.contains("no unit"), "{e}");
         let e = error_of("[runtime]\ndriver = \"kqueue\"\n");

@@ -60,7 +60,10 @@ impl ProxyError {
                 | ErrorKind::ConnectFailed
                 | ErrorKind::ConnectTimeout
         );
-        ProxyError { kind, request_not_sent }
+        ProxyError {
+            kind,
+            request_not_sent,
+        }
     }
 
     /// Which side caused the error.

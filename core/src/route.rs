@@ -129,33 +129,62 @@ mod tests {
                 host: HostMatch::parse(host),
                 path,
                 method: method.map(str::to_string),
-                headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+                headers: headers
+                    .iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect(),
             },
             target: Target::Cluster(c),
             line: 0,
         }
     }
 
-    fn pick(t: &RouteTable, host: Option<&str>, path: &str, method: &str, hdrs: &[(&str, &str)]) -> Option<usize> {
-        t.find(host, path, method, |n| hdrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_bytes()))
-            .map(|r| match r.target {
-                Target::Cluster(c) => c,
-                _ => usize::MAX,
-            })
+    fn pick(
+        t: &RouteTable,
+        host: Option<&str>,
+        path: &str,
+        method: &str,
+        hdrs: &[(&str, &str)],
+    ) -> Option<usize> {
+        t.find(host, path, method, |n| {
+            hdrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_bytes())
+        })
+        .map(|r| match r.target {
+            Target::Cluster(c) => c,
+            _ => usize::MAX,
+        })
     }
 
     #[test]
     fn first_match_wins() {
         let t = RouteTable {
             routes: vec![
-                route("api.example.com", PathMatch::Prefix("/v1".into()), None, &[("x-canary", "1")], 0),
+                route(
+                    "api.example.com",
+                    PathMatch::Prefix("/v1".into()),
+                    None,
+                    &[("x-canary", "1")],
+                    0,
+                ),
                 route("api.example.com", PathMatch::Prefix("/v1".into()), None, &[], 1),
-                route("*.example.com", PathMatch::Exact("/health".into()), Some("GET"), &[], 2),
+                route(
+                    "*.example.com",
+                    PathMatch::Exact("/health".into()),
+                    Some("GET"),
+                    &[],
+                    2,
+                ),
                 route("*", PathMatch::Any, None, &[], 3),
             ],
         };
-        assert_eq!(pick(&t, Some("API.example.com"), "/v1/x", "GET", &[("x-canary", "1")]), Some(0));
-        assert_eq!(pick(&t, Some("api.example.com"), "/v1/x", "GET", &[("x-canary", "2")]), Some(1));
+        assert_eq!(
+            pick(&t, Some("API.example.com"), "/v1/x", "GET", &[("x-canary", "1")]),
+            Some(0)
+        );
+        assert_eq!(
+            pick(&t, Some("api.example.com"), "/v1/x", "GET", &[("x-canary", "2")]),
+            Some(1)
+        );
         assert_eq!(pick(&t, Some("a.example.com"), "/health", "GET", &[]), Some(2));
         assert_eq!(pick(&t, Some("a.example.com"), "/health", "POST", &[]), Some(3));
         assert_eq!(pick(&t, Some("example.com"), "/health", "GET", &[]), Some(3));
@@ -164,7 +193,9 @@ mod tests {
 
     #[test]
     fn no_match() {
-        let t = RouteTable { routes: vec![route("a", PathMatch::Exact("/x".into()), None, &[], 0)] };
+        let t = RouteTable {
+            routes: vec![route("a", PathMatch::Exact("/x".into()), None, &[], 0)],
+        };
         assert_eq!(pick(&t, Some("a"), "/y", "GET", &[]), None);
         assert_eq!(pick(&t, Some("b"), "/x", "GET", &[]), None);
     }

@@ -81,7 +81,12 @@ impl Default for ChunkedDecoder {
 impl ChunkedDecoder {
     /// A decoder at the start of a chunked body.
     pub fn new() -> Self {
-        ChunkedDecoder { state: State::Size { digits: 0 }, size: 0, line: 0, trailers: 0 }
+        ChunkedDecoder {
+            state: State::Size { digits: 0 },
+            size: 0,
+            line: 0,
+            trailers: 0,
+        }
     }
 
     /// True once the last chunk and the trailers have been consumed.
@@ -103,7 +108,10 @@ impl ChunkedDecoder {
                     if self.size == 0 {
                         self.state = State::DataCr;
                     }
-                    return Ok(Step { consumed: i + take, data: i..i + take });
+                    return Ok(Step {
+                        consumed: i + take,
+                        data: i..i + take,
+                    });
                 }
                 State::Size { digits } => {
                     self.line += 1;
@@ -142,7 +150,11 @@ impl ChunkedDecoder {
                         return Err(ChunkedError::BadLineEnding);
                     }
                     self.line = 0;
-                    self.state = if self.size == 0 { State::TrailerStart } else { State::Data };
+                    self.state = if self.size == 0 {
+                        State::TrailerStart
+                    } else {
+                        State::Data
+                    };
                 }
                 State::DataCr => {
                     if b != b'\r' {
@@ -195,7 +207,10 @@ impl ChunkedDecoder {
             }
             i += 1;
         }
-        Ok(Step { consumed: i, data: i..i })
+        Ok(Step {
+            consumed: i,
+            data: i..i,
+        })
     }
 
     /// Validates as many bytes of `input` as belong to the body and returns

@@ -229,11 +229,16 @@ mod tests {
     use crate::{parse_request, parse_response};
 
     fn req(s: &str) -> RequestHead {
-        parse_request(&mut BytesMut::from(s), &Limits::default()).unwrap().unwrap()
+        parse_request(&mut BytesMut::from(s), &Limits::default())
+            .unwrap()
+            .unwrap()
     }
 
-    const OPTS: RequestOptions<'static> =
-        RequestOptions { client_ip: "10.0.0.9", proto: "http", default_host: "up:80" };
+    const OPTS: RequestOptions<'static> = RequestOptions {
+        client_ip: "10.0.0.9",
+        proto: "http",
+        default_host: "up:80",
+    };
 
     fn enc(s: &str) -> String {
         let mut out = BytesMut::new();
@@ -251,20 +256,33 @@ mod tests {
 
     #[test]
     fn appends_to_existing_xff() {
-        let out = enc("GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nHost: a\r\n\r\n");
-        assert!(out.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nHost: a\r\n"), "{out}");
+        let out =
+            enc("GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nHost: a\r\n\r\n");
+        assert!(
+            out.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nHost: a\r\n"),
+            "{out}"
+        );
         let out = enc("GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n");
-        assert!(out.ends_with("x-forwarded-for: 1.1.1.1, 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n"), "{out}");
+        assert!(
+            out.ends_with("x-forwarded-for: 1.1.1.1, 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
     fn normalises_framing_and_upgrade() {
         let out = enc("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\nExpect: 100-continue\r\n\r\n");
-        assert!(out.contains("content-length: 7\r\n") && !out.contains("Expect"), "{out}");
+        assert!(
+            out.contains("content-length: 7\r\n") && !out.contains("Expect"),
+            "{out}"
+        );
         let out = enc("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
         let out = enc("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
-        assert!(out.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"), "{out}");
+        assert!(
+            out.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"),
+            "{out}"
+        );
         let out = enc("GET / HTTP/1.0\r\n\r\n");
         assert!(out.contains("host: up:80\r\n"), "{out}");
     }
@@ -279,9 +297,17 @@ mod tests {
         .unwrap()
         .unwrap();
         let mut out = BytesMut::new();
-        let opts = ResponseOptions { framing: res.framing, close: false, keep_alive_10: false, upgrade: false };
+        let opts = ResponseOptions {
+            framing: res.framing,
+            close: false,
+            keep_alive_10: false,
+            upgrade: false,
+        };
         encode_response(&res, &opts, &mut out);
-        assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nServer: s\r\ncontent-length: 3\r\n\r\n");
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 200 OK\r\nServer: s\r\ncontent-length: 3\r\n\r\n"
+        );
     }
 
     #[test]
@@ -289,6 +315,8 @@ mod tests {
         let r = error_response(503, "no-endpoint", "cluster has no endpoint", true, false);
         let s = std::str::from_utf8(&r).unwrap();
         assert!(s.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
-        assert!(s.contains("weft-error: no-endpoint\r\n") && s.ends_with("\r\n\r\ncluster has no endpoint\n"));
+        assert!(
+            s.contains("weft-error: no-endpoint\r\n") && s.ends_with("\r\n\r\ncluster has no endpoint\n")
+        );
     }
 }

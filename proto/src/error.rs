@@ -77,9 +77,7 @@ impl fmt::Display for HeadError {
             HeadError::TooManyHeaders => f.write_str("more header fields than the limit"),
             HeadError::ControlByteInValue => f.write_str("control byte in a header value"),
             HeadError::BadHost(why) => write!(f, "bad Host header: {why}"),
-            HeadError::BadContentLength => {
-                f.write_str("Content-Length is malformed or has differing values")
-            }
+            HeadError::BadContentLength => f.write_str("Content-Length is malformed or has differing values"),
             HeadError::ContentLengthWithTransferEncoding => {
                 f.write_str("both Content-Length and Transfer-Encoding are present")
             }

@@ -20,7 +20,11 @@ pub const MAX_HEADERS_CAP: usize = 256;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_request_line: 8 * 1024, max_head_bytes: 64 * 1024, max_headers: 100 }
+        Limits {
+            max_request_line: 8 * 1024,
+            max_head_bytes: 64 * 1024,
+            max_headers: 100,
+        }
     }
 }
 
@@ -179,14 +183,32 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
 }
 
 fn is_token_byte(b: u8) -> bool {
-    matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
-        || b.is_ascii_alphanumeric()
+    matches!(
+        b,
+        b'!' | b'#'
+            | b'$'
+            | b'%'
+            | b'&'
+            | b'\''
+            | b'*'
+            | b'+'
+            | b'-'
+            | b'.'
+            | b'^'
+            | b'_'
+            | b'`'
+            | b'|'
+            | b'~'
+    ) || b.is_ascii_alphanumeric()
 }
 
 /// Collects the framing facts of parsed header fields, rejecting control
 /// bytes in values and malformed framing headers.
 pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan, HeadError> {
-    let mut s = Scan { headers: Vec::with_capacity(fields.len()), ..Scan::default() };
+    let mut s = Scan {
+        headers: Vec::with_capacity(fields.len()),
+        ..Scan::default()
+    };
     for h in fields {
         let value = h.value;
         if value.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f) {
@@ -213,7 +235,11 @@ pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan,
                 for (_, coding) in list_items(value) {
                     saw_item = true;
                     // Parameters (`;q=...`) are not allowed on chunked; keep the name only.
-                    let name = coding.split(|b| *b == b';').next().map(trim_ows).unwrap_or(coding);
+                    let name = coding
+                        .split(|b| *b == b';')
+                        .next()
+                        .map(trim_ows)
+                        .unwrap_or(coding);
                     if !name.iter().all(|b| is_token_byte(*b)) {
                         return Err(HeadError::BadTransferEncoding);
                     }
@@ -249,14 +275,14 @@ pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan,
                 }
             }
             HeaderKind::Upgrade => s.upgrade = true,
-            HeaderKind::Expect => {
-                if value.eq_ignore_ascii_case(b"100-continue") {
-                    s.expect_continue = true;
-                }
-            }
+            HeaderKind::Expect if value.eq_ignore_ascii_case(b"100-continue") => s.expect_continue = true,
             _ => {}
         }
-        s.headers.push(HeaderRange { name: offset_in(base, h.name.as_bytes()), value: value_range, kind });
+        s.headers.push(HeaderRange {
+            name: offset_in(base, h.name.as_bytes()),
+            value: value_range,
+            kind,
+        });
     }
     Ok(s)
 }
@@ -268,7 +294,10 @@ pub fn is_hop_by_hop(base: &[u8], h: &HeaderRange, connection: &ConnectionOption
         HeaderKind::Connection | HeaderKind::HopByHop | HeaderKind::Upgrade => true,
         HeaderKind::Other => {
             let name = &base[h.name.clone()];
-            connection.others.iter().any(|r| base[r.clone()].eq_ignore_ascii_case(name))
+            connection
+                .others
+                .iter()
+                .any(|r| base[r.clone()].eq_ignore_ascii_case(name))
         }
         _ => false,
     }

@@ -54,7 +54,9 @@ impl RequestHead {
 
     /// The authority (host and optional port) of the request, if any.
     pub fn authority(&self) -> Option<&str> {
-        self.authority.clone().and_then(|r| std::str::from_utf8(&self.raw[r]).ok())
+        self.authority
+            .clone()
+            .and_then(|r| std::str::from_utf8(&self.raw[r]).ok())
     }
 
     /// The host of the request without port, for routing.
@@ -104,7 +106,27 @@ fn valid_authority(a: &[u8]) -> bool {
     !a.is_empty()
         && a.iter().all(|b| {
             b.is_ascii_alphanumeric()
-                || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=')
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b':'
+                        | b'['
+                        | b']'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
         })
 }
 
@@ -172,7 +194,12 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
     if method == "CONNECT" {
         return Err(HeadError::UnsupportedMethod);
     }
-    let headers = req.headers.iter().take_while(|h| !h.name.is_empty()).copied().collect::<Vec<_>>();
+    let headers = req
+        .headers
+        .iter()
+        .take_while(|h| !h.name.is_empty())
+        .copied()
+        .collect::<Vec<_>>();
     let s = scan(base, &headers)?;
 
     // Target forms (RFC 9112 §3.2).
@@ -195,7 +222,10 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
             return Err(HeadError::BadTarget);
         };
         let rest = &t[skip..];
-        let auth_end = rest.iter().position(|b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+        let auth_end = rest
+            .iter()
+            .position(|b| matches!(b, b'/' | b'?' | b'#'))
+            .unwrap_or(rest.len());
         let auth = &rest[..auth_end];
         if !valid_authority(auth) {
             return Err(HeadError::BadTarget);
@@ -292,11 +322,17 @@ mod tests {
 
     #[test]
     fn framing() {
-        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.framing, BodyFraming::Length(5));
-        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.framing, BodyFraming::Chunked);
-        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.framing, BodyFraming::Length(5));
     }
 
@@ -306,24 +342,57 @@ mod tests {
             err("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
             HeadError::ContentLengthWithTransferEncoding
         );
-        assert_eq!(err("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"), HeadError::BadContentLength);
-        assert_eq!(err("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n"), HeadError::BadContentLength);
-        assert_eq!(err("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n"), HeadError::BadTransferEncoding);
-        assert_eq!(err("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"), HeadError::BadTransferEncoding);
-        assert_eq!(err("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), HeadError::UnsupportedTransferCoding);
-        assert_eq!(err("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), HeadError::BadTransferEncoding);
-        assert_eq!(err("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n"), HeadError::BadTransferEncoding);
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            HeadError::BadContentLength
+        );
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n"),
+            HeadError::BadContentLength
+        );
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+            HeadError::BadTransferEncoding
+        );
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"),
+            HeadError::BadTransferEncoding
+        );
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            HeadError::UnsupportedTransferCoding
+        );
+        assert_eq!(
+            err("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HeadError::BadTransferEncoding
+        );
+        assert_eq!(
+            err("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n"),
+            HeadError::BadTransferEncoding
+        );
     }
 
     #[test]
     fn rejects_bad_syntax() {
-        assert_eq!(err("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n").status(), 400);
+        assert_eq!(
+            err("GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n").status(),
+            400
+        );
         assert_eq!(err("GET / HTTP/1.1\r\nHost : a\r\n\r\n").status(), 400);
-        assert_eq!(err("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n").status(), 400);
+        assert_eq!(
+            err("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n").status(),
+            400
+        );
         assert_eq!(err("G(T / HTTP/1.1\r\nHost: a\r\n\r\n").status(), 400);
         assert_eq!(err("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n").status(), 400);
-        assert_eq!(err("GET / HTTP/1.1\r\n\r\n"), HeadError::BadHost("HTTP/1.1 request without Host"));
-        assert_eq!(err("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), HeadError::BadHost("more than one Host header"));
+        assert_eq!(
+            err("GET / HTTP/1.1\r\n\r\n"),
+            HeadError::BadHost("HTTP/1.1 request without Host")
+        );
+        assert_eq!(
+            err("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            HeadError::BadHost("more than one Host header")
+        );
         assert_eq!(err("GET / HTTP/2.0\r\nHost: a\r\n\r\n").status(), 505);
         assert_eq!(err("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n").status(), 501);
         assert_eq!(err("GET foo HTTP/1.1\r\nHost: a\r\n\r\n"), HeadError::BadTarget);
@@ -331,15 +400,31 @@ mod tests {
 
     #[test]
     fn limits() {
-        let l = Limits { max_request_line: 32, max_head_bytes: 128, max_headers: 3 };
+        let l = Limits {
+            max_request_line: 32,
+            max_head_bytes: 128,
+            max_headers: 3,
+        };
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(40));
-        assert_eq!(parse_request(&mut BytesMut::from(&long[..]), &l).unwrap_err(), HeadError::RequestLineTooLong);
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&long[..]), &l).unwrap_err(),
+            HeadError::RequestLineTooLong
+        );
         let long = format!("GET /{}", "a".repeat(40));
-        assert_eq!(parse_request(&mut BytesMut::from(&long[..]), &l).unwrap_err(), HeadError::RequestLineTooLong);
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&long[..]), &l).unwrap_err(),
+            HeadError::RequestLineTooLong
+        );
         let many = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\n\r\n";
-        assert_eq!(parse_request(&mut BytesMut::from(many), &l).unwrap_err(), HeadError::TooManyHeaders);
+        assert_eq!(
+            parse_request(&mut BytesMut::from(many), &l).unwrap_err(),
+            HeadError::TooManyHeaders
+        );
         let big = format!("GET / HTTP/1.1\r\nHost: a\r\nA: {}\r\n", "x".repeat(200));
-        assert_eq!(parse_request(&mut BytesMut::from(&big[..]), &l).unwrap_err(), HeadError::HeadTooLarge);
+        assert_eq!(
+            parse_request(&mut BytesMut::from(&big[..]), &l).unwrap_err(),
+            HeadError::HeadTooLarge
+        );
     }
 
     #[test]
@@ -349,15 +434,21 @@ mod tests {
         assert_eq!(h.connection.others.len(), 1);
         let h = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive);
-        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
+        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(h.keep_alive);
-        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!h.keep_alive);
     }
 
     #[test]
     fn absolute_form() {
-        let h = parse("GET http://api.example.com:80/v1/x?q HTTP/1.1\r\nHost: other\r\n\r\n").unwrap().unwrap();
+        let h = parse("GET http://api.example.com:80/v1/x?q HTTP/1.1\r\nHost: other\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.host(), Some("api.example.com"));
         assert_eq!(h.path(), "/v1/x");
         assert_eq!(strip_port("[::1]:80"), "[::1]");

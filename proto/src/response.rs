@@ -97,7 +97,12 @@ pub fn parse_response(
         let start = reason.as_ptr() as usize - base.as_ptr() as usize;
         start..start + reason.len()
     };
-    let headers = res.headers.iter().take_while(|h| !h.name.is_empty()).copied().collect::<Vec<_>>();
+    let headers = res
+        .headers
+        .iter()
+        .take_while(|h| !h.name.is_empty())
+        .copied()
+        .collect::<Vec<_>>();
     let s = scan(base, &headers)?;
     let bodyless = head_request || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if bodyless {
@@ -125,9 +130,8 @@ pub fn parse_response(
             None => BodyFraming::UntilClose,
         }
     };
-    let keep_alive = !s.connection.close
-        && (minor == 1 || s.connection.keep_alive)
-        && framing != BodyFraming::UntilClose;
+    let keep_alive =
+        !s.connection.close && (minor == 1 || s.connection.keep_alive) && framing != BodyFraming::UntilClose;
     let raw = buf.split_to(len).freeze();
     Ok(Some(ResponseHead {
         raw,
@@ -151,30 +155,53 @@ mod tests {
 
     #[test]
     fn framings() {
-        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", false).unwrap().unwrap();
+        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", false)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.framing, BodyFraming::Length(3));
         assert!(r.keep_alive);
-        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).unwrap().unwrap();
+        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.framing, BodyFraming::None);
         let r = parse("HTTP/1.1 204 No Content\r\n\r\n", false).unwrap().unwrap();
         assert_eq!(r.framing, BodyFraming::None);
-        let r = parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false).unwrap().unwrap();
+        let r = parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.framing, BodyFraming::None);
         let r = parse("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
         assert_eq!(r.framing, BodyFraming::UntilClose);
         assert!(!r.keep_alive);
-        let r = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap().unwrap();
+        let r = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.framing, BodyFraming::Chunked);
-        let r = parse("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", false).unwrap().unwrap();
+        let r = parse(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert!(r.is_informational());
-        let r = parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap().unwrap();
+        let r = parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
         assert!(!r.keep_alive);
     }
 
     #[test]
     fn rejects() {
-        assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", false).is_err());
-        assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", false).is_err());
+        assert!(parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            false
+        )
+        .is_err());
         assert!(parse("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", false).is_err());
         assert!(parse("HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
         assert!(parse("garbage\r\n\r\n", false).is_err());

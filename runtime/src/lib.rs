@@ -1,1 +1,21 @@
+//! weft: the runtime of the weft data plane.
+//!
+//! The only crate that touches sockets, threads and the clock. It starts one
+//! worker thread per core, each with its own monoio runtime (io_uring, or epoll
+//! where io_uring is unavailable), its own listeners, upstream pools and
+//! balancer state, and runs the proxy pipeline that calls `weft-core` for
+//! decisions and `weft-proto` for the wire.
 
+pub mod demo;
+mod downstream;
+mod io;
+pub mod load;
+mod log;
+mod server;
+mod shutdown;
+mod upstream;
+mod worker;
+
+pub use server::{DriverInUse, Server, StartError};
+pub use shutdown::Shutdown;
+pub use weft_core::Config;

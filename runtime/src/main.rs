@@ -1,1 +1,138 @@
-fn main(){}
+//! The `weft` binary: run a configuration, check one, or run the demo.
+
+use mimalloc::MiMalloc;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use weft::{demo, load, Server};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+const USAGE: &str = "\
+weft: a thread-per-core service-mesh data plane
+
+usage:
+  weft --config FILE      run the proxy described by FILE
+  weft check FILE         validate FILE and print what it would run
+  weft demo [--listen ADDR]
+                          run two demo upstreams and a proxy splitting 80/20
+                          between them (default ADDR 127.0.0.1:8080)
+  weft --version | --help
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    match a.as_slice() {
+        ["--config" | "-c", file] => run(load::from_file(&PathBuf::from(file))),
+        ["check", file] => check(file),
+        ["demo"] => run_demo(None),
+        ["demo", "--listen", addr] => match addr.parse() {
+            Ok(addr) => run_demo(Some(addr)),
+            Err(_) => fail(&format!("`{addr}` is not an IP:port address")),
+        },
+        ["--version" | "-V"] => {
+            println!("weft {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        ["--help" | "-h"] => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprint!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("weft: {msg}");
+    ExitCode::FAILURE
+}
+
+fn check(file: &str) -> ExitCode {
+    match load::from_file(&PathBuf::from(file)) {
+        Ok(config) => {
+            println!("{file}: ok");
+            print!("{}", config.describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn run(config: Result<weft::Config, String>) -> ExitCode {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    for (name, addr) in server.addrs() {
+        eprintln!("weft: listener {name} on {addr} ({:?} driver)", server.driver());
+    }
+    serve_until_signal(server)
+}
+
+fn serve_until_signal(server: Server) -> ExitCode {
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
+    };
+    let shutdown = server.shutdown_handle();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for _ in signals.forever() {
+            seen += 1;
+            if seen == 1 {
+                eprintln!("weft: shutting down: no new connections, finishing requests in flight");
+                shutdown.fire();
+            } else {
+                eprintln!("weft: second signal: exiting now");
+                std::process::exit(1);
+            }
+        }
+    });
+    server.join();
+    eprintln!("weft: stopped");
+    ExitCode::SUCCESS
+}
+
+fn run_demo(listen: Option<SocketAddr>) -> ExitCode {
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let (blue, green) = match (
+        demo::spawn_upstream("blue", loopback),
+        demo::spawn_upstream("green", loopback),
+    ) {
+        (Ok(b), Ok(g)) => (b, g),
+        (Err(e), _) | (_, Err(e)) => return fail(&format!("cannot start the demo upstreams: {e}")),
+    };
+    let wanted = listen.unwrap_or(([127, 0, 0, 1], 8080).into());
+    let start = |addr| {
+        let text = demo::config_text(addr, blue, green);
+        let config = load::parse(&text).map_err(|e| e.to_string())?;
+        Server::start(config).map_err(|e| e.to_string())
+    };
+    let server = match start(wanted) {
+        Ok(s) => s,
+        // The default port is taken: use any free port rather than fail.
+        Err(_) if listen.is_none() => match start(([127, 0, 0, 1], 0).into()) {
+            Ok(s) => s,
+            Err(e) => return fail(&e),
+        },
+        Err(e) => return fail(&e),
+    };
+    let addr = server.addr("demo").unwrap_or(wanted);
+    println!("weft demo: proxy on http://{addr}");
+    println!("  upstream blue  on {blue}  (weight 80)");
+    println!("  upstream green on {green} (weight 20)");
+    println!("try:  for i in $(seq 10); do curl -s http://{addr}/; done");
+    println!("Ctrl-C to stop.");
+    serve_until_signal(server)
+}

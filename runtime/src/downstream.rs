@@ -1,0 +1,510 @@
+//! One client connection: read request heads, route, forward to an upstream,
+//! stream the response back; keep-alive, pipelining, 100-continue, upgrades.
+
+use crate::io::{nodelay, read_more, write_one, write_two, READ_CHUNK};
+use crate::upstream::{connect, Endpoint, InFlight};
+use crate::worker::{Active, Worker};
+use bytes::{Bytes, BytesMut};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+use weft_core::config::Listener;
+use weft_core::{ErrorKind, ProxyError};
+use weft_proto::encode::{encode_request, encode_response, error_response, RequestOptions, ResponseOptions};
+use weft_proto::{
+    parse_request, parse_response, BodyFraming, ChunkedDecoder, ChunkedError, HeadError, Limits, RequestHead,
+    ResponseHead,
+};
+
+/// Limits on response heads from upstreams.
+const RESPONSE_LIMITS: Limits = Limits {
+    max_request_line: 8 * 1024,
+    max_head_bytes: 64 * 1024,
+    max_headers: 256,
+};
+
+/// What the connection does after one exchange.
+enum Next {
+    KeepAlive,
+    Close,
+    Tunnel(TcpStream, BytesMut),
+}
+
+enum HeadRead {
+    Head(Box<RequestHead>),
+    /// Clean end: the client closed, or idled out, between requests.
+    Closed,
+    Reject(HeadError),
+    Timeout,
+}
+
+/// Serves one accepted client connection until it closes.
+pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer: SocketAddr) {
+    nodelay(&client);
+    let config = w.config.clone();
+    let l = &config.listeners[li];
+    let limits = Limits {
+        max_request_line: l.max_request_line,
+        max_head_bytes: l.max_header_bytes,
+        max_headers: l.max_headers,
+    };
+    let peer_ip = peer.ip().to_string();
+    let mut buf = BytesMut::new();
+    loop {
+        let head = match read_head(&mut client, &mut buf, l, &limits).await {
+            HeadRead::Head(h) => h,
+            HeadRead::Closed => return,
+            HeadRead::Reject(e) => {
+                let out = error_response(e.status(), e.code(), &e.to_string(), true, false);
+                let _ = write_one(&mut client, out.freeze()).await;
+                return;
+            }
+            HeadRead::Timeout => {
+                let msg = "the request head did not arrive within the listener's header_timeout";
+                let out = error_response(408, "header-timeout", msg, true, false);
+                let _ = write_one(&mut client, out.freeze()).await;
+                return;
+            }
+        };
+        let active = Active::new(&w);
+        match exchange(&w, l, &mut client, &mut buf, &head, &peer_ip).await {
+            Next::KeepAlive if !w.draining.get() => {}
+            Next::KeepAlive | Next::Close => return,
+            Next::Tunnel(up, up_buf) => {
+                drop(active);
+                tunnel(client, buf, up, up_buf).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn read_head(client: &mut TcpStream, buf: &mut BytesMut, l: &Listener, limits: &Limits) -> HeadRead {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if !buf.is_empty() {
+            match parse_request(buf, limits) {
+                Ok(Some(h)) => return HeadRead::Head(Box::new(h)),
+                Ok(None) => {}
+                Err(e) => return HeadRead::Reject(e),
+            }
+        }
+        let had_bytes = !buf.is_empty();
+        if had_bytes {
+            deadline.get_or_insert_with(|| Instant::now() + l.header_timeout);
+        } else {
+            // Idle between requests: wait for data without holding a buffer,
+            // so idle keep-alive connections cost no read memory.
+            *buf = BytesMut::new();
+            match monoio::time::timeout(l.idle_timeout, client.readable(false)).await {
+                Ok(Ok(())) => {}
+                _ => return HeadRead::Closed,
+            }
+            deadline.get_or_insert_with(|| Instant::now() + l.header_timeout);
+        }
+        let until = deadline.unwrap_or_else(|| Instant::now() + l.header_timeout);
+        match monoio::time::timeout_at(until.into(), read_more(client, buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
+            Ok(Ok(_)) => {}
+            Err(_) if had_bytes || !buf.is_empty() => return HeadRead::Timeout,
+            Err(_) => return HeadRead::Timeout,
+        }
+    }
+}
+
+/// Consumes one body from a read buffer as it arrives, keeping the framing.
+enum Body {
+    Done,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Chunked from the upstream, payload only to the client (HTTP/1.0 client).
+    Dechunk(ChunkedDecoder),
+    UntilClose,
+}
+
+impl Body {
+    fn new(framing: BodyFraming) -> Self {
+        match framing {
+            BodyFraming::None | BodyFraming::Length(0) => Body::Done,
+            BodyFraming::Length(n) => Body::Length(n),
+            BodyFraming::Chunked => Body::Chunked(ChunkedDecoder::new()),
+            BodyFraming::UntilClose => Body::UntilClose,
+        }
+    }
+
+    fn done(&self) -> bool {
+        matches!(self, Body::Done)
+    }
+
+    /// Splits off the bytes of `buf` that belong to the body (validated),
+    /// without copying them.
+    fn take(&mut self, buf: &mut BytesMut) -> Result<Bytes, ChunkedError> {
+        match self {
+            Body::Done => Ok(Bytes::new()),
+            Body::Length(n) => {
+                let k = (*n).min(buf.len() as u64);
+                *n -= k;
+                if *n == 0 {
+                    *self = Body::Done;
+                }
+                Ok(buf.split_to(k as usize).freeze())
+            }
+            Body::Chunked(d) => {
+                let k = d.feed(buf)?;
+                if d.is_done() {
+                    *self = Body::Done;
+                }
+                Ok(buf.split_to(k).freeze())
+            }
+            Body::Dechunk(d) => {
+                // Keep only payload runs; framing bytes are dropped.
+                let mut out = BytesMut::new();
+                while !buf.is_empty() && !d.is_done() {
+                    let step = d.step(buf)?;
+                    let mut consumed = buf.split_to(step.consumed);
+                    let data = consumed.split_off(step.data.start).split_to(step.data.len());
+                    if out.is_empty() {
+                        out = data;
+                    } else {
+                        out.extend_from_slice(&data);
+                    }
+                    if step.consumed == 0 {
+                        break;
+                    }
+                }
+                if d.is_done() {
+                    *self = Body::Done;
+                }
+                Ok(out.freeze())
+            }
+            Body::UntilClose => Ok(buf.split().freeze()),
+        }
+    }
+}
+
+async fn reply_error(client: &mut TcpStream, e: ProxyError, close: bool, req: &RequestHead) -> Next {
+    let out = error_response(e.status(), e.code(), &e.to_string(), close, req.is_head());
+    if write_one(client, out.freeze()).await.is_err() || close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// Why an attempt failed before a response head reached the client.
+struct Failed {
+    error: ProxyError,
+    /// The upstream may have seen nothing usable: a retry on a fresh
+    /// connection cannot duplicate the request.
+    retryable: bool,
+    /// The client connection must be closed (its body is half-read).
+    close: bool,
+}
+
+/// Forwards one request and its response.
+async fn exchange(
+    w: &Worker,
+    l: &Listener,
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
+    req: &RequestHead,
+    peer_ip: &str,
+) -> Next {
+    let has_body = req.framing != BodyFraming::None;
+    let path = if req.path.is_empty() { "/" } else { req.path() };
+    let Some(route) = l.routes.find(req.host(), path, req.method(), |n| req.header(n)) else {
+        return reply_error(client, ProxyError::new(ErrorKind::NoRoute), has_body, req).await;
+    };
+    let c = w.pick_cluster(&route.target);
+    let cluster = &w.config.clusters[c];
+    let Some(ep) = w.pick_endpoint(c) else {
+        return reply_error(client, ProxyError::new(ErrorKind::NoEndpoint), has_body, req).await;
+    };
+    let _in_flight = InFlight::new(ep);
+    let mut pooled = ep.checkout(&cluster.pool, Instant::now());
+    let (mut up, mut reused) = match pooled.take() {
+        Some(s) => (s, true),
+        None => match connect(ep.addr, cluster.connect_timeout).await {
+            Ok(s) => (s, false),
+            Err(e) => return reply_error(client, e, has_body, req).await,
+        },
+    };
+
+    if req.expect_continue
+        && has_body
+        && cbuf.is_empty()
+        && write_one(client, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"))
+            .await
+            .is_err()
+    {
+        return Next::Close;
+    }
+    let mut out = BytesMut::new();
+    let opts = RequestOptions {
+        client_ip: peer_ip,
+        proto: "http",
+        default_host: &ep.authority,
+    };
+    encode_request(req, &opts, &mut out);
+    let head = out.freeze();
+    let mut body = Body::new(req.framing);
+    let first = match body.take(cbuf) {
+        Ok(b) => b,
+        Err(_) => {
+            return reply_error(client, ProxyError::new(ErrorKind::DownstreamBodyError), true, req).await
+        }
+    };
+
+    let mut ubuf = BytesMut::new();
+    let res = loop {
+        match attempt(
+            l,
+            client,
+            cbuf,
+            &mut up,
+            &mut ubuf,
+            req,
+            head.clone(),
+            first.clone(),
+            &mut body,
+        )
+        .await
+        {
+            Ok(res) => break res,
+            Err(f) if f.retryable && reused => {
+                // A pooled connection the upstream had already closed: the
+                // request never got an answer and had no further body.
+                match connect(ep.addr, cluster.connect_timeout).await {
+                    Ok(s) => {
+                        up = s;
+                        reused = false;
+                        ubuf.clear();
+                    }
+                    Err(e) => return reply_error(client, e, has_body, req).await,
+                }
+            }
+            Err(f) => {
+                if f.error.kind == ErrorKind::DownstreamBodyError && f.close {
+                    return reply_error(client, f.error, true, req).await;
+                }
+                return reply_error(client, f.error, f.close || !body.done(), req).await;
+            }
+        }
+    };
+    respond(w, client, up, ubuf, req, res, ep, &cluster.pool).await
+}
+
+/// Sends the request (head, body) and reads the final response head.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    l: &Listener,
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
+    up: &mut TcpStream,
+    ubuf: &mut BytesMut,
+    req: &RequestHead,
+    head: Bytes,
+    first: Bytes,
+    body: &mut Body,
+) -> Result<ResponseHead, Failed> {
+    let body_was_whole = body.done();
+    let upstream_gone = |retryable| Failed {
+        error: ProxyError::new(ErrorKind::UpstreamReset),
+        retryable,
+        close: false,
+    };
+    if write_two(up, head, first).await.is_err() {
+        return Err(upstream_gone(body_was_whole));
+    }
+    while !body.done() {
+        let got = monoio::time::timeout(l.idle_timeout, read_more(client, cbuf)).await;
+        match got {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => {
+                return Err(Failed {
+                    error: ProxyError::new(ErrorKind::DownstreamBodyError),
+                    retryable: false,
+                    close: true,
+                });
+            }
+        }
+        let piece = body.take(cbuf).map_err(|_| Failed {
+            error: ProxyError::new(ErrorKind::DownstreamBodyError),
+            retryable: false,
+            close: true,
+        })?;
+        if write_one(up, piece).await.is_err() {
+            return Err(Failed {
+                close: true,
+                ..upstream_gone(false)
+            });
+        }
+    }
+    let mut informational = false;
+    loop {
+        match parse_response(ubuf, &RESPONSE_LIMITS, req.is_head()) {
+            Ok(Some(res)) if res.is_informational() && res.status != 101 => {
+                informational = true;
+                if req.minor == 1 {
+                    let mut out = BytesMut::new();
+                    let opts = ResponseOptions {
+                        framing: BodyFraming::None,
+                        close: false,
+                        keep_alive_10: false,
+                        upgrade: false,
+                    };
+                    encode_response(&res, &opts, &mut out);
+                    if write_one(client, out.freeze()).await.is_err() {
+                        return Err(Failed {
+                            close: true,
+                            ..upstream_gone(false)
+                        });
+                    }
+                }
+                continue;
+            }
+            Ok(Some(res)) => return Ok(res),
+            Ok(None) => {}
+            Err(_) => {
+                return Err(Failed {
+                    error: ProxyError::new(ErrorKind::UpstreamMalformed),
+                    retryable: false,
+                    close: false,
+                })
+            }
+        }
+        match read_more(up, ubuf).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(upstream_gone(body_was_whole && ubuf.is_empty() && !informational)),
+        }
+    }
+}
+
+/// Writes the response to the client, streaming its body, and pools the
+/// upstream connection when it was read completely.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    w: &Worker,
+    client: &mut TcpStream,
+    mut up: TcpStream,
+    mut ubuf: BytesMut,
+    req: &RequestHead,
+    res: ResponseHead,
+    ep: &Endpoint,
+    pool: &weft_core::config::PoolSettings,
+) -> Next {
+    if res.status == 101 {
+        if !req.upgrade {
+            let e = ProxyError::new(ErrorKind::UpstreamMalformed);
+            return reply_error(client, e, true, req).await;
+        }
+        let mut out = BytesMut::new();
+        let opts = ResponseOptions {
+            framing: BodyFraming::None,
+            close: false,
+            keep_alive_10: false,
+            upgrade: true,
+        };
+        encode_response(&res, &opts, &mut out);
+        if write_one(client, out.freeze()).await.is_err() {
+            return Next::Close;
+        }
+        return Next::Tunnel(up, ubuf);
+    }
+    let dechunk = req.minor == 0 && res.framing == BodyFraming::Chunked;
+    let client_framing = if dechunk {
+        BodyFraming::UntilClose
+    } else {
+        res.framing
+    };
+    let close = !req.keep_alive || client_framing == BodyFraming::UntilClose || w.draining.get();
+    let opts = ResponseOptions {
+        framing: client_framing,
+        close,
+        keep_alive_10: req.minor == 0 && !close,
+        upgrade: false,
+    };
+    let mut out = BytesMut::with_capacity(res.raw.len() + 64);
+    encode_response(&res, &opts, &mut out);
+    let mut body = if dechunk {
+        Body::Dechunk(ChunkedDecoder::new())
+    } else {
+        Body::new(res.framing)
+    };
+    let Ok(first) = body.take(&mut ubuf) else {
+        return reply_error(client, ProxyError::new(ErrorKind::UpstreamMalformed), true, req).await;
+    };
+    if write_two(client, out.freeze(), first).await.is_err() {
+        return Next::Close;
+    }
+    let mut clean_end = true;
+    while !body.done() {
+        match read_more(&mut up, &mut ubuf).await {
+            Ok(n) if n > 0 => {}
+            _ => {
+                if matches!(body, Body::UntilClose) {
+                    clean_end = false;
+                    break;
+                }
+                // The upstream broke off mid-body: close so that the client
+                // cannot take the truncated body for a whole one.
+                return Next::Close;
+            }
+        }
+        let Ok(piece) = body.take(&mut ubuf) else {
+            return Next::Close;
+        };
+        if write_one(client, piece).await.is_err() {
+            return Next::Close;
+        }
+        if ubuf.capacity() > 4 * READ_CHUNK {
+            // Never let a slow stream grow the buffer: start a fresh one.
+            ubuf = BytesMut::new();
+        }
+    }
+    if clean_end && res.keep_alive && ubuf.is_empty() && res.framing != BodyFraming::UntilClose {
+        ep.checkin(up, pool, Instant::now());
+    }
+    if close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// After `101 Switching Protocols`: copy raw bytes both ways until both
+/// sides have closed.
+async fn tunnel(client: TcpStream, cbuf: BytesMut, up: TcpStream, ubuf: BytesMut) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    if !cbuf.is_empty() && uw.write_all(cbuf.freeze()).await.0.is_err() {
+        return;
+    }
+    if !ubuf.is_empty() && cw.write_all(ubuf.freeze()).await.0.is_err() {
+        return;
+    }
+    monoio::join!(pipe(&mut cr, &mut uw), pipe(&mut ur, &mut cw));
+}
+
+async fn pipe(r: &mut OwnedReadHalf<TcpStream>, w: &mut OwnedWriteHalf<TcpStream>) {
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    loop {
+        let (res, b) = r.read(buf).await;
+        buf = b;
+        match res {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+        let (res, b) = w.write_all(buf).await;
+        buf = b;
+        buf.clear();
+        if res.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}

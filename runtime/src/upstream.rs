@@ -1,0 +1,90 @@
+//! Upstream side of one worker: per-endpoint state, the keep-alive pool and
+//! connection establishment.
+
+use crate::io::nodelay;
+use monoio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use weft_core::config::PoolSettings;
+use weft_core::{ErrorKind, ProxyError};
+
+/// One endpoint of a cluster, as this worker sees it.
+pub(crate) struct Endpoint {
+    pub addr: SocketAddr,
+    /// The endpoint as configured (`host:port`): the Host for HTTP/1.0 clients.
+    pub authority: String,
+    /// Requests in flight to this endpoint from this worker.
+    pub in_flight: Cell<u32>,
+    idle: RefCell<VecDeque<(TcpStream, Instant)>>,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, authority: String) -> Self {
+        Endpoint {
+            addr,
+            authority,
+            in_flight: Cell::new(0),
+            idle: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// Takes the most recently used idle connection that is not too old.
+    pub fn checkout(&self, pool: &PoolSettings, now: Instant) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some((stream, since)) = idle.pop_back() {
+            if now.duration_since(since) < pool.idle_timeout {
+                return Some(stream);
+            }
+            // Everything older is older still.
+            idle.clear();
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was read completely and on
+    /// which no operation was cancelled.
+    pub fn checkin(&self, stream: TcpStream, pool: &PoolSettings, now: Instant) {
+        if pool.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        idle.push_back((stream, now));
+        while idle.len() > pool.max_idle {
+            idle.pop_front();
+        }
+    }
+}
+
+/// Counts a request in flight on an endpoint for as long as it lives.
+pub(crate) struct InFlight<'a>(&'a Endpoint);
+
+impl<'a> InFlight<'a> {
+    pub fn new(e: &'a Endpoint) -> Self {
+        e.in_flight.set(e.in_flight.get() + 1);
+        InFlight(e)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get().saturating_sub(1));
+    }
+}
+
+/// Opens a new connection to `addr` within `timeout`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(s)) => {
+            nodelay(&s);
+            Ok(s)
+        }
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err(ProxyError::new(ErrorKind::ConnectRefused))
+        }
+        Ok(Err(_)) => Err(ProxyError::new(ErrorKind::ConnectFailed)),
+        Err(_) => Err(ProxyError::new(ErrorKind::ConnectTimeout)),
+    }
+}

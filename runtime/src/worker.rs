@@ -1,0 +1,154 @@
+//! One worker: a thread with its own monoio runtime, listeners, pools and
+//! balancer state. Nothing here is shared with other workers.
+
+use crate::downstream;
+use crate::log::log;
+use crate::shutdown::Shutdown;
+use crate::upstream::Endpoint;
+use monoio::io::Canceller;
+use monoio::net::TcpListener;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_core::balance::pick_weighted;
+use weft_core::{least_loaded, BalancerKind, Config, Rng, RoundRobin, Target};
+
+/// A cluster as this worker sees it.
+pub(crate) struct ClusterState {
+    pub endpoints: Vec<Endpoint>,
+    rr: RefCell<RoundRobin>,
+}
+
+/// Per-worker state, shared by the worker's tasks through `Rc`.
+pub(crate) struct Worker {
+    pub config: Arc<Config>,
+    pub clusters: Vec<ClusterState>,
+    rng: RefCell<Rng>,
+    /// Set when shutdown began: answer in flight, then close.
+    pub draining: Cell<bool>,
+    /// Requests being served by this worker.
+    pub active: Cell<usize>,
+}
+
+impl Worker {
+    pub fn new(config: Arc<Config>, seed: u64) -> Self {
+        let clusters = config
+            .clusters
+            .iter()
+            .map(|c| ClusterState {
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .zip(&c.authorities)
+                    .map(|(a, auth)| Endpoint::new(*a, auth.clone()))
+                    .collect(),
+                rr: RefCell::new(RoundRobin::default()),
+            })
+            .collect();
+        Worker {
+            config,
+            clusters,
+            rng: RefCell::new(Rng::new(seed)),
+            draining: Cell::new(false),
+            active: Cell::new(0),
+        }
+    }
+
+    /// The cluster a routed request goes to (weighted pick for splits).
+    pub fn pick_cluster(&self, target: &Target) -> usize {
+        match target {
+            Target::Cluster(c) => *c,
+            Target::Split {
+                clusters,
+                weights,
+                total,
+            } => clusters[pick_weighted(weights, *total, &mut self.rng.borrow_mut())],
+        }
+    }
+
+    /// The endpoint of cluster `c` the next request goes to, if it has any.
+    pub fn pick_endpoint(&self, c: usize) -> Option<&Endpoint> {
+        let state = &self.clusters[c];
+        let n = state.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let i = match self.config.clusters[c].balancer {
+            BalancerKind::LeastLoaded => least_loaded(
+                n,
+                |i| state.endpoints[i].in_flight.get(),
+                &mut self.rng.borrow_mut(),
+            ),
+            BalancerKind::RoundRobin => state.rr.borrow_mut().pick(n),
+        };
+        state.endpoints.get(i)
+    }
+}
+
+/// Counts a request as active on the worker for as long as it lives.
+pub(crate) struct Active<'a>(&'a Worker);
+
+impl<'a> Active<'a> {
+    pub fn new(w: &'a Worker) -> Self {
+        w.active.set(w.active.get() + 1);
+        Active(w)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+    }
+}
+
+/// The body of a worker thread: accept on every listener until shutdown,
+/// then let in-flight requests finish within the drain timeout.
+pub(crate) async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener>, shutdown: Shutdown) {
+    let canceller = Canceller::new();
+    let mut accepting = Vec::new();
+    for (li, std_listener) in listeners.into_iter().enumerate() {
+        let listener = match TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                log!(
+                    "listener {}: cannot register with the runtime: {e}",
+                    worker.config.listeners[li].name
+                );
+                continue;
+            }
+        };
+        let handle = canceller.handle();
+        let w = worker.clone();
+        accepting.push(monoio::spawn(async move {
+            loop {
+                match listener.cancelable_accept(handle.clone()).await {
+                    Ok((stream, peer)) => {
+                        if w.draining.get() {
+                            break;
+                        }
+                        monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
+                    }
+                    Err(e) => {
+                        if w.draining.get() {
+                            break;
+                        }
+                        // Out of file descriptors and the like: back off briefly.
+                        log!("accept on {}: {e}", w.config.listeners[li].addr);
+                        monoio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }));
+    }
+    shutdown.wait().await;
+    worker.draining.set(true);
+    let _ = canceller.cancel();
+    for task in accepting {
+        task.await;
+    }
+    let deadline = Instant::now() + worker.config.runtime.drain_timeout;
+    while worker.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
