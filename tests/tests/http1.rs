@@ -1,0 +1,224 @@
+//! HTTP/1.1 proxying through the real runtime on loopback sockets.
+
+use std::time::Duration;
+use weft_tests::*;
+
+#[test]
+fn forwards_a_get_and_keeps_both_sides_alive() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    for _ in 0..5 {
+        let r = c.get("/hello?x=1", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "hello from a");
+        assert_eq!(r.header("x-upstream"), Some("a"));
+    }
+    assert_eq!(up.count(), 5);
+    // One client connection, one upstream connection: both were reused.
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(up.request(0).head.starts_with("GET /hello?x=1 HTTP/1.1\r\n"));
+    // Sequential requests on new client connections also reuse the pooled upstream connection.
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn removes_hop_by_hop_headers_and_sets_forwarding_headers() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    let r = c.get(
+        "/",
+        "Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: https\r\nX-End: 1\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let head = up.request(0).head.to_ascii_lowercase();
+    for gone in ["connection:", "x-hop:", "keep-alive:", "\r\nte:", "proxy-connection:", "trailer:", "upgrade:"] {
+        assert!(!head.contains(gone), "{gone} was forwarded:\n{head}");
+    }
+    assert!(head.contains("\r\nhost: a\r\n"), "{head}");
+    assert!(head.contains("x-forwarded-for: 192.0.2.1, 127.0.0.1\r\n"), "{head}");
+    assert!(head.contains("x-forwarded-proto: http\r\n") && !head.contains("https"), "{head}");
+    assert!(head.contains("x-end: 1\r\n"), "{head}");
+}
+
+#[test]
+fn response_hop_by_hop_headers_are_removed() {
+    let up = Upstream::scripted(|mut s, _, _| {
+        let mut buf = bytes::BytesMut::new();
+        while read_request(&mut s, &mut buf).is_some() {
+            use std::io::Write;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: X-Private\r\nX-Private: 1\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let (_weft, addr) = proxy(&[up.addr]);
+    let r = get(addr, "/");
+    assert_eq!(r.text(), "ok");
+    assert!(r.header("x-private").is_none() && r.header("keep-alive").is_none(), "{:?}", r.headers);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    let mut batch = String::new();
+    for i in 0..10 {
+        let body = format!("request-{i}");
+        batch.push_str(&format!("POST /{i} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    }
+    c.send(batch.as_bytes());
+    for i in 0..10 {
+        let r = c.response(false).expect("response");
+        assert_eq!(r.text(), format!("request-{i}"));
+    }
+    assert_eq!(up.count(), 10);
+}
+
+#[test]
+fn head_204_304_have_no_body() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.response(true).unwrap();
+    assert_eq!((r.status, r.header("content-length")), (200, Some("12")));
+    for status in [204, 304] {
+        let r = c.get("/", &format!("x-status: {status}\r\n"));
+        assert_eq!((r.status, r.body.len()), (status, 0));
+    }
+    // The connection is still in sync.
+    assert_eq!(c.get("/", "").text(), "hello from a");
+}
+
+#[test]
+fn chunked_bodies_stream_both_ways() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nx-chunked: 3\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert!(r.chunked);
+    assert_eq!(r.text(), "hello world");
+    let got = up.request(0);
+    assert!(got.chunked && got.body == b"hello world");
+    assert!(got.head.to_ascii_lowercase().contains("transfer-encoding: chunked"));
+}
+
+#[test]
+fn close_delimited_response_closes_the_client_connection() {
+    let up = Upstream::scripted(|mut s, _, _| {
+        let mut buf = bytes::BytesMut::new();
+        if read_request(&mut s, &mut buf).is_some() {
+            use std::io::Write;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
+        }
+    });
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.text(), "until the end");
+}
+
+#[test]
+fn expect_100_continue() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+    let interim = c.response(false).unwrap();
+    assert_eq!(interim.status, 100);
+    c.send(b"body");
+    let r = c.response(false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "body"));
+    assert!(!up.request(0).head.to_ascii_lowercase().contains("expect"));
+}
+
+#[test]
+fn http10_client() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.0\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_eq!(r.text(), "hello from a");
+    assert!(c.is_closed());
+    // The upstream still got a Host header (the endpoint's address).
+    assert!(up.request(0).head.contains(&format!("host: {}\r\n", up.addr)));
+    // HTTP/1.0 with keep-alive, and a chunked upstream answer de-chunked.
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.0\r\nx-chunked: 4\r\nx-response-bytes: 10\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert!(!r.chunked);
+    assert_eq!(r.body, pattern(10, 10));
+}
+
+#[test]
+fn websocket_upgrade_is_tunneled_after_101() {
+    let up = Upstream::scripted(|mut s, _, _| {
+        use std::io::{Read, Write};
+        let mut buf = bytes::BytesMut::new();
+        if read_request(&mut s, &mut buf).is_none() {
+            return;
+        }
+        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nserver-first");
+        let mut b = [0u8; 1024];
+        // Echo raw bytes, upper-cased, until the client closes.
+        loop {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let _ = s.write_all(&b[..n].to_ascii_uppercase());
+                }
+            }
+        }
+    });
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let r = c.response(true).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade"), Some("websocket"));
+    let mut first = [0u8; 12];
+    std::io::Read::read_exact(c.stream(), &mut first).unwrap();
+    assert_eq!(&first, b"server-first");
+    c.send(b"not http at all\r\n\r\n");
+    let mut echo = [0u8; 19];
+    std::io::Read::read_exact(c.stream(), &mut echo).unwrap();
+    assert_eq!(&echo, b"NOT HTTP AT ALL\r\n\r\n");
+}
+
+#[test]
+fn upgrade_refused_by_upstream_stays_http() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    // The second request would be smuggled if weft switched to a tunnel early.
+    c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.response(false).unwrap().status, 200);
+    assert_eq!(c.response(false).unwrap().status, 200);
+    assert_eq!(up.count(), 2);
+    assert!(up.request(1).head.starts_with("GET /second "));
+    assert!(!up.request(1).head.to_ascii_lowercase().contains("upgrade"));
+    assert!(up.request(0).head.to_ascii_lowercase().contains("upgrade: websocket"));
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let up = Upstream::echo("a");
+    let server = start(&simple_config(&[up.addr], "idle_timeout = \"200ms\"", ""));
+    let mut c = Client::connect(server.addr("in").unwrap());
+    assert_eq!(c.get("/", "").status, 200);
+    let t = std::time::Instant::now();
+    assert!(c.is_closed());
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
