@@ -1,0 +1,130 @@
+//! Hostile and malformed requests: a clear status, a closed connection, and
+//! nothing (or never two requests) upstream.
+
+use std::time::{Duration, Instant};
+use weft_tests::*;
+
+/// Sends `raw` on a fresh connection; returns the status weft answered and
+/// checks that the connection is closed afterwards.
+fn refused(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, Option<String>) {
+    let mut c = Client::connect(addr);
+    c.send(raw);
+    let r = c.response(false).unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
+    assert!(c.is_closed(), "connection left open after {}", r.status);
+    (r.status, r.header("weft-error").map(str::to_string))
+}
+
+#[test]
+fn each_framing_rule_is_enforced() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let cases: &[(&str, u16, &str)] = &[
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "content-length-with-transfer-encoding"),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400, "bad-transfer-encoding"),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501, "unsupported-transfer-coding"),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400, "bad-content-length"),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3a\r\n\r\nabc", 400, "bad-content-length"),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400, "bad-content-length"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n b\r\n\r\n", 400, ""),
+        ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, ""),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX-Ctl: a\x01b\r\n\r\n", 400, "control-byte-in-header"),
+        ("G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, ""),
+        ("GET / HTTP/1.1\r\nBad Name: a\r\nHost: a\r\n\r\n", 400, ""),
+        ("GET / HTTP/1.1\r\n\r\n", 400, "bad-host"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad-host"),
+        ("GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505, "unsupported-version"),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400, "downstream-body-error"),
+    ];
+    for (raw, status, code) in cases {
+        let (got, weft_error) = refused(addr, raw.as_bytes());
+        assert_eq!(got, *status, "for {raw:?}");
+        if !code.is_empty() {
+            assert_eq!(weft_error.as_deref(), Some(*code), "for {raw:?}");
+        }
+    }
+    // Only the bad-chunk-size request had a valid head; its head went
+    // upstream, but no body and never a second request.
+    assert!(up.count() <= 1, "{} requests reached the upstream", up.count());
+}
+
+#[test]
+fn smuggling_attempt_never_becomes_two_requests() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    // CL.TE: a front end honouring CL would forward the smuggled GET as a body.
+    let (status, _) = refused(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert_eq!(status, 400);
+    // TE with a space before the colon is not a Transfer-Encoding header for
+    // everyone: refused outright.
+    let (status, _) = refused(addr, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n");
+    assert_eq!(status, 400);
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn limits_give_414_and_431() {
+    let up = Upstream::echo("a");
+    let server = start(&simple_config(
+        &[up.addr],
+        "max_request_line = 100\nmax_header_bytes = 1024\nmax_headers = 10",
+        "",
+    ));
+    let addr = server.addr("in").unwrap();
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(200));
+    assert_eq!(refused(addr, long_line.as_bytes()).0, 414);
+    let big_head = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(2000));
+    assert_eq!(refused(addr, big_head.as_bytes()).0, 431);
+    let many: String = (0..12).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+    assert_eq!(refused(addr, many.as_bytes()).0, 431);
+    // Within the limits all is well.
+    assert_eq!(get(addr, "/ok").status, 200);
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
+fn slow_client_gets_408_and_is_closed() {
+    let up = Upstream::echo("a");
+    let server = start(&simple_config(&[up.addr], "header_timeout = \"300ms\"", ""));
+    let mut c = Client::connect(server.addr("in").unwrap());
+    let started = Instant::now();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n");
+    // ... and never the final empty line.
+    let r = c.response(false).expect("a 408");
+    assert_eq!(r.status, 408);
+    assert_eq!(r.header("weft-error"), Some("header-timeout"));
+    assert!(c.is_closed());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn a_byte_at_a_time_still_works() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    for b in b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello" {
+        c.send(&[*b]);
+    }
+    let r = c.response(false).unwrap();
+    assert_eq!(r.text(), "hello");
+}
+
+#[test]
+fn no_route_is_404_and_the_connection_survives() {
+    let up = Upstream::echo("a");
+    let config = format!(
+        "[runtime]\nworkers = 1\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nmatch = {{ host = \"api.example.com\", path_prefix = \"/v1\" }}\ncluster = \"up\"\n[[cluster]]\nname = \"up\"\nendpoints = [\"{}\"]\n",
+        up.addr
+    );
+    let server = start(&config);
+    let mut c = Client::connect(server.addr("in").unwrap());
+    let r = c.get("/v2", "");
+    assert_eq!((r.status, r.header("weft-error")), (404, Some("no-route")));
+    assert!(r.text().contains("no route"));
+    c.send(b"GET /v1/x HTTP/1.1\r\nHost: API.example.com:8080\r\n\r\n");
+    assert_eq!(c.response(false).unwrap().status, 200);
+}

@@ -1,0 +1,147 @@
+//! Real upstream faults: refused, reset, malformed, closed early, stalled
+//! connects, and stale pooled connections.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+use weft_tests::*;
+
+fn one_shot(reply: &'static [u8]) -> Upstream {
+    Upstream::scripted(move |mut s, _, _| {
+        let mut buf = bytes::BytesMut::new();
+        if read_request(&mut s, &mut buf).is_some() {
+            let _ = s.write_all(reply);
+        }
+    })
+}
+
+#[test]
+fn refused_connection_is_503() {
+    let (_weft, addr) = proxy(&[dead_addr()]);
+    let r = get(addr, "/");
+    assert_eq!((r.status, r.header("weft-error")), (503, Some("connect-refused")));
+    assert!(r.text().contains("refused"));
+}
+
+#[test]
+fn cluster_without_endpoints_is_503() {
+    let (_weft, addr) = proxy(&[]);
+    let r = get(addr, "/");
+    assert_eq!((r.status, r.header("weft-error")), (503, Some("no-endpoint")));
+}
+
+#[test]
+fn reset_before_head_is_502() {
+    let up = Upstream::scripted(|mut s, _, _| {
+        let mut buf = bytes::BytesMut::new();
+        if read_request(&mut s, &mut buf).is_some() {
+            // RST instead of FIN.
+            let sock = socket2::SockRef::from(&s);
+            let _ = sock.set_linger(Some(Duration::ZERO));
+        }
+    });
+    let (_weft, addr) = proxy(&[up.addr]);
+    let r = get(addr, "/");
+    assert_eq!((r.status, r.header("weft-error")), (502, Some("upstream-reset")));
+}
+
+#[test]
+fn malformed_response_head_is_502() {
+    for reply in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok",
+        b"NOT HTTP\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
+    ] {
+        let up = one_shot(reply);
+        let (_weft, addr) = proxy(&[up.addr]);
+        let r = get(addr, "/");
+        assert_eq!((r.status, r.header("weft-error")), (502, Some("upstream-malformed-response")), "{reply:?}");
+    }
+}
+
+#[test]
+fn closed_before_any_byte_is_502() {
+    let up = Upstream::scripted(|mut s, _, _| {
+        let mut buf = bytes::BytesMut::new();
+        let _ = read_request(&mut s, &mut buf);
+    });
+    let (_weft, addr) = proxy(&[up.addr]);
+    let r = get(addr, "/");
+    assert_eq!(r.status, 502);
+}
+
+#[test]
+fn body_cut_short_closes_the_client_connection() {
+    let up = one_shot(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of it");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    // The head arrives, then the connection closes before 100 bytes: the
+    // client sees an incomplete body, never a whole one.
+    let mut all = Vec::new();
+    let _ = c.stream().read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("only part of it"), "{text}");
+}
+
+#[test]
+fn chunked_body_cut_short_closes_the_client_connection() {
+    let up = one_shot(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut all = Vec::new();
+    let _ = c.stream().read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.ends_with("5\r\nhello\r\n"), "{text}");
+    assert!(!text.contains("0\r\n\r\n"), "a truncated body looked complete: {text}");
+}
+
+#[test]
+fn connect_timeout_is_504() {
+    // A listener whose accept queue is full: the kernel drops further SYNs,
+    // so connecting hangs until weft's connect timeout.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    let server = start(&simple_config(&[addr], "", "connect_timeout = \"200ms\""));
+    let r = get(server.addr("in").unwrap(), "/");
+    assert_eq!((r.status, r.header("weft-error")), (504, Some("connect-timeout")));
+    drop(sock);
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_for_bodyless_requests() {
+    // The upstream answers one request per connection, keeping the
+    // connection open without saying so, then closes it shortly after.
+    let up = Upstream::scripted(|mut s, _, received| {
+        let mut buf = bytes::BytesMut::new();
+        if let Some((head, _, _)) = read_request(&mut s, &mut buf) {
+            received.lock().unwrap().push(Received {
+                head: String::from_utf8_lossy(&head.raw).to_string(),
+                body: vec![],
+                chunked: false,
+                connection: 0,
+            });
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    for _ in 0..5 {
+        // Each pooled connection is dead by the next request: weft must
+        // notice and resend on a fresh one, never answer 502.
+        assert_eq!(c.get("/", "").status, 200);
+    }
+    assert_eq!(up.count(), 5);
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
