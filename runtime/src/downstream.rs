@@ -3,13 +3,14 @@
 
 use crate::io::{nodelay, read_more, write_one, write_two, READ_CHUNK};
 use crate::upstream::{connect, Endpoint, InFlight};
-use crate::worker::{Active, Worker};
+use crate::worker::{Active, Registered, Worker};
 use bytes::{Bytes, BytesMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 use weft_core::config::Listener;
@@ -45,6 +46,7 @@ enum HeadRead {
 /// Serves one accepted client connection until it closes.
 pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer: SocketAddr) {
     nodelay(&client);
+    let _registered = Registered::new(&w, client.as_raw_fd());
     let config = w.config.clone();
     let l = &config.listeners[li];
     let limits = Limits {

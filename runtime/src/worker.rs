@@ -8,6 +8,8 @@ use crate::upstream::Endpoint;
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +31,8 @@ pub(crate) struct Worker {
     pub draining: Cell<bool>,
     /// Requests being served by this worker.
     pub active: Cell<usize>,
+    /// Open client connections (their sockets), closed at the end of a drain.
+    pub connections: RefCell<HashSet<RawFd>>,
 }
 
 impl Worker {
@@ -52,6 +56,7 @@ impl Worker {
             rng: RefCell::new(Rng::new(seed)),
             draining: Cell::new(false),
             active: Cell::new(0),
+            connections: RefCell::new(HashSet::new()),
         }
     }
 
@@ -150,5 +155,32 @@ pub(crate) async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener
     let deadline = Instant::now() + worker.config.runtime.drain_timeout;
     while worker.active.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // What is left is idle (or past the deadline): shut those sockets down
+    // so that their tasks see the end of stream and close them.
+    for fd in worker.connections.borrow().iter() {
+        // SAFETY: the fd belongs to a live connection task of this worker;
+        // shutdown does not close or invalidate it.
+        unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !worker.connections.borrow().is_empty() && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Registers a client connection with its worker for as long as it lives.
+pub(crate) struct Registered<'a>(&'a Worker, RawFd);
+
+impl<'a> Registered<'a> {
+    pub fn new(w: &'a Worker, fd: RawFd) -> Self {
+        w.connections.borrow_mut().insert(fd);
+        Registered(w, fd)
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.connections.borrow_mut().remove(&self.1);
     }
 }

@@ -143,11 +143,18 @@ impl Upstream {
             let mut buf = BytesMut::new();
             while let Some((head, body, chunked)) = read_request(&mut stream, &mut buf) {
                 let raw = String::from_utf8_lossy(&head.raw).to_string();
-                received.lock().unwrap().push(Received { head: raw, body: body.clone(), chunked, connection: conn });
+                received.lock().unwrap().push(Received {
+                    head: raw,
+                    body: body.clone(),
+                    chunked,
+                    connection: conn,
+                });
                 if let Some(d) = header(&head, "x-delay-ms").and_then(|v| v.parse().ok()) {
                     std::thread::sleep(Duration::from_millis(d));
                 }
-                let status: u16 = header(&head, "x-status").and_then(|v| v.parse().ok()).unwrap_or(200);
+                let status: u16 = header(&head, "x-status")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(200);
                 let payload = match header(&head, "x-response-bytes").and_then(|v| v.parse().ok()) {
                     Some(n) => pattern(n, n as u64),
                     None if !body.is_empty() => body,
@@ -196,7 +203,12 @@ impl Upstream {
     where
         F: Fn(TcpStream, usize, Arc<Mutex<Vec<Received>>>) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        // A deep accept queue: bursts of a thousand connects must not drop SYNs.
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind upstream");
+        sock.listen(4096).expect("listen");
+        let listener: TcpListener = sock.into();
         let addr = listener.local_addr().expect("upstream addr");
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -211,7 +223,11 @@ impl Upstream {
                 std::thread::spawn(move || f(stream, index, r));
             }
         });
-        Upstream { addr, received, connections }
+        Upstream {
+            addr,
+            received,
+            connections,
+        }
     }
 
     /// Requests received so far.
@@ -241,7 +257,10 @@ pub struct Response {
 impl Response {
     /// The first header named `name` (lower-case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as text.
@@ -261,7 +280,17 @@ impl Client {
         let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_nodelay(true).unwrap();
-        Client { reader: BufReader::new(s) }
+        Client {
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// Wraps an already connected socket.
+    pub fn from_stream(s: TcpStream) -> Client {
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        Client {
+            reader: BufReader::new(s),
+        }
     }
 
     /// The underlying socket.
@@ -299,7 +328,12 @@ impl Client {
             let (n, v) = h.split_once(':')?;
             headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
-        let mut r = Response { status, headers, body: Vec::new(), chunked: false };
+        let mut r = Response {
+            status,
+            headers,
+            body: Vec::new(),
+            chunked: false,
+        };
         if (100..200).contains(&status) || head_request || status == 204 || status == 304 {
             return Some(r);
         }
@@ -373,5 +407,8 @@ pub fn dead_addr() -> SocketAddr {
 /// SHA-256 of `data`, hex.
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
