@@ -36,12 +36,26 @@ fn removes_hop_by_hop_headers_and_sets_forwarding_headers() {
     );
     assert_eq!(r.status, 200);
     let head = up.request(0).head.to_ascii_lowercase();
-    for gone in ["connection:", "x-hop:", "keep-alive:", "\r\nte:", "proxy-connection:", "trailer:", "upgrade:"] {
+    for gone in [
+        "connection:",
+        "x-hop:",
+        "keep-alive:",
+        "\r\nte:",
+        "proxy-connection:",
+        "trailer:",
+        "upgrade:",
+    ] {
         assert!(!head.contains(gone), "{gone} was forwarded:\n{head}");
     }
     assert!(head.contains("\r\nhost: a\r\n"), "{head}");
-    assert!(head.contains("x-forwarded-for: 192.0.2.1, 127.0.0.1\r\n"), "{head}");
-    assert!(head.contains("x-forwarded-proto: http\r\n") && !head.contains("https"), "{head}");
+    assert!(
+        head.contains("x-forwarded-for: 192.0.2.1, 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("x-forwarded-proto: http\r\n") && !head.contains("https"),
+        "{head}"
+    );
     assert!(head.contains("x-end: 1\r\n"), "{head}");
 }
 
@@ -57,7 +71,11 @@ fn response_hop_by_hop_headers_are_removed() {
     let (_weft, addr) = proxy(&[up.addr]);
     let r = get(addr, "/");
     assert_eq!(r.text(), "ok");
-    assert!(r.header("x-private").is_none() && r.header("keep-alive").is_none(), "{:?}", r.headers);
+    assert!(
+        r.header("x-private").is_none() && r.header("keep-alive").is_none(),
+        "{:?}",
+        r.headers
+    );
 }
 
 #[test]
@@ -68,7 +86,10 @@ fn pipelined_requests_are_answered_in_order() {
     let mut batch = String::new();
     for i in 0..10 {
         let body = format!("request-{i}");
-        batch.push_str(&format!("POST /{i} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+        batch.push_str(&format!(
+            "POST /{i} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
     }
     c.send(batch.as_bytes());
     for i in 0..10 {
@@ -105,7 +126,10 @@ fn chunked_bodies_stream_both_ways() {
     assert_eq!(r.text(), "hello world");
     let got = up.request(0);
     assert!(got.chunked && got.body == b"hello world");
-    assert!(got.head.to_ascii_lowercase().contains("transfer-encoding: chunked"));
+    assert!(got
+        .head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked"));
 }
 
 #[test]
@@ -209,7 +233,11 @@ fn upgrade_refused_by_upstream_stays_http() {
     assert_eq!(up.count(), 2);
     assert!(up.request(1).head.starts_with("GET /second "));
     assert!(!up.request(1).head.to_ascii_lowercase().contains("upgrade"));
-    assert!(up.request(0).head.to_ascii_lowercase().contains("upgrade: websocket"));
+    assert!(up
+        .request(0)
+        .head
+        .to_ascii_lowercase()
+        .contains("upgrade: websocket"));
 }
 
 #[test]

@@ -9,7 +9,9 @@ use weft_tests::*;
 fn refused(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, Option<String>) {
     let mut c = Client::connect(addr);
     c.send(raw);
-    let r = c.response(false).unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
+    let r = c
+        .response(false)
+        .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
     assert!(c.is_closed(), "connection left open after {}", r.status);
     (r.status, r.header("weft-error").map(str::to_string))
 }
@@ -19,21 +21,53 @@ fn each_framing_rule_is_enforced() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
     let cases: &[(&str, u16, &str)] = &[
-        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "content-length-with-transfer-encoding"),
-        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400, "bad-transfer-encoding"),
-        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501, "unsupported-transfer-coding"),
-        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400, "bad-content-length"),
-        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3a\r\n\r\nabc", 400, "bad-content-length"),
-        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400, "bad-content-length"),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "content-length-with-transfer-encoding",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            400,
+            "bad-transfer-encoding",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+            "unsupported-transfer-coding",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+            "bad-content-length",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3a\r\n\r\nabc",
+            400,
+            "bad-content-length",
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            400,
+            "bad-content-length",
+        ),
         ("GET / HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n b\r\n\r\n", 400, ""),
         ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, ""),
-        ("GET / HTTP/1.1\r\nHost: a\r\nX-Ctl: a\x01b\r\n\r\n", 400, "control-byte-in-header"),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Ctl: a\x01b\r\n\r\n",
+            400,
+            "control-byte-in-header",
+        ),
         ("G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, ""),
         ("GET / HTTP/1.1\r\nBad Name: a\r\nHost: a\r\n\r\n", 400, ""),
         ("GET / HTTP/1.1\r\n\r\n", 400, "bad-host"),
         ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad-host"),
         ("GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505, "unsupported-version"),
-        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400, "downstream-body-error"),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            400,
+            "downstream-body-error",
+        ),
     ];
     for (raw, status, code) in cases {
         let (got, weft_error) = refused(addr, raw.as_bytes());
@@ -59,7 +93,10 @@ fn smuggling_attempt_never_becomes_two_requests() {
     assert_eq!(status, 400);
     // TE with a space before the colon is not a Transfer-Encoding header for
     // everyone: refused outright.
-    let (status, _) = refused(addr, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n");
+    let (status, _) = refused(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    );
     assert_eq!(status, 400);
     assert_eq!(up.count(), 0);
 }

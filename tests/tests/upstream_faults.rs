@@ -55,7 +55,11 @@ fn malformed_response_head_is_502() {
         let up = one_shot(reply);
         let (_weft, addr) = proxy(&[up.addr]);
         let r = get(addr, "/");
-        assert_eq!((r.status, r.header("weft-error")), (502, Some("upstream-malformed-response")), "{reply:?}");
+        assert_eq!(
+            (r.status, r.header("weft-error")),
+            (502, Some("upstream-malformed-response")),
+            "{reply:?}"
+        );
     }
 }
 
@@ -95,7 +99,10 @@ fn chunked_body_cut_short_closes_the_client_connection() {
     let _ = c.stream().read_to_end(&mut all);
     let text = String::from_utf8_lossy(&all);
     assert!(text.ends_with("5\r\nhello\r\n"), "{text}");
-    assert!(!text.contains("0\r\n\r\n"), "a truncated body looked complete: {text}");
+    assert!(
+        !text.contains("0\r\n\r\n"),
+        "a truncated body looked complete: {text}"
+    );
 }
 
 #[test]
@@ -103,7 +110,8 @@ fn connect_timeout_is_504() {
     // A listener whose accept queue is full: the kernel drops further SYNs,
     // so connecting hangs until weft's connect timeout.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
     sock.listen(0).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
