@@ -197,6 +197,11 @@ async fn reply_error(client: &mut TcpStream, e: ProxyError, close: bool, req: &R
     }
 }
 
+/// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).
+fn idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+}
+
 /// Why an attempt failed before a response head reached the client.
 struct Failed {
     error: ProxyError,
@@ -277,9 +282,10 @@ async fn exchange(
         .await
         {
             Ok(res) => break res,
-            Err(f) if f.retryable && reused => {
+            Err(f) if f.retryable && reused && f.error.retry_safe(idempotent(req.method())) => {
                 // A pooled connection the upstream had already closed: the
-                // request never got an answer and had no further body.
+                // request got no answer, had no further body, and repeating
+                // it cannot do harm.
                 match connect(ep.addr, cluster.connect_timeout).await {
                     Ok(s) => {
                         up = s;
@@ -463,7 +469,7 @@ async fn respond(
         if write_one(client, piece).await.is_err() {
             return Next::Close;
         }
-        if ubuf.capacity() > 4 * READ_CHUNK {
+        if ubuf.is_empty() && ubuf.capacity() > 4 * READ_CHUNK {
             // Never let a slow stream grow the buffer: start a fresh one.
             ubuf = BytesMut::new();
         }

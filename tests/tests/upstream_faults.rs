@@ -153,3 +153,26 @@ fn stale_pooled_connection_is_retried_for_bodyless_requests() {
     assert_eq!(up.count(), 5);
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 5);
 }
+
+#[test]
+fn stale_pooled_connection_is_not_retried_for_a_post() {
+    // One request per connection, then the upstream closes without saying so.
+    let up = Upstream::scripted(|mut s, _, _| {
+        let mut buf = bytes::BytesMut::new();
+        if read_request(&mut s, &mut buf).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    let post = b"POST /pay HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+    c.send(post);
+    assert_eq!(c.response(false).unwrap().status, 200);
+    // The pooled connection is dead: a POST may have been processed, so weft
+    // answers 502 rather than send it twice.
+    let mut c = Client::connect(addr);
+    c.send(post);
+    let r = c.response(false).unwrap();
+    assert_eq!((r.status, r.header("weft-error")), (502, Some("upstream-reset")));
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
