@@ -16,6 +16,8 @@ pub const MAX_TRAILERS: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Size { digits: u8 },
+    // Whitespace after the size: only more of it, `;` or CR may follow.
+    SizeWs,
     Ext,
     SizeLf,
     Data,
@@ -128,10 +130,25 @@ impl ChunkedDecoder {
                         return Err(ChunkedError::BadSize);
                     } else if b == b'\r' {
                         self.state = State::SizeLf;
-                    } else if b == b';' || b == b' ' || b == b'\t' {
+                    } else if b == b';' {
                         self.state = State::Ext;
+                    } else if b == b' ' || b == b'\t' {
+                        self.state = State::SizeWs;
                     } else {
                         return Err(ChunkedError::BadSize);
+                    }
+                }
+                State::SizeWs => {
+                    // `5 6` is not a size 5 with an extension: other parsers read it otherwise.
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err(ChunkedError::TooLong);
+                    }
+                    match b {
+                        b' ' | b'\t' => {}
+                        b';' => self.state = State::Ext,
+                        b'\r' => self.state = State::SizeLf,
+                        _ => return Err(ChunkedError::BadSize),
                     }
                 }
                 State::Ext => {
@@ -284,6 +301,10 @@ mod tests {
         assert_eq!(d.feed(b"0\r\n folded\r\n\r\n"), Err(ChunkedError::BadByte));
         let mut d = ChunkedDecoder::new();
         assert_eq!(d.feed(b"-1\r\n"), Err(ChunkedError::BadSize));
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(d.feed(b"5 6\r\nhello\r\n"), Err(ChunkedError::BadSize));
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(d.feed(b"5 \t;a=1\r\nhello\r\n0\r\n\r\n"), Ok(21));
     }
 
     #[test]
