@@ -49,24 +49,22 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
             HeaderKind::TransferEncoding | HeaderKind::XForwardedProto => continue,
             HeaderKind::Expect if req.expect_continue => continue,
             HeaderKind::XForwardedFor => {
+                // One line, where the first field was: all the fields' values
+                // in order, then the client, once.
                 if xff_first {
                     out.put_slice(b"x-forwarded-for: ");
+                    for x in req.headers.iter().filter(|x| x.kind == HeaderKind::XForwardedFor) {
+                        out.put_slice(&raw[x.value.clone()]);
+                        out.put_slice(b", ");
+                    }
+                    out.put_slice(opts.client_ip.as_bytes());
+                    out.put_slice(b"\r\n");
                     xff_first = false;
-                } else {
-                    out.put_slice(b", ");
                 }
-                out.put_slice(&raw[h.value.clone()]);
                 continue;
             }
             HeaderKind::Host => saw_host = true,
             _ => {}
-        }
-        if !xff_first && h.kind != HeaderKind::XForwardedFor {
-            // Close the pending x-forwarded-for line before the next field.
-            out.put_slice(b", ");
-            out.put_slice(opts.client_ip.as_bytes());
-            out.put_slice(b"\r\n");
-            xff_first = true;
         }
         if is_hop_by_hop(raw, h, &req.connection) {
             continue;
@@ -76,11 +74,7 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
         out.put_slice(&raw[h.value.clone()]);
         out.put_slice(b"\r\n");
     }
-    if !xff_first {
-        out.put_slice(b", ");
-        out.put_slice(opts.client_ip.as_bytes());
-        out.put_slice(b"\r\n");
-    } else if !req.headers.iter().any(|h| h.kind == HeaderKind::XForwardedFor) {
+    if xff_first {
         out.put_slice(b"x-forwarded-for: ");
         out.put_slice(opts.client_ip.as_bytes());
         out.put_slice(b"\r\n");
@@ -260,6 +254,12 @@ mod tests {
             enc("GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nHost: a\r\n\r\n");
         assert!(
             out.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nHost: a\r\n"),
+            "{out}"
+        );
+        let out =
+            enc("GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: a\r\nX-Forwarded-For: 2.2.2.2\r\n\r\n");
+        assert!(
+            out.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\nHost: a\r\nx-forwarded-proto"),
             "{out}"
         );
         let out = enc("GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n");
