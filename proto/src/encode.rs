@@ -47,7 +47,12 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
                 continue;
             }
             HeaderKind::TransferEncoding | HeaderKind::XForwardedProto => continue,
-            HeaderKind::Expect if req.expect_continue => continue,
+            // An HTTP/1.0 client's 100-continue is ignored (RFC 9110 10.1.1), not forwarded as 1.1.
+            HeaderKind::Expect
+                if req.expect_continue || raw[h.value.clone()].eq_ignore_ascii_case(b"100-continue") =>
+            {
+                continue
+            }
             HeaderKind::XForwardedFor => {
                 // One line, where the first field was: all the fields' values
                 // in order, then the client, once.
@@ -283,6 +288,8 @@ mod tests {
             out.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"),
             "{out}"
         );
+        let out = enc("POST / HTTP/1.0\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(!out.contains("Expect"), "{out}");
         let out = enc("GET / HTTP/1.0\r\n\r\n");
         assert!(out.contains("host: up:80\r\n"), "{out}");
     }
