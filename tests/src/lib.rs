@@ -22,11 +22,38 @@ pub fn start(config: &str) -> Server {
     Server::start(config).unwrap_or_else(|e| panic!("weft did not start: {e}"))
 }
 
-/// A one-listener, one-cluster configuration in front of `endpoints`.
+thread_local! {
+    static DRIVER: std::cell::Cell<&'static str> = const { std::cell::Cell::new("auto") };
+}
+
+/// Runs test body `f` with weft on IO driver `driver` (`auto`, `io-uring` or
+/// `epoll`) wherever it starts weft through [`simple_config`].
+pub fn with_driver(driver: &'static str, f: fn()) {
+    DRIVER.with(|d| d.set(driver));
+    f()
+}
+
+/// Declares each listed test function (a plain `fn()`) as two tests: one on
+/// the epoll driver, one on the default driver (io_uring where available).
+#[macro_export]
+macro_rules! on_both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { $crate::with_driver("epoll", super::$name) } )*
+        }
+        mod io_uring {
+            $( #[test] fn $name() { $crate::with_driver("auto", super::$name) } )*
+        }
+    };
+}
+
+/// A one-listener, one-cluster configuration in front of `endpoints`, on
+/// the driver chosen by [`with_driver`].
 pub fn simple_config(endpoints: &[SocketAddr], extra_listener: &str, extra_cluster: &str) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let driver = DRIVER.with(|d| d.get());
     format!(
-        "[runtime]\nworkers = 1\ndrain_timeout = \"5s\"\n\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{extra_listener}\n\n[[route]]\ncluster = \"up\"\n\n[[cluster]]\nname = \"up\"\nendpoints = [{}]\n{extra_cluster}\n",
+        "[runtime]\nworkers = 1\ndriver = \"{driver}\"\ndrain_timeout = \"5s\"\n\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{extra_listener}\n\n[[route]]\ncluster = \"up\"\n\n[[cluster]]\nname = \"up\"\nendpoints = [{}]\n{extra_cluster}\n",
         eps.join(", ")
     )
 }

@@ -3,7 +3,6 @@
 use std::time::Duration;
 use weft_tests::*;
 
-#[test]
 fn forwards_a_get_and_keeps_both_sides_alive() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -25,7 +24,6 @@ fn forwards_a_get_and_keeps_both_sides_alive() {
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
-#[test]
 fn removes_hop_by_hop_headers_and_sets_forwarding_headers() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -59,7 +57,6 @@ fn removes_hop_by_hop_headers_and_sets_forwarding_headers() {
     assert!(head.contains("x-end: 1\r\n"), "{head}");
 }
 
-#[test]
 fn response_hop_by_hop_headers_are_removed() {
     let up = Upstream::scripted(|mut s, _, _| {
         let mut buf = bytes::BytesMut::new();
@@ -78,7 +75,6 @@ fn response_hop_by_hop_headers_are_removed() {
     );
 }
 
-#[test]
 fn pipelined_requests_are_answered_in_order() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -99,7 +95,6 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(up.count(), 10);
 }
 
-#[test]
 fn head_204_304_have_no_body() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -115,7 +110,6 @@ fn head_204_304_have_no_body() {
     assert_eq!(c.get("/", "").text(), "hello from a");
 }
 
-#[test]
 fn chunked_bodies_stream_both_ways() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -132,7 +126,6 @@ fn chunked_bodies_stream_both_ways() {
         .contains("transfer-encoding: chunked"));
 }
 
-#[test]
 fn close_delimited_response_closes_the_client_connection() {
     let up = Upstream::scripted(|mut s, _, _| {
         let mut buf = bytes::BytesMut::new();
@@ -149,7 +142,6 @@ fn close_delimited_response_closes_the_client_connection() {
     assert_eq!(r.text(), "until the end");
 }
 
-#[test]
 fn expect_100_continue() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -163,7 +155,6 @@ fn expect_100_continue() {
     assert!(!up.request(0).head.to_ascii_lowercase().contains("expect"));
 }
 
-#[test]
 fn http10_client() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -186,7 +177,6 @@ fn http10_client() {
     assert_eq!(r.body, pattern(10, 10));
 }
 
-#[test]
 fn websocket_upgrade_is_tunneled_after_101() {
     let up = Upstream::scripted(|mut s, _, _| {
         use std::io::{Read, Write};
@@ -221,7 +211,6 @@ fn websocket_upgrade_is_tunneled_after_101() {
     assert_eq!(&echo, b"NOT HTTP AT ALL\r\n\r\n");
 }
 
-#[test]
 fn upgrade_refused_by_upstream_stays_http() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -240,7 +229,6 @@ fn upgrade_refused_by_upstream_stays_http() {
         .contains("upgrade: websocket"));
 }
 
-#[test]
 fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let up = Upstream::echo("a");
     let server = start(&simple_config(&[up.addr], "idle_timeout = \"200ms\"", ""));
@@ -250,3 +238,18 @@ fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     assert!(c.is_closed());
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+on_both_drivers!(
+    forwards_a_get_and_keeps_both_sides_alive,
+    removes_hop_by_hop_headers_and_sets_forwarding_headers,
+    response_hop_by_hop_headers_are_removed,
+    pipelined_requests_are_answered_in_order,
+    head_204_304_have_no_body,
+    chunked_bodies_stream_both_ways,
+    close_delimited_response_closes_the_client_connection,
+    expect_100_continue,
+    http10_client,
+    websocket_upgrade_is_tunneled_after_101,
+    upgrade_refused_by_upstream_stays_http,
+    idle_keep_alive_connection_is_closed_after_idle_timeout,
+);

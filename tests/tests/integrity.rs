@@ -5,7 +5,6 @@ use weft_tests::*;
 
 const SIZE: usize = 8 * 1024 * 1024 + 13;
 
-#[test]
 fn multi_megabyte_content_length_bodies_both_ways() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -26,7 +25,6 @@ fn multi_megabyte_content_length_bodies_both_ways() {
     assert_eq!(sha256(&r.body), sha256(&pattern(SIZE, SIZE as u64)));
 }
 
-#[test]
 fn multi_megabyte_chunked_bodies_both_ways() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -59,7 +57,6 @@ fn multi_megabyte_chunked_bodies_both_ways() {
     assert_eq!(sha256(&got.body), sha256(&body));
 }
 
-#[test]
 fn a_thousand_concurrent_connections_each_get_their_answer() {
     let up = Upstream::echo("a");
     let config = simple_config(&[up.addr], "", "").replace("workers = 1", "workers = 2");
@@ -85,3 +82,9 @@ fn a_thousand_concurrent_connections_each_get_their_answer() {
     }
     assert_eq!(up.count(), 1000);
 }
+
+on_both_drivers!(
+    multi_megabyte_content_length_bodies_both_ways,
+    multi_megabyte_chunked_bodies_both_ways,
+    a_thousand_concurrent_connections_each_get_their_answer,
+);

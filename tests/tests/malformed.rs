@@ -16,7 +16,6 @@ fn refused(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, Option<String>) {
     (r.status, r.header("weft-error").map(str::to_string))
 }
 
-#[test]
 fn each_framing_rule_is_enforced() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -81,7 +80,6 @@ fn each_framing_rule_is_enforced() {
     assert!(up.count() <= 1, "{} requests reached the upstream", up.count());
 }
 
-#[test]
 fn smuggling_attempt_never_becomes_two_requests() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -101,7 +99,6 @@ fn smuggling_attempt_never_becomes_two_requests() {
     assert_eq!(up.count(), 0);
 }
 
-#[test]
 fn limits_give_414_and_431() {
     let up = Upstream::echo("a");
     let server = start(&simple_config(
@@ -122,7 +119,6 @@ fn limits_give_414_and_431() {
     assert_eq!(up.count(), 1);
 }
 
-#[test]
 fn slow_client_gets_408_and_is_closed() {
     let up = Upstream::echo("a");
     let server = start(&simple_config(&[up.addr], "header_timeout = \"300ms\"", ""));
@@ -138,7 +134,6 @@ fn slow_client_gets_408_and_is_closed() {
     assert_eq!(up.count(), 0);
 }
 
-#[test]
 fn a_byte_at_a_time_still_works() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -150,7 +145,6 @@ fn a_byte_at_a_time_still_works() {
     assert_eq!(r.text(), "hello");
 }
 
-#[test]
 fn no_route_is_404_and_the_connection_survives() {
     let up = Upstream::echo("a");
     let config = format!(
@@ -165,3 +159,12 @@ fn no_route_is_404_and_the_connection_survives() {
     c.send(b"GET /v1/x HTTP/1.1\r\nHost: API.example.com:8080\r\n\r\n");
     assert_eq!(c.response(false).unwrap().status, 200);
 }
+
+on_both_drivers!(
+    each_framing_rule_is_enforced,
+    smuggling_attempt_never_becomes_two_requests,
+    limits_give_414_and_431,
+    slow_client_gets_408_and_is_closed,
+    a_byte_at_a_time_still_works,
+    no_route_is_404_and_the_connection_survives,
+);

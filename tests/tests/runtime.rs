@@ -24,8 +24,7 @@ fn exercise(addr: std::net::SocketAddr) {
 #[test]
 fn epoll_driver() {
     let up = Upstream::echo("a");
-    let server =
-        start(&simple_config(&[up.addr], "", "").replace("[runtime]", "[runtime]\ndriver = \"epoll\""));
+    let server = start(&simple_config(&[up.addr], "", "").replace("driver = \"auto\"", "driver = \"epoll\""));
     assert_eq!(server.driver(), DriverInUse::Epoll);
     exercise(server.addr("in").unwrap());
     server.shutdown();
@@ -35,7 +34,7 @@ fn epoll_driver() {
 fn io_uring_driver() {
     let up = Upstream::echo("a");
     let config = weft::load::parse(
-        &simple_config(&[up.addr], "", "").replace("[runtime]", "[runtime]\ndriver = \"io-uring\""),
+        &simple_config(&[up.addr], "", "").replace("driver = \"auto\"", "driver = \"io-uring\""),
     )
     .unwrap();
     match weft::Server::start(config) {
@@ -88,7 +87,7 @@ fn graceful_shutdown_finishes_the_request_in_flight() {
         let up = Upstream::echo("a");
         let server = start(
             &simple_config(&[up.addr], "", "")
-                .replace("[runtime]", &format!("[runtime]\ndriver = \"{driver}\"")),
+                .replace("driver = \"auto\"", &format!("driver = \"{driver}\"")),
         );
         let addr = server.addr("in").unwrap();
         let mut idle = Client::connect(addr);

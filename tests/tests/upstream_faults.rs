@@ -14,7 +14,6 @@ fn one_shot(reply: &'static [u8]) -> Upstream {
     })
 }
 
-#[test]
 fn refused_connection_is_503() {
     let (_weft, addr) = proxy(&[dead_addr()]);
     let r = get(addr, "/");
@@ -22,14 +21,12 @@ fn refused_connection_is_503() {
     assert!(r.text().contains("refused"));
 }
 
-#[test]
 fn cluster_without_endpoints_is_503() {
     let (_weft, addr) = proxy(&[]);
     let r = get(addr, "/");
     assert_eq!((r.status, r.header("weft-error")), (503, Some("no-endpoint")));
 }
 
-#[test]
 fn reset_before_head_is_502() {
     let up = Upstream::scripted(|mut s, _, _| {
         let mut buf = bytes::BytesMut::new();
@@ -44,7 +41,6 @@ fn reset_before_head_is_502() {
     assert_eq!((r.status, r.header("weft-error")), (502, Some("upstream-reset")));
 }
 
-#[test]
 fn malformed_response_head_is_502() {
     for reply in [
         &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"[..],
@@ -63,7 +59,6 @@ fn malformed_response_head_is_502() {
     }
 }
 
-#[test]
 fn closed_before_any_byte_is_502() {
     let up = Upstream::scripted(|mut s, _, _| {
         let mut buf = bytes::BytesMut::new();
@@ -74,7 +69,6 @@ fn closed_before_any_byte_is_502() {
     assert_eq!(r.status, 502);
 }
 
-#[test]
 fn body_cut_short_closes_the_client_connection() {
     let up = one_shot(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of it");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -89,7 +83,6 @@ fn body_cut_short_closes_the_client_connection() {
     assert!(text.ends_with("only part of it"), "{text}");
 }
 
-#[test]
 fn chunked_body_cut_short_closes_the_client_connection() {
     let up = one_shot(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
     let (_weft, addr) = proxy(&[up.addr]);
@@ -105,7 +98,6 @@ fn chunked_body_cut_short_closes_the_client_connection() {
     );
 }
 
-#[test]
 fn connect_timeout_is_504() {
     // A listener whose accept queue is full: the kernel drops further SYNs,
     // so connecting hangs until weft's connect timeout.
@@ -127,7 +119,6 @@ fn connect_timeout_is_504() {
     drop(sock);
 }
 
-#[test]
 fn stale_pooled_connection_is_retried_for_bodyless_requests() {
     // The upstream answers one request per connection, keeping the
     // connection open without saying so, then closes it shortly after.
@@ -154,7 +145,6 @@ fn stale_pooled_connection_is_retried_for_bodyless_requests() {
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 5);
 }
 
-#[test]
 fn stale_pooled_connection_is_not_retried_for_a_post() {
     // One request per connection, then the upstream closes without saying so.
     let up = Upstream::scripted(|mut s, _, _| {
@@ -176,3 +166,16 @@ fn stale_pooled_connection_is_not_retried_for_a_post() {
     assert_eq!((r.status, r.header("weft-error")), (502, Some("upstream-reset")));
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+on_both_drivers!(
+    refused_connection_is_503,
+    cluster_without_endpoints_is_503,
+    reset_before_head_is_502,
+    malformed_response_head_is_502,
+    closed_before_any_byte_is_502,
+    body_cut_short_closes_the_client_connection,
+    chunked_body_cut_short_closes_the_client_connection,
+    connect_timeout_is_504,
+    stale_pooled_connection_is_retried_for_bodyless_requests,
+    stale_pooled_connection_is_not_retried_for_a_post,
+);
