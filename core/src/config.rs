@@ -643,8 +643,9 @@ impl Config {
                 };
                 let _ = writeln!(
                     s,
-                    "  route (line {}) {:?} {:?} -> {target}",
-                    r.line, r.matcher.host, r.matcher.path
+                    "  route (line {}): {} -> {target}",
+                    r.line,
+                    r.matcher.describe()
                 );
             }
         }

@@ -61,6 +61,29 @@ pub struct RouteMatch {
     pub headers: Vec<(String, String)>,
 }
 
+impl RouteMatch {
+    /// The conditions in words, for `weft check`.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![match &self.host {
+            HostMatch::Any => "any host".to_string(),
+            HostMatch::Exact(h) => format!("host {h}"),
+            HostMatch::Suffix(s) => format!("host *{s}"),
+        }];
+        parts.push(match &self.path {
+            PathMatch::Any => "any path".to_string(),
+            PathMatch::Exact(p) => format!("path {p}"),
+            PathMatch::Prefix(p) => format!("path prefix {p}"),
+        });
+        if let Some(m) = &self.method {
+            parts.push(format!("method {m}"));
+        }
+        for (n, v) in &self.headers {
+            parts.push(format!("header {n} = {v}"));
+        }
+        parts.join(", ")
+    }
+}
+
 /// Where a matched request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
