@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# End-to-end load benchmark: weft against nginx and haproxy, and no proxy.
+#
+#   benches/load/run.sh
+#
+# One command: installs what is missing (nginx, haproxy, wrk from Debian;
+# oha from crates.io), builds weft in release, then runs bench.py, which
+# starts an nginx upstream and each proxy in turn, measures them and prints
+# Markdown tables (also written to bench-results/<time>/summary.md).
+#
+# Settings (environment variables, defaults in brackets):
+#   ROUNDS [3]            rounds; each round runs every target in turn
+#   DURATION [10s]        length of each measured wrk and oha run
+#   WARMUP [2s]           unrecorded wrk run before each target's measurements
+#   CONNS [64]            wrk connections (throughput)
+#   RATES ["2000 10000"]  fixed request rates for the latency runs (oha)
+#   LAT_CONNS [50]        oha connections
+#   IDLE_CONNS [10000]    idle keep-alive client connections for the memory figure
+#   IDLE_REQUEST [1]      send one request on each idle connection first (0: none)
+#   TARGETS ["direct weft nginx haproxy"]
+#   PROXY_CORE [0]        core of the proxy under test (one worker)
+#   LOAD_CORE [1]         core of the upstream and of the load generators
+#   SKIP_BUILD [0]        1: use target/release/weft as it is
+#   OUT [bench-results/<UTC time>]
+#   OHA_VERSION [1.16.0]  the oha version installed when oha is missing
+#
+# Quick check while developing: ROUNDS=1 DURATION=2s WARMUP=1s IDLE_CONNS=1000 benches/load/run.sh
+#
+# Needs: Linux with 2 or more cores, taskset, python3 (3.8+), cargo, and root
+# for apt-get (or nginx, haproxy and wrk installed already). Exits non-zero
+# with a message when a prerequisite is missing and cannot be installed.
+
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OHA_VERSION=${OHA_VERSION:-1.16.0}
+
+die() {
+    echo "run.sh: error: $*" >&2
+    exit 1
+}
+say() { echo "run.sh: $*" >&2; }
+
+BENCH_PID=
+cleanup() {
+    # bench.py stops its own children; this covers a kill of run.sh itself.
+    if [[ -n "$BENCH_PID" ]] && kill -0 "$BENCH_PID" 2>/dev/null; then
+        kill -TERM "$BENCH_PID" 2>/dev/null || true
+        wait "$BENCH_PID" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------ prerequisites
+
+[[ "$(uname -s)" == Linux ]] || die "Linux is needed (io_uring, /proc, taskset)"
+command -v taskset >/dev/null || die "taskset is missing: install util-linux"
+command -v python3 >/dev/null || die "python3 (3.8 or later) is missing"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' || die "python3 is older than 3.8"
+cores=$(nproc --all)
+for c in "${PROXY_CORE:-0}" "${LOAD_CORE:-1}"; do
+    (( c < cores )) || die "core $c does not exist (nproc --all: $cores): the proxy and the load need 2 cores; set PROXY_CORE and LOAD_CORE"
+done
+
+missing=()
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+if ((${#missing[@]})); then
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "installing ${missing[*]} with apt-get"
+        apt-get update -qq || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || die "apt-get install ${missing[*]} failed"
+    else
+        die "missing ${missing[*]}: install them (Debian/Ubuntu: sudo apt-get install ${missing[*]}) or run as root"
+    fi
+fi
+export PATH="$PATH:/usr/sbin:/sbin:$HOME/.cargo/bin"
+
+command -v cargo >/dev/null || die "cargo is missing (rustup.rs)"
+if ! command -v oha >/dev/null; then
+    say "installing oha $OHA_VERSION (fixed-rate load with coordinated-omission correction) with cargo; takes ~10 min on 2 cores"
+    cargo install oha --version "$OHA_VERSION" --locked \
+        || die "cargo install oha failed: oha is the fixed-rate, coordinated-omission-corrected generator the latency figures need"
+fi
+oha --help | grep -q -- --latency-correction || die "this oha has no --latency-correction: install oha $OHA_VERSION or later"
+oha --help | grep -q -- --output-format || die "this oha has no --output-format json: install oha $OHA_VERSION or later"
+
+# Stop any nginx started by the package install, so it does not hold ports or CPU.
+# (Only the system service; bench.py's own instances use their own pid files.)
+if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then
+    say "note: the system nginx service is running; it is left alone but takes no load"
+fi
+
+# File descriptors: 10,000 idle client connections plus the proxy's own.
+want_fds=$(( ${IDLE_CONNS:-10000} + 4096 ))
+if (( $(ulimit -Hn) < want_fds )); then
+    ulimit -Hn 65536 2>/dev/null || true
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+(( $(ulimit -n) >= want_fds )) \
+    || die "the open-file limit is $(ulimit -n); $want_fds are needed for IDLE_CONNS=${IDLE_CONNS:-10000}: raise it (ulimit -n) or lower IDLE_CONNS"
+
+# Ephemeral ports: the idle connections and the proxies' upstream connections.
+read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+(( hi - lo > ${IDLE_CONNS:-10000} + 2000 )) \
+    || die "ip_local_port_range is $lo-$hi: too few ports for IDLE_CONNS=${IDLE_CONNS:-10000}; widen it (sysctl net.ipv4.ip_local_port_range='1024 65000') or lower IDLE_CONNS"
+
+# ------------------------------------------------------------ build
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    say "building weft (cargo build --release -p weft)"
+    (cd "$ROOT" && cargo build --release -p weft) || die "cargo build --release -p weft failed"
+fi
+WEFT_BIN=${WEFT_BIN:-$ROOT/target/release/weft}
+[[ -x "$WEFT_BIN" ]] || die "$WEFT_BIN is missing: build it (cargo build --release -p weft)"
+export WEFT_BIN
+
+# ------------------------------------------------------------ run
+
+python3 "$HERE/bench.py" &
+BENCH_PID=$!
+set +e
+wait "$BENCH_PID"
+status=$?
+set -e
+BENCH_PID=
+exit "$status"
