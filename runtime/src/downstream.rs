@@ -73,7 +73,9 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
             }
         };
         let active = Active::new(&w);
-        match exchange(&w, l, &mut client, &mut buf, &head, &peer_ip).await {
+        // Boxed: the exchange's state lives only while a request is in
+        // flight, so an idle connection's task stays small.
+        match Box::pin(exchange(&w, l, &mut client, &mut buf, &head, &peer_ip)).await {
             Next::KeepAlive if !w.draining.get() => {}
             Next::KeepAlive | Next::Close => return,
             Next::Tunnel(up, up_buf) => {
