@@ -126,6 +126,7 @@ pub(crate) async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener
         let handle = canceller.handle();
         let w = worker.clone();
         accepting.push(monoio::spawn(async move {
+            let mut last_log: Option<Instant> = None;
             loop {
                 match listener.cancelable_accept(handle.clone()).await {
                     Ok((stream, peer)) => {
@@ -138,8 +139,12 @@ pub(crate) async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener
                         if w.draining.get() {
                             break;
                         }
-                        // Out of file descriptors and the like: back off briefly.
-                        log!("accept on {}: {e}", w.config.listeners[li].addr);
+                        // Out of file descriptors and the like: back off
+                        // briefly, and say so at most once a second.
+                        if last_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                            log!("accept on {}: {e}", w.config.listeners[li].addr);
+                            last_log = Some(Instant::now());
+                        }
                         monoio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
