@@ -72,6 +72,7 @@ SETTINGS = {
     "TARGETS": env("TARGETS", "direct weft nginx haproxy"),
     "PROXY_CORE": env("PROXY_CORE", "0"),
     "LOAD_CORE": env("LOAD_CORE", "1"),
+    "WAIT_QUIET": env("WAIT_QUIET", "0"),
 }
 ROUNDS = int(SETTINGS["ROUNDS"])
 DURATION = SETTINGS["DURATION"]
@@ -85,12 +86,13 @@ IDLE_REQUEST = SETTINGS["IDLE_REQUEST"] not in ("0", "", "no", "false")
 TARGETS = SETTINGS["TARGETS"].split()
 PROXY_CORE = SETTINGS["PROXY_CORE"]
 LOAD_CORE = SETTINGS["LOAD_CORE"]
+WAIT_QUIET = seconds(SETTINGS["WAIT_QUIET"])
 WEFT_BIN = Path(env("WEFT_BIN", str(ROOT / "target/release/weft")))
 OUT = Path(env("OUT", str(ROOT / "bench-results" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))))
 
 for t in TARGETS:
-    if t not in ("direct", "weft", "nginx", "haproxy"):
-        sys.exit(f"bench: unknown target `{t}` in TARGETS (direct, weft, nginx, haproxy)")
+    if t not in ("direct", "weft", "weft-epoll", "nginx", "haproxy"):
+        sys.exit(f"bench: unknown target `{t}` in TARGETS (direct, weft, weft-epoll, nginx, haproxy)")
 
 CHILDREN = []  # Popen objects, each the leader of its own session
 
@@ -337,10 +339,11 @@ backend be
 """
 
 
-def weft_conf(port, up):
+def weft_conf(port, up, driver="auto"):
     return f"""# weft under benchmark: one worker (pinned by taskset), one route, one cluster.
 [runtime]
 workers = 1
+driver = "{driver}"
 
 [[listener]]
 name = "bench"
@@ -371,9 +374,9 @@ def start_proxy(target, up, rnd):
     """Starts a fresh `target` in front of the upstream: (Popen, port)."""
     port = free_port()
     name = f"{target}-r{rnd}"
-    if target == "weft":
+    if target in ("weft", "weft-epoll"):
         conf = OUT / f"{name}.toml"
-        conf.write_text(weft_conf(port, up))
+        conf.write_text(weft_conf(port, up, "epoll" if target == "weft-epoll" else "auto"))
         argv = [str(WEFT_BIN), "--config", str(conf)]
     elif target == "nginx":
         (OUT / "nginx-tmp").mkdir(exist_ok=True)
@@ -448,27 +451,62 @@ def oha(port, rate, raw_name):
     }
 
 
+UPSTREAM_PID = None  # set once the upstream runs
+
+
+def user_sys_jiffies():
+    """Process CPU (user + nice + system, without interrupts) of all cores, in seconds."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2]) / CLK_TCK
+
+
 def with_cpu(pid, fn):
-    """Runs fn() and adds the user and system CPU seconds pid used meanwhile,
-    and how busy each core was."""
-    c0 = core_times()
-    if pid is None:
-        res = fn()
-        busy = core_busy(c0, core_times())
-        res["core_busy_pct"] = {c: round(b, 1) for c, (b, _) in busy.items()}
-        res["core_steal_pct"] = {c: round(st, 1) for c, (_, st) in busy.items()}
-        return res
-    u0, s0 = cpu_ticks(pid)
+    """Runs fn() (a load generator run) and adds: the user and system CPU
+    seconds pid used meanwhile, how busy each core was, and `other_cpu_pct`:
+    CPU used meanwhile by processes that are not part of the benchmark (not the
+    proxy, the upstream or the load generator), in % of one core; a high value
+    means another job on the machine skewed this measurement."""
+    t0, c0, j0 = time.monotonic(), core_times(), user_sys_jiffies()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    up0 = sum(cpu_ticks(UPSTREAM_PID)) if UPSTREAM_PID else 0.0
+    u0, s0 = cpu_ticks(pid) if pid else (0.0, 0.0)
     res = fn()
-    u1, s1 = cpu_ticks(pid)
-    busy = core_busy(c0, core_times())
+    u1, s1 = cpu_ticks(pid) if pid else (0.0, 0.0)
+    up1 = sum(cpu_ticks(UPSTREAM_PID)) if UPSTREAM_PID else 0.0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t1, c1, j1 = time.monotonic(), core_times(), user_sys_jiffies()
+    busy = core_busy(c0, c1)
     res["core_busy_pct"] = {c: round(b, 1) for c, (b, _) in busy.items()}
     res["core_steal_pct"] = {c: round(st, 1) for c, (_, st) in busy.items()}
-    res["cpu_user_s"] = u1 - u0
-    res["cpu_sys_s"] = s1 - s0
-    cpu = res["cpu_user_s"] + res["cpu_sys_s"]
-    res["req_per_cpu_s"] = res["requests"] / cpu if cpu > 0 else None
+    loadgen = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    ours = (u1 - u0) + (s1 - s0) + (up1 - up0) + loadgen
+    res["loadgen_cpu_s"] = round(loadgen, 3)
+    res["upstream_cpu_s"] = round(up1 - up0, 3)
+    res["other_cpu_pct"] = round(max(0.0, (j1 - j0) - ours) / (t1 - t0) * 100, 1)
+    if pid:
+        res["cpu_user_s"] = u1 - u0
+        res["cpu_sys_s"] = s1 - s0
+        cpu = res["cpu_user_s"] + res["cpu_sys_s"]
+        res["req_per_cpu_s"] = res["requests"] / cpu if cpu > 0 else None
     return res
+
+
+def wait_quiet(bound):
+    """Waits up to `bound` seconds for both cores to be idle (< 10 % busy over
+    2 s): another job on this machine would skew the figures. Returns the last
+    sample as text and whether it was quiet."""
+    deadline = time.monotonic() + bound
+    while True:
+        c0 = core_times()
+        time.sleep(2.0)
+        busy = core_busy(c0, core_times())
+        text = ", ".join(f"core {c} {b:.0f} % busy ({st:.0f} % steal)" for c, (b, st) in sorted(busy.items()))
+        quiet = max(b for b, _ in busy.values()) < 10
+        if quiet or time.monotonic() >= deadline:
+            return text, quiet
+        log(f"waiting for the machine to be quiet ({text})")
+        time.sleep(5.0)
 
 
 def idle_connections(pid, port):
@@ -513,7 +551,7 @@ def measure(target, up, rnd):
         if pid:
             rss, pss, nproc = memory_kb(pid)
             rec["mem_idle"] = {"rss_kb": rss, "pss_kb": pss, "processes": nproc}
-            if target == "weft":
+            if target.startswith("weft"):
                 m = re.search(r"\((\w+) driver\)", tail(OUT / f"{proc.bench_name}.log"))
                 rec["driver"] = m.group(1) if m else "?"
         wrk(port, WARMUP, f"{target}-r{rnd}-warmup.txt")
@@ -526,6 +564,9 @@ def measure(target, up, rnd):
             rec["mem_after_load"] = {"rss_kb": rss, "pss_kb": pss, "processes": nproc}
             if IDLE_CONNS > 0:
                 rec["mem_idle_conns"] = idle_connections(pid, port)
+                time.sleep(1.0)  # the proxy sees the closes
+                rss, pss, nproc = memory_kb(pid)
+                rec["mem_conns_closed"] = {"rss_kb": rss, "pss_kb": pss, "processes": nproc}
             if proc.poll() is not None:
                 rec["crashed"] = f"exited with status {proc.returncode}"
     finally:
@@ -575,8 +616,8 @@ def summary(records, machine, command):
     L.append(f"### Throughput: wrk, {CONNS} connections, {DURATION}, closed loop")
     L.append("")
     L.append("| target | req/s | (min–max) | proxy user CPU s | proxy sys CPU s | sys share | proxy busy | "
-             "req per proxy CPU-s | load core busy | non-2xx | socket errors |")
-    L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+             "req per proxy CPU-s | load core busy | other CPU | non-2xx | socket errors |")
+    L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for t in TARGETS:
         u, s = m(t, "throughput", "cpu_user_s"), m(t, "throughput", "cpu_sys_s")
         secs = m(t, "throughput", "seconds")
@@ -585,20 +626,22 @@ def summary(records, machine, command):
         L.append(f"| {t} | {fmt(m(t, 'throughput', 'rps'))} | {spread(t, 'throughput', 'rps')} | {fmt(u, 2)} | "
                  f"{fmt(s, 2)} | {share} | {busy} | {fmt(m(t, 'throughput', 'req_per_cpu_s'))} | "
                  f"{fmt(m(t, 'throughput', 'core_busy_pct', LOAD_CORE))} % | "
+                 f"{fmt(m(t, 'throughput', 'other_cpu_pct'))} % | "
                  f"{fmt(sum(get(r, 'throughput', 'non2xx') or 0 for r in by[t]))} | "
                  f"{fmt(sum(get(r, 'throughput', 'socket_errors') or 0 for r in by[t]))} |")
     L.append("")
     L.append("non-2xx and socket errors are totals over all rounds; 'proxy busy' is the proxy's CPU time over "
              "the run's wall time (100 % = its core is saturated); 'load core busy' is how busy core "
-             f"{LOAD_CORE} (wrk and the upstream) was, from /proc/stat.")
+             f"{LOAD_CORE} (wrk and the upstream) was, from /proc/stat; 'other CPU' is CPU used meanwhile by "
+             "processes outside the benchmark, in % of one core (should be near 0).")
     for rate in RATES:
         k = str(rate)
         L.append("")
         L.append(f"### Latency at a fixed {rate:,} req/s: oha --latency-correction, {LAT_CONNS} connections, {DURATION}")
         L.append("")
         L.append("| target | achieved req/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | "
-                 "p99 (min–max) | proxy user CPU s | proxy sys CPU s | req per proxy CPU-s | non-2xx | errors |")
-        L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+                 "p99 (min–max) | proxy user CPU s | proxy sys CPU s | req per proxy CPU-s | other CPU | non-2xx | errors |")
+        L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         base = {p: m("direct", "latency", k, p) if "direct" in by else None for p in ("p50_us", "p99_us", "p999_us")}
         for t in TARGETS:
             vals = {p: m(t, "latency", k, p) for p in ("p50_us", "p99_us", "p999_us")}
@@ -609,6 +652,7 @@ def summary(records, machine, command):
                      f"{fmt(added['p999_us'])} | {spread(t, 'latency', k, 'p99_us')} | "
                      f"{fmt(m(t, 'latency', k, 'cpu_user_s'), 2)} | {fmt(m(t, 'latency', k, 'cpu_sys_s'), 2)} | "
                      f"{fmt(m(t, 'latency', k, 'req_per_cpu_s'))} | "
+                     f"{fmt(m(t, 'latency', k, 'other_cpu_pct'))} % | "
                      f"{fmt(sum(get(r, 'latency', k, 'non2xx') or 0 for r in by[t]))} | "
                      f"{fmt(sum(get(r, 'latency', k, 'errors') or 0 for r in by[t]))} |")
         L.append("")
@@ -619,8 +663,8 @@ def summary(records, machine, command):
         L.append(f"### Resident memory (VmRSS, MiB, summed over the proxy's processes)")
         L.append("")
         L.append(f"| target | processes | idle (after start) | after the load | with {IDLE_CONNS:,} idle connections | "
-                 "PSS with idle connections | connections opened / failed | still answering (sample) |")
-        L.append("|---|--:|--:|--:|--:|--:|--:|--:|")
+                 "PSS with idle connections | after they closed | connections opened / failed | still answering (sample) |")
+        L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
         for t in proxies:
             mib = lambda v: fmt(v / 1024, 1) if v is not None else "–"
             opened = m(t, "mem_idle_conns", "opened")
@@ -629,11 +673,13 @@ def summary(records, machine, command):
             tried = sum(get(r, "mem_idle_conns", "check_tried") or 0 for r in by[t])
             L.append(f"| {t} | {fmt(m(t, 'mem_idle', 'processes'))} | {mib(m(t, 'mem_idle', 'rss_kb'))} | "
                      f"{mib(m(t, 'mem_after_load', 'rss_kb'))} | {mib(m(t, 'mem_idle_conns', 'rss_kb'))} | "
-                     f"{mib(m(t, 'mem_idle_conns', 'pss_kb'))} | {fmt(opened)} / {failed} | {ok} / {tried} |")
+                     f"{mib(m(t, 'mem_idle_conns', 'pss_kb'))} | {mib(m(t, 'mem_conns_closed', 'rss_kb'))} | "
+                     f"{fmt(opened)} / {failed} | {ok} / {tried} |")
         L.append("")
-        L.append("nginx runs a master and a worker process: its RSS is their sum (shared pages counted twice), its PSS "
-                 "splits them. Idle connections " + ("each served one request first" if IDLE_REQUEST else
-                                                     "sent nothing") + ".")
+        L.append(("nginx runs a master and a worker process: its RSS is their sum (shared pages counted twice), its "
+                  "PSS splits them. " if "nginx" in proxies else "") + "Idle connections " +
+                 ("each served one request first" if IDLE_REQUEST else "sent nothing") + "; 'still answering' sends "
+                 "one more request on every 100th of them while all are held.")
     problems = []
     for r in records:
         for key in ("crashed", "exit_status"):
@@ -651,6 +697,33 @@ def summary(records, machine, command):
         L.append("### Problems seen")
         L.append("")
         L.extend(problems)
+    noisy = []
+    for r in records:
+        phases = [("throughput", r.get("throughput") or {})] + [
+            (f"{k} req/s", v) for k, v in (r.get("latency") or {}).items()]
+        for name, ph in phases:
+            if (ph.get("other_cpu_pct") or 0) > 10:
+                noisy.append(f"round {r['round']} {r['target']} {name}: {ph['other_cpu_pct']:.0f} %")
+    if noisy:
+        L.append("")
+        L.append("### Noise: other processes used over 10 % of a core during")
+        L.append("")
+        L.append("- " + "; ".join(noisy))
+    L.append("")
+    L.append("### Per round")
+    L.append("")
+    head = "| round | target | req/s | req per proxy CPU-s | " + " | ".join(
+        f"p99 µs at {r:,}/s" for r in RATES) + " | RSS idle MiB | RSS idle conns MiB |"
+    L.append(head)
+    L.append("|" + "---|" * 2 + "--:|" * (4 + len(RATES)))
+    for r in records:
+        cells = [str(r["round"]), r["target"], fmt(get(r, "throughput", "rps")),
+                 fmt(get(r, "throughput", "req_per_cpu_s"))]
+        cells += [fmt(get(r, "latency", str(x), "p99_us")) for x in RATES]
+        for key in ("mem_idle", "mem_idle_conns"):
+            v = get(r, key, "rss_kb")
+            cells.append(fmt(v / 1024, 1) if v is not None else "–")
+        L.append("| " + " | ".join(cells) + " |")
     drivers = sorted({r["driver"] for r in records if "driver" in r})
     L.append("")
     L.append("### Setup")
@@ -669,15 +742,6 @@ def sh(cmd):
         return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
     except Exception:  # noqa: BLE001 - machine description only
         return "?"
-
-
-def quiet_check(seconds_=2.0):
-    """How busy each core is before the benchmark starts (other work skews it)."""
-    c0 = core_times()
-    time.sleep(seconds_)
-    busy = core_busy(c0, core_times())
-    text = ", ".join(f"core {c} {b:.0f} % busy ({st:.0f} % steal)" for c, (b, st) in sorted(busy.items()))
-    return text, max(b for b, _ in busy.values())
 
 
 def machine_info():
@@ -701,9 +765,9 @@ def main():
     (OUT / "raw").mkdir(exist_ok=True)
     command = " ".join(f"{k}={shlex.quote(v)}" for k, v in SETTINGS.items()) + " benches/load/run.sh"
     machine = machine_info()
-    text, worst = quiet_check()
-    machine["before start"] = text + ("" if worst < 10 else " — NOT QUIET: other work skews these figures")
-    if worst >= 10:
+    text, quiet = wait_quiet(WAIT_QUIET)
+    machine["before start"] = text + ("" if quiet else " — NOT QUIET: other work skews these figures")
+    if not quiet:
         log(f"warning: the machine is not quiet before the start: {text}")
     log(f"results in {OUT}")
     log(f"command: {command}")
@@ -718,8 +782,14 @@ def main():
     records = []
     try:
         upstream, up = start_upstream()
+        global UPSTREAM_PID
+        UPSTREAM_PID = upstream.pid
         log(f"upstream nginx on 127.0.0.1:{up}")
         for rnd in range(1, ROUNDS + 1):
+            if rnd > 1 and WAIT_QUIET > 0:
+                text, quiet = wait_quiet(WAIT_QUIET)
+                if not quiet:
+                    log(f"warning: the machine is not quiet before round {rnd}: {text}")
             for target in TARGETS:
                 log(f"round {rnd}/{ROUNDS}: {target}")
                 rec = measure(target, up, rnd)

@@ -17,9 +17,12 @@
 #   LAT_CONNS [50]        oha connections
 #   IDLE_CONNS [10000]    idle keep-alive client connections for the memory figure
 #   IDLE_REQUEST [1]      send one request on each idle connection first (0: none)
-#   TARGETS ["direct weft nginx haproxy"]
+#   TARGETS ["direct weft nginx haproxy"]  (also: weft-epoll, weft on its epoll driver)
 #   PROXY_CORE [0]        core of the proxy under test (one worker)
 #   LOAD_CORE [1]         core of the upstream and of the load generators
+#   WAIT_QUIET [0]        wait up to this long (e.g. 10m) for both cores to be idle
+#                         before the start and before each round; the summary
+#                         flags phases where other processes used CPU anyway
 #   SKIP_BUILD [0]        1: use target/release/weft as it is
 #   OUT [bench-results/<UTC time>]
 #   OHA_VERSION [1.16.0]  the oha version installed when oha is missing
