@@ -62,13 +62,17 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
             HeadRead::Closed => return,
             HeadRead::Reject(e) => {
                 let out = error_response(e.status(), e.code(), &e.to_string(), true, false);
-                let _ = write_one(&mut client, out.freeze()).await;
+                if write_one(&mut client, out.freeze()).await.is_ok() {
+                    linger(&mut client).await;
+                }
                 return;
             }
             HeadRead::Timeout => {
                 let msg = "the request head did not arrive within the listener's header_timeout";
                 let out = error_response(408, "header-timeout", msg, true, false);
-                let _ = write_one(&mut client, out.freeze()).await;
+                if write_one(&mut client, out.freeze()).await.is_ok() {
+                    linger(&mut client).await;
+                }
                 return;
             }
         };
@@ -88,7 +92,14 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
 }
 
 async fn read_head(client: &mut TcpStream, buf: &mut BytesMut, l: &Listener, limits: &Limits) -> HeadRead {
-    let mut deadline: Option<Instant> = None;
+    // Until the first byte of a request, the idle timeout applies; from the
+    // first byte on, the whole head must arrive within the header timeout.
+    let mut deadline = if buf.is_empty() {
+        Instant::now() + l.idle_timeout
+    } else {
+        Instant::now() + l.header_timeout
+    };
+    let mut started = !buf.is_empty();
     loop {
         if !buf.is_empty() {
             match parse_request(buf, limits) {
@@ -96,26 +107,25 @@ async fn read_head(client: &mut TcpStream, buf: &mut BytesMut, l: &Listener, lim
                 Ok(None) => {}
                 Err(e) => return HeadRead::Reject(e),
             }
-        }
-        let had_bytes = !buf.is_empty();
-        if had_bytes {
-            deadline.get_or_insert_with(|| Instant::now() + l.header_timeout);
         } else {
-            // Idle between requests: wait for data without holding a buffer,
-            // so idle keep-alive connections cost no read memory.
+            // Idle: wait for data without holding a buffer, so idle
+            // keep-alive connections cost no read memory.
             *buf = BytesMut::new();
-            match monoio::time::timeout(l.idle_timeout, client.readable(false)).await {
+            match monoio::time::timeout_at(deadline.into(), client.readable(true)).await {
                 Ok(Ok(())) => {}
                 _ => return HeadRead::Closed,
             }
-            deadline.get_or_insert_with(|| Instant::now() + l.header_timeout);
         }
-        let until = deadline.unwrap_or_else(|| Instant::now() + l.header_timeout);
-        match monoio::time::timeout_at(until.into(), read_more(client, buf)).await {
+        match monoio::time::timeout_at(deadline.into(), read_more(client, buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
-            Ok(Ok(_)) => {}
-            Err(_) if had_bytes || !buf.is_empty() => return HeadRead::Timeout,
-            Err(_) => return HeadRead::Timeout,
+            Ok(Ok(_)) => {
+                if !started {
+                    started = true;
+                    deadline = Instant::now() + l.header_timeout;
+                }
+            }
+            Err(_) if started => return HeadRead::Timeout,
+            Err(_) => return HeadRead::Closed,
         }
     }
 }
@@ -192,10 +202,37 @@ impl Body {
 
 async fn reply_error(client: &mut TcpStream, e: ProxyError, close: bool, req: &RequestHead) -> Next {
     let out = error_response(e.status(), e.code(), &e.to_string(), close, req.is_head());
-    if write_one(client, out.freeze()).await.is_err() || close {
-        Next::Close
-    } else {
-        Next::KeepAlive
+    if write_one(client, out.freeze()).await.is_err() {
+        return Next::Close;
+    }
+    if close {
+        linger(client).await;
+        return Next::Close;
+    }
+    Next::KeepAlive
+}
+
+/// Most a lingering close reads and discards.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Closes after an error answer without losing it: sends FIN, then reads
+/// and discards what the client still sends (bounded in time and bytes), so
+/// that closing with unread data does not reset the connection before the
+/// client has read the answer.
+async fn linger(client: &mut TcpStream) {
+    let _ = client.shutdown().await;
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    let mut scratch = Vec::with_capacity(4096);
+    let mut total = 0;
+    while total < LINGER_BYTES {
+        match monoio::time::timeout_at(deadline.into(), client.read(scratch)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                total += n;
+                scratch = b;
+                scratch.clear();
+            }
+            _ => return,
+        }
     }
 }
 

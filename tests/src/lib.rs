@@ -402,6 +402,13 @@ impl Client {
         matches!(self.reader.read(&mut b), Ok(0) | Err(_))
     }
 
+    /// Reads exactly `n` raw bytes (after any buffered ones).
+    pub fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut out = vec![0; n];
+        self.reader.read_exact(&mut out).expect("read_exact");
+        out
+    }
+
     /// Half-closes the sending side.
     pub fn shutdown_write(&mut self) {
         let _ = self.reader.get_mut().shutdown(Shutdown::Write);

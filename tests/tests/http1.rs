@@ -202,13 +202,9 @@ fn websocket_upgrade_is_tunneled_after_101() {
     let r = c.response(true).unwrap();
     assert_eq!(r.status, 101);
     assert_eq!(r.header("upgrade"), Some("websocket"));
-    let mut first = [0u8; 12];
-    std::io::Read::read_exact(c.stream(), &mut first).unwrap();
-    assert_eq!(&first, b"server-first");
+    assert_eq!(c.read_exact(12), b"server-first");
     c.send(b"not http at all\r\n\r\n");
-    let mut echo = [0u8; 19];
-    std::io::Read::read_exact(c.stream(), &mut echo).unwrap();
-    assert_eq!(&echo, b"NOT HTTP AT ALL\r\n\r\n");
+    assert_eq!(c.read_exact(19), b"NOT HTTP AT ALL\r\n\r\n");
 }
 
 fn upgrade_refused_by_upstream_stays_http() {

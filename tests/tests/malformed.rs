@@ -160,7 +160,32 @@ fn no_route_is_404_and_the_connection_survives() {
     assert_eq!(c.response(false).unwrap().status, 200);
 }
 
+/// A refused request with a large body behind it: the client must still
+/// read the 400 (closing with unread data would reset the connection first).
+fn refusal_survives_a_large_unread_body() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    let mut w = c.stream().try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
+        let _ = std::io::Write::write_all(&mut w, head);
+        let junk = vec![b'x'; 64 * 1024];
+        for _ in 0..8 {
+            if std::io::Write::write_all(&mut w, &junk).is_err() {
+                break;
+            }
+        }
+    });
+    let r = c.response(false).expect("the 400 must arrive");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection"), Some("close"));
+    writer.join().unwrap();
+    assert_eq!(up.count(), 0);
+}
+
 on_both_drivers!(
+    refusal_survives_a_large_unread_body,
     each_framing_rule_is_enforced,
     smuggling_attempt_never_becomes_two_requests,
     limits_give_414_and_431,
