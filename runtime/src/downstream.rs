@@ -84,7 +84,7 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
             Next::KeepAlive | Next::Close => return,
             Next::Tunnel(up, up_buf) => {
                 drop(active);
-                tunnel(client, buf, up, up_buf).await;
+                Box::pin(tunnel(client, buf, up, up_buf)).await;
                 return;
             }
         }
