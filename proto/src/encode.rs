@@ -40,6 +40,12 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
     let mut had_content_length = false;
     let mut xff_first = true;
     let mut saw_host = false;
+    // RFC 9112 3.2.2: with an absolute-form target, Host is the target's authority.
+    let uri_authority = req
+        .authority
+        .clone()
+        .filter(|a| req.target.start <= a.start && a.end <= req.target.end)
+        .map(|a| &raw[a]);
     for h in &req.headers {
         match h.kind {
             HeaderKind::ContentLength => {
@@ -68,7 +74,16 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
                 }
                 continue;
             }
-            HeaderKind::Host => saw_host = true,
+            HeaderKind::Host => {
+                saw_host = true;
+                if let Some(authority) = uri_authority {
+                    out.put_slice(&raw[h.name.clone()]);
+                    out.put_slice(b": ");
+                    out.put_slice(authority);
+                    out.put_slice(b"\r\n");
+                    continue;
+                }
+            }
             _ => {}
         }
         if is_hop_by_hop(raw, h, &req.connection) {
@@ -89,7 +104,7 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
     out.put_slice(b"\r\n");
     if !saw_host {
         out.put_slice(b"host: ");
-        out.put_slice(opts.default_host.as_bytes());
+        out.put_slice(uri_authority.unwrap_or(opts.default_host.as_bytes()));
         out.put_slice(b"\r\n");
     }
     match req.framing {
@@ -292,6 +307,13 @@ mod tests {
         assert!(!out.contains("Expect"), "{out}");
         let out = enc("GET / HTTP/1.0\r\n\r\n");
         assert!(out.contains("host: up:80\r\n"), "{out}");
+        let out = enc("GET http://b.example:81/x HTTP/1.1\r\nHost: other\r\n\r\n");
+        assert!(
+            out.contains("Host: b.example:81\r\n") && !out.contains("other"),
+            "{out}"
+        );
+        let out = enc("GET http://b.example/x HTTP/1.0\r\n\r\n");
+        assert!(out.contains("host: b.example\r\n"), "{out}");
     }
 
     #[test]
