@@ -1,0 +1,841 @@
+//! Property checks shared by the fuzz targets (`fuzz/fuzz_targets/*.rs`) and the
+//! corpus replay test (`tests/tests/fuzz_corpus.rs`), included by both with
+//! `#[path]`. Every `check_*` function takes one raw fuzz input and panics when
+//! a property does not hold, so a corpus file that passes here passes the
+//! fuzzer and the other way round.
+//!
+//! Inputs:
+//! - `check_request` / `check_response`: the whole input is the bytes read from
+//!   the peer (a head, maybe followed by a body or the next message). A hash of
+//!   the input picks the split points, a tight set of limits and (for
+//!   responses) whether the request was HEAD, so every input replays the same.
+//! - `check_chunked`: the first byte picks the piece sizes, the rest is the body.
+//! - `check_config`: the input as UTF-8 configuration text (other inputs are skipped).
+
+use bytes::BytesMut;
+use std::ops::Range;
+use weft_core::config::{literal_only, Config};
+use weft_core::Target;
+use weft_proto::chunked::{ChunkedDecoder, ChunkedError, Step};
+use weft_proto::encode::{encode_request, encode_response, RequestOptions, ResponseOptions};
+use weft_proto::head::{is_hop_by_hop, BodyFraming, HeaderKind, HeaderRange, Limits, MAX_HEADERS_CAP};
+use weft_proto::{parse_request, parse_response, HeadError, RequestHead, ResponseHead};
+
+/// FNV-1a: a stable hash of the input, used to derive the test parameters.
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Limits for the first parse: the defaults, and small ones so that every
+/// limit is hit by short inputs. At most 200 fields, so the re-encoded head
+/// (which may add `x-forwarded-*`, `host` and framing fields) fits the cap.
+fn limit_sets(h: u64) -> [Limits; 2] {
+    [
+        Limits::default(),
+        Limits {
+            max_request_line: 8 + (h >> 8) as usize % 120,
+            max_head_bytes: 16 + (h >> 16) as usize % 500,
+            max_headers: 1 + (h >> 32) as usize % 16,
+        },
+    ]
+}
+
+/// Limits for parsing what weft itself encoded: anything it writes must parse.
+const GENEROUS: Limits = Limits {
+    max_request_line: usize::MAX,
+    max_head_bytes: usize::MAX,
+    max_headers: MAX_HEADERS_CAP,
+};
+
+/// Two split points in `0..=len` derived from the hash.
+fn splits(h: u64, len: usize) -> [usize; 2] {
+    [(h >> 40) as usize % (len + 1), (h >> 20) as usize % (len + 1)]
+}
+
+/// Printable rendering of bytes for assertion messages.
+fn show(b: &[u8]) -> String {
+    b.escape_ascii().to_string()
+}
+
+fn within(r: &Range<usize>, len: usize) -> bool {
+    r.start <= r.end && r.end <= len
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn check_fields(raw: &[u8], headers: &[HeaderRange], others: &[Range<usize>]) {
+    for h in headers {
+        assert!(
+            within(&h.name, raw.len()),
+            "field name {:?} outside the head",
+            h.name
+        );
+        assert!(
+            within(&h.value, raw.len()),
+            "field value {:?} outside the head",
+            h.value
+        );
+        let name = &raw[h.name.clone()];
+        let value = &raw[h.value.clone()];
+        assert!(
+            !name.is_empty() && name.iter().all(|b| is_token(*b)),
+            "field name {} is not a token",
+            show(name)
+        );
+        assert_eq!(HeaderKind::of(name), h.kind, "field {} misclassified", show(name));
+        assert!(
+            !value.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f),
+            "control byte in field value {}",
+            show(value)
+        );
+        assert!(
+            !value.starts_with(b" ")
+                && !value.starts_with(b"\t")
+                && !value.ends_with(b" ")
+                && !value.ends_with(b"\t"),
+            "field value {} not trimmed",
+            show(value)
+        );
+    }
+    for r in others {
+        assert!(within(r, raw.len()), "Connection option {r:?} outside the head");
+    }
+}
+
+/// The single value every `Content-Length` field of a head gives, if any.
+fn content_lengths(raw: &[u8], headers: &[HeaderRange]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for h in headers.iter().filter(|h| h.kind == HeaderKind::ContentLength) {
+        for item in raw[h.value.clone()].split(|b| *b == b',') {
+            let item = std::str::from_utf8(item).expect("accepted Content-Length is ASCII");
+            let item = item.trim_matches(|c| c == ' ' || c == '\t');
+            assert!(
+                !item.is_empty() && item.bytes().all(|b| b.is_ascii_digit()),
+                "accepted a malformed Content-Length {item:?}"
+            );
+            out.push(item.parse().expect("accepted Content-Length fits u64"));
+        }
+    }
+    out
+}
+
+/// Checks the framing facts shared by requests and responses.
+fn check_framing(raw: &[u8], headers: &[HeaderRange], framing: BodyFraming, bodyless: bool) {
+    let lengths = content_lengths(raw, headers);
+    let te = headers.iter().any(|h| h.kind == HeaderKind::TransferEncoding);
+    assert!(
+        lengths.windows(2).all(|w| w[0] == w[1]),
+        "accepted differing Content-Length values {lengths:?}"
+    );
+    if bodyless {
+        assert_eq!(framing, BodyFraming::None, "a bodyless message got a body");
+        return;
+    }
+    match framing {
+        BodyFraming::Chunked => {
+            assert!(te, "chunked framing without Transfer-Encoding");
+            assert!(lengths.is_empty(), "chunked framing with Content-Length (CL.TE)");
+        }
+        BodyFraming::Length(n) => {
+            assert!(!te, "length framing with Transfer-Encoding (TE.CL)");
+            assert!(n > 0, "Length(0) must be None");
+            assert!(
+                !lengths.is_empty() && lengths.iter().all(|l| *l == n),
+                "Length({n}) but Content-Length says {lengths:?}"
+            );
+        }
+        BodyFraming::None => {
+            assert!(!te, "no body but Transfer-Encoding");
+            assert!(
+                lengths.iter().all(|l| *l == 0),
+                "no body but Content-Length {lengths:?}"
+            );
+        }
+        BodyFraming::UntilClose => {
+            assert!(
+                lengths.is_empty(),
+                "close-delimited with Content-Length {lengths:?}"
+            );
+        }
+    }
+}
+
+/// Fields that a proxy forwards unchanged, as (name, value), in order.
+fn end_to_end<'a>(
+    raw: &'a [u8],
+    headers: &[HeaderRange],
+    conn: &weft_proto::head::ConnectionOptions,
+    kinds: &[HeaderKind],
+) -> Vec<(&'a [u8], &'a [u8])> {
+    headers
+        .iter()
+        .filter(|h| kinds.contains(&h.kind) && !is_hop_by_hop(raw, h, conn))
+        .map(|h| (&raw[h.name.clone()], &raw[h.value.clone()]))
+        .collect()
+}
+
+// ---------------------------------------------------------------- requests
+
+type ReqOutcome = (Result<Option<RequestHead>, HeadError>, Vec<u8>);
+
+fn parse_req(buf: &mut BytesMut, limits: &Limits) -> ReqOutcome {
+    let r = parse_request(buf, limits);
+    (r, buf.to_vec())
+}
+
+fn same_req(a: &Result<Option<RequestHead>, HeadError>, b: &Result<Option<RequestHead>, HeadError>) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+/// Parses a request head from the input, whole and in two pieces, checks the
+/// head and re-encodes it for the upstream.
+pub fn check_request(data: &[u8]) {
+    let h = fnv(data);
+    for limits in limit_sets(h) {
+        let whole = parse_req(&mut BytesMut::from(data), &limits);
+        for k in splits(h, data.len()) {
+            request_in_two_pieces(data, k, &limits, &whole);
+        }
+        if let (Ok(Some(head)), rest) = &whole {
+            request_invariants(data, head, rest);
+            reencode_request(head);
+        }
+    }
+}
+
+/// Feeding `data[..k]` then the rest gives what parsing it whole gives.
+fn request_in_two_pieces(data: &[u8], k: usize, limits: &Limits, whole: &ReqOutcome) {
+    let mut buf = BytesMut::from(&data[..k]);
+    match parse_request(&mut buf, limits) {
+        Err(e) => assert!(
+            whole.0.is_err(),
+            "the first {k} bytes are refused ({e:?}) but the whole input parses: {:?}",
+            whole.0
+        ),
+        Ok(Some(head)) => {
+            assert!(
+                same_req(&Ok(Some(head)), &whole.0),
+                "a head complete in the first {k} bytes differs from the whole parse"
+            );
+            buf.extend_from_slice(&data[k..]);
+            assert_eq!(buf.to_vec(), whole.1, "different bytes left after the head");
+        }
+        Ok(None) => {
+            buf.extend_from_slice(&data[k..]);
+            let second = parse_req(&mut buf, limits);
+            assert!(
+                same_req(&second.0, &whole.0),
+                "split at {k}: {:?} after Partial, {:?} whole",
+                second.0,
+                whole.0
+            );
+            assert_eq!(second.1, whole.1, "split at {k}: different bytes left");
+        }
+    }
+}
+
+fn request_invariants(input: &[u8], head: &RequestHead, rest: &[u8]) {
+    let raw = &head.raw[..];
+    // The input is: dropped empty lines, the head, what stays in the buffer.
+    assert!(raw.len() + rest.len() <= input.len());
+    let blank = input.len() - raw.len() - rest.len();
+    assert!(
+        input[..blank].iter().all(|b| matches!(b, b'\r' | b'\n')),
+        "dropped non-blank bytes"
+    );
+    assert_eq!(
+        &input[blank..blank + raw.len()],
+        raw,
+        "raw is not the input's head"
+    );
+    assert_eq!(
+        &input[blank + raw.len()..],
+        rest,
+        "the buffer does not keep what follows the head"
+    );
+    assert!(raw.ends_with(b"\n"), "head does not end with a line end");
+    for r in [&head.method, &head.target, &head.path] {
+        assert!(within(r, raw.len()), "range {r:?} outside the head");
+    }
+    if let Some(a) = &head.authority {
+        assert!(within(a, raw.len()), "authority {a:?} outside the head");
+    }
+    check_fields(raw, &head.headers, &head.connection.others);
+    assert!(
+        head.target.start <= head.path.start && head.path.end <= head.target.end,
+        "path outside the target"
+    );
+    let method = &raw[head.method.clone()];
+    assert!(
+        !method.is_empty() && method.iter().all(|b| is_token(*b)),
+        "bad method"
+    );
+    assert_ne!(method, b"CONNECT", "CONNECT accepted");
+    assert!(head.minor <= 1, "HTTP/1.{} accepted", head.minor);
+    let target = head.target();
+    assert!(
+        target.starts_with(b"/")
+            || (target == b"*" && method == b"OPTIONS")
+            || target
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"http://"))
+            || target
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"https://")),
+        "bad target {} accepted",
+        show(target)
+    );
+    let hosts = head.headers.iter().filter(|h| h.kind == HeaderKind::Host).count();
+    assert!(hosts <= 1, "{hosts} Host fields accepted");
+    if head.minor == 1 {
+        assert_eq!(hosts, 1, "HTTP/1.1 request without Host accepted");
+    }
+    if head.framing == BodyFraming::Chunked {
+        assert_eq!(head.minor, 1, "chunked HTTP/1.0 request accepted");
+    }
+    assert_ne!(
+        head.framing,
+        BodyFraming::UntilClose,
+        "a request body never runs until close"
+    );
+    if head.upgrade {
+        assert!(
+            head.minor == 1 && head.connection.upgrade,
+            "upgrade without Connection: upgrade"
+        );
+        assert!(
+            head.headers.iter().any(|h| h.kind == HeaderKind::Upgrade),
+            "upgrade without Upgrade"
+        );
+    }
+    if head.keep_alive {
+        assert!(!head.connection.close, "keep-alive despite Connection: close");
+    }
+    if let Some(a) = head.authority() {
+        let host = head.host().expect("a host when there is an authority");
+        assert!(a.starts_with(host), "host {host:?} is not a prefix of {a:?}");
+    }
+    check_framing(raw, &head.headers, head.framing, false);
+}
+
+const REQ_OPTS: RequestOptions<'static> = RequestOptions {
+    client_ip: "192.0.2.7",
+    proto: "https",
+    default_host: "upstream.test:8080",
+};
+
+/// Field kinds forwarded as they are (Host is checked on its own).
+const REQ_FORWARDED: &[HeaderKind] = &[HeaderKind::Other, HeaderKind::Expect];
+
+/// What weft sends upstream is one well-formed request meaning the same thing.
+fn reencode_request(head: &RequestHead) {
+    let raw = &head.raw[..];
+    let mut out = BytesMut::new();
+    encode_request(head, &REQ_OPTS, &mut out);
+    let encoded = out.to_vec();
+    let again = match parse_request(&mut out, &GENEROUS) {
+        Ok(Some(again)) => again,
+        other => panic!("re-encoded request does not parse: {other:?}\n{}", show(&encoded)),
+    };
+    let ctx = || show(&encoded);
+    // One request in, exactly one request out.
+    assert!(out.is_empty(), "bytes after the re-encoded head: {}", ctx());
+    assert_eq!(again.raw.len(), encoded.len(), "{}", ctx());
+    assert_eq!(again.method(), head.method(), "{}", ctx());
+    assert_eq!(again.target(), head.target(), "{}", ctx());
+    assert_eq!(again.path(), head.path(), "{}", ctx());
+    assert_eq!(again.framing, head.framing, "framing changed: {}", ctx());
+    assert_eq!(again.minor, 1, "{}", ctx());
+    assert_eq!(again.upgrade, head.upgrade, "upgrade changed: {}", ctx());
+    assert!(
+        !again.expect_continue,
+        "Expect: 100-continue forwarded: {}",
+        ctx()
+    );
+    // The upstream sees the host weft routed by, in the one Host field (with
+    // an absolute-form target, RFC 9112 3.2.2 has the proxy replace Host).
+    let host = head.header("host");
+    let expected_host = match (head.authority(), host) {
+        (Some(a), _) => a.as_bytes(),
+        (None, Some(empty)) => empty,
+        (None, None) => REQ_OPTS.default_host.as_bytes(),
+    };
+    let hosts: Vec<String> = again
+        .headers
+        .iter()
+        .filter(|h| h.kind == HeaderKind::Host)
+        .map(|h| show(again.value(h)))
+        .collect();
+    assert_eq!(hosts, vec![show(expected_host)], "Host: {}", ctx());
+    let expected_authority = std::str::from_utf8(expected_host).ok().filter(|a| !a.is_empty());
+    assert_eq!(
+        again.authority(),
+        head.authority().or(expected_authority),
+        "authority: {}",
+        ctx()
+    );
+    let a = &again.raw[..];
+    let mut proto = 0;
+    for h in &again.headers {
+        match h.kind {
+            HeaderKind::HopByHop => panic!("hop-by-hop field forwarded: {}", ctx()),
+            HeaderKind::Connection | HeaderKind::Upgrade => {
+                assert!(head.upgrade, "Connection/Upgrade forwarded: {}", ctx())
+            }
+            HeaderKind::XForwardedProto => {
+                proto += 1;
+                assert_eq!(&a[h.value.clone()], REQ_OPTS.proto.as_bytes(), "{}", ctx());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(proto, 1, "x-forwarded-proto fields: {}", ctx());
+    // End-to-end fields go through unchanged and in order.
+    let mut expected = end_to_end(raw, &head.headers, &head.connection, REQ_FORWARDED);
+    // weft answers 100-continue itself (HTTP/1.1) or ignores it (HTTP/1.0).
+    expected.retain(|(n, v)| {
+        HeaderKind::of(n) != HeaderKind::Expect
+            || !(head.expect_continue || v.eq_ignore_ascii_case(b"100-continue"))
+    });
+    let got = end_to_end(a, &again.headers, &again.connection, REQ_FORWARDED);
+    assert_eq!(
+        got.iter().map(|(n, v)| (show(n), show(v))).collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|(n, v)| (show(n), show(v)))
+            .collect::<Vec<_>>(),
+        "end-to-end fields changed: {}",
+        ctx()
+    );
+    // The x-forwarded-for list is the client's list with the client appended once.
+    let xff = |raw: &[u8], hs: &[HeaderRange]| {
+        hs.iter()
+            .filter(|h| h.kind == HeaderKind::XForwardedFor)
+            .map(|h| show(&raw[h.value.clone()]))
+            .collect::<Vec<_>>()
+    };
+    let mut chain = xff(raw, &head.headers);
+    chain.push(REQ_OPTS.client_ip.to_string());
+    assert_eq!(
+        xff(a, &again.headers).join(", "),
+        chain.join(", "),
+        "x-forwarded-for chain: {}",
+        ctx()
+    );
+}
+
+// --------------------------------------------------------------- responses
+
+type ResOutcome = (Result<Option<ResponseHead>, HeadError>, Vec<u8>);
+
+fn parse_res(buf: &mut BytesMut, limits: &Limits, head_request: bool) -> ResOutcome {
+    let r = parse_response(buf, limits, head_request);
+    (r, buf.to_vec())
+}
+
+fn same_res(
+    a: &Result<Option<ResponseHead>, HeadError>,
+    b: &Result<Option<ResponseHead>, HeadError>,
+) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+/// Parses a response head, whole and in two pieces, checks it and re-encodes
+/// it for the client.
+pub fn check_response(data: &[u8]) {
+    let h = fnv(data);
+    let head_request = h & 1 == 1;
+    for limits in limit_sets(h) {
+        let whole = parse_res(&mut BytesMut::from(data), &limits, head_request);
+        for k in splits(h, data.len()) {
+            let mut buf = BytesMut::from(&data[..k]);
+            match parse_response(&mut buf, &limits, head_request) {
+                Err(e) => assert!(
+                    whole.0.is_err(),
+                    "the first {k} bytes are refused ({e:?}) but the whole input parses: {:?}",
+                    whole.0
+                ),
+                Ok(Some(res)) => {
+                    assert!(same_res(&Ok(Some(res)), &whole.0), "split at {k}: different head");
+                    buf.extend_from_slice(&data[k..]);
+                    assert_eq!(buf.to_vec(), whole.1, "split at {k}: different bytes left");
+                }
+                Ok(None) => {
+                    buf.extend_from_slice(&data[k..]);
+                    let second = parse_res(&mut buf, &limits, head_request);
+                    assert!(
+                        same_res(&second.0, &whole.0),
+                        "split at {k}: {:?} after Partial, {:?} whole",
+                        second.0,
+                        whole.0
+                    );
+                    assert_eq!(second.1, whole.1, "split at {k}: different bytes left");
+                }
+            }
+        }
+        if let (Ok(Some(res)), rest) = &whole {
+            response_invariants(data, res, rest, head_request);
+            reencode_response(res, head_request);
+        }
+    }
+}
+
+fn response_invariants(input: &[u8], res: &ResponseHead, rest: &[u8], head_request: bool) {
+    let raw = &res.raw[..];
+    assert_eq!(raw.len() + rest.len(), input.len());
+    assert_eq!(&input[..raw.len()], raw, "raw is not the input's head");
+    assert!(raw.ends_with(b"\n"), "head does not end with a line end");
+    assert!(within(&res.reason, raw.len()), "reason outside the head");
+    check_fields(raw, &res.headers, &res.connection.others);
+    assert!((100..=999).contains(&res.status), "status {}", res.status);
+    assert!(res.minor <= 1, "HTTP/1.{} accepted", res.minor);
+    let bodyless = head_request || res.is_informational() || res.status == 204 || res.status == 304;
+    check_framing(raw, &res.headers, res.framing, bodyless);
+    if res.framing == BodyFraming::UntilClose {
+        assert!(!res.keep_alive, "close-delimited body on a kept-alive connection");
+    }
+    if res.keep_alive {
+        assert!(!res.connection.close, "keep-alive despite Connection: close");
+    }
+}
+
+const RES_FORWARDED: &[HeaderKind] = &[
+    HeaderKind::Host,
+    HeaderKind::Other,
+    HeaderKind::Expect,
+    HeaderKind::XForwardedFor,
+    HeaderKind::XForwardedProto,
+];
+
+fn reencode_response(res: &ResponseHead, head_request: bool) {
+    let raw = &res.raw[..];
+    let upgrade = res.status == 101;
+    let opts = ResponseOptions {
+        framing: res.framing,
+        close: !res.keep_alive,
+        keep_alive_10: false,
+        upgrade,
+    };
+    let mut out = BytesMut::new();
+    encode_response(res, &opts, &mut out);
+    let encoded = out.to_vec();
+    let again = match parse_response(&mut out, &GENEROUS, head_request) {
+        Ok(Some(again)) => again,
+        other => panic!(
+            "re-encoded response does not parse: {other:?}\n{}",
+            show(&encoded)
+        ),
+    };
+    let ctx = || show(&encoded);
+    assert!(out.is_empty(), "bytes after the re-encoded head: {}", ctx());
+    assert_eq!(again.status, res.status, "{}", ctx());
+    assert_eq!(
+        &again.raw[again.reason.clone()],
+        &raw[res.reason.clone()],
+        "{}",
+        ctx()
+    );
+    assert_eq!(again.framing, res.framing, "framing changed: {}", ctx());
+    if !upgrade {
+        assert_eq!(again.keep_alive, res.keep_alive, "keep-alive changed: {}", ctx());
+    }
+    let a = &again.raw[..];
+    for h in &again.headers {
+        match h.kind {
+            HeaderKind::HopByHop => panic!("hop-by-hop field forwarded: {}", ctx()),
+            HeaderKind::Upgrade => assert!(upgrade, "Upgrade forwarded: {}", ctx()),
+            HeaderKind::TransferEncoding => {
+                assert_eq!(res.framing, BodyFraming::Chunked, "{}", ctx())
+            }
+            _ => {}
+        }
+    }
+    let got = end_to_end(a, &again.headers, &again.connection, RES_FORWARDED);
+    let expected = end_to_end(raw, &res.headers, &res.connection, RES_FORWARDED);
+    assert_eq!(
+        got.iter().map(|(n, v)| (show(n), show(v))).collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|(n, v)| (show(n), show(v)))
+            .collect::<Vec<_>>(),
+        "end-to-end fields changed: {}",
+        ctx()
+    );
+}
+
+// ----------------------------------------------------------------- chunked
+
+#[derive(Debug, PartialEq, Eq)]
+struct Decoded {
+    payload: Vec<u8>,
+    consumed: usize,
+    done: bool,
+}
+
+fn checked_step(d: &mut ChunkedDecoder, input: &[u8]) -> Result<Step, ChunkedError> {
+    let s = d.step(input)?;
+    assert!(
+        s.data.start <= s.data.end && s.data.end <= s.consumed && s.consumed <= input.len(),
+        "step {s:?} out of its input of {} bytes",
+        input.len()
+    );
+    if s.data.start < s.data.end {
+        assert_eq!(s.data.end, s.consumed, "payload run not at the end of the step");
+    }
+    assert!(
+        s.consumed > 0 || input.is_empty() || d.is_done(),
+        "step made no progress on {} bytes",
+        input.len()
+    );
+    Ok(s)
+}
+
+fn decode_whole(body: &[u8]) -> Result<Decoded, ChunkedError> {
+    let mut d = ChunkedDecoder::new();
+    let mut payload = Vec::new();
+    let mut at = 0;
+    while at < body.len() && !d.is_done() {
+        let s = checked_step(&mut d, &body[at..])?;
+        payload.extend_from_slice(&body[at + s.data.start..at + s.data.end]);
+        at += s.consumed;
+    }
+    Ok(Decoded {
+        payload,
+        consumed: at,
+        done: d.is_done(),
+    })
+}
+
+/// Piece sizes from the seed byte: its low bits pick the largest piece.
+fn pieces(seed: u8) -> impl FnMut() -> usize {
+    let max = [1, 2, 3, 5, 8, 16, 64, 4096][usize::from(seed & 7)];
+    let mut state = u32::from(seed).wrapping_mul(0x9e37_79b9) | 1;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        1 + state as usize % max
+    }
+}
+
+fn decode_in_pieces(body: &[u8], seed: u8) -> Result<Decoded, ChunkedError> {
+    let mut d = ChunkedDecoder::new();
+    let mut next = pieces(seed);
+    let mut payload = Vec::new();
+    let mut at = 0;
+    while at < body.len() && !d.is_done() {
+        let piece = &body[at..(at + next()).min(body.len())];
+        let mut off = 0;
+        while off < piece.len() && !d.is_done() {
+            let s = checked_step(&mut d, &piece[off..])?;
+            payload.extend_from_slice(&piece[off + s.data.start..off + s.data.end]);
+            off += s.consumed;
+        }
+        at += off;
+    }
+    if d.is_done() {
+        assert_eq!(d.step(b"x").map(|s| s.consumed), Ok(0), "consumed after the end");
+    }
+    Ok(Decoded {
+        payload,
+        consumed: at,
+        done: d.is_done(),
+    })
+}
+
+/// A plain, non-incremental reading of a complete chunked body per RFC 9112
+/// §7.1, for comparison. It insists that a chunk size is followed by nothing,
+/// whitespace, or whitespace and `;` (a chunk extension): a size followed by
+/// other bytes (`5 6`) is read differently by different parsers.
+fn reference_decode(body: &[u8]) -> Result<Vec<u8>, String> {
+    fn line(body: &[u8], at: usize) -> Result<usize, String> {
+        body[at..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| at + p)
+            .ok_or_else(|| format!("no CRLF after {at}"))
+    }
+    let mut at = 0;
+    let mut out = Vec::new();
+    loop {
+        let end = line(body, at)?;
+        let l = &body[at..end];
+        let digits = l.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        let size = std::str::from_utf8(&l[..digits])
+            .ok()
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .ok_or_else(|| format!("bad chunk size in {}", show(l)))?;
+        let after = &l[digits..];
+        let ws = after.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+        if ws < after.len() && after[ws] != b';' {
+            return Err(format!("chunk size followed by {}", show(after)));
+        }
+        if after.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f) {
+            return Err(format!("control byte in chunk line {}", show(l)));
+        }
+        at = end + 2;
+        if size == 0 {
+            break;
+        }
+        let size = usize::try_from(size).map_err(|_| "huge chunk".to_string())?;
+        let data = body.get(at..at + size).ok_or("short chunk")?;
+        out.extend_from_slice(data);
+        at += size;
+        if body.get(at..at + 2) != Some(b"\r\n") {
+            return Err("no CRLF after chunk data".into());
+        }
+        at += 2;
+    }
+    loop {
+        let end = line(body, at)?;
+        let l = &body[at..end];
+        if l.iter().any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f) {
+            return Err(format!("control byte in trailer {}", show(l)));
+        }
+        at = end + 2;
+        if l.is_empty() {
+            break;
+        }
+    }
+    if at != body.len() {
+        return Err(format!("body ends at {at}, decoder stopped at {}", body.len()));
+    }
+    Ok(out)
+}
+
+/// Decodes a chunked body whole and in pieces; both ways, and `feed`, must
+/// agree, and a complete body must read the same with [`reference_decode`].
+pub fn check_chunked(data: &[u8]) {
+    let Some((&seed, body)) = data.split_first() else {
+        return;
+    };
+    let whole = decode_whole(body);
+    let piecewise = decode_in_pieces(body, seed);
+    assert_eq!(
+        whole, piecewise,
+        "whole and piecewise decoding differ (seed {seed})"
+    );
+    let mut d = ChunkedDecoder::new();
+    let fed = d.feed(body);
+    match &whole {
+        Ok(w) => {
+            assert_eq!(
+                fed,
+                Ok(w.consumed),
+                "feed and step disagree on the consumed count"
+            );
+            assert_eq!(d.is_done(), w.done);
+            if w.done {
+                let reference = reference_decode(&body[..w.consumed]);
+                assert_eq!(
+                    reference.as_deref(),
+                    Ok(&w.payload[..]),
+                    "decoder accepted {} differently from RFC 9112",
+                    show(&body[..w.consumed])
+                );
+            } else {
+                assert_eq!(w.consumed, body.len(), "stopped early without an error");
+            }
+        }
+        Err(e) => assert_eq!(fed, Err(*e), "feed and step disagree on the error"),
+    }
+}
+
+// ------------------------------------------------------------------ config
+
+/// Parses arbitrary UTF-8 as configuration; never panics, and what it accepts
+/// is consistent.
+pub fn check_config(data: &[u8]) {
+    let Ok(src) = std::str::from_utf8(data) else {
+        return;
+    };
+    let max_line = src.bytes().filter(|b| *b == b'\n').count() + 1;
+    let config = match Config::parse(src, &literal_only) {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            if let Some(line) = e.line {
+                assert!(
+                    (1..=max_line).contains(&line),
+                    "error on line {line} of {max_line}"
+                );
+            }
+            return;
+        }
+    };
+    let text = config.describe();
+    assert!(
+        !config.listeners.is_empty(),
+        "accepted a configuration without listener"
+    );
+    for (i, l) in config.listeners.iter().enumerate() {
+        assert!(
+            !l.name.is_empty() && l.name.trim() == l.name,
+            "listener name {:?}",
+            l.name
+        );
+        assert!(text.contains(&format!("listener {} on {}", l.name, l.addr)));
+        for m in &config.listeners[..i] {
+            assert_ne!(m.name, l.name, "duplicate listener name");
+            assert_ne!(m.addr, l.addr, "duplicate listener address");
+        }
+        assert!(
+            (1..=256).contains(&l.max_headers),
+            "max_headers {}",
+            l.max_headers
+        );
+        for r in &l.routes.routes {
+            assert!(
+                (1..=max_line).contains(&r.line),
+                "route on line {} of {max_line}",
+                r.line
+            );
+            match &r.target {
+                Target::Cluster(c) => assert!(*c < config.clusters.len(), "dangling cluster {c}"),
+                Target::Split {
+                    clusters,
+                    weights,
+                    total,
+                } => {
+                    assert!(!clusters.is_empty() && clusters.len() == weights.len());
+                    assert!(clusters.iter().all(|c| *c < config.clusters.len()));
+                    assert_eq!(*total, weights.iter().map(|w| u64::from(*w)).sum::<u64>());
+                    assert!(*total > 0, "split with zero total weight");
+                }
+            }
+        }
+        // The listener's limits drive the head parser without trouble.
+        let limits = Limits {
+            max_request_line: l.max_request_line,
+            max_head_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+        };
+        let _ = parse_request(
+            &mut BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]),
+            &limits,
+        );
+    }
+    for (i, c) in config.clusters.iter().enumerate() {
+        assert!(
+            !c.name.is_empty() && c.name.trim() == c.name,
+            "cluster name {:?}",
+            c.name
+        );
+        assert!(
+            config.clusters[..i].iter().all(|o| o.name != c.name),
+            "duplicate cluster"
+        );
+        assert_eq!(c.endpoints.len(), c.authorities.len());
+        assert!(!c.pool.idle_timeout.is_zero());
+        assert!(text.contains(&format!("cluster {} (", c.name)));
+    }
+    assert_eq!(
+        Config::parse(src, &literal_only).as_ref(),
+        Ok(&config),
+        "parsing is not deterministic"
+    );
+}
