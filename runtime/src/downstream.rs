@@ -1,7 +1,7 @@
 //! One client connection: read request heads, route, forward to an upstream,
 //! stream the response back; keep-alive, pipelining, 100-continue, upgrades.
 
-use crate::io::{nodelay, read_more, write_one, write_two, READ_CHUNK};
+use crate::io::{nodelay, read_more, write_one, write_two, FIRST_READ, READ_CHUNK};
 use crate::upstream::{connect, Endpoint, InFlight};
 use crate::worker::{Active, Registered, Worker};
 use bytes::{Bytes, BytesMut};
@@ -115,6 +115,7 @@ async fn read_head(client: &mut TcpStream, buf: &mut BytesMut, l: &Listener, lim
                 Ok(Ok(())) => {}
                 _ => return HeadRead::Closed,
             }
+            *buf = BytesMut::with_capacity(FIRST_READ);
         }
         match monoio::time::timeout_at(deadline.into(), read_more(client, buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,

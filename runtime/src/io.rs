@@ -9,10 +9,15 @@ use std::io;
 /// Bytes asked of the kernel per read.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
-/// Appends whatever the socket has to `buf` (at most [`READ_CHUNK`] more
-/// than it held); `Ok(0)` means end of stream.
+/// Size of the first read on a connection that was idle: enough for most
+/// request heads, small enough that thousands of connections waking at once
+/// (a mass close, a burst) do not allocate a full chunk each.
+pub(crate) const FIRST_READ: usize = 2 * 1024;
+
+/// Appends whatever the socket has to `buf`; `Ok(0)` means end of stream.
+/// A buffer with less than 1 KiB to spare grows by [`READ_CHUNK`].
 pub(crate) async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+    if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }
     let owned = std::mem::take(buf);
