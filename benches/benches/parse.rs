@@ -30,7 +30,8 @@ If-None-Match: \"5f2b-18c3a\"\r\n\
 \r\n";
 
 /// What `curl http://127.0.0.1:8080/` sends.
-const CURL: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n";
+const CURL: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n";
 
 fn bench_parse(c: &mut Criterion) {
     let limits = Limits::default();

@@ -43,7 +43,9 @@ fn bench_route(c: &mut Criterion) {
     // Sanity checks, outside the measurement.
     let hit = t.find(Some(&last), &last_path, "GET", lookup).expect("hit");
     assert_eq!(hit.line, ROUTES);
-    assert!(t.find(Some("nope.example.com"), "/api/v1/svc1/x", "GET", lookup).is_none());
+    assert!(t
+        .find(Some("nope.example.com"), "/api/v1/svc1/x", "GET", lookup)
+        .is_none());
 
     let mut g = c.benchmark_group("route_find_100");
     g.bench_function("hit_last", |b| {

@@ -750,8 +750,10 @@ def machine_info():
     return {
         "cpu": f"{model}, nproc {os.cpu_count()}, proxy on core {PROXY_CORE}, load generator and upstream on core {LOAD_CORE}",
         "kernel": platform.release(),
-        "weft": f"{sh(f'{WEFT_BIN} --version')}, commit {sh(f'git -C {ROOT} rev-parse --short HEAD')}"
-                + (f" (+{dirty} uncommitted tracked changes)" if dirty not in ("", "0", "?") else ""),
+        "weft": f"{sh(f'{WEFT_BIN} --version')}, "
+                + os.environ.get("WEFT_BUILD", f"binary {WEFT_BIN}; work tree at commit "
+                                 f"{sh(f'git -C {ROOT} rev-parse --short HEAD')}"
+                                 + (f" with {dirty} uncommitted tracked file(s)" if dirty not in ("", "0", "?") else "")),
         "nginx": sh("nginx -v 2>&1").replace("nginx version: ", ""),
         "haproxy": sh("haproxy -v | head -1"),
         "wrk": sh("wrk -v 2>&1 | head -1"),

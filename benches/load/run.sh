@@ -118,7 +118,13 @@ read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     say "building weft (cargo build --release -p weft)"
     (cd "$ROOT" && cargo build --release -p weft) || die "cargo build --release -p weft failed"
+    dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no -- core proto runtime Cargo.lock 2>/dev/null | wc -l)
+    WEFT_BUILD="built from commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    ((dirty == 0)) || WEFT_BUILD+=" with $dirty uncommitted file(s) in core/ proto/ runtime/"
+else
+    WEFT_BUILD="SKIP_BUILD=1: binary as found (modified $(date -u -r "${WEFT_BIN:-$ROOT/target/release/weft}" '+%F %T UTC' 2>/dev/null || echo '?'))"
 fi
+export WEFT_BUILD
 WEFT_BIN=${WEFT_BIN:-$ROOT/target/release/weft}
 [[ -x "$WEFT_BIN" ]] || die "$WEFT_BIN is missing: build it (cargo build --release -p weft)"
 export WEFT_BIN
