@@ -105,6 +105,26 @@ fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
     Ok(all)
 }
 
+/// A worker's io_uring runtime. The ring is set up for one thread:
+/// COOP_TASKRUN (no interrupt to run completions; the worker picks them up
+/// when it enters the kernel anyway) and SINGLE_ISSUER. On this project's
+/// benchmark that is about a quarter more requests per CPU-second than a
+/// default ring. Kernels before 6.0 refuse these flags: then a default ring.
+fn uring_runtime() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    let mut ring = io_uring::IoUring::builder();
+    ring.setup_coop_taskrun().setup_single_issuer();
+    match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .uring_builder(ring)
+        .enable_timer()
+        .build()
+    {
+        Ok(rt) => Ok(rt),
+        Err(_) => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build(),
+    }
+}
+
 fn pin_to_core(core: usize) {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
     unsafe {
@@ -161,10 +181,9 @@ impl Server {
                     let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9) ^ std::process::id() as u64;
                     let worker = Rc::new(Worker::new(config, seed));
                     let result = match driver {
-                        DriverInUse::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                            .enable_timer()
-                            .build()
-                            .map(|mut rt| rt.block_on(worker::run(worker, mine, shutdown))),
+                        DriverInUse::IoUring => {
+                            uring_runtime().map(|mut rt| rt.block_on(worker::run(worker, mine, shutdown)))
+                        }
                         DriverInUse::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                             .enable_timer()
                             .build()
