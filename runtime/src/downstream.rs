@@ -397,21 +397,12 @@ async fn attempt(
         match parse_response(ubuf, &RESPONSE_LIMITS, req.is_head()) {
             Ok(Some(res)) if res.is_informational() && res.status != 101 => {
                 informational = true;
-                if req.minor == 1 {
-                    let mut out = BytesMut::new();
-                    let opts = ResponseOptions {
-                        framing: BodyFraming::None,
-                        close: false,
-                        keep_alive_10: false,
-                        upgrade: false,
-                    };
-                    encode_response(&res, &opts, &mut out);
-                    if write_one(client, out.freeze()).await.is_err() {
-                        return Err(Failed {
-                            close: true,
-                            ..upstream_gone(false)
-                        });
-                    }
+                // HTTP/1.0 clients do not get interim responses.
+                if req.minor == 1 && write_interim(client, &res, false).await.is_err() {
+                    return Err(Failed {
+                        close: true,
+                        ..upstream_gone(false)
+                    });
                 }
                 continue;
             }
@@ -432,6 +423,20 @@ async fn attempt(
     }
 }
 
+/// Writes an interim (1xx) response head to the client; `upgrade` for the
+/// `101` that starts a tunnel.
+async fn write_interim(client: &mut TcpStream, res: &ResponseHead, upgrade: bool) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    let opts = ResponseOptions {
+        framing: BodyFraming::None,
+        close: false,
+        keep_alive_10: false,
+        upgrade,
+    };
+    encode_response(res, &opts, &mut out);
+    write_one(client, out.freeze()).await
+}
+
 /// Writes the response to the client, streaming its body, and pools the
 /// upstream connection when it was read completely.
 #[allow(clippy::too_many_arguments)]
@@ -450,15 +455,7 @@ async fn respond(
             let e = ProxyError::new(ErrorKind::UpstreamMalformed);
             return reply_error(client, e, true, req).await;
         }
-        let mut out = BytesMut::new();
-        let opts = ResponseOptions {
-            framing: BodyFraming::None,
-            close: false,
-            keep_alive_10: false,
-            upgrade: true,
-        };
-        encode_response(&res, &opts, &mut out);
-        if write_one(client, out.freeze()).await.is_err() {
+        if write_interim(client, &res, true).await.is_err() {
             return Next::Close;
         }
         return Next::Tunnel(up, ubuf);

@@ -59,6 +59,15 @@ fn malformed_response_head_is_502() {
     }
 }
 
+/// Sends a GET and returns every byte received until weft closes.
+fn get_until_close(addr: std::net::SocketAddr) -> String {
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut all = Vec::new();
+    let _ = c.stream().read_to_end(&mut all);
+    String::from_utf8_lossy(&all).to_string()
+}
+
 fn closed_before_any_byte_is_502() {
     let up = Upstream::scripted(|mut s, _, _| {
         let mut buf = bytes::BytesMut::new();
@@ -72,13 +81,9 @@ fn closed_before_any_byte_is_502() {
 fn body_cut_short_closes_the_client_connection() {
     let up = one_shot(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part of it");
     let (_weft, addr) = proxy(&[up.addr]);
-    let mut c = Client::connect(addr);
-    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     // The head arrives, then the connection closes before 100 bytes: the
     // client sees an incomplete body, never a whole one.
-    let mut all = Vec::new();
-    let _ = c.stream().read_to_end(&mut all);
-    let text = String::from_utf8_lossy(&all);
+    let text = get_until_close(addr);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.ends_with("only part of it"), "{text}");
 }
@@ -86,11 +91,7 @@ fn body_cut_short_closes_the_client_connection() {
 fn chunked_body_cut_short_closes_the_client_connection() {
     let up = one_shot(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
     let (_weft, addr) = proxy(&[up.addr]);
-    let mut c = Client::connect(addr);
-    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-    let mut all = Vec::new();
-    let _ = c.stream().read_to_end(&mut all);
-    let text = String::from_utf8_lossy(&all);
+    let text = get_until_close(addr);
     assert!(text.ends_with("5\r\nhello\r\n"), "{text}");
     assert!(
         !text.contains("0\r\n\r\n"),
