@@ -57,7 +57,18 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
     let peer_ip = peer.ip().to_string();
     let mut buf = BytesMut::new();
     loop {
-        let head = match read_head(&mut client, &mut buf, l, &limits).await {
+        let idle_until = Instant::now() + l.idle_timeout;
+        if buf.is_empty() {
+            // Idle between requests: wait for data here, with no buffer and a
+            // small future, so that idle keep-alive connections cost little.
+            buf = BytesMut::new();
+            match monoio::time::timeout_at(idle_until.into(), client.readable(true)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+        // Boxed: the head reader's state exists only while a head arrives.
+        let head = match Box::pin(read_head(&mut client, &mut buf, idle_until, l, &limits)).await {
             HeadRead::Head(h) => h,
             HeadRead::Closed => return,
             HeadRead::Reject(e) => {
@@ -91,15 +102,22 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
     }
 }
 
-async fn read_head(client: &mut TcpStream, buf: &mut BytesMut, l: &Listener, limits: &Limits) -> HeadRead {
-    // Until the first byte of a request, the idle timeout applies; from the
-    // first byte on, the whole head must arrive within the header timeout.
-    let mut deadline = if buf.is_empty() {
-        Instant::now() + l.idle_timeout
-    } else {
-        Instant::now() + l.header_timeout
-    };
+/// Reads one request head. Until its first byte arrives, `idle_until`
+/// bounds the wait; from the first byte on, the whole head must arrive
+/// within the listener's header timeout.
+async fn read_head(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    idle_until: Instant,
+    l: &Listener,
+    limits: &Limits,
+) -> HeadRead {
     let mut started = !buf.is_empty();
+    let mut deadline = if started {
+        Instant::now() + l.header_timeout
+    } else {
+        idle_until
+    };
     loop {
         if !buf.is_empty() {
             match parse_request(buf, limits) {
@@ -107,14 +125,7 @@ async fn read_head(client: &mut TcpStream, buf: &mut BytesMut, l: &Listener, lim
                 Ok(None) => {}
                 Err(e) => return HeadRead::Reject(e),
             }
-        } else {
-            // Idle: wait for data without holding a buffer, so idle
-            // keep-alive connections cost no read memory.
-            *buf = BytesMut::new();
-            match monoio::time::timeout_at(deadline.into(), client.readable(true)).await {
-                Ok(Ok(())) => {}
-                _ => return HeadRead::Closed,
-            }
+        } else if buf.capacity() == 0 {
             *buf = BytesMut::with_capacity(FIRST_READ);
         }
         match monoio::time::timeout_at(deadline.into(), read_more(client, buf)).await {
