@@ -322,6 +322,27 @@ impl Lines<'_> {
     }
 }
 
+/// Checks that the `i`-th `kind` (cluster, listener) has a non-empty name
+/// not used before, records it in `index` and returns it trimmed.
+fn unique_name(
+    kind: &str,
+    name: &Spanned<String>,
+    i: usize,
+    index: &mut HashMap<String, usize>,
+    lines: &Lines<'_>,
+) -> Result<String, ConfigError> {
+    let line = lines.at(name.span().start);
+    let field = format!("{kind}[{i}].name");
+    let trimmed = name.get_ref().trim().to_string();
+    if trimmed.is_empty() {
+        return Err(err(line, field, format!("a {kind} needs a non-empty name")));
+    }
+    if index.insert(trimmed.clone(), i).is_some() {
+        return Err(err(line, field, format!("duplicate {kind} name `{trimmed}`")));
+    }
+    Ok(trimmed)
+}
+
 fn err(line: usize, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         line: Some(line),
@@ -353,22 +374,8 @@ impl Config {
         for (i, c) in raw.clusters.iter().enumerate() {
             let line = lines.at(c.span().start);
             let c = c.get_ref();
-            let name = c.name.get_ref().trim().to_string();
             let field = |f: &str| format!("cluster[{i}].{f}");
-            if name.is_empty() {
-                return Err(err(
-                    lines.at(c.name.span().start),
-                    field("name"),
-                    "a cluster needs a non-empty name",
-                ));
-            }
-            if cluster_index.insert(name.clone(), i).is_some() {
-                return Err(err(
-                    lines.at(c.name.span().start),
-                    field("name"),
-                    format!("duplicate cluster name `{name}`"),
-                ));
-            }
+            let name = unique_name("cluster", &c.name, i, &mut cluster_index, &lines)?;
             let protocol = c.protocol.as_ref().map(|p| *p.get_ref()).unwrap_or_default();
             if let Some(p) = c.protocol.as_ref().filter(|p| *p.get_ref() == Protocol::Http2) {
                 return Err(err(
@@ -415,21 +422,7 @@ impl Config {
         for (i, l) in raw.listeners.iter().enumerate() {
             let l = l.get_ref();
             let field = |f: &str| format!("listener[{i}].{f}");
-            let name = l.name.get_ref().trim().to_string();
-            if name.is_empty() {
-                return Err(err(
-                    lines.at(l.name.span().start),
-                    field("name"),
-                    "a listener needs a non-empty name",
-                ));
-            }
-            if listener_index.insert(name.clone(), i).is_some() {
-                return Err(err(
-                    lines.at(l.name.span().start),
-                    field("name"),
-                    format!("duplicate listener name `{name}`"),
-                ));
-            }
+            let name = unique_name("listener", &l.name, i, &mut listener_index, &lines)?;
             let addr: SocketAddr = l.listen.get_ref().parse().map_err(|_| {
                 err(
                     lines.at(l.listen.span().start),

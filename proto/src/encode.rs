@@ -25,6 +25,29 @@ fn put_num(out: &mut BytesMut, n: u64) {
     let _ = write!(out, "{n}");
 }
 
+/// Appends one header field line.
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// Appends `content-length: n`.
+fn put_length(out: &mut BytesMut, n: u64) {
+    out.put_slice(b"content-length: ");
+    put_num(out, n);
+    out.put_slice(b"\r\n");
+}
+
+/// Appends `connection: upgrade` and the message's `Upgrade` fields.
+fn put_upgrade(out: &mut BytesMut, raw: &[u8], headers: &[crate::head::HeaderRange]) {
+    out.put_slice(b"connection: upgrade\r\n");
+    for h in headers.iter().filter(|h| h.kind == HeaderKind::Upgrade) {
+        put_field(out, b"upgrade", &raw[h.value.clone()]);
+    }
+}
+
 /// Appends the head of `req` as it goes upstream (always HTTP/1.1).
 ///
 /// Hop-by-hop fields are removed, `Expect: 100-continue` is dropped (weft
@@ -77,10 +100,7 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
             HeaderKind::Host => {
                 saw_host = true;
                 if let Some(authority) = uri_authority {
-                    out.put_slice(&raw[h.name.clone()]);
-                    out.put_slice(b": ");
-                    out.put_slice(authority);
-                    out.put_slice(b"\r\n");
+                    put_field(out, &raw[h.name.clone()], authority);
                     continue;
                 }
             }
@@ -89,41 +109,27 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
         if is_hop_by_hop(raw, h, &req.connection) {
             continue;
         }
-        out.put_slice(&raw[h.name.clone()]);
-        out.put_slice(b": ");
-        out.put_slice(&raw[h.value.clone()]);
-        out.put_slice(b"\r\n");
+        put_field(out, &raw[h.name.clone()], &raw[h.value.clone()]);
     }
     if xff_first {
-        out.put_slice(b"x-forwarded-for: ");
-        out.put_slice(opts.client_ip.as_bytes());
-        out.put_slice(b"\r\n");
+        put_field(out, b"x-forwarded-for", opts.client_ip.as_bytes());
     }
-    out.put_slice(b"x-forwarded-proto: ");
-    out.put_slice(opts.proto.as_bytes());
-    out.put_slice(b"\r\n");
+    put_field(out, b"x-forwarded-proto", opts.proto.as_bytes());
     if !saw_host {
-        out.put_slice(b"host: ");
-        out.put_slice(uri_authority.unwrap_or(opts.default_host.as_bytes()));
-        out.put_slice(b"\r\n");
+        put_field(
+            out,
+            b"host",
+            uri_authority.unwrap_or(opts.default_host.as_bytes()),
+        );
     }
     match req.framing {
-        BodyFraming::Length(n) => {
-            out.put_slice(b"content-length: ");
-            put_num(out, n);
-            out.put_slice(b"\r\n");
-        }
+        BodyFraming::Length(n) => put_length(out, n),
         BodyFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        BodyFraming::None if had_content_length => out.put_slice(b"content-length: 0\r\n"),
+        BodyFraming::None if had_content_length => put_length(out, 0),
         BodyFraming::None | BodyFraming::UntilClose => {}
     }
     if req.upgrade {
-        out.put_slice(b"connection: upgrade\r\n");
-        for h in req.headers.iter().filter(|h| h.kind == HeaderKind::Upgrade) {
-            out.put_slice(b"upgrade: ");
-            out.put_slice(&raw[h.value.clone()]);
-            out.put_slice(b"\r\n");
-        }
+        put_upgrade(out, raw, &req.headers);
     }
     out.put_slice(b"\r\n");
 }
@@ -157,35 +163,21 @@ pub fn encode_response(res: &ResponseHead, opts: &ResponseOptions, out: &mut Byt
         {
             continue;
         }
-        out.put_slice(&raw[h.name.clone()]);
-        out.put_slice(b": ");
-        out.put_slice(&raw[h.value.clone()]);
-        out.put_slice(b"\r\n");
+        put_field(out, &raw[h.name.clone()], &raw[h.value.clone()]);
     }
     match opts.framing {
-        BodyFraming::Length(n) => {
-            out.put_slice(b"content-length: ");
-            put_num(out, n);
-            out.put_slice(b"\r\n");
-        }
+        BodyFraming::Length(n) => put_length(out, n),
         BodyFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
         BodyFraming::None => {
             // Keep an explicit zero length (and HEAD/304 lengths) as sent.
             if let Some(h) = res.headers.iter().find(|h| h.kind == HeaderKind::ContentLength) {
-                out.put_slice(b"content-length: ");
-                out.put_slice(&raw[h.value.clone()]);
-                out.put_slice(b"\r\n");
+                put_field(out, b"content-length", &raw[h.value.clone()]);
             }
         }
         BodyFraming::UntilClose => {}
     }
     if opts.upgrade {
-        out.put_slice(b"connection: upgrade\r\n");
-        for h in res.headers.iter().filter(|h| h.kind == HeaderKind::Upgrade) {
-            out.put_slice(b"upgrade: ");
-            out.put_slice(&raw[h.value.clone()]);
-            out.put_slice(b"\r\n");
-        }
+        put_upgrade(out, raw, &res.headers);
     } else if opts.close {
         out.put_slice(b"connection: close\r\n");
     } else if opts.keep_alive_10 {
