@@ -2,8 +2,8 @@
 //! stream the response back; keep-alive, pipelining, 100-continue, upgrades.
 
 use crate::io::{nodelay, read_more, write_one, write_two, FIRST_READ, READ_CHUNK};
-use crate::upstream::{connect, Endpoint, InFlight};
-use crate::worker::{Active, Registered, Worker};
+use crate::upstream::{connect, Endpoint};
+use crate::worker::{Counted, Registered, Worker};
 use bytes::{Bytes, BytesMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
@@ -72,22 +72,16 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
             HeadRead::Head(h) => h,
             HeadRead::Closed => return,
             HeadRead::Reject(e) => {
-                let out = error_response(e.status(), e.code(), &e.to_string(), true, false);
-                if write_one(&mut client, out.freeze()).await.is_ok() {
-                    linger(&mut client).await;
-                }
+                answer(&mut client, e.status(), e.code(), &e.to_string(), true, false).await;
                 return;
             }
             HeadRead::Timeout => {
                 let msg = "the request head did not arrive within the listener's header_timeout";
-                let out = error_response(408, "header-timeout", msg, true, false);
-                if write_one(&mut client, out.freeze()).await.is_ok() {
-                    linger(&mut client).await;
-                }
+                answer(&mut client, 408, "header-timeout", msg, true, false).await;
                 return;
             }
         };
-        let active = Active::new(&w);
+        let active = Counted::new(&w.active);
         // Boxed: the exchange's state lives only while a request is in
         // flight, so an idle connection's task stays small.
         match Box::pin(exchange(&w, l, &mut client, &mut buf, &head, &peer_ip)).await {
@@ -212,8 +206,22 @@ impl Body {
     }
 }
 
+/// Answers a request with weft's own error response for `e`.
 async fn reply_error(client: &mut TcpStream, e: ProxyError, close: bool, req: &RequestHead) -> Next {
-    let out = error_response(e.status(), e.code(), &e.to_string(), close, req.is_head());
+    answer(client, e.status(), e.code(), &e.to_string(), close, req.is_head()).await
+}
+
+/// Writes one of weft's own answers; when it closes the connection, it does
+/// so lingeringly so that the client reads the answer.
+async fn answer(
+    client: &mut TcpStream,
+    status: u16,
+    code: &str,
+    msg: &str,
+    close: bool,
+    head_only: bool,
+) -> Next {
+    let out = error_response(status, code, msg, close, head_only);
     if write_one(client, out.freeze()).await.is_err() {
         return Next::Close;
     }
@@ -263,6 +271,26 @@ struct Failed {
     close: bool,
 }
 
+impl Failed {
+    /// The client's body broke off or was malformed: answer 400 and close.
+    fn downstream_body() -> Self {
+        Failed {
+            error: ProxyError::new(ErrorKind::DownstreamBodyError),
+            retryable: false,
+            close: true,
+        }
+    }
+
+    /// The upstream connection failed before a response head.
+    fn upstream_gone(retryable: bool, close: bool) -> Self {
+        Failed {
+            error: ProxyError::new(ErrorKind::UpstreamReset),
+            retryable,
+            close,
+        }
+    }
+}
+
 /// Forwards one request and its response.
 async fn exchange(
     w: &Worker,
@@ -282,9 +310,8 @@ async fn exchange(
     let Some(ep) = w.pick_endpoint(c) else {
         return reply_error(client, ProxyError::new(ErrorKind::NoEndpoint), has_body, req).await;
     };
-    let _in_flight = InFlight::new(ep);
-    let mut pooled = ep.checkout(&cluster.pool, Instant::now());
-    let (mut up, mut reused) = match pooled.take() {
+    let _in_flight = Counted::new(&ep.in_flight);
+    let (mut up, mut reused) = match ep.checkout(&cluster.pool, Instant::now()) {
         Some(s) => (s, true),
         None => match connect(ep.addr, cluster.connect_timeout).await {
             Ok(s) => (s, false),
@@ -346,12 +373,7 @@ async fn exchange(
                     Err(e) => return reply_error(client, e, has_body, req).await,
                 }
             }
-            Err(f) => {
-                if f.error.kind == ErrorKind::DownstreamBodyError && f.close {
-                    return reply_error(client, f.error, true, req).await;
-                }
-                return reply_error(client, f.error, f.close || !body.done(), req).await;
-            }
+            Err(f) => return reply_error(client, f.error, f.close || !body.done(), req).await,
         }
     };
     respond(w, client, up, ubuf, req, res, ep, &cluster.pool).await
@@ -371,36 +393,17 @@ async fn attempt(
     body: &mut Body,
 ) -> Result<ResponseHead, Failed> {
     let body_was_whole = body.done();
-    let upstream_gone = |retryable| Failed {
-        error: ProxyError::new(ErrorKind::UpstreamReset),
-        retryable,
-        close: false,
-    };
     if write_two(up, head, first).await.is_err() {
-        return Err(upstream_gone(body_was_whole));
+        return Err(Failed::upstream_gone(body_was_whole, false));
     }
     while !body.done() {
-        let got = monoio::time::timeout(l.idle_timeout, read_more(client, cbuf)).await;
-        match got {
+        match monoio::time::timeout(l.idle_timeout, read_more(client, cbuf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => {
-                return Err(Failed {
-                    error: ProxyError::new(ErrorKind::DownstreamBodyError),
-                    retryable: false,
-                    close: true,
-                });
-            }
+            _ => return Err(Failed::downstream_body()),
         }
-        let piece = body.take(cbuf).map_err(|_| Failed {
-            error: ProxyError::new(ErrorKind::DownstreamBodyError),
-            retryable: false,
-            close: true,
-        })?;
+        let piece = body.take(cbuf).map_err(|_| Failed::downstream_body())?;
         if write_one(up, piece).await.is_err() {
-            return Err(Failed {
-                close: true,
-                ..upstream_gone(false)
-            });
+            return Err(Failed::upstream_gone(false, true));
         }
     }
     let mut informational = false;
@@ -410,10 +413,7 @@ async fn attempt(
                 informational = true;
                 // HTTP/1.0 clients do not get interim responses.
                 if req.minor == 1 && write_interim(client, &res, false).await.is_err() {
-                    return Err(Failed {
-                        close: true,
-                        ..upstream_gone(false)
-                    });
+                    return Err(Failed::upstream_gone(false, true));
                 }
                 continue;
             }
@@ -429,7 +429,10 @@ async fn attempt(
         }
         match read_more(up, ubuf).await {
             Ok(n) if n > 0 => {}
-            _ => return Err(upstream_gone(body_was_whole && ubuf.is_empty() && !informational)),
+            _ => {
+                let retryable = body_was_whole && ubuf.is_empty() && !informational;
+                return Err(Failed::upstream_gone(retryable, false));
+            }
         }
     }
 }
@@ -497,15 +500,12 @@ async fn respond(
     if write_two(client, out.freeze(), first).await.is_err() {
         return Next::Close;
     }
-    let mut clean_end = true;
     while !body.done() {
         match read_more(&mut up, &mut ubuf).await {
             Ok(n) if n > 0 => {}
+            // A close-delimited body ends here (and is never kept alive).
+            _ if matches!(body, Body::UntilClose) => break,
             _ => {
-                if matches!(body, Body::UntilClose) {
-                    clean_end = false;
-                    break;
-                }
                 // The upstream broke off mid-body: close so that the client
                 // cannot take the truncated body for a whole one.
                 return Next::Close;
@@ -522,7 +522,8 @@ async fn respond(
             ubuf = BytesMut::new();
         }
     }
-    if clean_end && res.keep_alive && ubuf.is_empty() && res.framing != BodyFraming::UntilClose {
+    // `keep_alive` is false for close-delimited responses (weft-proto).
+    if res.keep_alive && ubuf.is_empty() {
         ep.checkin(up, pool, Instant::now());
     }
     if close {

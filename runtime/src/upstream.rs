@@ -58,22 +58,6 @@ impl Endpoint {
     }
 }
 
-/// Counts a request in flight on an endpoint for as long as it lives.
-pub(crate) struct InFlight<'a>(&'a Endpoint);
-
-impl<'a> InFlight<'a> {
-    pub fn new(e: &'a Endpoint) -> Self {
-        e.in_flight.set(e.in_flight.get() + 1);
-        InFlight(e)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.set(self.0.in_flight.get().saturating_sub(1));
-    }
-}
-
 /// Opens a new connection to `addr` within `timeout`.
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {

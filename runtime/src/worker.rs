@@ -30,7 +30,7 @@ pub(crate) struct Worker {
     /// Set when shutdown began: answer in flight, then close.
     pub draining: Cell<bool>,
     /// Requests being served by this worker.
-    pub active: Cell<usize>,
+    pub active: Cell<u32>,
     /// Open client connections (their sockets), closed at the end of a drain.
     pub connections: RefCell<HashSet<RawFd>>,
 }
@@ -91,19 +91,20 @@ impl Worker {
     }
 }
 
-/// Counts a request as active on the worker for as long as it lives.
-pub(crate) struct Active<'a>(&'a Worker);
+/// Holds one unit of a counter (requests active on a worker, in flight to
+/// an endpoint) for as long as it lives.
+pub(crate) struct Counted<'a>(&'a Cell<u32>);
 
-impl<'a> Active<'a> {
-    pub fn new(w: &'a Worker) -> Self {
-        w.active.set(w.active.get() + 1);
-        Active(w)
+impl<'a> Counted<'a> {
+    pub fn new(count: &'a Cell<u32>) -> Self {
+        count.set(count.get() + 1);
+        Counted(count)
     }
 }
 
-impl Drop for Active<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get() - 1);
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
