@@ -164,6 +164,11 @@ fn check_framing(raw: &[u8], headers: &[HeaderRange], framing: BodyFraming, body
     }
 }
 
+/// Header fields as printable (name, value) pairs, for assertion messages.
+fn shown(fields: &[(&[u8], &[u8])]) -> Vec<(String, String)> {
+    fields.iter().map(|(n, v)| (show(n), show(v))).collect()
+}
+
 /// Fields that a proxy forwards unchanged, as (name, value), in order.
 fn end_to_end<'a>(
     raw: &'a [u8],
@@ -403,11 +408,8 @@ fn reencode_request(head: &RequestHead) {
     });
     let got = end_to_end(a, &again.headers, &again.connection, REQ_FORWARDED);
     assert_eq!(
-        got.iter().map(|(n, v)| (show(n), show(v))).collect::<Vec<_>>(),
-        expected
-            .iter()
-            .map(|(n, v)| (show(n), show(v)))
-            .collect::<Vec<_>>(),
+        shown(&got),
+        shown(&expected),
         "end-to-end fields changed: {}",
         ctx()
     );
@@ -557,11 +559,8 @@ fn reencode_response(res: &ResponseHead, head_request: bool) {
     let got = end_to_end(a, &again.headers, &again.connection, RES_FORWARDED);
     let expected = end_to_end(raw, &res.headers, &res.connection, RES_FORWARDED);
     assert_eq!(
-        got.iter().map(|(n, v)| (show(n), show(v))).collect::<Vec<_>>(),
-        expected
-            .iter()
-            .map(|(n, v)| (show(n), show(v)))
-            .collect::<Vec<_>>(),
+        shown(&got),
+        shown(&expected),
         "end-to-end fields changed: {}",
         ctx()
     );
