@@ -52,6 +52,18 @@ pub enum Driver {
     Epoll,
 }
 
+/// How an io_uring worker sets up its ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RingSetup {
+    /// COOP_TASKRUN and SINGLE_ISSUER (fewer interrupts, one issuing
+    /// thread); a plain ring on kernels that refuse them (before 6.0).
+    #[default]
+    Tuned,
+    /// A ring with no setup flags (for comparisons and odd kernels).
+    Plain,
+}
+
 /// How a cluster picks an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -81,6 +93,8 @@ pub struct RuntimeSettings {
     pub workers: usize,
     /// IO driver.
     pub driver: Driver,
+    /// Setup flags of the io_uring ring (ignored on epoll).
+    pub ring_setup: RingSetup,
     /// Pin worker `i` to core `i` (modulo the core count).
     pub pin_cores: bool,
     /// How long in-flight requests may take to finish at shutdown.
@@ -182,6 +196,8 @@ struct RawRuntime {
     #[serde(default)]
     driver: Driver,
     #[serde(default)]
+    ring_setup: RingSetup,
+    #[serde(default)]
     pin_cores: bool,
     #[serde(default = "default_drain")]
     drain_timeout: Dur,
@@ -192,6 +208,7 @@ impl Default for RawRuntime {
         RawRuntime {
             workers: 0,
             driver: Driver::Auto,
+            ring_setup: RingSetup::Tuned,
             pin_cores: false,
             drain_timeout: default_drain(),
         }
@@ -364,6 +381,7 @@ impl Config {
         let runtime = RuntimeSettings {
             workers: raw.runtime.workers,
             driver: raw.runtime.driver,
+            ring_setup: raw.runtime.ring_setup,
             pin_cores: raw.runtime.pin_cores,
             drain_timeout: raw.runtime.drain_timeout.0,
         };

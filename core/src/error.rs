@@ -38,6 +38,8 @@ pub enum ErrorKind {
     UpstreamBodyError,
     /// The client's body broke off or was malformed.
     DownstreamBodyError,
+    /// The client sent nothing of its body within the listener's idle timeout.
+    DownstreamBodyTimeout,
 }
 
 /// An error on the request path: kind, side, and whether retrying is safe.
@@ -70,7 +72,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self.kind {
             ErrorKind::NoRoute | ErrorKind::NoEndpoint => Side::Proxy,
-            ErrorKind::DownstreamBodyError => Side::Downstream,
+            ErrorKind::DownstreamBodyError | ErrorKind::DownstreamBodyTimeout => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -83,6 +85,7 @@ impl ProxyError {
             ErrorKind::ConnectTimeout => 504,
             ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed | ErrorKind::UpstreamBodyError => 502,
             ErrorKind::DownstreamBodyError => 400,
+            ErrorKind::DownstreamBodyTimeout => 408,
         }
     }
 
@@ -98,6 +101,7 @@ impl ProxyError {
             ErrorKind::UpstreamMalformed => "upstream-malformed-response",
             ErrorKind::UpstreamBodyError => "upstream-body-error",
             ErrorKind::DownstreamBodyError => "downstream-body-error",
+            ErrorKind::DownstreamBodyTimeout => "body-timeout",
         }
     }
 
@@ -120,6 +124,9 @@ impl fmt::Display for ProxyError {
             ErrorKind::UpstreamMalformed => "the upstream sent a malformed response head",
             ErrorKind::UpstreamBodyError => "the upstream response body broke off",
             ErrorKind::DownstreamBodyError => "the request body was malformed or broke off",
+            ErrorKind::DownstreamBodyTimeout => {
+                "the request body stalled: nothing arrived within the listener's idle_timeout"
+            }
         })
     }
 }
@@ -140,5 +147,10 @@ mod tests {
         assert!(!ProxyError::new(ErrorKind::UpstreamReset).retry_safe(false));
         assert!(ProxyError::new(ErrorKind::UpstreamReset).retry_safe(true));
         assert_eq!(ProxyError::new(ErrorKind::UpstreamReset).side(), Side::Upstream);
+        let stalled = ProxyError::new(ErrorKind::DownstreamBodyTimeout);
+        assert_eq!(
+            (stalled.status(), stalled.code(), stalled.side()),
+            (408, "body-timeout", Side::Downstream)
+        );
     }
 }

@@ -12,6 +12,6 @@ pub mod error;
 pub mod route;
 
 pub use balance::{least_loaded, Rng, RoundRobin};
-pub use config::{BalancerKind, Cluster, Config, ConfigError, Driver, Listener, RuntimeSettings};
+pub use config::{BalancerKind, Cluster, Config, ConfigError, Driver, Listener, RingSetup, RuntimeSettings};
 pub use error::{ErrorKind, ProxyError, Side};
 pub use route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};

@@ -81,6 +81,7 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
                 return;
             }
         };
+        w.counters.request();
         let active = Counted::new(&w.active);
         // Boxed: the exchange's state lives only while a request is in
         // flight, so an idle connection's task stays small.
@@ -272,10 +273,11 @@ struct Failed {
 }
 
 impl Failed {
-    /// The client's body broke off or was malformed: answer 400 and close.
-    fn downstream_body() -> Self {
+    /// The client's body broke off or was malformed (400), or stalled
+    /// (`kind` DownstreamBodyTimeout, 408): answer and close.
+    fn downstream_body(kind: ErrorKind) -> Self {
         Failed {
-            error: ProxyError::new(ErrorKind::DownstreamBodyError),
+            error: ProxyError::new(kind),
             retryable: false,
             close: true,
         }
@@ -399,9 +401,12 @@ async fn attempt(
     while !body.done() {
         match monoio::time::timeout(l.idle_timeout, read_more(client, cbuf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return Err(Failed::downstream_body()),
+            Ok(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
+            Err(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
         }
-        let piece = body.take(cbuf).map_err(|_| Failed::downstream_body())?;
+        let piece = body
+            .take(cbuf)
+            .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))?;
         if write_one(up, piece).await.is_err() {
             return Err(Failed::upstream_gone(false, true));
         }

@@ -16,6 +16,6 @@ mod shutdown;
 mod upstream;
 mod worker;
 
-pub use server::{DriverInUse, Server, StartError};
+pub use server::{DriverInUse, IoSetup, Server, StartError, WorkerCounters};
 pub use shutdown::Shutdown;
 pub use weft_core::Config;

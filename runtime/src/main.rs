@@ -74,6 +74,7 @@ fn run(config: Result<weft::Config, String>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
+    eprintln!("weft: {} worker(s) on {}", server.workers().len(), server.io());
     for (name, addr) in server.addrs() {
         eprintln!("weft: listener {name} on {addr} ({:?} driver)", server.driver());
     }

@@ -7,10 +7,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use weft_core::{Config, Driver};
+use std::time::Duration;
+use weft_core::{Config, Driver, RingSetup};
 
 /// The IO driver the workers run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,68 @@ pub enum DriverInUse {
     IoUring,
     /// epoll (monoio's legacy driver).
     Epoll,
+}
+
+/// How the workers' IO actually runs, as the workers report it once their
+/// runtimes are built (not as configured: `auto` may fall back, and a
+/// kernel may refuse the ring flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoSetup {
+    /// epoll (monoio's legacy driver).
+    Epoll,
+    /// io_uring; `tuned` when every worker's ring took COOP_TASKRUN and
+    /// SINGLE_ISSUER, false for a plain ring.
+    IoUring {
+        /// The setup flags took effect.
+        tuned: bool,
+    },
+}
+
+impl fmt::Display for IoSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoSetup::Epoll => f.write_str("epoll"),
+            IoSetup::IoUring { tuned: true } => f.write_str("io-uring (ring: coop-taskrun,single-issuer)"),
+            IoSetup::IoUring { tuned: false } => f.write_str("io-uring (ring: plain)"),
+        }
+    }
+}
+
+/// Counters of one worker, written only by that worker (a relaxed load and
+/// store: as cheap as a plain cell) and read by anyone. Cache-line aligned so
+/// that workers never share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerCounters {
+    connections: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl WorkerCounters {
+    /// Adds one accepted client connection (called by the owning worker only).
+    pub(crate) fn connection(&self) {
+        bump(&self.connections);
+    }
+
+    /// Adds one request head received (called by the owning worker only).
+    pub(crate) fn request(&self) {
+        bump(&self.requests);
+    }
+
+    /// Client connections this worker accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Request heads this worker received.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// Single-writer increment: no read-modify-write, so no locked instruction.
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 /// Why weft could not start.
@@ -32,8 +96,15 @@ pub enum StartError {
     },
     /// io_uring was required by the configuration but is unavailable.
     NoIoUring,
-    /// A worker thread or runtime could not be created.
+    /// A worker thread could not be created.
     Worker(std::io::Error),
+    /// A worker could not build its runtime or register its listeners.
+    WorkerSetup {
+        /// The worker's index.
+        worker: usize,
+        /// What failed.
+        error: String,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -47,6 +118,10 @@ impl fmt::Display for StartError {
                 "runtime.driver = \"io-uring\" but io_uring is unavailable here (old kernel, sysctl or seccomp); use driver = \"auto\" or \"epoll\"",
             ),
             StartError::Worker(e) => write!(f, "cannot start a worker thread: {e}"),
+            StartError::WorkerSetup { worker, error } => write!(
+                f,
+                "worker {worker} cannot start: {error} (check the open-file limit, `ulimit -n`; with io_uring also `ulimit -l` and the kernel's io_uring settings, or use driver = \"epoll\")"
+            ),
         }
     }
 }
@@ -59,6 +134,8 @@ pub struct Server {
     shutdown: Shutdown,
     addrs: Vec<(String, SocketAddr)>,
     driver: DriverInUse,
+    io: IoSetup,
+    counters: Vec<Arc<WorkerCounters>>,
 }
 
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -105,25 +182,34 @@ fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
     Ok(all)
 }
 
-/// A worker's io_uring runtime. The ring is set up for one thread:
-/// COOP_TASKRUN (no interrupt to run completions; the worker picks them up
-/// when it enters the kernel anyway) and SINGLE_ISSUER. On this project's
-/// benchmark that is about a quarter more requests per CPU-second than a
-/// default ring. Kernels before 6.0 refuse these flags: then a default ring.
-fn uring_runtime() -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
-    let mut ring = io_uring::IoUring::builder();
-    ring.setup_coop_taskrun().setup_single_issuer();
-    match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-        .uring_builder(ring)
-        .enable_timer()
-        .build()
-    {
-        Ok(rt) => Ok(rt),
-        Err(_) => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+/// A worker's io_uring runtime, and whether the ring setup flags took
+/// effect. `Tuned` sets the ring up for one thread: COOP_TASKRUN (no
+/// interrupt to run completions; the worker picks them up when it enters the
+/// kernel anyway) and SINGLE_ISSUER. On this project's benchmark that is
+/// about a quarter more requests per CPU-second than a plain ring. Kernels
+/// before 6.0 refuse these flags: then a plain ring.
+type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
+
+fn uring_runtime(setup: RingSetup) -> std::io::Result<(UringRuntime, bool)> {
+    if setup == RingSetup::Tuned {
+        let mut ring = io_uring::IoUring::builder();
+        ring.setup_coop_taskrun().setup_single_issuer();
+        if let Ok(rt) = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .uring_builder(ring)
             .enable_timer()
-            .build(),
+            .build()
+        {
+            return Ok((rt, true));
+        }
     }
+    let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build()?;
+    Ok((rt, false))
 }
+
+/// How long `Server::start` waits for every worker to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn pin_to_core(core: usize) {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
@@ -139,9 +225,26 @@ fn pin_to_core(core: usize) {
     }
 }
 
+/// A worker's one report to `Server::start`: ready (with whether the ring
+/// flags took effect), or why it cannot run.
+pub(crate) struct Ready {
+    tx: mpsc::Sender<(usize, Result<bool, String>)>,
+    worker: usize,
+    tuned: bool,
+}
+
+impl Ready {
+    /// Reports the worker ready (`Ok`) or failed.
+    pub(crate) fn report(self, result: Result<(), String>) {
+        let _ = self.tx.send((self.worker, result.map(|()| self.tuned)));
+    }
+}
+
 impl Server {
     /// Binds every listener on every worker and starts the workers. Returns
-    /// once all sockets are bound, so the addresses accept connections.
+    /// once every worker has built its runtime and registered its listeners,
+    /// so the addresses accept connections; a worker that cannot start fails
+    /// the start (and the others stop again).
     pub fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -167,40 +270,84 @@ impl Server {
         }
         let shutdown = Shutdown::new();
         let mut workers = Vec::new();
+        let mut counters = Vec::new();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // On any failure below, the workers already started stop again.
+        let abort = |workers: Vec<JoinHandle<()>>, shutdown: &Shutdown, e: StartError| {
+            shutdown.fire();
+            for w in workers {
+                let _ = w.join();
+            }
+            Err(e)
+        };
         for i in (0..count).rev() {
             let mine: Vec<_> = sockets.iter_mut().map(|s| s.remove(i)).collect();
             let config = config.clone();
-            let shutdown = shutdown.clone();
+            let stop = shutdown.clone();
             let pin = config.runtime.pin_cores.then_some(i % cores);
-            let handle = std::thread::Builder::new()
+            let mine_counters = Arc::new(WorkerCounters::default());
+            counters.push(mine_counters.clone());
+            let ready = Ready {
+                tx: ready_tx.clone(),
+                worker: i,
+                tuned: false,
+            };
+            let spawned = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))
                 .spawn(move || {
                     if let Some(core) = pin {
                         pin_to_core(core);
                     }
                     let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9) ^ std::process::id() as u64;
-                    let worker = Rc::new(Worker::new(config, seed));
-                    let result = match driver {
-                        DriverInUse::IoUring => {
-                            uring_runtime().map(|mut rt| rt.block_on(worker::run(worker, mine, shutdown)))
-                        }
-                        DriverInUse::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                    let worker = Rc::new(Worker::new(config.clone(), seed, mine_counters));
+                    match driver {
+                        DriverInUse::IoUring => match uring_runtime(config.runtime.ring_setup) {
+                            Ok((mut rt, tuned)) => {
+                                let ready = Ready { tuned, ..ready };
+                                rt.block_on(worker::run(worker, mine, stop, ready))
+                            }
+                            Err(e) => ready.report(Err(format!("cannot build its io_uring runtime: {e}"))),
+                        },
+                        DriverInUse::Epoll => match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                             .enable_timer()
                             .build()
-                            .map(|mut rt| rt.block_on(worker::run(worker, mine, shutdown))),
-                    };
-                    if let Err(e) = result {
-                        log!("worker {i}: cannot build its runtime: {e}");
+                        {
+                            Ok(mut rt) => rt.block_on(worker::run(worker, mine, stop, ready)),
+                            Err(e) => ready.report(Err(format!("cannot build its epoll runtime: {e}"))),
+                        },
                     }
-                })
-                .map_err(StartError::Worker)?;
-            workers.push(handle);
+                });
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => return abort(workers, &shutdown, StartError::Worker(e)),
+            }
         }
+        drop(ready_tx);
+        counters.reverse();
+        let mut tuned = true;
+        for _ in 0..count {
+            match ready_rx.recv_timeout(READY_TIMEOUT) {
+                Ok((_, Ok(t))) => tuned &= t,
+                Ok((worker, Err(error))) => {
+                    return abort(workers, &shutdown, StartError::WorkerSetup { worker, error })
+                }
+                Err(_) => {
+                    let error = format!("no word from a worker within {READY_TIMEOUT:?}");
+                    return abort(workers, &shutdown, StartError::WorkerSetup { worker: 0, error });
+                }
+            }
+        }
+        let io = match driver {
+            DriverInUse::Epoll => IoSetup::Epoll,
+            DriverInUse::IoUring => IoSetup::IoUring { tuned },
+        };
         Ok(Server {
             workers,
             shutdown,
             addrs,
             driver,
+            io,
+            counters,
         })
     }
 
@@ -217,6 +364,16 @@ impl Server {
     /// The IO driver in use.
     pub fn driver(&self) -> DriverInUse {
         self.driver
+    }
+
+    /// How the workers' IO runs, as they reported it.
+    pub fn io(&self) -> IoSetup {
+        self.io
+    }
+
+    /// Each worker's counters, in worker order.
+    pub fn workers(&self) -> &[Arc<WorkerCounters>] {
+        &self.counters
     }
 
     /// A handle that starts the graceful shutdown when fired.

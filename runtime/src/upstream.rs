@@ -44,6 +44,19 @@ impl Endpoint {
         None
     }
 
+    /// Closes the idle connections that have been idle for the pool's
+    /// `idle_timeout` or longer.
+    pub fn evict_expired(&self, pool: &PoolSettings, now: Instant) {
+        let mut idle = self.idle.borrow_mut();
+        // Oldest first: stop at the first one still fresh.
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= pool.idle_timeout)
+        {
+            idle.pop_front();
+        }
+    }
+
     /// Returns a connection whose last response was read completely and on
     /// which no operation was cancelled.
     pub fn checkin(&self, stream: TcpStream, pool: &PoolSettings, now: Instant) {

@@ -3,6 +3,7 @@
 
 use crate::downstream;
 use crate::log::log;
+use crate::server::{Ready, WorkerCounters};
 use crate::shutdown::Shutdown;
 use crate::upstream::Endpoint;
 use monoio::io::Canceller;
@@ -33,10 +34,12 @@ pub(crate) struct Worker {
     pub active: Cell<u32>,
     /// Open client connections (their sockets), closed at the end of a drain.
     pub connections: RefCell<HashSet<RawFd>>,
+    /// This worker's counters, readable from other threads.
+    pub counters: Arc<WorkerCounters>,
 }
 
 impl Worker {
-    pub fn new(config: Arc<Config>, seed: u64) -> Self {
+    pub fn new(config: Arc<Config>, seed: u64, counters: Arc<WorkerCounters>) -> Self {
         let clusters = config
             .clusters
             .iter()
@@ -57,6 +60,7 @@ impl Worker {
             draining: Cell::new(false),
             active: Cell::new(0),
             connections: RefCell::new(HashSet::new()),
+            counters,
         }
     }
 
@@ -110,20 +114,30 @@ impl Drop for Counted<'_> {
 
 /// The body of a worker thread: accept on every listener until shutdown,
 /// then let in-flight requests finish within the drain timeout.
-pub(crate) async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener>, shutdown: Shutdown) {
+/// Reports to `ready` once every listener is registered, or why one cannot be.
+pub(crate) async fn run(
+    worker: Rc<Worker>,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: Shutdown,
+    ready: Ready,
+) {
     let canceller = Canceller::new();
-    let mut accepting = Vec::new();
+    let mut registered = Vec::new();
     for (li, std_listener) in listeners.into_iter().enumerate() {
-        let listener = match TcpListener::from_std(std_listener) {
-            Ok(l) => l,
+        match TcpListener::from_std(std_listener) {
+            Ok(l) => registered.push(l),
             Err(e) => {
-                log!(
-                    "listener {}: cannot register with the runtime: {e}",
-                    worker.config.listeners[li].name
-                );
-                continue;
+                let name = &worker.config.listeners[li].name;
+                ready.report(Err(format!(
+                    "listener `{name}` cannot be registered with the runtime: {e}"
+                )));
+                return;
             }
-        };
+        }
+    }
+    ready.report(Ok(()));
+    let mut accepting = Vec::new();
+    for (li, listener) in registered.into_iter().enumerate() {
         let handle = canceller.handle();
         let w = worker.clone();
         accepting.push(monoio::spawn(async move {
@@ -134,6 +148,7 @@ pub(crate) async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener
                         if w.draining.get() {
                             break;
                         }
+                        w.counters.connection();
                         monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
                     }
                     Err(e) => {
@@ -152,6 +167,8 @@ pub(crate) async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener
             }
         }));
     }
+    // Runs until the runtime ends with the worker.
+    monoio::spawn(sweep_pools(worker.clone()));
     shutdown.wait().await;
     worker.draining.set(true);
     let _ = canceller.cancel();
@@ -172,6 +189,27 @@ pub(crate) async fn run(worker: Rc<Worker>, listeners: Vec<std::net::TcpListener
     let deadline = Instant::now() + Duration::from_secs(1);
     while !worker.connections.borrow().is_empty() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Closes pooled upstream connections once they have been idle for their
+/// cluster's pool `idle_timeout`, so that idle connections do not outlive it
+/// when traffic stops. Wakes every quarter of the shortest idle timeout
+/// (between 10 ms and 15 s): a connection closes within 1.25 times its
+/// timeout.
+async fn sweep_pools(worker: Rc<Worker>) {
+    let Some(shortest) = worker.config.clusters.iter().map(|c| c.pool.idle_timeout).min() else {
+        return;
+    };
+    let every = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(15));
+    loop {
+        monoio::time::sleep(every).await;
+        let now = Instant::now();
+        for (state, cluster) in worker.clusters.iter().zip(&worker.config.clusters) {
+            for ep in &state.endpoints {
+                ep.evict_expired(&cluster.pool, now);
+            }
+        }
     }
 }
 

@@ -10,31 +10,122 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weft::Server;
+use weft::{IoSetup, Server};
 use weft_proto::{parse_request, BodyFraming, ChunkedDecoder, Limits, RequestHead};
 
 /// How long any single socket operation in a test may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts weft from configuration text (listeners should use port 0).
+/// How long weft has to close a connection it must close.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(5);
+
+/// A read that ended because its timeout passed (the peer kept the
+/// connection open and silent).
+pub fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// The status of an HTTP/1.x status line (`HTTP/1.1 200 OK\r\n`), if it is one.
+pub fn parse_status_line(line: &str) -> Option<u16> {
+    let rest = line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| line.strip_prefix("HTTP/1.0 "))?;
+    let code = rest.get(..3)?;
+    if !code.bytes().all(|b| b.is_ascii_digit()) || !matches!(rest.as_bytes().get(3), Some(b' ' | b'\r')) {
+        return None;
+    }
+    code.parse().ok()
+}
+
+/// The IO setup this test run expects, from `WEFT_TEST_IO`:
+/// unset or `io-uring`: io_uring with the tuned ring (COOP_TASKRUN and
+/// SINGLE_ISSUER); `io-uring-plain`: io_uring on a kernel that refuses the
+/// ring flags; `epoll-only`: a host without io_uring, where the io_uring
+/// variants of the suites are skipped (and say so) instead of failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostIo {
+    /// io_uring with COOP_TASKRUN and SINGLE_ISSUER.
+    Tuned,
+    /// io_uring with a plain ring.
+    Plain,
+    /// No io_uring here.
+    EpollOnly,
+}
+
+/// What `WEFT_TEST_IO` says about this host (see [`HostIo`]).
+pub fn host_io() -> HostIo {
+    match std::env::var("WEFT_TEST_IO").as_deref() {
+        Err(_) | Ok("") | Ok("io-uring") => HostIo::Tuned,
+        Ok("io-uring-plain") => HostIo::Plain,
+        Ok("epoll-only") => HostIo::EpollOnly,
+        Ok(other) => panic!("WEFT_TEST_IO={other:?}: expected io-uring, io-uring-plain or epoll-only"),
+    }
+}
+
+/// The IO setup weft must report for a configuration, on this host.
+pub fn expected_io(config: &weft::Config) -> IoSetup {
+    use weft_core::{Driver, RingSetup};
+    let uring = IoSetup::IoUring {
+        tuned: config.runtime.ring_setup == RingSetup::Tuned && host_io() == HostIo::Tuned,
+    };
+    match config.runtime.driver {
+        Driver::Epoll => IoSetup::Epoll,
+        Driver::IoUring => uring,
+        Driver::Auto if host_io() == HostIo::EpollOnly => IoSetup::Epoll,
+        Driver::Auto => uring,
+    }
+}
+
+/// Starts weft from configuration text (listeners should use port 0), and
+/// checks that it runs on the IO setup the configuration asks for on this
+/// host: a fallback from io_uring to epoll, or a ring without its flags,
+/// fails the test.
 pub fn start(config: &str) -> Server {
     let config = weft::load::parse(config).unwrap_or_else(|e| panic!("test config refused: {e}\n{config}"));
-    Server::start(config).unwrap_or_else(|e| panic!("weft did not start: {e}"))
+    let expected = expected_io(&config);
+    let server = Server::start(config).unwrap_or_else(|e| panic!("weft did not start: {e}"));
+    assert_eq!(
+        server.io(),
+        expected,
+        "weft runs on {} where {expected} was expected (set WEFT_TEST_IO on a host without io_uring or ring flags)",
+        server.io()
+    );
+    server
 }
 
 thread_local! {
-    static DRIVER: std::cell::Cell<&'static str> = const { std::cell::Cell::new("auto") };
+    static DRIVER: std::cell::Cell<&'static str> = const { std::cell::Cell::new("") };
 }
 
-/// Runs test body `f` with weft on IO driver `driver` (`auto`, `io-uring` or
-/// `epoll`) wherever it starts weft through [`simple_config`].
+/// The driver tests on this thread configure: the one [`with_driver`] set,
+/// else io_uring (epoll on an epoll-only host).
+pub fn driver() -> &'static str {
+    match DRIVER.with(|d| d.get()) {
+        "" if host_io() == HostIo::EpollOnly => "epoll",
+        "" => "io-uring",
+        d => d,
+    }
+}
+
+/// Runs test body `f` with weft on IO driver `driver` (`io-uring` or
+/// `epoll`) wherever it starts weft through [`simple_config`] or
+/// [`runtime_section`]. On an epoll-only host (`WEFT_TEST_IO=epoll-only`)
+/// the io_uring runs are skipped, and say so.
 pub fn with_driver(driver: &'static str, f: fn()) {
+    if driver == "io-uring" && host_io() == HostIo::EpollOnly {
+        eprintln!("skipped: WEFT_TEST_IO=epoll-only says this host has no io_uring");
+        return;
+    }
     DRIVER.with(|d| d.set(driver));
     f()
 }
 
 /// Declares each listed test function (a plain `fn()`) as two tests: one on
-/// the epoll driver, one on the default driver (io_uring where available).
+/// the epoll driver, one on io_uring (which fails where io_uring is missing,
+/// unless `WEFT_TEST_IO=epoll-only`).
 #[macro_export]
 macro_rules! on_both_drivers {
     ($($name:ident),* $(,)?) => {
@@ -42,18 +133,27 @@ macro_rules! on_both_drivers {
             $( #[test] fn $name() { $crate::with_driver("epoll", super::$name) } )*
         }
         mod io_uring {
-            $( #[test] fn $name() { $crate::with_driver("auto", super::$name) } )*
+            $( #[test] fn $name() { $crate::with_driver("io-uring", super::$name) } )*
         }
     };
+}
+
+/// A `[runtime]` section with `workers` workers on the driver chosen by
+/// [`with_driver`], and a 5 s drain timeout.
+pub fn runtime_section(workers: usize) -> String {
+    format!(
+        "[runtime]\nworkers = {workers}\ndriver = \"{}\"\ndrain_timeout = \"5s\"\n",
+        driver()
+    )
 }
 
 /// A one-listener, one-cluster configuration in front of `endpoints`, on
 /// the driver chosen by [`with_driver`].
 pub fn simple_config(endpoints: &[SocketAddr], extra_listener: &str, extra_cluster: &str) -> String {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
-    let driver = DRIVER.with(|d| d.get());
     format!(
-        "[runtime]\nworkers = 1\ndriver = \"{driver}\"\ndrain_timeout = \"5s\"\n\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{extra_listener}\n\n[[route]]\ncluster = \"up\"\n\n[[cluster]]\nname = \"up\"\nendpoints = [{}]\n{extra_cluster}\n",
+        "{}\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{extra_listener}\n\n[[route]]\ncluster = \"up\"\n\n[[cluster]]\nname = \"up\"\nendpoints = [{}]\n{extra_cluster}\n",
+        runtime_section(1),
         eps.join(", ")
     )
 }
@@ -79,6 +179,10 @@ pub struct Received {
 }
 
 /// A real HTTP/1.1 upstream on loopback, one thread per connection.
+///
+/// A panic in a connection thread (a failed assertion about what weft
+/// sent) is recorded, and fails the test when the `Upstream` is dropped or
+/// [`Upstream::check`]ed: a failure on the upstream side is never lost.
 pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -86,6 +190,22 @@ pub struct Upstream {
     pub received: Arc<Mutex<Vec<Received>>>,
     /// Connections accepted so far.
     pub connections: Arc<AtomicUsize>,
+    /// Connections whose handler has returned (the peer closed, or the
+    /// script ended).
+    pub finished: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+/// Locks `m`, also after a connection thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// Deterministic pseudo-random bytes for integrity tests.
@@ -106,7 +226,10 @@ fn header<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
 }
 
 /// Reads one request (head and body) with weft-proto's strict parser.
-/// `None` at a clean end of stream.
+/// `None` when the connection ends (or idles out) before a whole request:
+/// weft closes an upstream connection whose request body broke off on the
+/// client side. A request that does not parse, or a malformed chunked body,
+/// panics (and fails the test through [`Upstream`]).
 pub fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<(RequestHead, Vec<u8>, bool)> {
     let head = loop {
         match parse_request(buf, &Limits::default()) {
@@ -123,7 +246,9 @@ pub fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<(Reque
     match head.framing {
         BodyFraming::Length(n) => {
             while (buf.len() as u64) < n {
-                assert!(fill(stream, buf), "request body broke off");
+                if !fill(stream, buf) {
+                    return None;
+                }
             }
             body.extend_from_slice(&buf.split_to(n as usize));
         }
@@ -131,14 +256,18 @@ pub fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<(Reque
             let mut d = ChunkedDecoder::new();
             loop {
                 while !buf.is_empty() && !d.is_done() {
-                    let s = d.step(buf).expect("valid chunked body");
+                    let s = d
+                        .step(buf)
+                        .unwrap_or_else(|e| panic!("upstream received a malformed chunked body: {e:?}"));
                     body.extend_from_slice(&buf[s.data.clone()]);
                     let _ = buf.split_to(s.consumed);
                 }
                 if d.is_done() {
                     break;
                 }
-                assert!(fill(stream, buf), "chunked request body broke off");
+                if !fill(stream, buf) {
+                    return None;
+                }
             }
         }
         _ => {}
@@ -170,7 +299,7 @@ impl Upstream {
             let mut buf = BytesMut::new();
             while let Some((head, body, chunked)) = read_request(&mut stream, &mut buf) {
                 let raw = String::from_utf8_lossy(&head.raw).to_string();
-                received.lock().unwrap().push(Received {
+                lock(&received).push(Received {
                     head: raw,
                     body: body.clone(),
                     chunked,
@@ -239,32 +368,75 @@ impl Upstream {
         let addr = listener.local_addr().expect("upstream addr");
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
         let f = Arc::new(f);
-        let (r, c) = (received.clone(), connections.clone());
+        let (r, c, d, fl) = (
+            received.clone(),
+            connections.clone(),
+            finished.clone(),
+            failures.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
                 let index = c.fetch_add(1, Ordering::SeqCst);
-                let (f, r) = (f.clone(), r.clone());
-                std::thread::spawn(move || f(stream, index, r));
+                let (f, r, d, fl) = (f.clone(), r.clone(), d.clone(), fl.clone());
+                std::thread::spawn(move || {
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(stream, index, r)));
+                    if let Err(p) = run {
+                        lock(&fl).push(format!("upstream connection {index}: {}", panic_message(&*p)));
+                    }
+                    d.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         Upstream {
             addr,
             received,
             connections,
+            finished,
+            failures,
         }
     }
 
     /// Requests received so far.
     pub fn count(&self) -> usize {
-        self.received.lock().unwrap().len()
+        lock(&self.received).len()
     }
 
     /// The `i`-th request received.
     pub fn request(&self, i: usize) -> Received {
-        self.received.lock().unwrap()[i].clone()
+        lock(&self.received)[i].clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections whose handler has returned so far.
+    pub fn closed(&self) -> usize {
+        self.finished.load(Ordering::SeqCst)
+    }
+
+    /// Fails the test if any connection thread failed so far.
+    pub fn check(&self) {
+        let failures = std::mem::take(&mut *lock(&self.failures));
+        assert!(
+            failures.is_empty(),
+            "the upstream failed:\n{}",
+            failures.join("\n")
+        );
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.check();
+        }
     }
 }
 
@@ -294,6 +466,27 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).to_string()
     }
+}
+
+/// Checks one of weft's own error answers: the status, the `weft-error`
+/// code, and a body that names the cause (contains `cause`).
+pub fn assert_weft_error(r: &Response, status: u16, code: &str, cause: &str) {
+    assert_eq!(
+        (r.status, r.header("weft-error")),
+        (status, Some(code)),
+        "body: {}",
+        r.text()
+    );
+    assert!(
+        r.text().contains(cause),
+        "the {status} body does not name the cause `{cause}`: {:?}",
+        r.text()
+    );
+    assert_eq!(
+        r.header("content-length").and_then(|v| v.parse().ok()),
+        Some(r.body.len()),
+        "error answer framing"
+    );
 }
 
 /// A raw HTTP/1.1 client connection.
@@ -343,7 +536,9 @@ impl Client {
         if self.reader.read_line(&mut line).ok()? == 0 {
             return None;
         }
-        let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+        // Strict: the status line is the very first thing, so that stray
+        // bytes before it (a body weft should not have sent) fail the test.
+        let status = parse_status_line(&line).unwrap_or_else(|| panic!("not a status line: {line:?}"));
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
@@ -390,16 +585,45 @@ impl Client {
             self.reader.read_exact(&mut body).ok()?;
             r.body = body;
         } else {
-            self.reader.read_to_end(&mut r.body).ok()?;
+            // Close-delimited: weft must close, within the IO timeout.
+            if let Err(e) = self.reader.read_to_end(&mut r.body) {
+                assert!(!timed_out(&e), "a close-delimited response was left open: {e}");
+                return None;
+            }
         }
         Some(r)
     }
 
-    /// True when the peer has closed the connection (reads end of stream
-    /// or a reset within the IO timeout).
+    /// True when the peer closes the connection within [`CLOSE_BOUND`]:
+    /// end of stream, or a reset. False when a byte arrives instead, or when
+    /// the connection is still open at the bound.
     pub fn is_closed(&mut self) -> bool {
+        let s = self.reader.get_ref();
+        s.set_read_timeout(Some(CLOSE_BOUND)).expect("set a read timeout");
         let mut b = [0u8; 1];
-        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+        let closed = match self.reader.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !timed_out(&e),
+        };
+        let _ = self.reader.get_ref().set_read_timeout(Some(IO_TIMEOUT));
+        closed
+    }
+
+    /// Reads until weft closes the connection (end of stream or reset) and
+    /// returns every byte received; panics if it is still open after
+    /// [`CLOSE_BOUND`] without a byte.
+    pub fn read_until_close(&mut self) -> Vec<u8> {
+        let _ = self.reader.get_ref().set_read_timeout(Some(CLOSE_BOUND));
+        let mut all = Vec::new();
+        if let Err(e) = self.reader.read_to_end(&mut all) {
+            assert!(
+                !timed_out(&e),
+                "weft left the connection open ({e}) after sending {:?}",
+                String::from_utf8_lossy(&all)
+            );
+        }
+        all
     }
 
     /// Reads exactly `n` raw bytes (after any buffered ones).

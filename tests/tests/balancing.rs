@@ -7,8 +7,10 @@ use weft_tests::*;
 fn weighted_split_follows_the_weights() {
     let (a, b) = (Upstream::echo("a"), Upstream::echo("b"));
     let config = format!(
-        "[runtime]\nworkers = 1\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nsplit = [ {{ cluster = \"a\", weight = 1 }}, {{ cluster = \"b\", weight = 3 }} ]\n[[cluster]]\nname = \"a\"\nendpoints = [\"{}\"]\n[[cluster]]\nname = \"b\"\nendpoints = [\"{}\"]\n",
-        a.addr, b.addr
+        "{}[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nsplit = [ {{ cluster = \"a\", weight = 1 }}, {{ cluster = \"b\", weight = 3 }} ]\n[[cluster]]\nname = \"a\"\nendpoints = [\"{}\"]\n[[cluster]]\nname = \"b\"\nendpoints = [\"{}\"]\n",
+        runtime_section(1),
+        a.addr,
+        b.addr
     );
     let server = start(&config);
     let mut c = Client::connect(server.addr("in").unwrap());
@@ -17,7 +19,9 @@ fn weighted_split_follows_the_weights() {
         *seen.entry(c.get("/", "").text()).or_default() += 1;
     }
     let (na, nb) = (seen["hello from a"], seen["hello from b"]);
-    // Expected 500 / 1500; the bounds are over six standard deviations wide.
+    // a is Binomial(2000, 1/4): mean 500, sd 19.4. The bounds are 6.2 sd
+    // wide (a correct split fails 1 run in 10^9); an even split (mean 1000)
+    // or the reversed 3:1 (mean 1500) never lands inside (< 1e-90).
     assert!((380..620).contains(&na), "a={na} b={nb}");
     assert_eq!(na + nb, 2000);
 }
@@ -31,10 +35,13 @@ fn round_robin_alternates() {
         "balancer = \"round-robin\"",
     ));
     let mut c = Client::connect(server.addr("in").unwrap());
-    let names: Vec<String> = (0..6).map(|_| c.get("/", "").text()).collect();
-    for pair in names.chunks(2) {
+    let names: Vec<String> = (0..64).map(|_| c.get("/", "").text()).collect();
+    // Strict alternation over 64 picks: a random picker passes with
+    // probability 2^-63.
+    for pair in names.windows(2) {
         assert_ne!(pair[0], pair[1], "{names:?}");
     }
+    assert!(names.iter().all(|n| n == "hello from a" || n == "hello from b"));
 }
 
 #[test]

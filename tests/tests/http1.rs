@@ -96,18 +96,36 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 fn head_204_304_have_no_body() {
-    let up = Upstream::echo("a");
+    // An upstream that sends body bytes after every head, even where the
+    // response has no body (HEAD, 204, 304): weft must send none of them.
+    let up = Upstream::scripted(|mut s, _, _| {
+        use std::io::Write;
+        let mut buf = bytes::BytesMut::new();
+        while let Some((head, _, _)) = read_request(&mut s, &mut buf) {
+            let status = match head.path() {
+                "/204" => "204 No Content",
+                "/304" => "304 Not Modified",
+                _ => "200 OK",
+            };
+            let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 12\r\n\r\nSTRAY-BYTES!");
+            if s.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
     let (_weft, addr) = proxy(&[up.addr]);
     let mut c = Client::connect(addr);
     c.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n");
     let r = c.response(true).unwrap();
     assert_eq!((r.status, r.header("content-length")), (200, Some("12")));
     for status in [204, 304] {
-        let r = c.get("/", &format!("x-status: {status}\r\n"));
-        assert_eq!((r.status, r.body.len()), (status, 0));
+        let r = c.get(&format!("/{status}"), "");
+        assert_eq!(r.status, status);
     }
-    // The connection is still in sync.
-    assert_eq!(c.get("/", "").text(), "hello from a");
+    // Each head was followed directly by the next status line (the client
+    // reads strictly), and a GET still gets its whole body.
+    let r = c.get("/", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "STRAY-BYTES!"));
 }
 
 fn chunked_bodies_stream_both_ways() {
@@ -167,9 +185,14 @@ fn http10_client() {
     assert!(up.request(0).head.contains(&format!("host: {}\r\n", up.addr)));
     // HTTP/1.0 with keep-alive, and a chunked upstream answer de-chunked.
     let mut c = Client::connect(addr);
-    c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
-    let r = c.response(false).unwrap();
-    assert_eq!(r.header("connection"), Some("keep-alive"));
+    for _ in 0..2 {
+        c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let r = c
+            .response(false)
+            .expect("an answer on the kept-alive HTTP/1.0 connection");
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+        assert_eq!(r.text(), "hello from a");
+    }
     let mut c = Client::connect(addr);
     c.send(b"GET / HTTP/1.0\r\nx-chunked: 4\r\nx-response-bytes: 10\r\n\r\n");
     let r = c.response(false).unwrap();
@@ -225,6 +248,48 @@ fn upgrade_refused_by_upstream_stays_http() {
         .contains("upgrade: websocket"));
 }
 
+fn early_hints_103_is_forwarded_to_http11_clients_only() {
+    let up = Upstream::scripted(|mut s, _, _| {
+        use std::io::Write;
+        let mut buf = bytes::BytesMut::new();
+        while read_request(&mut s, &mut buf).is_some() {
+            let reply = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if s.write_all(reply).is_err() {
+                return;
+            }
+        }
+    });
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let hints = c.response(false).unwrap();
+    assert_eq!(hints.status, 103);
+    assert_eq!(hints.header("link"), Some("</style.css>; rel=preload"));
+    let r = c.response(false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    // HTTP/1.0 has no interim responses: the client gets the 200 only.
+    let mut c = Client::connect(addr);
+    c.send(b"GET / HTTP/1.0\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+}
+
+fn switching_protocols_without_upgrade_is_502() {
+    let up = Upstream::scripted(|mut s, _, _| {
+        use std::io::Write;
+        let mut buf = bytes::BytesMut::new();
+        if read_request(&mut s, &mut buf).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw bytes of another protocol");
+        }
+    });
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    // A plain GET, no Upgrade: a 101 to it is a broken upstream.
+    let r = c.get("/", "");
+    assert_weft_error(&r, 502, "upstream-malformed-response", "malformed response");
+    assert!(c.is_closed(), "connection left open after the 502");
+}
+
 fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let up = Upstream::echo("a");
     let server = start(&simple_config(&[up.addr], "idle_timeout = \"200ms\"", ""));
@@ -232,7 +297,33 @@ fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     assert_eq!(c.get("/", "").status, 200);
     let t = std::time::Instant::now();
     assert!(c.is_closed());
-    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "closed after {:?}, before the 200 ms idle timeout",
+        t.elapsed()
+    );
+}
+
+/// A request body that stops arriving: the listener's idle timeout bounds
+/// the wait for its next piece; the client gets 408 and a closed connection,
+/// and the upstream connection carrying the partial request is closed.
+fn stalled_request_body_gets_408_after_idle_timeout() {
+    let up = Upstream::echo("a");
+    let server = start(&simple_config(&[up.addr], "idle_timeout = \"300ms\"", ""));
+    let mut c = Client::connect(server.addr("in").unwrap());
+    let t = std::time::Instant::now();
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello");
+    // ... and never the other five bytes.
+    let r = c.response(false).expect("an answer to the stalled request");
+    let waited = t.elapsed();
+    assert_weft_error(&r, 408, "body-timeout", "stalled");
+    assert!(c.is_closed(), "connection left open after the 408");
+    assert!(waited >= Duration::from_millis(250), "408 after only {waited:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || up.closed() == 1),
+        "the upstream connection with the partial request was not closed"
+    );
+    assert_eq!(up.count(), 0, "a partial request reached the upstream whole");
 }
 
 on_both_drivers!(
@@ -247,5 +338,8 @@ on_both_drivers!(
     http10_client,
     websocket_upgrade_is_tunneled_after_101,
     upgrade_refused_by_upstream_stays_http,
+    early_hints_103_is_forwarded_to_http11_clients_only,
+    switching_protocols_without_upgrade_is_502,
     idle_keep_alive_connection_is_closed_after_idle_timeout,
+    stalled_request_body_gets_408_after_idle_timeout,
 );

@@ -4,16 +4,28 @@
 use std::time::{Duration, Instant};
 use weft_tests::*;
 
-/// Sends `raw` on a fresh connection; returns the status weft answered and
-/// checks that the connection is closed afterwards.
-fn refused(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, Option<String>) {
+/// Sends `raw` on a fresh connection; returns weft's answer and checks that
+/// the connection is closed afterwards (end of stream or reset within
+/// [`CLOSE_BOUND`]; a connection left open fails).
+fn refused(addr: std::net::SocketAddr, raw: &[u8]) -> Response {
     let mut c = Client::connect(addr);
     c.send(raw);
     let r = c
         .response(false)
         .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(raw)));
-    assert!(c.is_closed(), "connection left open after {}", r.status);
-    (r.status, r.header("weft-error").map(str::to_string))
+    assert!(
+        c.is_closed(),
+        "connection left open after {} to {:?}",
+        r.status,
+        String::from_utf8_lossy(raw)
+    );
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "for {:?}",
+        String::from_utf8_lossy(raw)
+    );
+    r
 }
 
 fn each_framing_rule_is_enforced() {
@@ -50,15 +62,23 @@ fn each_framing_rule_is_enforced() {
             400,
             "bad-content-length",
         ),
-        ("GET / HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n b\r\n\r\n", 400, ""),
-        ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, ""),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n b\r\n\r\n",
+            400,
+            "malformed-head",
+        ),
+        ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400, "malformed-head"),
         (
             "GET / HTTP/1.1\r\nHost: a\r\nX-Ctl: a\x01b\r\n\r\n",
             400,
             "control-byte-in-header",
         ),
-        ("G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, ""),
-        ("GET / HTTP/1.1\r\nBad Name: a\r\nHost: a\r\n\r\n", 400, ""),
+        ("G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed-head"),
+        (
+            "GET / HTTP/1.1\r\nBad Name: a\r\nHost: a\r\n\r\n",
+            400,
+            "malformed-head",
+        ),
         ("GET / HTTP/1.1\r\n\r\n", 400, "bad-host"),
         ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad-host"),
         ("GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505, "unsupported-version"),
@@ -69,11 +89,18 @@ fn each_framing_rule_is_enforced() {
         ),
     ];
     for (raw, status, code) in cases {
-        let (got, weft_error) = refused(addr, raw.as_bytes());
-        assert_eq!(got, *status, "for {raw:?}");
-        if !code.is_empty() {
-            assert_eq!(weft_error.as_deref(), Some(*code), "for {raw:?}");
-        }
+        let r = refused(addr, raw.as_bytes());
+        assert_eq!(
+            (r.status, r.header("weft-error")),
+            (*status, Some(*code)),
+            "for {raw:?}"
+        );
+        // The body is one line naming the cause, not empty.
+        assert!(
+            r.text().len() > 10 && r.text().ends_with('\n'),
+            "{:?} for {raw:?}",
+            r.text()
+        );
     }
     // Only the bad-chunk-size request had a valid head; its head went
     // upstream, but no body and never a second request.
@@ -84,18 +111,21 @@ fn smuggling_attempt_never_becomes_two_requests() {
     let up = Upstream::echo("a");
     let (_weft, addr) = proxy(&[up.addr]);
     // CL.TE: a front end honouring CL would forward the smuggled GET as a body.
-    let (status, _) = refused(
+    let r = refused(
         addr,
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
     );
-    assert_eq!(status, 400);
+    assert_eq!(
+        (r.status, r.header("weft-error")),
+        (400, Some("content-length-with-transfer-encoding"))
+    );
     // TE with a space before the colon is not a Transfer-Encoding header for
     // everyone: refused outright.
-    let (status, _) = refused(
+    let r = refused(
         addr,
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
     );
-    assert_eq!(status, 400);
+    assert_eq!((r.status, r.header("weft-error")), (400, Some("malformed-head")));
     assert_eq!(up.count(), 0);
 }
 
@@ -108,12 +138,15 @@ fn limits_give_414_and_431() {
     ));
     let addr = server.addr("in").unwrap();
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(200));
-    assert_eq!(refused(addr, long_line.as_bytes()).0, 414);
+    let r = refused(addr, long_line.as_bytes());
+    assert_weft_error(&r, 414, "request-line-too-long", "request line");
     let big_head = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(2000));
-    assert_eq!(refused(addr, big_head.as_bytes()).0, 431);
+    let r = refused(addr, big_head.as_bytes());
+    assert_weft_error(&r, 431, "head-too-large", "head");
     let many: String = (0..12).map(|i| format!("X-{i}: v\r\n")).collect();
     let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
-    assert_eq!(refused(addr, many.as_bytes()).0, 431);
+    let r = refused(addr, many.as_bytes());
+    assert_weft_error(&r, 431, "too-many-headers", "header");
     // Within the limits all is well.
     assert_eq!(get(addr, "/ok").status, 200);
     assert_eq!(up.count(), 1);
@@ -127,10 +160,13 @@ fn slow_client_gets_408_and_is_closed() {
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\n");
     // ... and never the final empty line.
     let r = c.response(false).expect("a 408");
-    assert_eq!(r.status, 408);
-    assert_eq!(r.header("weft-error"), Some("header-timeout"));
+    assert_weft_error(&r, 408, "header-timeout", "header_timeout");
     assert!(c.is_closed());
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "408 after {waited:?} with a 300 ms header timeout"
+    );
     assert_eq!(up.count(), 0);
 }
 
@@ -148,14 +184,15 @@ fn a_byte_at_a_time_still_works() {
 fn no_route_is_404_and_the_connection_survives() {
     let up = Upstream::echo("a");
     let config = format!(
-        "[runtime]\nworkers = 1\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nmatch = {{ host = \"api.example.com\", path_prefix = \"/v1\" }}\ncluster = \"up\"\n[[cluster]]\nname = \"up\"\nendpoints = [\"{}\"]\n",
+        "{}[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nmatch = {{ host = \"api.example.com\", path_prefix = \"/v1\" }}\ncluster = \"up\"\n[[cluster]]\nname = \"up\"\nendpoints = [\"{}\"]\n",
+        runtime_section(1),
         up.addr
     );
     let server = start(&config);
     let mut c = Client::connect(server.addr("in").unwrap());
     let r = c.get("/v2", "");
-    assert_eq!((r.status, r.header("weft-error")), (404, Some("no-route")));
-    assert!(r.text().contains("no route"));
+    assert_weft_error(&r, 404, "no-route", "no route");
+    assert_eq!(r.header("connection"), None, "a 404 needs no close");
     c.send(b"GET /v1/x HTTP/1.1\r\nHost: API.example.com:8080\r\n\r\n");
     assert_eq!(c.response(false).unwrap().status, 200);
 }
@@ -178,7 +215,7 @@ fn refusal_survives_a_large_unread_body() {
         }
     });
     let r = c.response(false).expect("the 400 must arrive");
-    assert_eq!(r.status, 400);
+    assert_weft_error(&r, 400, "bad-content-length", "Content-Length");
     assert_eq!(r.header("connection"), Some("close"));
     writer.join().unwrap();
     assert_eq!(up.count(), 0);

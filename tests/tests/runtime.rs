@@ -1,7 +1,7 @@
 //! The runtime itself: both IO drivers, several workers, graceful shutdown.
 
 use std::time::Duration;
-use weft::DriverInUse;
+use weft::{DriverInUse, IoSetup};
 use weft_tests::*;
 
 fn exercise(addr: std::net::SocketAddr) {
@@ -24,45 +24,105 @@ fn exercise(addr: std::net::SocketAddr) {
 #[test]
 fn epoll_driver() {
     let up = Upstream::echo("a");
-    let server = start(&simple_config(&[up.addr], "", "").replace("driver = \"auto\"", "driver = \"epoll\""));
+    let server =
+        start(&simple_config(&[up.addr], "", "").replace("driver = \"io-uring\"", "driver = \"epoll\""));
     assert_eq!(server.driver(), DriverInUse::Epoll);
+    assert_eq!(server.io(), IoSetup::Epoll);
     exercise(server.addr("in").unwrap());
     server.shutdown();
 }
 
+/// `driver = "io-uring"` runs io_uring with the tuned ring, or (only where
+/// `WEFT_TEST_IO=epoll-only` says the host has no io_uring) refuses to start.
 #[test]
 fn io_uring_driver() {
     let up = Upstream::echo("a");
-    let config = weft::load::parse(
-        &simple_config(&[up.addr], "", "").replace("driver = \"auto\"", "driver = \"io-uring\""),
-    )
-    .unwrap();
-    match weft::Server::start(config) {
-        Ok(server) => {
-            assert_eq!(server.driver(), DriverInUse::IoUring);
-            exercise(server.addr("in").unwrap());
-            server.shutdown();
+    let text = simple_config(&[up.addr], "", "").replace("driver = \"epoll\"", "driver = \"io-uring\"");
+    if host_io() == HostIo::EpollOnly {
+        match weft::Server::start(weft::load::parse(&text).unwrap()) {
+            Err(weft::StartError::NoIoUring) => return,
+            Err(e) => panic!("unexpected start error: {e}"),
+            Ok(s) => panic!("WEFT_TEST_IO=epoll-only, but io_uring started: {}", s.io()),
         }
-        // Kernels or sandboxes without io_uring must refuse with this error;
-        // the epoll test above still covers the proxy there.
-        Err(weft::StartError::NoIoUring) => {
-            eprintln!("io_uring unavailable here: io-uring driver refused as expected")
-        }
-        Err(e) => panic!("unexpected start error: {e}"),
     }
+    let server = start(&text);
+    assert_eq!(server.driver(), DriverInUse::IoUring);
+    exercise(server.addr("in").unwrap());
+    server.shutdown();
 }
 
+/// `ring_setup = "plain"` gives a plain ring, and it serves as well.
+#[test]
+fn io_uring_plain_ring() {
+    if host_io() == HostIo::EpollOnly {
+        eprintln!("skipped: WEFT_TEST_IO=epoll-only");
+        return;
+    }
+    let up = Upstream::echo("a");
+    let text = simple_config(&[up.addr], "", "")
+        .replace("driver = \"epoll\"", "driver = \"io-uring\"")
+        .replace("[runtime]\n", "[runtime]\nring_setup = \"plain\"\n");
+    let server = start(&text);
+    assert_eq!(server.io(), IoSetup::IoUring { tuned: false });
+    exercise(server.addr("in").unwrap());
+    server.shutdown();
+}
+
+/// Every one of several workers serves: with SO_REUSEPORT the kernel spreads
+/// 64 connections over 4 workers; one left without any has probability
+/// at most 4 * (3/4)^64 < 1e-7 if the spread is uniform.
 #[test]
 fn several_workers_share_the_port() {
     let up = Upstream::echo("a");
     let server = start(&simple_config(&[up.addr], "", "").replace("workers = 1", "workers = 4"));
+    assert_eq!(server.workers().len(), 4);
     let addr = server.addr("in").unwrap();
     let threads: Vec<_> = (0..8)
-        .map(|_| std::thread::spawn(move || exercise(addr)))
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..8 {
+                    let mut c = Client::connect(addr);
+                    assert_eq!(c.get("/", "").status, 200);
+                }
+                exercise(addr)
+            })
+        })
         .collect();
     for t in threads {
         t.join().unwrap();
     }
+    let per_worker: Vec<(u64, u64)> = server
+        .workers()
+        .iter()
+        .map(|w| (w.connections(), w.requests()))
+        .collect();
+    assert_eq!(
+        per_worker.iter().map(|w| w.0).sum::<u64>(),
+        72,
+        "connections per worker: {per_worker:?}"
+    );
+    assert!(
+        per_worker.iter().all(|&(c, r)| c > 0 && r >= c),
+        "a worker served nothing: (connections, requests) per worker {per_worker:?}"
+    );
+    server.shutdown();
+}
+
+/// `workers = 0` starts one worker per core, and each serves.
+#[test]
+fn zero_workers_means_one_per_core() {
+    let up = Upstream::echo("a");
+    let server = start(&simple_config(&[up.addr], "", "").replace("workers = 1", "workers = 0"));
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(server.workers().len(), cores);
+    let addr = server.addr("in").unwrap();
+    // 64 connections: a worker left without any has probability at most
+    // cores * (1 - 1/cores)^64 (2 cores: 1e-19).
+    for _ in 0..64 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+    let served: Vec<u64> = server.workers().iter().map(|w| w.requests()).collect();
+    assert!(served.iter().all(|r| *r > 0), "requests per worker: {served:?}");
     server.shutdown();
 }
 
@@ -83,11 +143,14 @@ fn a_second_weft_on_the_same_port_fails_to_start() {
 
 #[test]
 fn graceful_shutdown_finishes_the_request_in_flight() {
-    for driver in ["epoll", "auto"] {
+    for driver in ["epoll", "io-uring"] {
+        if driver == "io-uring" && host_io() == HostIo::EpollOnly {
+            continue;
+        }
         let up = Upstream::echo("a");
         let server = start(
             &simple_config(&[up.addr], "", "")
-                .replace("driver = \"auto\"", &format!("driver = \"{driver}\"")),
+                .replace("driver = \"io-uring\"", &format!("driver = \"{driver}\"")),
         );
         let addr = server.addr("in").unwrap();
         let mut idle = Client::connect(addr);

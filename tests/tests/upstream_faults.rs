@@ -1,7 +1,7 @@
 //! Real upstream faults: refused, reset, malformed, closed early, stalled
 //! connects, and stale pooled connections.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 use weft_tests::*;
 
@@ -17,14 +17,13 @@ fn one_shot(reply: &'static [u8]) -> Upstream {
 fn refused_connection_is_503() {
     let (_weft, addr) = proxy(&[dead_addr()]);
     let r = get(addr, "/");
-    assert_eq!((r.status, r.header("weft-error")), (503, Some("connect-refused")));
-    assert!(r.text().contains("refused"));
+    assert_weft_error(&r, 503, "connect-refused", "refused");
 }
 
 fn cluster_without_endpoints_is_503() {
     let (_weft, addr) = proxy(&[]);
     let r = get(addr, "/");
-    assert_eq!((r.status, r.header("weft-error")), (503, Some("no-endpoint")));
+    assert_weft_error(&r, 503, "no-endpoint", "no endpoint");
 }
 
 fn reset_before_head_is_502() {
@@ -38,7 +37,7 @@ fn reset_before_head_is_502() {
     });
     let (_weft, addr) = proxy(&[up.addr]);
     let r = get(addr, "/");
-    assert_eq!((r.status, r.header("weft-error")), (502, Some("upstream-reset")));
+    assert_weft_error(&r, 502, "upstream-reset", "closed the connection");
 }
 
 fn malformed_response_head_is_502() {
@@ -51,21 +50,16 @@ fn malformed_response_head_is_502() {
         let up = one_shot(reply);
         let (_weft, addr) = proxy(&[up.addr]);
         let r = get(addr, "/");
-        assert_eq!(
-            (r.status, r.header("weft-error")),
-            (502, Some("upstream-malformed-response")),
-            "{reply:?}"
-        );
+        assert_weft_error(&r, 502, "upstream-malformed-response", "malformed response");
     }
 }
 
-/// Sends a GET and returns every byte received until weft closes.
+/// Sends a GET and returns every byte received until weft closes; fails
+/// if weft leaves the connection open.
 fn get_until_close(addr: std::net::SocketAddr) -> String {
     let mut c = Client::connect(addr);
     c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-    let mut all = Vec::new();
-    let _ = c.stream().read_to_end(&mut all);
-    String::from_utf8_lossy(&all).to_string()
+    String::from_utf8_lossy(&c.read_until_close()).to_string()
 }
 
 fn closed_before_any_byte_is_502() {
@@ -75,7 +69,7 @@ fn closed_before_any_byte_is_502() {
     });
     let (_weft, addr) = proxy(&[up.addr]);
     let r = get(addr, "/");
-    assert_eq!(r.status, 502);
+    assert_weft_error(&r, 502, "upstream-reset", "closed the connection");
 }
 
 fn body_cut_short_closes_the_client_connection() {
@@ -114,9 +108,17 @@ fn connect_timeout_is_504() {
         let _ = s.connect(&addr.into());
         fillers.push(s);
     }
-    let server = start(&simple_config(&[addr], "", "connect_timeout = \"200ms\""));
+    // 100 ms, far from the 1 s default: the elapsed time tells which applied.
+    let server = start(&simple_config(&[addr], "", "connect_timeout = \"100ms\""));
+    let started = std::time::Instant::now();
     let r = get(server.addr("in").unwrap(), "/");
+    let elapsed = started.elapsed();
     assert_eq!((r.status, r.header("weft-error")), (504, Some("connect-timeout")));
+    assert!(r.text().contains("timed out"), "{}", r.text());
+    assert!(
+        elapsed >= Duration::from_millis(100) && elapsed < Duration::from_millis(800),
+        "504 after {elapsed:?}: the configured 100 ms connect timeout did not apply"
+    );
     drop(sock);
 }
 
@@ -164,7 +166,7 @@ fn stale_pooled_connection_is_not_retried_for_a_post() {
     let mut c = Client::connect(addr);
     c.send(post);
     let r = c.response(false).unwrap();
-    assert_eq!((r.status, r.header("weft-error")), (502, Some("upstream-reset")));
+    assert_weft_error(&r, 502, "upstream-reset", "closed the connection");
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
