@@ -270,6 +270,82 @@ fn a_worker_that_cannot_start_fails_the_start() {
     assert!(err.contains("worker") && err.contains("cannot start"), "{err}");
 }
 
+/// For each io_uring ring of process `pid`: whether it refuses a submission
+/// from another task (EEXIST), which is what IORING_SETUP_SINGLE_ISSUER
+/// does. The ring is borrowed with pidfd_getfd (Linux 5.6+; a parent may
+/// take its child's descriptors).
+fn rings_refuse_other_submitters(pid: u32) -> Vec<bool> {
+    let mut out = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let path = fd.unwrap().path();
+        let is_ring = std::fs::read_link(&path).is_ok_and(|l| l.to_string_lossy() == "anon_inode:[io_uring]");
+        if !is_ring {
+            continue;
+        }
+        let target: i32 = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        // SAFETY: plain system calls on descriptors this function owns.
+        unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+            assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+            let ring = libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) as i32;
+            assert!(ring >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+            let r = libc::syscall(
+                libc::SYS_io_uring_enter,
+                ring,
+                1u32,
+                0u32,
+                0u32,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+            );
+            let err = std::io::Error::last_os_error();
+            out.push(r < 0 && err.raw_os_error() == Some(libc::EEXIST));
+            libc::close(ring);
+            libc::close(pidfd);
+        }
+    }
+    out
+}
+
+/// The ring setup weft reports is the one the kernel applied: with the
+/// tuned setup, every worker's ring is single-issuer; with `plain`, none is.
+#[test]
+fn ring_setup_reported_is_the_one_applied() {
+    if std::env::var("WEFT_TEST_IO").is_ok_and(|v| v != "io-uring") {
+        eprintln!("skipped: WEFT_TEST_IO says this host has no tuned io_uring ring");
+        return;
+    }
+    let (up, _) = slow_upstream(Duration::ZERO);
+    for (setup, single) in [("tuned", true), ("plain", false)] {
+        let config = one_cluster(2, &format!("driver = \"io-uring\"\nring_setup = \"{setup}\""), up);
+        let text = temp_file(&format!("ring-{setup}.toml"), &config);
+        let mut child = Command::new(WEFT)
+            .args(["--config", text.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let line = wait_for_line(&mut err, " worker(s) on ");
+        let weft = Weft {
+            child,
+            err,
+            addr: String::new(),
+        };
+        let reported = if single {
+            "io-uring (ring: coop-taskrun,single-issuer)"
+        } else {
+            "io-uring (ring: plain)"
+        };
+        assert!(line.trim_end().ends_with(reported), "{line}");
+        let rings = rings_refuse_other_submitters(weft.child.id());
+        assert_eq!(
+            rings,
+            vec![single; 2],
+            "ring_setup = {setup}: single-issuer per ring"
+        );
+    }
+}
+
 /// Open files allowed in `a_worker_that_cannot_start_fails_the_start`.
 const NOFILE_FOR_WORKERS: libc::rlim_t = 14;
 
