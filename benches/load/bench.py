@@ -6,26 +6,49 @@ for the settings (environment variables). Standard library only.
 
 Layout: an nginx "upstream" answering `200 hello` is pinned to LOAD_CORE with
 the load generators; each proxy runs with one worker pinned to PROXY_CORE.
-For each round, for each target in turn (direct, weft, nginx, haproxy), a
-fresh proxy is started and measured:
+Each round runs every target once, in an order rotated from round to round
+(round r starts at target (r - 1) mod n of TARGETS). For each target a fresh
+proxy is started and measured:
 
-  1. RSS idle, right after it answers its first request;
+  0. weft only: its start-up line `weft: N worker(s) on SETUP` is read from
+     its stderr; a row whose SETUP is not the one the target asks for
+     (weft: io_uring with the tuned ring, weft-plain-ring: io_uring with a
+     plain ring, weft-epoll: epoll) is refused: not measured, not in any
+     table, listed as an error, and the run exits non-zero;
+  1. memory idle (PSS and RSS of the proxy's process tree), once the reading
+     is stable (see settled_memory);
   2. warm-up (wrk, WARMUP), not recorded;
-  3. throughput: wrk, CONNS connections, DURATION; the proxy's user and system
-     CPU from /proc/PID/stat before and after;
+  3. throughput: wrk, CONNS connections, DURATION; the user and system CPU of
+     the proxy's process tree and of the upstream's, from /proc/PID/stat,
+     before and after;
   4. latency: oha at each fixed rate in RATES for DURATION with coordinated-
-     omission correction (--latency-correction), with the proxy's CPU too;
-  5. RSS after the load;
-  6. RSS with IDLE_CONNS idle keep-alive client connections held open
+     omission correction (--latency-correction), with the same CPU figures;
+  5. memory after the load;
+  6. memory with IDLE_CONNS idle keep-alive client connections held open
      (idle_conns.py), then a check that every 100th still gets an answer;
-  7. the proxy is stopped.
+  7. memory after those connections closed; the proxy is stopped.
 
-Medians over the rounds go to stdout and OUT/summary.md; every figure of every
-round goes to OUT/results.jsonl, tool outputs to OUT/raw/, configs and logs to
-OUT/.
+Figures derived from several measurements (requests per CPU-second, CPU per
+request, latency added over direct, weft's ratio to a peer) are computed
+within one round, then the median over the rounds is taken. Every table cell
+is a median followed by its spread over the rounds (min–max). Rankings mark a
+tie where the min–max ranges overlap. Anything that can make a figure wrong
+(non-2xx responses, errors, an achieved rate under RATE_FLAG of the asked
+one, other processes' CPU, steal, a memory reading that never settled, a
+proxy that exited) is listed under "Flags" at the top of the summary.
+
+Summary on stdout and in OUT/summary.md; every figure of every round in
+OUT/results.jsonl (in the order measured, with each row's position in its
+round), per-round derived figures in OUT/derived.json, tool outputs in
+OUT/raw/, configs and logs in OUT/.
+
+`bench.py --summary DIR` prints the summary of an earlier (or interrupted)
+run again from DIR/results.jsonl and DIR/machine.json, and rewrites
+DIR/summary.md.
 """
 
 import json
+import math
 import os
 import resource
 import platform
@@ -45,6 +68,14 @@ ROOT = HERE.parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The open-file limit the proxies inherit (run.sh raises it as far as it can).
 FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+# `--summary DIR`: no measurement; the settings are those saved in DIR.
+RESUMMARIZE = None
+if len(sys.argv) == 3 and sys.argv[1] == "--summary":
+    RESUMMARIZE = Path(sys.argv[2])
+elif len(sys.argv) > 1:
+    sys.exit("usage: bench.py            (started by run.sh)\n"
+             "       bench.py --summary DIR   (summary of an earlier run again)")
 
 
 def env(name, default):
@@ -73,7 +104,13 @@ SETTINGS = {
     "PROXY_CORE": env("PROXY_CORE", "0"),
     "LOAD_CORE": env("LOAD_CORE", "1"),
     "WAIT_QUIET": env("WAIT_QUIET", "0"),
+    "MEM_SETTLE": env("MEM_SETTLE", "5s"),
 }
+if RESUMMARIZE:
+    try:
+        SETTINGS.update(json.loads((RESUMMARIZE / "machine.json").read_text())["settings"])
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"bench: cannot read {RESUMMARIZE}/machine.json: {e}")
 ROUNDS = int(SETTINGS["ROUNDS"])
 DURATION = SETTINGS["DURATION"]
 DURATION_S = seconds(DURATION)
@@ -87,18 +124,48 @@ TARGETS = SETTINGS["TARGETS"].split()
 PROXY_CORE = SETTINGS["PROXY_CORE"]
 LOAD_CORE = SETTINGS["LOAD_CORE"]
 WAIT_QUIET = seconds(SETTINGS["WAIT_QUIET"])
+MEM_SETTLE = seconds(SETTINGS["MEM_SETTLE"])
 WEFT_BIN = Path(env("WEFT_BIN", str(ROOT / "target/release/weft")))
-OUT = Path(env("OUT", str(ROOT / "bench-results" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))))
+OUT = RESUMMARIZE or Path(env("OUT", str(ROOT / "bench-results" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))))
+
+# Thresholds of the flags (see record_flags).
+RATE_FLAG = 0.98  # oha achieved under 98 % of the asked rate
+OTHER_CPU_FLAG = 10.0  # % of one core used by processes outside the benchmark
+STEAL_FLAG = 10.0  # % steal on the proxy's or the load core
+
+# What each weft target configures, and the setup weft must report for it (its
+# start-up line `weft: N worker(s) on SETUP`). `driver` is never "auto": a
+# weft target must not fall back silently.
+TUNED = "io-uring (ring: coop-taskrun,single-issuer)"
+PLAIN = "io-uring (ring: plain)"
+WEFT_TARGETS = {
+    "weft": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
+    "weft-plain-ring": {"driver": "io-uring", "ring_setup": "plain", "expect": PLAIN},
+    "weft-epoll": {"driver": "epoll", "ring_setup": None, "expect": "epoll"},
+}
+KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy"]
+PEERS = ("nginx", "haproxy")
 
 for t in TARGETS:
-    if t not in ("direct", "weft", "weft-epoll", "nginx", "haproxy"):
-        sys.exit(f"bench: unknown target `{t}` in TARGETS (direct, weft, weft-epoll, nginx, haproxy)")
+    if t not in KNOWN_TARGETS:
+        sys.exit(f"bench: unknown target `{t}` in TARGETS ({', '.join(KNOWN_TARGETS)})")
+if len(set(TARGETS)) != len(TARGETS):
+    sys.exit(f"bench: a target is named twice in TARGETS ({' '.join(TARGETS)})")
 
 CHILDREN = []  # Popen objects, each the leader of its own session
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Refused(Exception):
+    """A weft row that must not be reported: weft runs another setup than the
+    one the target names."""
+
+    def __init__(self, msg, setup=None):
+        super().__init__(msg)
+        self.setup = setup
 
 
 # ---------------------------------------------------------------- processes
@@ -200,22 +267,63 @@ def core_busy(before, after):
 
 
 def memory_kb(pid):
-    """(VmRSS, Pss) in kB summed over pid's process tree, and the process count."""
-    rss = pss = n = 0
+    """VmRSS and Pss (from smaps_rollup) in kB, summed over pid's process tree:
+    {rss_kb, pss_kb, processes, pss_missing} (pss_missing: processes whose PSS
+    could not be read; then pss_kb is None)."""
+    rss = pss = n = missing = 0
     for p in descendants(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
                         rss += int(line.split()[1])
+        except OSError:
+            continue  # exited meanwhile
+        n += 1
+        try:
             with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
                     if line.startswith("Pss:"):
                         pss += int(line.split()[1])
-            n += 1
+                        break
         except OSError:
-            continue
-    return rss, pss, n
+            missing += 1
+    return {"rss_kb": rss, "pss_kb": pss if not missing else None, "processes": n, "pss_missing": missing}
+
+
+def settled_memory(pid, bound=None):
+    """Memory of pid's tree once it is stable: sampled every 100 ms until three
+    consecutive readings agree within 1 % (RSS and PSS) while the tree used
+    under 10 % of a core (so a proxy still working through accepts or closes
+    does not pass as settled), or until `bound` (MEM_SETTLE) seconds. The last
+    reading, with `settled` (false: the bound passed first), `wait_s` and the
+    number of `readings`."""
+    bound = MEM_SETTLE if bound is None else bound
+    t0 = time.monotonic()
+    hist = []  # (time, cpu seconds, memory reading)
+    while True:
+        cpu = sum(cpu_ticks(pid))
+        mem = memory_kb(pid)
+        now = time.monotonic()
+        hist.append((now, cpu, mem))
+        settled = False
+        if len(hist) >= 3:
+            last = hist[-3:]
+            agree = all(_within(1.01, [h[2][k] for h in last]) for k in ("rss_kb", "pss_kb"))
+            span = last[-1][0] - last[0][0]
+            quiet = span > 0 and (last[-1][1] - last[0][1]) <= 0.10 * span + 1.0 / CLK_TCK
+            settled = agree and quiet
+        if settled or now - t0 >= bound:
+            return {**mem, "settled": settled, "wait_s": round(now - t0, 2), "readings": len(hist)}
+        time.sleep(0.1)
+
+
+def _within(ratio, values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return True
+    lo, hi = min(values), max(values)
+    return hi <= lo * ratio if lo > 0 else hi == lo
 
 
 def free_port():
@@ -259,6 +367,44 @@ def tail(path, n=15):
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return ""
+
+
+SETUP_LINE = re.compile(r"^weft: (\d+) worker\(s\) on (.+?)\s*$", re.M)
+LISTENER_LINE = re.compile(r"^weft: listener \S+ on \S+ \((.*)\)\s*$", re.M)
+
+
+def weft_setup(target, proc, bound=5.0):
+    """Reads weft's start-up line `weft: N worker(s) on SETUP` from its log
+    (its stderr) and checks SETUP against what `target` asks for. Returns
+    {setup, workers, listener}; raises Refused when the setup is another."""
+    spec = WEFT_TARGETS[target]
+    logfile = OUT / f"{proc.bench_name}.log"
+    deadline = time.monotonic() + bound
+    while True:
+        text = logfile.read_text(errors="replace") if logfile.exists() else ""
+        m = SETUP_LINE.search(text)
+        if m or proc.poll() is not None or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    asked = f"driver = \"{spec['driver']}\"" + (f", ring_setup = \"{spec['ring_setup']}\"" if spec["ring_setup"] else "")
+    if not m:
+        raise Refused(f"weft printed no line `weft: N worker(s) on SETUP` on stderr within {bound:.0f} s, so "
+                      f"the driver it runs is unknown (a binary older than this harness? SKIP_BUILD=1 with a stale "
+                      f"{WEFT_BIN}?); row refused. Log {logfile}:\n{tail(logfile)}")
+    workers, setup = int(m.group(1)), m.group(2)
+    lst = LISTENER_LINE.search(text)
+    info = {"setup": setup, "workers": workers, "listener": lst.group(1) if lst else None}
+    if setup != spec["expect"]:
+        why = ""
+        if spec["expect"] == TUNED and setup == PLAIN:
+            why = (" The kernel refused COOP_TASKRUN/SINGLE_ISSUER (they need Linux 6.0 or later) and weft fell back "
+                   "to a plain ring: these figures would not be the tuned ring's. Measure weft-plain-ring instead, or "
+                   "run on a newer kernel.")
+        raise Refused(f"weft reported `{setup}`, but target {target} ({asked}) must run `{spec['expect']}`; "
+                      f"row refused.{why}", setup)
+    if workers != 1:
+        raise Refused(f"weft reported {workers} workers, target {target} configures 1; row refused.", setup)
+    return info
 
 
 # ---------------------------------------------------------------- configs
@@ -339,12 +485,13 @@ backend be
 """
 
 
-def weft_conf(port, up, driver="auto"):
+def weft_conf(port, up, driver, ring_setup=None):
+    ring = f'ring_setup = "{ring_setup}"\n' if ring_setup else ""
     return f"""# weft under benchmark: one worker (pinned by taskset), one route, one cluster.
 [runtime]
 workers = 1
 driver = "{driver}"
-
+{ring}
 [[listener]]
 name = "bench"
 listen = "127.0.0.1:{port}"
@@ -374,9 +521,10 @@ def start_proxy(target, up, rnd):
     """Starts a fresh `target` in front of the upstream: (Popen, port)."""
     port = free_port()
     name = f"{target}-r{rnd}"
-    if target in ("weft", "weft-epoll"):
+    if target in WEFT_TARGETS:
+        spec = WEFT_TARGETS[target]
         conf = OUT / f"{name}.toml"
-        conf.write_text(weft_conf(port, up, "epoll" if target == "weft-epoll" else "auto"))
+        conf.write_text(weft_conf(port, up, spec["driver"], spec["ring_setup"]))
         argv = [str(WEFT_BIN), "--config", str(conf)]
     elif target == "nginx":
         (OUT / "nginx-tmp").mkdir(exist_ok=True)
@@ -390,7 +538,11 @@ def start_proxy(target, up, rnd):
     else:
         raise ValueError(target)
     p = start(name, argv, PROXY_CORE)
-    wait_ready(p, port, target)
+    try:
+        wait_ready(p, port, target)
+    except RuntimeError:
+        stop(p)
+        raise
     return p, port
 
 
@@ -410,11 +562,11 @@ def run_tool(argv, raw_name, timeout):
 
 def parse_wrk(out):
     m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
-    if not m:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m or not rps:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(3)]
-    res = {"requests": int(m.group(1)), "seconds": float(m.group(2)) * scale}
-    res["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    res = {"requests": int(m.group(1)), "seconds": float(m.group(2)) * scale, "rps": float(rps.group(1))}
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     res["non2xx"] = int(non2xx.group(1)) if non2xx else 0
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -432,23 +584,27 @@ def oha(port, rate, raw_name):
     out = run_tool(["oha", "--no-tui", "--output-format", "json", "--latency-correction", "-w",
                     "-q", str(rate), "-z", DURATION, "-c", str(LAT_CONNS), f"http://127.0.0.1:{port}/"],
                    raw_name, timeout=DURATION_S + 60)
-    j = json.loads(out)
-    pct = j["latencyPercentiles"]
-    codes = j.get("statusCodeDistribution", {}) or {}
-    ok = sum(v for k, v in codes.items() if str(k).startswith("2"))
-    total = sum(codes.values())
-    errors = sum((j.get("errorDistribution") or {}).values())
-    return {
-        "rate": rate,
-        "rps": j["summary"]["requestsPerSec"],
-        "requests": total + errors,
-        "p50_us": pct["p50"] * 1e6,
-        "p99_us": pct["p99"] * 1e6,
-        "p999_us": pct["p99.9"] * 1e6,
-        "non2xx": total - ok,
-        "errors": errors,
-        "error_kinds": j.get("errorDistribution") or {},
-    }
+    try:
+        j = json.loads(out)
+        pct = j["latencyPercentiles"]
+        codes = j.get("statusCodeDistribution", {}) or {}
+        ok = sum(v for k, v in codes.items() if str(k).startswith("2"))
+        total = sum(codes.values())
+        errors = sum((j.get("errorDistribution") or {}).values())
+        return {
+            "rate": rate,
+            "rps": j["summary"]["requestsPerSec"],
+            "requests": total + errors,
+            "p50_us": pct["p50"] * 1e6,
+            "p99_us": pct["p99"] * 1e6,
+            "p999_us": pct["p99.9"] * 1e6,
+            "non2xx": total - ok,
+            "errors": errors,
+            "error_kinds": j.get("errorDistribution") or {},
+        }
+    except (ValueError, KeyError, TypeError) as e:
+        # No response at all gives null percentiles: that is a failed run, not a zero.
+        raise RuntimeError(f"cannot read oha's output ({e!r}); see {OUT}/raw/{raw_name}")
 
 
 UPSTREAM_PID = None  # set once the upstream runs
@@ -463,10 +619,16 @@ def user_sys_jiffies():
 
 def with_cpu(pid, fn):
     """Runs fn() (a load generator run) and adds: the user and system CPU
-    seconds pid used meanwhile, how busy each core was, and `other_cpu_pct`:
-    CPU used meanwhile by processes that are not part of the benchmark (not the
-    proxy, the upstream or the load generator), in % of one core; a high value
-    means another job on the machine skewed this measurement."""
+    seconds of pid's process tree (the proxy) and of the upstream's tree
+    meanwhile, the same per request and as requests per CPU-second (proxy
+    alone; proxy plus upstream, which for direct is the upstream alone), how
+    busy and how stolen each core was, and `other_cpu_pct`: CPU used meanwhile
+    by processes that are not part of the benchmark (not the proxy, the
+    upstream or the load generator), in % of one core; a high value means
+    another job on the machine skewed this measurement. `tree_changed` says a
+    process of the proxy's or upstream's tree exited or appeared meanwhile
+    (its CPU would be missing)."""
+    tree0 = (sorted(descendants(pid)) if pid else [], sorted(descendants(UPSTREAM_PID)) if UPSTREAM_PID else [])
     t0, c0, j0 = time.monotonic(), core_times(), user_sys_jiffies()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     up0 = sum(cpu_ticks(UPSTREAM_PID)) if UPSTREAM_PID else 0.0
@@ -476,19 +638,31 @@ def with_cpu(pid, fn):
     up1 = sum(cpu_ticks(UPSTREAM_PID)) if UPSTREAM_PID else 0.0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t1, c1, j1 = time.monotonic(), core_times(), user_sys_jiffies()
+    tree1 = (sorted(descendants(pid)) if pid else [], sorted(descendants(UPSTREAM_PID)) if UPSTREAM_PID else [])
     busy = core_busy(c0, c1)
+    res["wall_s"] = round(t1 - t0, 3)
     res["core_busy_pct"] = {c: round(b, 1) for c, (b, _) in busy.items()}
     res["core_steal_pct"] = {c: round(st, 1) for c, (_, st) in busy.items()}
     loadgen = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    ours = (u1 - u0) + (s1 - s0) + (up1 - up0) + loadgen
+    upstream = up1 - up0
+    ours = (u1 - u0) + (s1 - s0) + upstream + loadgen
     res["loadgen_cpu_s"] = round(loadgen, 3)
-    res["upstream_cpu_s"] = round(up1 - up0, 3)
+    res["upstream_cpu_s"] = round(upstream, 3)
     res["other_cpu_pct"] = round(max(0.0, (j1 - j0) - ours) / (t1 - t0) * 100, 1)
+    res["tree_changed"] = tree0 != tree1
+    n = res.get("requests") or 0
+    res["upstream_us_per_req"] = upstream / n * 1e6 if n else None
+    proxy = 0.0
     if pid:
         res["cpu_user_s"] = u1 - u0
         res["cpu_sys_s"] = s1 - s0
-        cpu = res["cpu_user_s"] + res["cpu_sys_s"]
-        res["req_per_cpu_s"] = res["requests"] / cpu if cpu > 0 else None
+        proxy = res["cpu_user_s"] + res["cpu_sys_s"]
+        res["proxy_busy_pct"] = 100.0 * proxy / (t1 - t0)
+        res["user_us_per_req"] = res["cpu_user_s"] / n * 1e6 if n else None
+        res["sys_us_per_req"] = res["cpu_sys_s"] / n * 1e6 if n else None
+        res["proxy_us_per_req"] = proxy / n * 1e6 if n else None
+        res["req_per_cpu_s"] = n / proxy if proxy > 0 else None
+    res["req_per_total_cpu_s"] = n / (proxy + upstream) if proxy + upstream > 0 else None
     return res
 
 
@@ -522,16 +696,14 @@ def idle_connections(pid, port):
         if not line.startswith("READY"):
             raise RuntimeError(f"idle_conns.py failed: {line}{p.stderr.read()}")
         _, opened, failed, *rest = line.split(maxsplit=3)
-        time.sleep(0.5)  # let the proxy settle its last accepts
-        rss, pss, nproc = memory_kb(pid)
+        mem = settled_memory(pid)  # the proxy may still be settling its last accepts
         p.stdin.write("check\n")
         p.stdin.flush()
         check = p.stdout.readline().split()
         p.stdin.close()
         p.wait(30)
         return {
-            "rss_kb": rss,
-            "pss_kb": pss,
+            **mem,
             "opened": int(opened),
             "failed": int(failed),
             "first_error": rest[0].strip() if rest else "",
@@ -542,31 +714,26 @@ def idle_connections(pid, port):
         stop(p, timeout=5)
 
 
-def measure(target, up, rnd):
-    """All measurements of one target in one round."""
-    rec = {"round": rnd, "target": target}
+def measure(target, up, rnd, pos):
+    """All measurements of one target in one round (`pos`: its place in the round's order)."""
+    rec = {"round": rnd, "position": pos, "target": target}
     proc, port = (None, up) if target == "direct" else start_proxy(target, up, rnd)
     pid = proc.pid if proc else None
     try:
+        if target in WEFT_TARGETS:
+            rec.update(weft_setup(target, proc))
         if pid:
-            rss, pss, nproc = memory_kb(pid)
-            rec["mem_idle"] = {"rss_kb": rss, "pss_kb": pss, "processes": nproc}
-            if target.startswith("weft"):
-                m = re.search(r"\((\w+) driver\)", tail(OUT / f"{proc.bench_name}.log"))
-                rec["driver"] = m.group(1) if m else "?"
+            rec["mem_idle"] = settled_memory(pid)
         wrk(port, WARMUP, f"{target}-r{rnd}-warmup.txt")
         rec["throughput"] = with_cpu(pid, lambda: wrk(port, DURATION, f"{target}-r{rnd}-wrk.txt"))
         rec["latency"] = {}
         for rate in RATES:
             rec["latency"][str(rate)] = with_cpu(pid, lambda: oha(port, rate, f"{target}-r{rnd}-oha-{rate}.json"))
         if pid:
-            rss, pss, nproc = memory_kb(pid)
-            rec["mem_after_load"] = {"rss_kb": rss, "pss_kb": pss, "processes": nproc}
+            rec["mem_after_load"] = settled_memory(pid)
             if IDLE_CONNS > 0:
                 rec["mem_idle_conns"] = idle_connections(pid, port)
-                time.sleep(1.0)  # the proxy sees the closes
-                rss, pss, nproc = memory_kb(pid)
-                rec["mem_conns_closed"] = {"rss_kb": rss, "pss_kb": pss, "processes": nproc}
+                rec["mem_conns_closed"] = settled_memory(pid)  # the proxy sees the closes
             if proc.poll() is not None:
                 rec["crashed"] = f"exited with status {proc.returncode}"
     finally:
@@ -588,7 +755,7 @@ def med(values):
 def fmt(v, digits=0):
     if v is None:
         return "–"
-    return f"{v:,.{digits}f}"
+    return f"{v:,.{digits}f}".replace("-", "−")  # a minus sign: `−5–−2` reads better than `-5–-2`
 
 
 def get(rec, *path):
@@ -599,142 +766,407 @@ def get(rec, *path):
     return rec
 
 
-def summary(records, machine, command):
-    by = {t: [r for r in records if r["target"] == t] for t in TARGETS}
+def cell(values, digits=0, unit=""):
+    """`median (min–max)` of the values (None skipped); `–` when there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    m = fmt(statistics.median(values), digits) + unit
+    if len(values) == 1:
+        return m
+    return f"{m} ({fmt(min(values), digits)}–{fmt(max(values), digits)})"
 
-    def m(t, *path):
-        return med([get(r, *path) for r in by[t]])
 
-    def spread(t, *path):
-        vals = [get(r, *path) for r in by[t]]
-        vals = [v for v in vals if v is not None]
-        return f"{min(vals):,.0f}–{max(vals):,.0f}" if len(vals) > 1 else ""
+def rejected(r):
+    return "refused" in r or "failed" in r
+
+
+def record_flags(r):
+    """What could make this row's figures wrong: [(phase, text)], phase being
+    `throughput`, a rate as text, `memory` or `process`."""
+    out = []
+    phases = [("throughput", "throughput", r.get("throughput"), None)] + [
+        (k, f"{int(k):,} req/s", v, int(k)) for k, v in (r.get("latency") or {}).items()]
+    for key, name, p, rate in phases:
+        if not p:
+            continue
+        if p.get("non2xx"):
+            out.append((key, f"{name}: {p['non2xx']:,} non-2xx responses"))
+        if p.get("socket_errors"):
+            out.append((key, f"{name}: {p['socket_errors']:,} socket errors (wrk)"))
+        if p.get("errors"):
+            out.append((key, f"{name}: {p['errors']:,} errors {p.get('error_kinds') or ''}"))
+        if not p.get("requests"):
+            out.append((key, f"{name}: no request completed"))
+        if rate and p.get("rps") is not None and p["rps"] < RATE_FLAG * rate:
+            share = math.floor(1000 * p["rps"] / rate) / 10  # rounded down: never `98.0 % (under 98 %)`
+            out.append((key, f"{name}: achieved {p['rps']:,.0f} req/s, {share:.1f} % of the asked rate (under "
+                             f"{100 * RATE_FLAG:.0f} %): the latencies include a growing backlog"))
+        if (p.get("other_cpu_pct") or 0) > OTHER_CPU_FLAG:
+            out.append((key, f"{name}: other processes used {p['other_cpu_pct']:.0f} % of a core"))
+        steal = {c: get(p, "core_steal_pct", c) or 0 for c in (PROXY_CORE, LOAD_CORE)}
+        if max(steal.values()) > STEAL_FLAG:
+            out.append((key, f"{name}: steal " + ", ".join(f"core {c} {v:.0f} %" for c, v in steal.items())))
+        if r["target"] != "direct" and (p.get("cpu_user_s") or 0) + (p.get("cpu_sys_s") or 0) <= 0:
+            out.append((key, f"{name}: the proxy's CPU read as 0 (wrong process measured?)"))
+        if not p.get("upstream_cpu_s"):
+            out.append((key, f"{name}: the upstream's CPU read as 0 (wrong process measured?)"))
+        if p.get("tree_changed"):
+            out.append((key, f"{name}: a process of the proxy's or the upstream's tree exited or started during "
+                             "the run (its CPU is missing from the figures)"))
+    for key, what in (("mem_idle", "idle"), ("mem_after_load", "after the load"),
+                      ("mem_idle_conns", "with idle connections"), ("mem_conns_closed", "after the closes")):
+        m = r.get(key)
+        if not m:
+            continue
+        if m.get("settled") is False:
+            out.append(("memory", f"memory {what}: no stable reading within {MEM_SETTLE:g} s "
+                                  f"({m.get('readings')} readings); the last one is reported"))
+        if m.get("pss_missing"):
+            out.append(("memory", f"memory {what}: PSS unreadable for {m['pss_missing']} process(es)"))
+    ic = r.get("mem_idle_conns") or {}
+    if ic:
+        if ic.get("failed") or ic.get("opened", 0) < IDLE_CONNS:
+            out.append(("memory", f"idle connections: {ic.get('opened', 0):,} of {IDLE_CONNS:,} opened "
+                                  f"({ic.get('failed', 0):,} failed: {ic.get('first_error')})"))
+        if ic.get("check_ok", 0) < ic.get("check_tried", 0) or not ic.get("check_tried"):
+            out.append(("memory", f"idle connections: {ic.get('check_ok', 0)} of {ic.get('check_tried', 0)} "
+                                  "sampled connections still answered"))
+    for key in ("crashed", "exit_status"):
+        if key in r:
+            out.append(("process", f"the proxy {r[key] if key == 'crashed' else 'ended with status ' + str(r[key])}"))
+    return out
+
+
+def overlaps(a, b):
+    return min(a) <= max(b) and min(b) <= max(a)
+
+
+def ranking(title, entries, higher_better, digits=0):
+    """One line: the entries best first (by median), each with its min–max
+    range and the entries whose range overlaps it (a tie: the rounds do not
+    tell them apart); then who leads: the best, if its range overlaps no
+    other's."""
+    es = [(t, [v for v in vs if v is not None]) for t, vs in entries]
+    es = [(t, vs) for t, vs in es if vs]
+    if len(es) < 2:
+        return None
+    es.sort(key=lambda e: statistics.median(e[1]), reverse=higher_better)
+    parts = []
+    for t, vs in es:
+        ties = [o for o, ovs in es if o != t and overlaps(vs, ovs)]
+        parts.append(f"{t} {cell(vs, digits)}" + (f" [tie with {', '.join(ties)}]" if ties else ""))
+    best, others = es[0], es[1:]
+    tied = [t for t, vs in others if overlaps(best[1], vs)]
+    if min(len(vs) for _, vs in es) < 2:
+        lead = "too few rounds to judge a lead (a spread needs 2 or more)"
+    elif tied:
+        lead = f"no clear lead: {best[0]} ties with {', '.join(tied)} (ranges overlap)"
+    else:
+        lead = f"lead: {best[0]}"
+    better = "higher" if higher_better else "lower"
+    return f"- **{title}** ({better} is better; best first): " + "; ".join(parts) + f". **{lead}**."
+
+
+def summary(records, machine, command, fatal=None):
+    ok = [r for r in records if not rejected(r)]
+    by = {t: [r for r in ok if r["target"] == t] for t in TARGETS}
+    rounds = {}
+    for r in ok:
+        rounds.setdefault(r["round"], {})[r["target"]] = r
+    flags = {(r["round"], r["target"]): record_flags(r) for r in ok}
+    # A target whose every row was refused or failed has no row in any table
+    # (it is listed under Flags).
+    shown = [t for t in TARGETS if by[t]]
+    proxies = [t for t in shown if t != "direct"]
+    n_rounds = max([r["round"] for r in records], default=0)
+
+    def vals(t, *path):
+        return [get(r, *path) for r in by[t]]
+
+    def per_round(t, f):
+        """f(record, {target: record of the same round}) over t's rounds."""
+        return [f(r, rounds[r["round"]]) for r in by[t]]
+
+    def added(k, p):
+        def f(r, same):
+            d = same.get("direct")
+            a, b = get(r, "latency", k, p), get(d, "latency", k, p)
+            return a - b if a is not None and b is not None else None
+        return f
+
+    def ratio(other, *path):
+        def f(r, same):
+            a, b = get(r, *path), get(same.get(other), *path)
+            return a / b if a is not None and b else None
+        return f
+
+    def per_conn_kib(kind):
+        def f(r, same):
+            a, b = get(r, "mem_idle_conns", kind), get(r, "mem_after_load", kind)
+            return (a - b) / IDLE_CONNS if a is not None and b is not None and IDLE_CONNS else None
+        return f
+
+    def mib(vs):
+        return [v / 1024 if v is not None else None for v in vs]
+
+    def label(t, phases):
+        text = t
+        setups = sorted({r.get("setup") for r in by[t] if r.get("setup")})
+        if setups:
+            text += f" [{' / '.join(setups)}]"
+        if len(by[t]) < n_rounds:
+            text += f" ({len(by[t])} of {n_rounds} rounds)"
+        if any(ph in phases for r in by[t] for ph, _ in flags[(r["round"], t)]):
+            text += " ⚠"
+        return text
 
     L = []
-    L.append(f"Medians of {ROUNDS} round(s); each round runs the targets in turn (interleaved).")
+    n = len(TARGETS)
+    L.append(f"Medians over {n_rounds} round(s); next to each, in brackets, its spread over the rounds (min–max). "
+             f"Each round runs every target once; round r starts at target (r − 1) mod {n} of TARGETS "
+             "(rotated order). Per-request CPU, requests per CPU-second, added latency (proxy minus direct of the "
+             "same round) and ratios between targets are computed within each round, then the median is taken. "
+             "weft rows name the driver and ring setup weft itself reported at start. ⚠ marks a row with a flag.")
+
+    # ---- flags first: nothing wrong may hide at the bottom
+    bad = [r for r in records if rejected(r)]
+    flagged = [(r, fl) for r in ok for fl in [flags[(r["round"], r["target"])]] if fl]
+    L.append("")
+    if fatal or bad or flagged:
+        L.append(f"### Flags: check these before using any figure")
+        L.append("")
+        if fatal:
+            L.append(f"- **RUN STOPPED EARLY**: {fatal}")
+        for r in bad:
+            kind = "REFUSED" if "refused" in r else "FAILED"
+            msg = (r.get("refused") or r.get("failed")).strip().replace("\n", " ⏎ ")
+            L.append(f"- **{kind}** round {r['round']}, {r['target']} (not in any table): {msg}")
+        for r, fl in flagged:
+            L.append(f"- round {r['round']}, {r['target']}: " + "; ".join(text for _, text in fl))
+    else:
+        L.append("### Flags: none")
+        L.append("")
+        L.append(f"Every target started and (weft) reported the setup it was asked for; every phase got only 2xx "
+                 f"responses, no errors, at least {100 * RATE_FLAG:.0f} % of each asked rate, other CPU and steal "
+                 f"at most {OTHER_CPU_FLAG:.0f} %; every memory reading settled; no proxy exited.")
+
+    # ---- throughput
     L.append("")
     L.append(f"### Throughput: wrk, {CONNS} connections, {DURATION}, closed loop")
     L.append("")
-    L.append("| target | req/s | (min–max) | proxy user CPU s | proxy sys CPU s | sys share | proxy busy | "
-             "req per proxy CPU-s | load core busy | other CPU | non-2xx | socket errors |")
-    L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-    for t in TARGETS:
-        u, s = m(t, "throughput", "cpu_user_s"), m(t, "throughput", "cpu_sys_s")
-        secs = m(t, "throughput", "seconds")
-        share = f"{100 * s / (u + s):.0f} %" if u is not None and (u + s) > 0 else "–"
-        busy = f"{100 * (u + s) / secs:.0f} %" if u is not None and secs else "–"
-        L.append(f"| {t} | {fmt(m(t, 'throughput', 'rps'))} | {spread(t, 'throughput', 'rps')} | {fmt(u, 2)} | "
-                 f"{fmt(s, 2)} | {share} | {busy} | {fmt(m(t, 'throughput', 'req_per_cpu_s'))} | "
-                 f"{fmt(m(t, 'throughput', 'core_busy_pct', LOAD_CORE))} % | "
-                 f"{fmt(m(t, 'throughput', 'other_cpu_pct'))} % | "
+    L.append("| target | req/s | proxy busy % | proxy user µs/req | proxy sys µs/req | upstream µs/req | "
+             "req per proxy CPU-s | req per proxy+upstream CPU-s | load core busy % | other CPU % | non-2xx | "
+             "socket errors |")
+    L.append("|---|" + "--:|" * 11)
+    for t in shown:
+        L.append(f"| {label(t, ('throughput', 'process'))} | {cell(vals(t, 'throughput', 'rps'))} | "
+                 f"{cell(vals(t, 'throughput', 'proxy_busy_pct'))} | "
+                 f"{cell(vals(t, 'throughput', 'user_us_per_req'), 1)} | "
+                 f"{cell(vals(t, 'throughput', 'sys_us_per_req'), 1)} | "
+                 f"{cell(vals(t, 'throughput', 'upstream_us_per_req'), 1)} | "
+                 f"{cell(vals(t, 'throughput', 'req_per_cpu_s'))} | "
+                 f"{cell(vals(t, 'throughput', 'req_per_total_cpu_s'))} | "
+                 f"{cell(vals(t, 'throughput', 'core_busy_pct', LOAD_CORE))} | "
+                 f"{cell(vals(t, 'throughput', 'other_cpu_pct'))} | "
                  f"{fmt(sum(get(r, 'throughput', 'non2xx') or 0 for r in by[t]))} | "
                  f"{fmt(sum(get(r, 'throughput', 'socket_errors') or 0 for r in by[t]))} |")
     L.append("")
-    L.append("non-2xx and socket errors are totals over all rounds; 'proxy busy' is the proxy's CPU time over "
-             "the run's wall time (100 % = its core is saturated); 'load core busy' is how busy core "
+    L.append("non-2xx and socket errors are totals over all rounds. 'proxy busy' is the proxy's CPU time over the "
+             "run's wall time (100 % = its core is saturated). 'upstream µs/req' is the upstream nginx's CPU (user + "
+             "sys, whole process tree) per request: a proxy that makes the upstream work harder shows it there, and "
+             "in 'req per proxy+upstream CPU-s' (for direct: the upstream alone). 'load core busy' is how busy core "
              f"{LOAD_CORE} (wrk and the upstream) was, from /proc/stat; 'other CPU' is CPU used meanwhile by "
              "processes outside the benchmark, in % of one core (should be near 0).")
+    L.append("")
+    for line in (ranking("ranking, req per proxy CPU-s", [(t, vals(t, "throughput", "req_per_cpu_s")) for t in proxies], True),
+                 ranking("ranking, req per proxy+upstream CPU-s",
+                         [(t, vals(t, "throughput", "req_per_total_cpu_s")) for t in proxies], True)):
+        if line:
+            L.append(line)
+
+    # ---- latency
+    have_direct = bool(by.get("direct"))
     for rate in RATES:
         k = str(rate)
         L.append("")
         L.append(f"### Latency at a fixed {rate:,} req/s: oha --latency-correction, {LAT_CONNS} connections, {DURATION}")
         L.append("")
         L.append("| target | achieved req/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | "
-                 "p99 (min–max) | proxy user CPU s | proxy sys CPU s | req per proxy CPU-s | other CPU | non-2xx | errors |")
-        L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-        base = {p: m("direct", "latency", k, p) if "direct" in by else None for p in ("p50_us", "p99_us", "p999_us")}
-        for t in TARGETS:
-            vals = {p: m(t, "latency", k, p) for p in ("p50_us", "p99_us", "p999_us")}
-            added = {p: (vals[p] - base[p]) if t != "direct" and vals[p] is not None and base[p] is not None else None
-                     for p in vals}
-            L.append(f"| {t} | {fmt(m(t, 'latency', k, 'rps'))} | {fmt(vals['p50_us'])} | {fmt(vals['p99_us'])} | "
-                     f"{fmt(vals['p999_us'])} | {fmt(added['p50_us'])} | {fmt(added['p99_us'])} | "
-                     f"{fmt(added['p999_us'])} | {spread(t, 'latency', k, 'p99_us')} | "
-                     f"{fmt(m(t, 'latency', k, 'cpu_user_s'), 2)} | {fmt(m(t, 'latency', k, 'cpu_sys_s'), 2)} | "
-                     f"{fmt(m(t, 'latency', k, 'req_per_cpu_s'))} | "
-                     f"{fmt(m(t, 'latency', k, 'other_cpu_pct'))} % | "
+                 "proxy µs/req | upstream µs/req | req per proxy CPU-s | req per proxy+upstream CPU-s | other CPU % | "
+                 "non-2xx | errors |")
+        L.append("|---|" + "--:|" * 14)
+        for t in shown:
+            add = {p: per_round(t, added(k, p)) if t != "direct" else [] for p in ("p50_us", "p99_us", "p999_us")}
+            L.append(f"| {label(t, (k, 'process'))} | {cell(vals(t, 'latency', k, 'rps'))} | "
+                     f"{cell(vals(t, 'latency', k, 'p50_us'))} | {cell(vals(t, 'latency', k, 'p99_us'))} | "
+                     f"{cell(vals(t, 'latency', k, 'p999_us'))} | {cell(add['p50_us'])} | {cell(add['p99_us'])} | "
+                     f"{cell(add['p999_us'])} | {cell(vals(t, 'latency', k, 'proxy_us_per_req'), 1)} | "
+                     f"{cell(vals(t, 'latency', k, 'upstream_us_per_req'), 1)} | "
+                     f"{cell(vals(t, 'latency', k, 'req_per_cpu_s'))} | "
+                     f"{cell(vals(t, 'latency', k, 'req_per_total_cpu_s'))} | "
+                     f"{cell(vals(t, 'latency', k, 'other_cpu_pct'))} | "
                      f"{fmt(sum(get(r, 'latency', k, 'non2xx') or 0 for r in by[t]))} | "
                      f"{fmt(sum(get(r, 'latency', k, 'errors') or 0 for r in by[t]))} |")
         L.append("")
-        L.append("added = proxy minus direct at the same percentile (medians of each).")
-    proxies = [t for t in TARGETS if t != "direct"]
+        L.append("added = the proxy's percentile minus direct's in the same round, then the median over rounds."
+                 + ("" if have_direct else " (No direct target ran: no added latency.)"))
+        L.append("")
+        for p, name in (("p50_us", "added p50"), ("p99_us", "added p99")):
+            line = ranking(f"ranking, {name} at {rate:,} req/s (µs)",
+                           [(t, per_round(t, added(k, p))) for t in proxies], False)
+            if line:
+                L.append(line)
+
+    # ---- memory
     if proxies:
+        for kind, title, note in (
+                ("pss_kb", "Memory: PSS (MiB, summed over the proxy's process tree)",
+                 "PSS splits shared pages between the processes that map them, so a tree's PSS is what it costs "
+                 "together: the fair comparison of weft (one process) with nginx (master and worker) and haproxy."),
+                ("rss_kb", "Memory: RSS (MiB, summed over the proxy's process tree)",
+                 "RSS counts each shared page in every process that maps it: for a tree of several processes "
+                 "the sum overstates; compare by PSS.")):
+            L.append("")
+            L.append(f"### {title}")
+            L.append("")
+            extra = " | connections opened / failed | still answering (sample) | readings settled |" \
+                if kind == "pss_kb" else " |"
+            L.append(f"| target | processes | idle (after start) | after the load | with {IDLE_CONNS:,} idle "
+                     f"connections | after they closed | per idle connection KiB{extra}")
+            L.append("|---|" + "--:|" * (6 + (3 if kind == "pss_kb" else 0)))
+            for t in proxies:
+                row = (f"| {label(t, ('memory', 'process'))} | {cell(vals(t, 'mem_idle', 'processes'))} | "
+                       f"{cell(mib(vals(t, 'mem_idle', kind)), 1)} | {cell(mib(vals(t, 'mem_after_load', kind)), 1)} | "
+                       f"{cell(mib(vals(t, 'mem_idle_conns', kind)), 1)} | "
+                       f"{cell(mib(vals(t, 'mem_conns_closed', kind)), 1)} | "
+                       f"{cell(per_round(t, per_conn_kib(kind)), 2)} |")
+                if kind == "pss_kb":
+                    opened = sum(get(r, "mem_idle_conns", "opened") or 0 for r in by[t])
+                    failed = sum(get(r, "mem_idle_conns", "failed") or 0 for r in by[t])
+                    okc = sum(get(r, "mem_idle_conns", "check_ok") or 0 for r in by[t])
+                    tried = sum(get(r, "mem_idle_conns", "check_tried") or 0 for r in by[t])
+                    readings = [get(r, key) for r in by[t] for key in
+                                ("mem_idle", "mem_after_load", "mem_idle_conns", "mem_conns_closed")]
+                    readings = [m for m in readings if m]
+                    settled = sum(1 for m in readings if m.get("settled"))
+                    row += f" {fmt(opened)} / {fmt(failed)} | {okc} / {tried} | {settled} / {len(readings)} |"
+                L.append(row)
+            L.append("")
+            L.append(note)
         L.append("")
-        L.append(f"### Resident memory (VmRSS, MiB, summed over the proxy's processes)")
+        L.append(("IDLE_CONNS=0: no idle-connection step. " if not IDLE_CONNS else
+                  "'per idle connection' = (with the idle connections − after the load) / "
+                  f"{IDLE_CONNS:,}, per round. Idle connections "
+                  + ("each served one request first" if IDLE_REQUEST else "sent nothing")
+                  + "; 'still answering' sends one more request on every 100th of them while all are held (totals "
+                  "over rounds). ") + "Each reading is taken once stable: three readings 100 ms apart within 1 % while "
+                 f"the proxy used under 10 % of a core, at most {MEM_SETTLE:g} s ('readings settled').")
         L.append("")
-        L.append(f"| target | processes | idle (after start) | after the load | with {IDLE_CONNS:,} idle connections | "
-                 "PSS with idle connections | after they closed | connections opened / failed | still answering (sample) |")
-        L.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
-        for t in proxies:
-            mib = lambda v: fmt(v / 1024, 1) if v is not None else "–"
-            opened = m(t, "mem_idle_conns", "opened")
-            failed = sum(get(r, "mem_idle_conns", "failed") or 0 for r in by[t])
-            ok = sum(get(r, "mem_idle_conns", "check_ok") or 0 for r in by[t])
-            tried = sum(get(r, "mem_idle_conns", "check_tried") or 0 for r in by[t])
-            L.append(f"| {t} | {fmt(m(t, 'mem_idle', 'processes'))} | {mib(m(t, 'mem_idle', 'rss_kb'))} | "
-                     f"{mib(m(t, 'mem_after_load', 'rss_kb'))} | {mib(m(t, 'mem_idle_conns', 'rss_kb'))} | "
-                     f"{mib(m(t, 'mem_idle_conns', 'pss_kb'))} | {mib(m(t, 'mem_conns_closed', 'rss_kb'))} | "
-                     f"{fmt(opened)} / {failed} | {ok} / {tried} |")
+        for line in (ranking("ranking, idle PSS (MiB)", [(t, mib(vals(t, "mem_idle", "pss_kb"))) for t in proxies],
+                             False, 1),
+                     ranking("ranking, PSS per idle connection (KiB)",
+                             [(t, per_round(t, per_conn_kib("pss_kb"))) for t in proxies], False, 2)):
+            if line:
+                L.append(line)
+
+    # ---- weft against its peers, per round
+    ratio_rows = []
+    for w in [t for t in shown if t in WEFT_TARGETS]:
+        others = [p for p in PEERS if p in shown]
+        if w == "weft":
+            others += [t for t in ("weft-plain-ring", "weft-epoll") if t in shown]
+        for o in others:
+            for key, name in (("req_per_cpu_s", "req per proxy CPU-s"),
+                              ("req_per_total_cpu_s", "req per proxy+upstream CPU-s")):
+                cells = [cell(per_round(w, ratio(o, "throughput", key)), 2)]
+                cells += [cell(per_round(w, ratio(o, "latency", str(rate), key)), 2) for rate in RATES]
+                ratio_rows.append(f"| {w} {name} / {o}'s | " + " | ".join(cells) + " |")
+    if ratio_rows:
         L.append("")
-        L.append(("nginx runs a master and a worker process: its RSS is their sum (shared pages counted twice), its "
-                  "PSS splits them. " if "nginx" in proxies else "") + "Idle connections " +
-                 ("each served one request first" if IDLE_REQUEST else "sent nothing") + "; 'still answering' sends "
-                 "one more request on every 100th of them while all are held.")
-    problems = []
-    for r in records:
-        for key in ("crashed", "exit_status"):
-            if key in r:
-                problems.append(f"- round {r['round']}, {r['target']}: {key} {r[key]}")
-        for k, v in (r.get("latency") or {}).items():
-            if v.get("error_kinds"):
-                problems.append(f"- round {r['round']}, {r['target']}, {k} req/s: errors {v['error_kinds']}")
-        ic = r.get("mem_idle_conns") or {}
-        if ic.get("failed"):
-            problems.append(f"- round {r['round']}, {r['target']}: {ic['failed']} idle connections failed "
-                            f"({ic.get('first_error')})")
-    if problems:
+        L.append("### weft against its peers: ratios within each round, then the median (min–max) over rounds")
         L.append("")
-        L.append("### Problems seen")
+        L.append("| ratio | throughput | " + " | ".join(f"at {r:,} req/s" for r in RATES) + " |")
+        L.append("|---|" + "--:|" * (1 + len(RATES)))
+        L.extend(ratio_rows)
         L.append("")
-        L.extend(problems)
-    noisy = []
-    for r in records:
-        phases = [("throughput", r.get("throughput") or {})] + [
-            (f"{k} req/s", v) for k, v in (r.get("latency") or {}).items()]
-        for name, ph in phases:
-            if (ph.get("other_cpu_pct") or 0) > 10:
-                noisy.append(f"round {r['round']} {r['target']} {name}: {ph['other_cpu_pct']:.0f} %")
-    if noisy:
-        L.append("")
-        L.append("### Noise: other processes used over 10 % of a core during")
-        L.append("")
-        L.append("- " + "; ".join(noisy))
+        L.append("Above 1: weft serves more requests per CPU-second than the other. weft / weft-plain-ring is the "
+                 "ring-flag A/B (COOP_TASKRUN + SINGLE_ISSUER against no flags).")
+
+    # ---- per round
     L.append("")
-    L.append("### Per round")
+    L.append("### Per round (in the order measured)")
     L.append("")
-    head = "| round | target | req/s | req per proxy CPU-s | " + " | ".join(
-        f"p99 µs at {r:,}/s" for r in RATES) + " | RSS idle MiB | RSS idle conns MiB |"
-    L.append(head)
-    L.append("|" + "---|" * 2 + "--:|" * (4 + len(RATES)))
+    L.append("| round | position | target | setup | req/s | req per proxy CPU-s | req per proxy+upstream CPU-s | "
+             + " | ".join(f"p99 µs at {r:,}/s | added p99 µs at {r:,}/s" for r in RATES)
+             + " | PSS idle MiB | PSS idle conns MiB | RSS idle conns MiB | flags |")
+    L.append("|--:|--:|---|---|" + "--:|" * (3 + 2 * len(RATES) + 3) + "---|")
     for r in records:
-        cells = [str(r["round"]), r["target"], fmt(get(r, "throughput", "rps")),
-                 fmt(get(r, "throughput", "req_per_cpu_s"))]
-        cells += [fmt(get(r, "latency", str(x), "p99_us")) for x in RATES]
-        for key in ("mem_idle", "mem_idle_conns"):
-            v = get(r, key, "rss_kb")
+        if rejected(r):
+            continue
+        same = rounds[r["round"]]
+        cells = [str(r["round"]), str(r.get("position", "?")), r["target"], r.get("setup", "–"),
+                 fmt(get(r, "throughput", "rps")), fmt(get(r, "throughput", "req_per_cpu_s")),
+                 fmt(get(r, "throughput", "req_per_total_cpu_s"))]
+        for x in RATES:
+            cells.append(fmt(get(r, "latency", str(x), "p99_us")))
+            cells.append(fmt(added(str(x), "p99_us")(r, same)) if r["target"] != "direct" else "–")
+        for key, kind in (("mem_idle", "pss_kb"), ("mem_idle_conns", "pss_kb"), ("mem_idle_conns", "rss_kb")):
+            v = get(r, key, kind)
             cells.append(fmt(v / 1024, 1) if v is not None else "–")
+        fl = flags[(r["round"], r["target"])]
+        cells.append(f"⚠ {len(fl)}" if fl else "")
         L.append("| " + " | ".join(cells) + " |")
-    drivers = sorted({r["driver"] for r in records if "driver" in r})
+
+    # ---- setup
     L.append("")
     L.append("### Setup")
     L.append("")
     L.append(f"- command: `{command}`")
     for k, v in machine.items():
         L.append(f"- {k}: {v}")
-    if drivers:
-        L.append(f"- weft IO driver: {', '.join(drivers)}")
+    for t in [t for t in TARGETS if t in WEFT_TARGETS]:
+        spec = WEFT_TARGETS[t]
+        seen = ", ".join(f"round {r['round']}: {r.get('setup', 'not reported')}" for r in records
+                         if r["target"] == t)
+        L.append(f"- {t}: configured driver = \"{spec['driver']}\""
+                 + (f", ring_setup = \"{spec['ring_setup']}\"" if spec["ring_setup"] else "")
+                 + f"; must report `{spec['expect']}`; reported: {seen or 'no round ran'}")
+    orders = {}
+    for r in records:
+        orders.setdefault(r["round"], []).append(r["target"])
+    L.append("- order of the targets: " + "; ".join(f"round {k}: {' '.join(v)}" for k, v in sorted(orders.items())))
     L.append(f"- raw results: {OUT}")
     return "\n".join(L) + "\n"
+
+
+def derived(records):
+    """Per-round derived figures (what the summary takes medians of), for OUT/derived.json."""
+    ok = [r for r in records if not rejected(r)]
+    rounds = {}
+    for r in ok:
+        rounds.setdefault(r["round"], {})[r["target"]] = r
+    out = []
+    for rnd, same in sorted(rounds.items()):
+        d = same.get("direct")
+        for t, r in same.items():
+            row = {"round": rnd, "target": t, "setup": r.get("setup"), "added_us": {}, "ratios": {}}
+            for k in (r.get("latency") or {}):
+                if d and t != "direct":
+                    row["added_us"][k] = {p: get(r, "latency", k, p) - get(d, "latency", k, p)
+                                          for p in ("p50_us", "p99_us", "p999_us")
+                                          if get(r, "latency", k, p) is not None
+                                          and get(d, "latency", k, p) is not None}
+            if t in WEFT_TARGETS:
+                for o in [x for x in KNOWN_TARGETS if x in same and x not in ("direct", t)]:
+                    for phase in ["throughput"] + [f"latency.{k}" for k in (r.get("latency") or {})]:
+                        path = phase.split(".")
+                        for key in ("req_per_cpu_s", "req_per_total_cpu_s"):
+                            a, b = get(r, *path, key), get(same[o], *path, key)
+                            if a is not None and b:
+                                row["ratios"][f"{phase}.{key}/{o}"] = a / b
+            out.append(row)
+    return out
 
 
 def sh(cmd):
@@ -762,6 +1194,24 @@ def machine_info():
     }
 
 
+def write_summary(records, machine, command, fatal=None):
+    text = summary(records, machine, command, fatal)
+    (OUT / "summary.md").write_text(text)
+    (OUT / "derived.json").write_text(json.dumps(derived(records), indent=1))
+    return text
+
+
+def resummarize():
+    try:
+        saved = json.loads((OUT / "machine.json").read_text())
+        records = [json.loads(line) for line in (OUT / "results.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        sys.exit(f"bench: cannot read {OUT}: {e}")
+    text = write_summary(records, saved["machine"], saved["command"])
+    print(text)
+    return 1 if any(rejected(r) for r in records) else 0
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "raw").mkdir(exist_ok=True)
@@ -771,6 +1221,8 @@ def main():
     machine["before start"] = text + ("" if quiet else " — NOT QUIET: other work skews these figures")
     if not quiet:
         log(f"warning: the machine is not quiet before the start: {text}")
+    # Saved first, so that `bench.py --summary OUT` works on an interrupted run too.
+    (OUT / "machine.json").write_text(json.dumps({"machine": machine, "command": command, "settings": SETTINGS}, indent=1))
     log(f"results in {OUT}")
     log(f"command: {command}")
     for k, v in machine.items():
@@ -781,7 +1233,7 @@ def main():
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
-    records = []
+    records, fatal = [], None
     try:
         upstream, up = start_upstream()
         global UPSTREAM_PID
@@ -792,30 +1244,60 @@ def main():
                 text, quiet = wait_quiet(WAIT_QUIET)
                 if not quiet:
                     log(f"warning: the machine is not quiet before round {rnd}: {text}")
-            for target in TARGETS:
+            first = (rnd - 1) % len(TARGETS)
+            order = TARGETS[first:] + TARGETS[:first]
+            log(f"round {rnd}/{ROUNDS}: {' '.join(order)}")
+            for pos, target in enumerate(order, 1):
                 log(f"round {rnd}/{ROUNDS}: {target}")
-                rec = measure(target, up, rnd)
+                try:
+                    rec = measure(target, up, rnd, pos)
+                except Refused as e:
+                    rec = {"round": rnd, "position": pos, "target": target, "refused": str(e)}
+                    if e.setup:
+                        rec["setup"] = e.setup
+                    log(f"  error: REFUSED: {e}")
+                except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
+                    rec = {"round": rnd, "position": pos, "target": target, "failed": f"{type(e).__name__}: {e}"
+                           if not isinstance(e, RuntimeError) else str(e)}
+                    log(f"  error: FAILED: {e}")
                 records.append(rec)
                 with open(OUT / "results.jsonl", "a") as f:
                     f.write(json.dumps(rec) + "\n")
+                if upstream.poll() is not None:
+                    raise RuntimeError(f"the upstream nginx died (status {upstream.returncode}); see {OUT}/upstream.log")
+                if rejected(rec):
+                    continue
                 th = rec["throughput"]
                 lat = "  ".join(f"{k}/s p99 {v['p99_us']:.0f}us" for k, v in rec["latency"].items())
                 log(f"  {th['rps']:,.0f} req/s  {lat}"
-                    + (f"  rss idle {rec['mem_idle']['rss_kb'] / 1024:.1f} MiB" if "mem_idle" in rec else "")
-                    + (f"  10k-conns {rec['mem_idle_conns']['rss_kb'] / 1024:.1f} MiB" if "mem_idle_conns" in rec else ""))
-            if upstream.poll() is not None:
-                raise RuntimeError("the upstream nginx died; see upstream.log")
+                    + (f"  [{rec['setup']}]" if "setup" in rec else "")
+                    + (f"  pss idle {rec['mem_idle']['pss_kb'] / 1024:.1f} MiB"
+                       if get(rec, "mem_idle", "pss_kb") is not None else "")
+                    + (f"  idle-conns pss {rec['mem_idle_conns']['pss_kb'] / 1024:.1f} MiB"
+                       if get(rec, "mem_idle_conns", "pss_kb") is not None else ""))
+                for _, text in record_flags(rec):
+                    log(f"  flag: {text}")
+    except RuntimeError as e:
+        fatal = str(e)
+        log(f"error: {e}")
     finally:
         stop_all()
-    text = summary(records, machine, command)
-    (OUT / "summary.md").write_text(text)
-    (OUT / "machine.json").write_text(json.dumps({"machine": machine, "command": command, "settings": SETTINGS}, indent=1))
+    text = write_summary(records, machine, command, fatal)
     print()
     print(text)
+    bad = [r for r in records if rejected(r)]
+    if fatal:
+        sys.exit(f"bench: error: {fatal}")
+    if bad:
+        sys.exit(f"bench: error: {len(bad)} row(s) refused or failed (listed under Flags in {OUT}/summary.md):\n"
+                 + "\n".join(f"  round {r['round']}, {r['target']}: " + (r.get('refused') or r.get('failed')).splitlines()[0]
+                             for r in bad))
 
 
 if __name__ == "__main__":
     try:
+        if RESUMMARIZE:
+            sys.exit(resummarize())
         main()
     except RuntimeError as e:
         stop_all()

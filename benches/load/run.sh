@@ -5,11 +5,14 @@
 #
 # One command: installs what is missing (nginx, haproxy, wrk from Debian;
 # oha from crates.io), builds weft in release, then runs bench.py, which
-# starts an nginx upstream and each proxy in turn, measures them and prints
+# starts an nginx upstream and each target in turn, measures them and prints
 # Markdown tables (also written to bench-results/<time>/summary.md).
 #
 # Settings (environment variables, defaults in brackets):
-#   ROUNDS [3]            rounds; each round runs every target in turn
+#   ROUNDS [3]            rounds; each round runs every target once, in an order
+#                         rotated by one per round (round r starts at target
+#                         (r - 1) mod n of TARGETS); ROUNDS >= the number of
+#                         targets gives each target every position once
 #   DURATION [10s]        length of each measured wrk and oha run
 #   WARMUP [2s]           unrecorded wrk run before each target's measurements
 #   CONNS [64]            wrk connections (throughput)
@@ -17,17 +20,39 @@
 #   LAT_CONNS [50]        oha connections
 #   IDLE_CONNS [10000]    idle keep-alive client connections for the memory figure
 #   IDLE_REQUEST [1]      send one request on each idle connection first (0: none)
-#   TARGETS ["direct weft nginx haproxy"]  (also: weft-epoll, weft on its epoll driver)
+#   TARGETS ["direct weft nginx haproxy"]  any of:
+#       direct            no proxy: the load generators talk to the upstream
+#       weft              weft, driver = "io-uring", ring_setup = "tuned"; must
+#                         report `io-uring (ring: coop-taskrun,single-issuer)`
+#       weft-plain-ring   weft, driver = "io-uring", ring_setup = "plain"; must
+#                         report `io-uring (ring: plain)` (with weft: the
+#                         ring-flag A/B)
+#       weft-epoll        weft, driver = "epoll"; must report `epoll`
+#       nginx, haproxy    the peers, one worker each
+#                         A weft row whose start-up line (`weft: N worker(s) on
+#                         SETUP`, on its stderr) names another setup is refused:
+#                         not measured, in no table, listed under Flags, and the
+#                         run exits non-zero. So is a target that fails.
 #   PROXY_CORE [0]        core of the proxy under test (one worker)
 #   LOAD_CORE [1]         core of the upstream and of the load generators
 #   WAIT_QUIET [0]        wait up to this long (e.g. 10m) for both cores to be idle
 #                         before the start and before each round; the summary
 #                         flags phases where other processes used CPU anyway
+#   MEM_SETTLE [5s]       bound of each wait for a stable memory reading (every
+#                         100 ms until 3 readings agree within 1 % while the
+#                         proxy is idle; a reading that never settles is flagged)
 #   SKIP_BUILD [0]        1: use target/release/weft as it is
 #   OUT [bench-results/<UTC time>]
 #   OHA_VERSION [1.16.0]  the oha version installed when oha is missing
 #
 # Quick check while developing: ROUNDS=1 DURATION=2s WARMUP=1s IDLE_CONNS=1000 benches/load/run.sh
+# Summary of an earlier or interrupted run again: python3 benches/load/bench.py --summary bench-results/<time>
+#
+# The summary starts with "Flags": refused or failed rows, and any phase with
+# non-2xx responses, errors, an achieved rate under 98 % of the asked one,
+# other processes' or steal CPU over 10 %, a memory reading that did not
+# settle, or a proxy that exited. Exit status: 0 when no row was refused or
+# failed, 1 otherwise.
 #
 # Needs: Linux with 2 or more cores, taskset, python3 (3.8+), cargo, and root
 # for apt-get (or nginx, haproxy and wrk installed already). Exits non-zero
