@@ -8,9 +8,14 @@
 //! - `check_request` / `check_response`: the whole input is the bytes read from
 //!   the peer (a head, maybe followed by a body or the next message). A hash of
 //!   the input picks the split points, a tight set of limits and (for
-//!   responses) whether the request was HEAD, so every input replays the same.
+//!   responses) whether the request was HEAD and whether the client is an
+//!   HTTP/1.0 one that asked for keep-alive, so every input replays the same.
 //! - `check_chunked`: the first byte picks the piece sizes, the rest is the body.
 //! - `check_config`: the input as UTF-8 configuration text (other inputs are skipped).
+//!
+//! The `*_verdict` functions say what the parser makes of an input (accepted,
+//! incomplete, refused and why); only the replay test uses them, to hold each
+//! hand-written seed to the verdict its file name states.
 
 use bytes::BytesMut;
 use std::ops::Range;
@@ -18,7 +23,9 @@ use weft_core::config::{literal_only, Config};
 use weft_core::Target;
 use weft_proto::chunked::{ChunkedDecoder, ChunkedError, Step};
 use weft_proto::encode::{encode_request, encode_response, RequestOptions, ResponseOptions};
-use weft_proto::head::{is_hop_by_hop, BodyFraming, HeaderKind, HeaderRange, Limits, MAX_HEADERS_CAP};
+use weft_proto::head::{
+    is_hop_by_hop, BodyFraming, ConnectionOptions, HeaderKind, HeaderRange, Limits, MAX_HEADERS_CAP,
+};
 use weft_proto::{parse_request, parse_response, HeadError, RequestHead, ResponseHead};
 
 /// FNV-1a: a stable hash of the input, used to derive the test parameters.
@@ -173,7 +180,7 @@ fn shown(fields: &[(&[u8], &[u8])]) -> Vec<(String, String)> {
 fn end_to_end<'a>(
     raw: &'a [u8],
     headers: &[HeaderRange],
-    conn: &weft_proto::head::ConnectionOptions,
+    conn: &ConnectionOptions,
     kinds: &[HeaderKind],
 ) -> Vec<(&'a [u8], &'a [u8])> {
     headers
@@ -181,6 +188,137 @@ fn end_to_end<'a>(
         .filter(|h| kinds.contains(&h.kind) && !is_hop_by_hop(raw, h, conn))
         .map(|h| (&raw[h.name.clone()], &raw[h.value.clone()]))
         .collect()
+}
+
+/// `s` without leading and trailing spaces and tabs (RFC 9110 §5.6.3 OWS).
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// Reads the `Connection` fields of a head without the parser's help (the
+/// options, comma-separated, trimmed of spaces and tabs, empty ones skipped)
+/// and checks that the parsed `conn` says the same: `close`, `keep-alive`
+/// and `upgrade` are flags, every other option is listed, in order.
+fn check_connection(raw: &[u8], headers: &[HeaderRange], conn: &ConnectionOptions) {
+    let (mut close, mut keep_alive, mut upgrade) = (false, false, false);
+    let mut others = Vec::new();
+    for h in headers.iter().filter(|h| h.kind == HeaderKind::Connection) {
+        for item in raw[h.value.clone()].split(|b| *b == b',') {
+            let item = trim_ows(item);
+            if item.is_empty() {
+                continue;
+            }
+            if item.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if item.eq_ignore_ascii_case(b"keep-alive") {
+                keep_alive = true;
+            } else if item.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
+            } else {
+                others.push(show(item));
+            }
+        }
+    }
+    assert_eq!(
+        (conn.close, conn.keep_alive, conn.upgrade),
+        (close, keep_alive, upgrade),
+        "Connection options (close, keep-alive, upgrade) misread"
+    );
+    let parsed: Vec<String> = conn.others.iter().map(|r| show(&raw[r.clone()])).collect();
+    assert_eq!(parsed, others, "Connection options misread");
+}
+
+/// RFC 9112 §9.3: whether the connection persists after this message, as its
+/// version and `Connection` options say. `close` ends it; HTTP/1.1 persists by
+/// default; HTTP/1.0 persists only with `keep-alive`.
+fn persists(minor: u8, conn: &ConnectionOptions) -> bool {
+    !conn.close && (minor >= 1 || conn.keep_alive)
+}
+
+/// The values of the `Connection` fields of a head, in order.
+fn connection_values(raw: &[u8], headers: &[HeaderRange]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|h| h.kind == HeaderKind::Connection)
+        .map(|h| show(&raw[h.value.clone()]))
+        .collect()
+}
+
+// ---------------------------------------------------------------- verdicts
+
+/// What a parser makes of a whole input. The corpus replay test compares it
+/// with the verdict a hand-written seed's name states (`fuzz/README.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A complete head, a complete chunked body (maybe followed by more
+    /// bytes) or a valid configuration.
+    Accepted,
+    /// Nothing wrong so far, but the input ends before the head or body does.
+    Incomplete,
+    /// Refused, because of: the [`HeadError::code`] of a head, the
+    /// [`ChunkedError`] variant of a chunked body, the message of a
+    /// configuration error (with its line and field).
+    Refused(String),
+}
+
+fn head_verdict<T>(r: Result<Option<T>, HeadError>) -> Verdict {
+    match r {
+        Ok(Some(_)) => Verdict::Accepted,
+        Ok(None) => Verdict::Incomplete,
+        Err(e) => Verdict::Refused(e.code().to_string()),
+    }
+}
+
+fn request_verdict_with(data: &[u8], limits: &Limits) -> Verdict {
+    head_verdict(parse_request(&mut BytesMut::from(data), limits))
+}
+
+/// The verdict of `parse_request` with the default limits on a
+/// `request_head` input.
+pub fn request_verdict(data: &[u8]) -> Verdict {
+    request_verdict_with(data, &Limits::default())
+}
+
+/// The verdict of `parse_response` with the default limits on a
+/// `response_head` input, for a response to a HEAD request or not.
+pub fn response_verdict(data: &[u8], head_request: bool) -> Verdict {
+    head_verdict(parse_response(
+        &mut BytesMut::from(data),
+        &Limits::default(),
+        head_request,
+    ))
+}
+
+/// The verdict of `ChunkedDecoder::feed` on a `chunked` input (its first
+/// byte, the piece-size seed, is not part of the body).
+pub fn chunked_verdict(data: &[u8]) -> Verdict {
+    let body = data.get(1..).unwrap_or_default();
+    let mut d = ChunkedDecoder::new();
+    match d.feed(body) {
+        Ok(_) if d.is_done() => Verdict::Accepted,
+        Ok(_) => Verdict::Incomplete,
+        Err(e) => Verdict::Refused(format!("{e:?}")),
+    }
+}
+
+/// The verdict of `Config::parse` on a `config` input (not UTF-8: refused,
+/// as a configuration file that is not text is).
+pub fn config_verdict(data: &[u8]) -> Verdict {
+    match std::str::from_utf8(data) {
+        Err(e) => Verdict::Refused(format!("not UTF-8: {e}")),
+        Ok(src) => match Config::parse(src, &literal_only) {
+            Ok(_) => Verdict::Accepted,
+            Err(e) => Verdict::Refused(e.to_string()),
+        },
+    }
 }
 
 // ---------------------------------------------------------------- requests
@@ -307,19 +445,24 @@ fn request_invariants(input: &[u8], head: &RequestHead, rest: &[u8]) {
         BodyFraming::UntilClose,
         "a request body never runs until close"
     );
-    if head.upgrade {
-        assert!(
-            head.minor == 1 && head.connection.upgrade,
-            "upgrade without Connection: upgrade"
-        );
-        assert!(
-            head.headers.iter().any(|h| h.kind == HeaderKind::Upgrade),
-            "upgrade without Upgrade"
-        );
-    }
-    if head.keep_alive {
-        assert!(!head.connection.close, "keep-alive despite Connection: close");
-    }
+    check_connection(raw, &head.headers, &head.connection);
+    // RFC 9110 §7.8: an upgrade needs `Upgrade` and `Connection: upgrade`,
+    // and an HTTP/1.0 request's `Upgrade` is ignored.
+    let asks_upgrade = head.minor == 1
+        && head.connection.upgrade
+        && head.headers.iter().any(|h| h.kind == HeaderKind::Upgrade);
+    assert_eq!(
+        head.upgrade, asks_upgrade,
+        "upgrade does not agree with Upgrade and Connection (HTTP/1.{})",
+        head.minor
+    );
+    assert_eq!(
+        head.keep_alive,
+        persists(head.minor, &head.connection),
+        "keep-alive does not agree with RFC 9112 §9.3 (HTTP/1.{}, Connection {:?})",
+        head.minor,
+        connection_values(raw, &head.headers)
+    );
     if let Some(a) = head.authority() {
         let host = head.host().expect("a host when there is an authority");
         assert!(a.starts_with(host), "host {host:?} is not a prefix of {a:?}");
@@ -399,6 +542,15 @@ fn reencode_request(head: &RequestHead) {
         }
     }
     assert_eq!(proto, 1, "x-forwarded-proto fields: {}", ctx());
+    // The client's Connection field is hop-by-hop: the only one upstream is
+    // weft's own `connection: upgrade` of an upgrade.
+    let connection: &[&str] = if head.upgrade { &["upgrade"] } else { &[] };
+    assert_eq!(
+        connection_values(a, &again.headers),
+        connection,
+        "Connection fields: {}",
+        ctx()
+    );
     // End-to-end fields go through unchanged and in order.
     let mut expected = end_to_end(raw, &head.headers, &head.connection, REQ_FORWARDED);
     // weft answers 100-continue itself (HTTP/1.1) or ignores it (HTTP/1.0).
@@ -481,7 +633,7 @@ pub fn check_response(data: &[u8]) {
         }
         if let (Ok(Some(res)), rest) = &whole {
             response_invariants(data, res, rest, head_request);
-            reencode_response(res, head_request);
+            reencode_response(res, head_request, h & 2 == 2);
         }
     }
 }
@@ -497,12 +649,16 @@ fn response_invariants(input: &[u8], res: &ResponseHead, rest: &[u8], head_reque
     assert!(res.minor <= 1, "HTTP/1.{} accepted", res.minor);
     let bodyless = head_request || res.is_informational() || res.status == 204 || res.status == 304;
     check_framing(raw, &res.headers, res.framing, bodyless);
-    if res.framing == BodyFraming::UntilClose {
-        assert!(!res.keep_alive, "close-delimited body on a kept-alive connection");
-    }
-    if res.keep_alive {
-        assert!(!res.connection.close, "keep-alive despite Connection: close");
-    }
+    check_connection(raw, &res.headers, &res.connection);
+    // RFC 9112 §9.3, and a close-delimited body ends only with the connection.
+    assert_eq!(
+        res.keep_alive,
+        persists(res.minor, &res.connection) && res.framing != BodyFraming::UntilClose,
+        "keep-alive does not agree with RFC 9112 §9.3 (HTTP/1.{}, Connection {:?}, {:?})",
+        res.minor,
+        connection_values(raw, &res.headers),
+        res.framing
+    );
 }
 
 const RES_FORWARDED: &[HeaderKind] = &[
@@ -513,13 +669,15 @@ const RES_FORWARDED: &[HeaderKind] = &[
     HeaderKind::XForwardedProto,
 ];
 
-fn reencode_response(res: &ResponseHead, head_request: bool) {
+/// What weft sends the client is one well-formed response meaning the same
+/// thing. `keep_alive_10`: the client is HTTP/1.0 and asked for keep-alive.
+fn reencode_response(res: &ResponseHead, head_request: bool, keep_alive_10: bool) {
     let raw = &res.raw[..];
     let upgrade = res.status == 101;
     let opts = ResponseOptions {
         framing: res.framing,
         close: !res.keep_alive,
-        keep_alive_10: false,
+        keep_alive_10,
         upgrade,
     };
     let mut out = BytesMut::new();
@@ -550,12 +708,48 @@ fn reencode_response(res: &ResponseHead, head_request: bool) {
         match h.kind {
             HeaderKind::HopByHop => panic!("hop-by-hop field forwarded: {}", ctx()),
             HeaderKind::Upgrade => assert!(upgrade, "Upgrade forwarded: {}", ctx()),
-            HeaderKind::TransferEncoding => {
-                assert_eq!(res.framing, BodyFraming::Chunked, "{}", ctx())
-            }
+            HeaderKind::TransferEncoding => assert!(
+                matches!(res.framing, BodyFraming::Chunked | BodyFraming::UntilClose),
+                "Transfer-Encoding on a {:?} body: {}",
+                res.framing,
+                ctx()
+            ),
             _ => {}
         }
     }
+    // A body coded with something other than chunked keeps its coding: the
+    // client cannot decode it without the field (RFC 9112 §6.3).
+    if res.framing == BodyFraming::UntilClose {
+        let codings = |raw: &[u8], hs: &[HeaderRange]| {
+            hs.iter()
+                .filter(|h| h.kind == HeaderKind::TransferEncoding)
+                .map(|h| show(&raw[h.value.clone()]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            codings(a, &again.headers),
+            codings(raw, &res.headers),
+            "transfer coding lost: {}",
+            ctx()
+        );
+    }
+    // The upstream's Connection field and the options it lists are hop-by-hop
+    // (RFC 9110 §7.6.1): the only Connection field the client sees is weft's.
+    let connection: &[&str] = if upgrade {
+        &["upgrade"]
+    } else if opts.close {
+        &["close"]
+    } else if keep_alive_10 {
+        &["keep-alive"]
+    } else {
+        &[]
+    };
+    assert_eq!(
+        connection_values(a, &again.headers),
+        connection,
+        "Connection fields: {}",
+        ctx()
+    );
     let got = end_to_end(a, &again.headers, &again.connection, RES_FORWARDED);
     let expected = end_to_end(raw, &res.headers, &res.connection, RES_FORWARDED);
     assert_eq!(
@@ -744,6 +938,148 @@ pub fn check_chunked(data: &[u8]) {
     }
 }
 
+// ------------------------------------------------------------------ limits
+
+/// Limits up to this are probed with inputs of their size; larger ones (a
+/// configuration may allow gigabytes) only with the inputs the smaller need.
+const PROBE_MAX: usize = 1 << 17;
+
+/// The shortest request line `parse_request` can accept, as it counts it: the
+/// bytes before the `\n`, so `GET / HTTP/1.1\r`.
+const MIN_LINE: usize = 15;
+
+/// A request line as `parse_request` counts it (up to the `\n`, the `\r`
+/// included) of `len` bytes, at least [`MIN_LINE`]: `GET /aaa HTTP/1.1\r`.
+fn request_line(len: usize) -> Vec<u8> {
+    let mut line = b"GET /".to_vec();
+    line.resize(5 + len.saturating_sub(MIN_LINE), b'a');
+    line.extend_from_slice(b" HTTP/1.1\r");
+    line
+}
+
+/// `GET / HTTP/1.1` with `fields` header fields (the first `Host: a`), then
+/// the empty line.
+fn head_with_fields(fields: usize) -> Vec<u8> {
+    let mut head = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for _ in 1..fields {
+        head.extend_from_slice(b"x: 1\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// `GET / HTTP/1.1` with one field, `Host: aaa…`, of `len` bytes in all
+/// (at least 27).
+fn head_of_size(len: usize) -> Vec<u8> {
+    let mut head = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+    head.resize(len.max(27) - 4, b'a');
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
+/// Each limit of a listener refuses exactly what exceeds it, with its own
+/// error, and lets through what fits. `parse_request` counts the request line
+/// up to its `\n` (checked first, also while the line is incomplete), the head
+/// from the request line to its empty line (or what arrived of it), and the
+/// header fields; more fields than the limit are refused while parsing, before
+/// the size of the head is known.
+fn check_limits(limits: &Limits) {
+    let (line_max, head_max, fields_max) =
+        (limits.max_request_line, limits.max_head_bytes, limits.max_headers);
+    let verdict = |input: &[u8]| request_verdict_with(input, limits);
+    let too_long = || Verdict::Refused(HeadError::RequestLineTooLong.code().to_string());
+    let too_large = || Verdict::Refused(HeadError::HeadTooLarge.code().to_string());
+    let too_many = || Verdict::Refused(HeadError::TooManyHeaders.code().to_string());
+    // Accepted within every limit, else refused for the first one exceeded
+    // (used on heads with no more fields than the limit).
+    let fits = |head: &[u8], line: usize| {
+        if line > line_max {
+            too_long()
+        } else if head.len() > head_max {
+            too_large()
+        } else {
+            Verdict::Accepted
+        }
+    };
+    let ctx = |what: &str| format!("{what} with {limits:?}");
+
+    let minimal = head_with_fields(1);
+    assert_eq!(verdict(&minimal), fits(&minimal, MIN_LINE), "{}", ctx("GET /"));
+
+    // max_request_line
+    if line_max < PROBE_MAX {
+        let over = request_line(line_max + 1);
+        let mut head = over.clone();
+        head.extend_from_slice(b"\nHost: a\r\n\r\n");
+        assert_eq!(verdict(&head), too_long(), "{}", ctx("a longer request line"));
+        let partial = &over[..line_max + 1];
+        assert_eq!(
+            verdict(partial),
+            too_long(),
+            "{}",
+            ctx("a longer incomplete request line")
+        );
+        if line_max >= MIN_LINE {
+            let mut head = request_line(line_max);
+            head.extend_from_slice(b"\nHost: a\r\n\r\n");
+            assert_eq!(
+                verdict(&head),
+                fits(&head, line_max),
+                "{}",
+                ctx("a request line at the limit")
+            );
+        }
+    }
+
+    // max_headers (at most MAX_HEADERS_CAP, so the inputs stay small)
+    if line_max >= MIN_LINE {
+        let head = head_with_fields(fields_max);
+        assert_eq!(
+            verdict(&head),
+            fits(&head, MIN_LINE),
+            "{}",
+            ctx("fields at the limit")
+        );
+        let head = head_with_fields(fields_max + 1);
+        let got = verdict(&head);
+        if head.len() <= head_max {
+            assert_eq!(got, too_many(), "{}", ctx("one field more than the limit"));
+        } else {
+            // Over two limits, both answered with 431.
+            assert!(
+                got == too_many() || got == too_large(),
+                "{got:?}: {}",
+                ctx("one field more than the limit, over the size limit")
+            );
+        }
+    }
+
+    // max_head_bytes, complete and incomplete heads
+    if line_max >= MIN_LINE && head_max < PROBE_MAX {
+        let over = head_of_size(head_max + 1);
+        assert_eq!(verdict(&over), too_large(), "{}", ctx("a larger head"));
+        if head_max >= 27 {
+            let at = head_of_size(head_max);
+            assert_eq!(at.len(), head_max);
+            assert_eq!(verdict(&at), Verdict::Accepted, "{}", ctx("a head at the limit"));
+        }
+        // What arrived of a head (no empty line yet) counts the same.
+        let longer = head_of_size(head_max + 28);
+        assert_eq!(
+            verdict(&longer[..head_max + 1]),
+            too_large(),
+            "{}",
+            ctx("a larger incomplete head")
+        );
+        assert_eq!(
+            verdict(&longer[..head_max]),
+            Verdict::Incomplete,
+            "{}",
+            ctx("an incomplete head at the limit")
+        );
+    }
+}
+
 // ------------------------------------------------------------------ config
 
 /// Parses arbitrary UTF-8 as configuration; never panics, and what it accepts
@@ -807,16 +1143,12 @@ pub fn check_config(data: &[u8]) {
                 }
             }
         }
-        // The listener's limits drive the head parser without trouble.
-        let limits = Limits {
+        // The listener's limits drive the head parser (as the runtime passes them).
+        check_limits(&Limits {
             max_request_line: l.max_request_line,
             max_head_bytes: l.max_header_bytes,
             max_headers: l.max_headers,
-        };
-        let _ = parse_request(
-            &mut BytesMut::from(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..]),
-            &limits,
-        );
+        });
     }
     for (i, c) in config.clusters.iter().enumerate() {
         assert!(

@@ -174,7 +174,21 @@ pub fn encode_response(res: &ResponseHead, opts: &ResponseOptions, out: &mut Byt
                 put_field(out, b"content-length", &raw[h.value.clone()]);
             }
         }
-        BodyFraming::UntilClose => {}
+        BodyFraming::UntilClose => {
+            // A transfer coding other than chunked as the last (RFC 9112
+            // §6.3): the body runs until close, still coded; the client
+            // needs the field to decode it. (When weft de-chunks for an
+            // HTTP/1.0 client, the upstream's framing was chunked: no field.)
+            if res.framing == BodyFraming::UntilClose {
+                for h in res
+                    .headers
+                    .iter()
+                    .filter(|h| h.kind == HeaderKind::TransferEncoding)
+                {
+                    put_field(out, &raw[h.name.clone()], &raw[h.value.clone()]);
+                }
+            }
+        }
     }
     if opts.upgrade {
         put_upgrade(out, raw, &res.headers);
