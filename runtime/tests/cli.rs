@@ -92,9 +92,9 @@ impl Drop for Weft {
 }
 
 /// Starts `weft --config` on `config` (listener `in`, port 0) and waits until
-/// it prints its IO setup and listener address. The IO setup must be the
-/// one this host is expected to run (`WEFT_TEST_IO`, as in weft-tests).
-fn spawn_weft(name: &str, config: &str) -> Weft {
+/// it prints its IO setup and listener address; returns it with the setup
+/// line.
+fn launch(name: &str, config: &str) -> (Weft, String) {
     let file = temp_file(name, config);
     let mut child = Command::new(WEFT)
         .args(["--config", file.to_str().unwrap()])
@@ -103,12 +103,6 @@ fn spawn_weft(name: &str, config: &str) -> Weft {
         .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let setup = wait_for_line(&mut err, " worker(s) on ");
-    let expected = match std::env::var("WEFT_TEST_IO").as_deref() {
-        Ok("epoll-only") => " on epoll",
-        Ok("io-uring-plain") => " on io-uring (ring: plain)",
-        _ => " on io-uring (ring: coop-taskrun,single-issuer)",
-    };
-    assert!(setup.trim_end().ends_with(expected), "{setup}");
     let line = wait_for_line(&mut err, "listener in on ");
     let addr = line
         .split("listener in on ")
@@ -118,7 +112,20 @@ fn spawn_weft(name: &str, config: &str) -> Weft {
         .next()
         .unwrap()
         .to_string();
-    Weft { child, err, addr }
+    (Weft { child, err, addr }, setup)
+}
+
+/// [`launch`], checking that the IO setup is the one this host is expected
+/// to run (`WEFT_TEST_IO`, as in weft-tests).
+fn spawn_weft(name: &str, config: &str) -> Weft {
+    let (weft, setup) = launch(name, config);
+    let expected = match std::env::var("WEFT_TEST_IO").as_deref() {
+        Ok("epoll-only") => " on epoll",
+        Ok("io-uring-plain") => " on io-uring (ring: plain)",
+        _ => " on io-uring (ring: coop-taskrun,single-issuer)",
+    };
+    assert!(setup.trim_end().ends_with(expected), "{setup}");
+    weft
 }
 
 /// Waits up to `bound` for the process to exit; its status and when.
@@ -318,19 +325,7 @@ fn ring_setup_reported_is_the_one_applied() {
     let (up, _) = slow_upstream(Duration::ZERO);
     for (setup, single) in [("tuned", true), ("plain", false)] {
         let config = one_cluster(2, &format!("driver = \"io-uring\"\nring_setup = \"{setup}\""), up);
-        let text = temp_file(&format!("ring-{setup}.toml"), &config);
-        let mut child = Command::new(WEFT)
-            .args(["--config", text.to_str().unwrap()])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let line = wait_for_line(&mut err, " worker(s) on ");
-        let weft = Weft {
-            child,
-            err,
-            addr: String::new(),
-        };
+        let (weft, line) = launch(&format!("ring-{setup}.toml"), &config);
         let reported = if single {
             "io-uring (ring: coop-taskrun,single-issuer)"
         } else {
