@@ -12,9 +12,10 @@ pub enum HostMatch {
 }
 
 impl HostMatch {
-    /// Parses `example.com`, `*.example.com` or `*`.
+    /// Parses `example.com`, `*.example.com` or `*` (a trailing dot, the
+    /// root of a fully qualified name, is dropped).
     pub fn parse(s: &str) -> Self {
-        let s = s.to_ascii_lowercase();
+        let s = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
         if s == "*" {
             HostMatch::Any
         } else if let Some(rest) = s.strip_prefix('*') {
@@ -24,8 +25,9 @@ impl HostMatch {
         }
     }
 
-    /// True when `host` matches.
+    /// True when `host` matches; `a.test.` (fully qualified) is `a.test`.
     pub fn matches(&self, host: Option<&str>) -> bool {
+        let host = host.map(|h| h.strip_suffix('.').unwrap_or(h));
         match (self, host) {
             (HostMatch::Any, _) => true,
             (_, None) => false,
@@ -145,6 +147,15 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fully_qualified_host_matches_its_name() {
+        let exact = HostMatch::parse("a.test");
+        assert!(exact.matches(Some("a.test.")) && exact.matches(Some("A.Test")));
+        assert!(!exact.matches(Some("a.test..")) && !exact.matches(Some("a.tes")));
+        assert!(HostMatch::parse("*.test").matches(Some("a.test.")));
+        assert!(HostMatch::parse("a.test.").matches(Some("a.test")));
+    }
 
     fn route(host: &str, path: PathMatch, method: Option<&str>, headers: &[(&str, &str)], c: usize) -> Route {
         Route {

@@ -207,8 +207,11 @@ impl Body {
     }
 }
 
-/// Answers a request with weft's own error response for `e`.
+/// Answers a request with weft's own error response for `e`; closes when
+/// `close` (the request's body was not read whole) or when the client asked
+/// for it (`Connection: close`, HTTP/1.0 without keep-alive).
 async fn reply_error(client: &mut TcpStream, e: ProxyError, close: bool, req: &RequestHead) -> Next {
+    let close = close || !req.keep_alive;
     answer(client, e.status(), e.code(), &e.to_string(), close, req.is_head()).await
 }
 

@@ -10,7 +10,7 @@ pub mod demo;
 mod downstream;
 mod io;
 pub mod load;
-mod log;
+pub mod log;
 mod server;
 mod shutdown;
 mod upstream;

@@ -1,9 +1,120 @@
-//! The process log: one line per event on stderr.
+//! The process log: one line per event on stderr, `weft: ` first.
+//!
+//! Logging never stops or blocks a worker. Lines go to one writer thread
+//! through a bounded queue; when the queue is full the line is dropped (and
+//! counted), and write errors (stderr closed: EPIPE) are ignored, where
+//! `eprintln!` would panic and the release profile would abort. A line
+//! repeated within a second is written once, then counted.
 
-/// Writes one log line to stderr, prefixed with `weft:`.
+use std::fmt;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Writes one log line (formatted like `format!`) without ever blocking.
 macro_rules! log {
     ($($arg:tt)*) => {
-        eprintln!("weft: {}", format_args!($($arg)*))
+        $crate::log::line(format_args!($($arg)*))
     };
 }
 pub(crate) use log;
+
+/// Lines waiting for the writer thread; beyond this, lines are dropped.
+const QUEUE: usize = 1024;
+
+/// Identical lines within this window are written once and then counted.
+const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
+struct Queue {
+    tx: SyncSender<Msg>,
+    dropped: AtomicU64,
+}
+
+enum Msg {
+    Line(String),
+    Flush(mpsc::Sender<()>),
+}
+
+static QUEUE_TX: OnceLock<Queue> = OnceLock::new();
+
+fn queue() -> &'static Queue {
+    QUEUE_TX.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("weft-log".into())
+            .spawn(move || writer(rx));
+        if spawned.is_err() {
+            // No thread: lines are dropped at `try_send` (the receiver is gone).
+            write_now("cannot start the log thread: log lines are dropped");
+        }
+        Queue {
+            tx,
+            dropped: AtomicU64::new(0),
+        }
+    })
+}
+
+/// Queues one line for stderr; drops it when the queue is full.
+pub fn line(args: fmt::Arguments<'_>) {
+    let q = queue();
+    match q.tx.try_send(Msg::Line(args.to_string())) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            q.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits (at most `bound`) until every line queued so far is written.
+pub fn flush(bound: Duration) {
+    let (tx, rx) = mpsc::channel();
+    if queue().tx.send(Msg::Flush(tx)).is_ok() {
+        let _ = rx.recv_timeout(bound);
+    }
+}
+
+/// Writes one line to stderr now, from the calling thread; errors ignored.
+/// For the binary's own messages at start and exit.
+pub fn write_now(msg: &str) {
+    static STDERR: Mutex<()> = Mutex::new(());
+    let _guard = STDERR.lock();
+    let _ = writeln!(std::io::stderr().lock(), "weft: {msg}");
+}
+
+fn writer(rx: Receiver<Msg>) {
+    let mut last: Option<(String, Instant)> = None;
+    let mut repeats = 0u64;
+    let mut reported_drops = 0;
+    while let Ok(msg) = rx.recv() {
+        let line = match msg {
+            Msg::Line(l) => l,
+            Msg::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let now = Instant::now();
+        if let Some((prev, since)) = &last {
+            if *prev == line && now.duration_since(*since) < REPEAT_WINDOW {
+                repeats += 1;
+                continue;
+            }
+        }
+        if repeats > 0 {
+            write_now(&format!("(the line before was repeated {repeats} more times)"));
+            repeats = 0;
+        }
+        let dropped = QUEUE_TX.get().map_or(0, |q| q.dropped.load(Ordering::Relaxed));
+        if dropped > reported_drops {
+            write_now(&format!(
+                "({} log lines dropped: the log could not keep up)",
+                dropped - reported_drops
+            ));
+            reported_drops = dropped;
+        }
+        write_now(&line);
+        last = Some((line, now));
+    }
+}

@@ -1,7 +1,7 @@
 //! The `weft` binary: run a configuration, check one, or run the demo.
 
 use mimalloc::MiMalloc;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,8 +50,23 @@ fn main() -> ExitCode {
 }
 
 fn fail(msg: &str) -> ExitCode {
-    eprintln!("weft: {msg}");
+    weft::log::write_now(msg);
     ExitCode::FAILURE
+}
+
+/// Prints to stdout; a closed stdout (`weft demo | head -1`) is no error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Installs the signal handlers before anything runs: SIGINT and SIGTERM
+/// drain and stop; SIGHUP (whose default action would kill the process) is
+/// logged and otherwise ignored until configuration reload exists.
+fn signals() -> Result<Signals, ExitCode> {
+    Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| fail(&format!("cannot install signal handlers: {e}")))
 }
 
 fn check(file: &str) -> ExitCode {
@@ -70,42 +85,60 @@ fn run(config: Result<weft::Config, String>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    let signals = match signals() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
-    eprintln!("weft: {} worker(s) on {}", server.workers().len(), server.io());
+    weft::log::write_now(&format!(
+        "{} worker(s) on {}",
+        server.workers().len(),
+        server.io()
+    ));
     for (name, addr) in server.addrs() {
-        eprintln!("weft: listener {name} on {addr} ({:?} driver)", server.driver());
+        weft::log::write_now(&format!(
+            "listener {name} on {addr} ({:?} driver)",
+            server.driver()
+        ));
     }
-    serve_until_signal(server)
+    serve_until_signal(server, signals)
 }
 
-fn serve_until_signal(server: Server) -> ExitCode {
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(s) => s,
-        Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
-    };
+fn serve_until_signal(server: Server, mut signals: Signals) -> ExitCode {
     let shutdown = server.shutdown_handle();
     std::thread::spawn(move || {
-        let mut seen = 0;
-        for _ in signals.forever() {
-            seen += 1;
-            if seen == 1 {
-                eprintln!("weft: shutting down: no new connections, finishing requests in flight");
+        let mut stops = 0;
+        for signal in signals.forever() {
+            if signal == SIGHUP {
+                weft::log::write_now(
+                    "SIGHUP: configuration reload is not supported yet; still serving the configuration loaded at start",
+                );
+                continue;
+            }
+            stops += 1;
+            if stops == 1 {
+                weft::log::write_now("shutting down: no new connections, finishing requests in flight");
                 shutdown.fire();
             } else {
-                eprintln!("weft: second signal: exiting now");
+                weft::log::write_now("second signal: exiting now");
                 std::process::exit(1);
             }
         }
     });
     server.join();
-    eprintln!("weft: stopped");
+    weft::log::flush(std::time::Duration::from_millis(200));
+    weft::log::write_now("stopped");
     ExitCode::SUCCESS
 }
 
 fn run_demo(listen: Option<SocketAddr>) -> ExitCode {
+    let signals = match signals() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let (blue, green) = match (
         demo::spawn_upstream("blue", loopback),
@@ -130,10 +163,10 @@ fn run_demo(listen: Option<SocketAddr>) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let addr = server.addr("demo").unwrap_or(wanted);
-    println!("weft demo: proxy on http://{addr}");
-    println!("  upstream blue  on {blue}  (weight 80)");
-    println!("  upstream green on {green} (weight 20)");
-    println!("try:  for i in $(seq 10); do curl -s http://{addr}/; done");
-    println!("Ctrl-C to stop.");
-    serve_until_signal(server)
+    out!("weft demo: proxy on http://{addr}");
+    out!("  upstream blue  on {blue}  (weight 80)");
+    out!("  upstream green on {green} (weight 20)");
+    out!("try:  for i in $(seq 10); do curl -s http://{addr}/; done");
+    out!("Ctrl-C to stop.");
+    serve_until_signal(server, signals)
 }

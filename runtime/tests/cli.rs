@@ -192,6 +192,63 @@ fn drain_timeout_bounds_the_drain() {
     assert!(!got.contains("200 OK"), "{got}");
 }
 
+/// SIGHUP (whose default action kills) is logged and ignored: requests in
+/// flight finish and weft keeps serving.
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let (up, seen) = slow_upstream(Duration::from_millis(300));
+    let mut weft = spawn_weft("hup.toml", &one_cluster(1, "", up));
+    let addr = weft.addr.clone();
+    let in_flight = std::thread::spawn(move || get(&addr, "/in-flight"));
+    wait_count(&seen, 1);
+    signal(&weft.child, libc::SIGHUP);
+    wait_for_line(&mut weft.err, "SIGHUP: configuration reload is not supported yet");
+    assert!(in_flight.join().unwrap().ends_with("slow!"));
+    assert!(get(&weft.addr, "/after").ends_with("slow!"));
+    assert!(
+        weft.child.try_wait().unwrap().is_none(),
+        "weft exited after SIGHUP"
+    );
+    signal(&weft.child, libc::SIGTERM);
+    let status = exit_within(&mut weft.child, Duration::from_secs(10)).expect("weft did not exit");
+    assert!(status.success(), "{status}");
+}
+
+/// A closed stderr (`weft ... 2>&1 >/dev/null | true`) is no reason to stop:
+/// log lines are dropped, weft serves, and exits 0 on SIGTERM.
+#[test]
+fn a_closed_stderr_does_not_stop_weft() {
+    let (up, _) = slow_upstream(Duration::ZERO);
+    let file = temp_file("nostderr.toml", &one_cluster(1, "", up));
+    let mut child = Command::new(WEFT)
+        .args(["--config", file.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let line = wait_for_line(&mut err, "listener in on ");
+    let addr = line
+        .split("listener in on ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    drop(err);
+    // Each of these makes weft write a log line into the closed pipe.
+    signal(&child, libc::SIGHUP);
+    signal(&child, libc::SIGHUP);
+    assert!(get(&addr, "/").ends_with("slow!"));
+    signal(&child, libc::SIGTERM);
+    let status = exit_within(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let status = status.expect("weft did not exit after SIGTERM with stderr closed");
+    assert!(status.success(), "{status}");
+}
+
 /// A second signal during a drain exits at once, with status 1.
 #[test]
 fn second_signal_exits_at_once() {

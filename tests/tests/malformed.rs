@@ -195,6 +195,26 @@ fn no_route_is_404_and_the_connection_survives() {
     assert_eq!(r.header("connection"), None, "a 404 needs no close");
     c.send(b"GET /v1/x HTTP/1.1\r\nHost: API.example.com:8080\r\n\r\n");
     assert_eq!(c.response(false).unwrap().status, 200);
+    // A fully qualified name (trailing dot) is the same host.
+    c.send(b"GET /v1/x HTTP/1.1\r\nHost: api.example.com.\r\n\r\n");
+    assert_eq!(c.response(false).unwrap().status, 200);
+    // The client asked to close: weft's own answer closes too.
+    c.send(b"GET /v2 HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n");
+    let r = c.response(false).unwrap();
+    assert_weft_error(&r, 404, "no-route", "no route");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(
+        c.is_closed(),
+        "connection left open after a 404 to `Connection: close`"
+    );
+    // And so does an HTTP/1.0 client without keep-alive.
+    let mut c = Client::connect(server.addr("in").unwrap());
+    c.send(b"GET /v2 HTTP/1.0\r\nHost: api.example.com\r\n\r\n");
+    assert_eq!(c.response(false).unwrap().status, 404);
+    assert!(
+        c.is_closed(),
+        "connection left open after a 404 to an HTTP/1.0 client"
+    );
 }
 
 /// A refused request with a large body behind it: the client must still
