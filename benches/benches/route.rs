@@ -24,6 +24,7 @@ fn table() -> RouteTable {
                 },
             },
             target: Target::Cluster(i % 8),
+            timeout: std::time::Duration::from_secs(15),
             line: i + 1,
         })
         .collect();

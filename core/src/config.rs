@@ -233,6 +233,9 @@ fn default_header_timeout() -> Dur {
 fn default_idle() -> Dur {
     secs(60)
 }
+fn default_route_timeout() -> Spanned<Dur> {
+    Spanned::new(0..0, secs(15))
+}
 fn default_connect() -> Dur {
     secs(1)
 }
@@ -283,6 +286,8 @@ struct RawRoute {
     matcher: Option<Spanned<RawMatch>>,
     cluster: Option<Spanned<String>>,
     split: Option<Spanned<Vec<RawSplit>>>,
+    #[serde(default = "default_route_timeout")]
+    timeout: Spanned<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -605,9 +610,18 @@ impl Config {
                     })
                     .unwrap_or_default(),
             };
+            let timeout = r.timeout.get_ref().0;
+            if timeout.is_zero() {
+                return Err(err(
+                    lines.at(r.timeout.span().start),
+                    field("timeout"),
+                    "a route timeout must be more than 0 (it bounds the wait for the upstream's answer)",
+                ));
+            }
             listeners[li].routes.routes.push(Route {
                 matcher,
                 target,
+                timeout,
                 line,
             });
         }

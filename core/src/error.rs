@@ -40,6 +40,11 @@ pub enum ErrorKind {
     DownstreamBodyError,
     /// The client sent nothing of its body within the listener's idle timeout.
     DownstreamBodyTimeout,
+    /// The upstream did not answer within the route's timeout.
+    UpstreamTimeout,
+    /// The client closed its connection before the response (nothing is
+    /// sent; logs say 499, as nginx does).
+    DownstreamClosed,
 }
 
 /// An error on the request path: kind, side, and whether retrying is safe.
@@ -72,7 +77,9 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self.kind {
             ErrorKind::NoRoute | ErrorKind::NoEndpoint => Side::Proxy,
-            ErrorKind::DownstreamBodyError | ErrorKind::DownstreamBodyTimeout => Side::Downstream,
+            ErrorKind::DownstreamBodyError
+            | ErrorKind::DownstreamBodyTimeout
+            | ErrorKind::DownstreamClosed => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -82,7 +89,8 @@ impl ProxyError {
         match self.kind {
             ErrorKind::NoRoute => 404,
             ErrorKind::NoEndpoint | ErrorKind::ConnectRefused | ErrorKind::ConnectFailed => 503,
-            ErrorKind::ConnectTimeout => 504,
+            ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::DownstreamClosed => 499,
             ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed | ErrorKind::UpstreamBodyError => 502,
             ErrorKind::DownstreamBodyError => 400,
             ErrorKind::DownstreamBodyTimeout => 408,
@@ -102,6 +110,8 @@ impl ProxyError {
             ErrorKind::UpstreamBodyError => "upstream-body-error",
             ErrorKind::DownstreamBodyError => "downstream-body-error",
             ErrorKind::DownstreamBodyTimeout => "body-timeout",
+            ErrorKind::UpstreamTimeout => "upstream-timeout",
+            ErrorKind::DownstreamClosed => "client-closed",
         }
     }
 
@@ -127,6 +137,8 @@ impl fmt::Display for ProxyError {
             ErrorKind::DownstreamBodyTimeout => {
                 "the request body stalled: nothing arrived within the listener's idle_timeout"
             }
+            ErrorKind::UpstreamTimeout => "the upstream did not answer within the route's timeout",
+            ErrorKind::DownstreamClosed => "the client closed the connection before the response",
         })
     }
 }

@@ -1,5 +1,7 @@
 //! The route table: ordered routes, first match wins.
 
+use std::time::Duration;
+
 /// How a route matches the request host (compared without port, ignoring case).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMatch {
@@ -109,6 +111,9 @@ pub struct Route {
     pub matcher: RouteMatch,
     /// Destination.
     pub target: Target,
+    /// From the request head's arrival to the response head's departure:
+    /// past it, 504 `upstream-timeout`.
+    pub timeout: Duration,
     /// Line of the route in the configuration file, for messages.
     pub line: usize,
 }
@@ -169,6 +174,7 @@ mod tests {
                     .collect(),
             },
             target: Target::Cluster(c),
+            timeout: Duration::from_secs(15),
             line: 0,
         }
     }

@@ -81,11 +81,12 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
                 return;
             }
         };
+        let started = Instant::now();
         w.counters.request();
         let active = Counted::new(&w.active);
         // Boxed: the exchange's state lives only while a request is in
         // flight, so an idle connection's task stays small.
-        match Box::pin(exchange(&w, l, &mut client, &mut buf, &head, &peer_ip)).await {
+        match Box::pin(exchange(&w, l, &mut client, &mut buf, &head, &peer_ip, started)).await {
             Next::KeepAlive if !w.draining.get() => {}
             Next::KeepAlive | Next::Close => return,
             Next::Tunnel(up, up_buf) => {
@@ -286,6 +287,24 @@ impl Failed {
         }
     }
 
+    /// Connecting failed (refused, unreachable, timed out): nothing was sent.
+    fn connect(error: ProxyError) -> Self {
+        Failed {
+            error,
+            retryable: false,
+            close: false,
+        }
+    }
+
+    /// The client went away before the response: nothing more to send.
+    fn client_closed() -> Self {
+        Failed {
+            error: ProxyError::new(ErrorKind::DownstreamClosed),
+            retryable: false,
+            close: true,
+        }
+    }
+
     /// The upstream connection failed before a response head.
     fn upstream_gone(retryable: bool, close: bool) -> Self {
         Failed {
@@ -296,7 +315,8 @@ impl Failed {
     }
 }
 
-/// Forwards one request and its response.
+/// Forwards one request and its response. `started`: when its head arrived
+/// (the route timeout counts from there).
 async fn exchange(
     w: &Worker,
     l: &Listener,
@@ -304,6 +324,7 @@ async fn exchange(
     cbuf: &mut BytesMut,
     req: &RequestHead,
     peer_ip: &str,
+    started: Instant,
 ) -> Next {
     let has_body = req.framing != BodyFraming::None;
     let path = if req.path.is_empty() { "/" } else { req.path() };
@@ -316,23 +337,7 @@ async fn exchange(
         return reply_error(client, ProxyError::new(ErrorKind::NoEndpoint), has_body, req).await;
     };
     let _in_flight = Counted::new(&ep.in_flight);
-    let (mut up, mut reused) = match ep.checkout(&cluster.pool, Instant::now()) {
-        Some(s) => (s, true),
-        None => match connect(ep.addr, cluster.connect_timeout).await {
-            Ok(s) => (s, false),
-            Err(e) => return reply_error(client, e, has_body, req).await,
-        },
-    };
-
-    if req.expect_continue
-        && has_body
-        && cbuf.is_empty()
-        && write_one(client, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"))
-            .await
-            .is_err()
-    {
-        return Next::Close;
-    }
+    let send_continue = req.expect_continue && has_body && cbuf.is_empty();
     let mut out = BytesMut::new();
     let opts = RequestOptions {
         client_ip: peer_ip,
@@ -350,35 +355,64 @@ async fn exchange(
     };
 
     let mut ubuf = BytesMut::new();
-    let res = loop {
-        match attempt(
-            l,
-            client,
-            cbuf,
-            &mut up,
-            &mut ubuf,
-            req,
-            head.clone(),
-            first.clone(),
-            &mut body,
-        )
-        .await
+    // Everything up to the response head, within the route's timeout. On
+    // timeout the upstream connection is dropped, never pooled.
+    let deadline = started + route.timeout;
+    let forwarded = monoio::time::timeout_at(deadline.into(), async {
+        let (mut up, mut reused) = match ep.checkout(&cluster.pool, Instant::now()) {
+            Some(s) => (s, true),
+            None => (
+                connect(ep.addr, cluster.connect_timeout)
+                    .await
+                    .map_err(Failed::connect)?,
+                false,
+            ),
+        };
+        if send_continue
+            && write_one(client, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"))
+                .await
+                .is_err()
         {
-            Ok(res) => break res,
-            Err(f) if f.retryable && reused && f.error.retry_safe(idempotent(req.method())) => {
-                // A pooled connection the upstream had already closed: the
-                // request got no answer, had no further body, and repeating
-                // it cannot do harm.
-                match connect(ep.addr, cluster.connect_timeout).await {
-                    Ok(s) => {
-                        up = s;
-                        reused = false;
-                        ubuf.clear();
-                    }
-                    Err(e) => return reply_error(client, e, has_body, req).await,
+            return Err(Failed::client_closed());
+        }
+        loop {
+            match attempt(
+                l,
+                client,
+                cbuf,
+                &mut up,
+                &mut ubuf,
+                req,
+                head.clone(),
+                first.clone(),
+                &mut body,
+            )
+            .await
+            {
+                Ok(res) => return Ok((up, res)),
+                Err(f) if f.retryable && reused && f.error.retry_safe(idempotent(req.method())) => {
+                    // A pooled connection the upstream had already closed:
+                    // the request got no answer, had no further body, and
+                    // repeating it cannot do harm.
+                    up = connect(ep.addr, cluster.connect_timeout)
+                        .await
+                        .map_err(Failed::connect)?;
+                    reused = false;
+                    ubuf.clear();
                 }
+                Err(f) => return Err(f),
             }
-            Err(f) => return reply_error(client, f.error, f.close || !body.done(), req).await,
+        }
+    })
+    .await;
+    let (up, res) = match forwarded {
+        Ok(Ok(answer)) => answer,
+        // Nobody to answer: close (the upstream connection is dropped).
+        Ok(Err(f)) if f.error.kind == ErrorKind::DownstreamClosed => return Next::Close,
+        Ok(Err(f)) => return reply_error(client, f.error, f.close || !body.done(), req).await,
+        Err(_) => {
+            let e = ProxyError::new(ErrorKind::UpstreamTimeout);
+            return reply_error(client, e, !body.done(), req).await;
         }
     };
     respond(w, client, up, ubuf, req, res, ep, &cluster.pool).await
@@ -435,13 +469,88 @@ async fn attempt(
                 })
             }
         }
-        match read_more(up, ubuf).await {
-            Ok(n) if n > 0 => {}
-            _ => {
+        // Watch the client only when no pipelined bytes of it are buffered:
+        // its end of stream then means it gave up on this request.
+        let watch = cbuf.is_empty();
+        match read_upstream(up, ubuf, client, watch).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => {
                 let retryable = body_was_whole && ubuf.is_empty() && !informational;
                 return Err(Failed::upstream_gone(retryable, false));
             }
+            Err(ClientGone) => return Err(Failed::client_closed()),
         }
+    }
+}
+
+/// The client closed (or reset) its connection.
+struct ClientGone;
+
+/// How long weft waits for an upstream's answer before it also watches the
+/// client for a close: most answers come sooner, and then the watch costs
+/// nothing (no poll operation, only a timer entry).
+const WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Reads more of the upstream's answer into `ubuf`. Meanwhile, when `watch`
+/// is set, notices a client that closes its connection: the attempt is then
+/// abandoned (the caller drops the upstream connection), as nginx does with
+/// its 499.
+async fn read_upstream(
+    up: &mut TcpStream,
+    ubuf: &mut BytesMut,
+    client: &TcpStream,
+    mut watch: bool,
+) -> Result<std::io::Result<usize>, ClientGone> {
+    let mut read = std::pin::pin!(read_more(up, ubuf));
+    if watch {
+        monoio::select! {
+            r = &mut read => return Ok(r),
+            _ = monoio::time::sleep(WATCH_AFTER) => {}
+        }
+    }
+    loop {
+        monoio::select! {
+            r = &mut read => return Ok(r),
+            ready = client.readable(false), if watch => match ready.map(|()| peek(client)) {
+                Err(_) | Ok(Peek::Closed) => return Err(ClientGone),
+                // The next request, pipelined: stop watching (its bytes stay
+                // in the socket for the next exchange).
+                Ok(Peek::Data) => watch = false,
+                Ok(Peek::Nothing) => {}
+            },
+        }
+    }
+}
+
+/// What a client's socket holds, looked at without taking it.
+enum Peek {
+    /// End of stream or an error: the client is gone.
+    Closed,
+    /// Bytes wait.
+    Data,
+    /// Nothing yet.
+    Nothing,
+}
+
+fn peek(s: &TcpStream) -> Peek {
+    let mut b = [0u8; 1];
+    // SAFETY: recv into a one-byte buffer owned here; MSG_PEEK leaves the
+    // byte in the socket and MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Peek::Closed,
+        n if n > 0 => Peek::Data,
+        _ => match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peek::Nothing,
+            _ => Peek::Closed,
+        },
     }
 }
 

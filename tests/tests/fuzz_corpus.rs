@@ -141,6 +141,7 @@ const REFUSALS: &[(&str, &str, &str)] = &[
     ("config", "err_path_and_prefix", "field `route[0].match`"),
     ("config", "err_path_without_slash", "field `route[0].match.path`"),
     ("config", "err_pool_idle_zero", "field `cluster[0].pool.idle_timeout`"),
+    ("config", "err_route_timeout_zero", "line 6, field `route[0].timeout`"),
     ("config", "err_route_needs_listener", "field `route[0].listener`"),
     ("config", "err_route_unknown_listener", "field `route[0].listener`"),
     ("config", "err_route_without_target", "field `route[0].cluster`"),

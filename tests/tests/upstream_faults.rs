@@ -170,7 +170,110 @@ fn stale_pooled_connection_is_not_retried_for_a_post() {
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// An upstream that answers `/fast` at once and never answers anything
+/// else: it reads on until weft closes the connection.
+fn hanging() -> Upstream {
+    Upstream::scripted(|mut s, _, received| {
+        let mut buf = bytes::BytesMut::new();
+        while let Some((head, _, _)) = read_request(&mut s, &mut buf) {
+            received.lock().unwrap().push(Received {
+                head: String::from_utf8_lossy(&head.raw).to_string(),
+                body: vec![],
+                chunked: false,
+                connection: 0,
+            });
+            if head.path() != "/fast" {
+                // Hang: wait for weft to close (or the read timeout).
+                let mut b = [0u8; 64];
+                while matches!(std::io::Read::read(&mut s, &mut b), Ok(n) if n > 0) {}
+                return;
+            }
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfast")
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// A client that gives up while weft waits for the upstream's answer: weft
+/// notices, abandons the attempt and closes the upstream connection, instead
+/// of holding both sockets for good.
+fn client_that_leaves_releases_the_upstream_connection() {
+    let up = hanging();
+    let (_weft, addr) = proxy(&[up.addr]);
+    for _ in 0..3 {
+        let mut c = Client::connect(addr);
+        c.send(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n");
+        let n = up.count();
+        assert!(
+            eventually(Duration::from_secs(5), || up.count() > n),
+            "the request never arrived"
+        );
+        drop(c);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || up.closed() == 3),
+        "{} of 3 upstream connections released after their clients left",
+        up.closed()
+    );
+}
+
+/// Pipelined requests are not mistaken for a client that left, also when
+/// the upstream takes its time.
+fn pipelined_requests_wait_for_a_slow_upstream() {
+    let up = Upstream::echo("a");
+    let (_weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    // Once weft waits on the upstream for the first request, the second
+    // arrives: bytes from the client, not its end.
+    c.send(b"GET /1 HTTP/1.1\r\nHost: a\r\nx-delay-ms: 300\r\n\r\n");
+    assert!(eventually(Duration::from_secs(5), || up.count() == 1));
+    // Not a readiness wait: time for weft's 20 ms grace to pass, after which
+    // it watches the client while the upstream takes its time.
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n");
+    for _ in 0..2 {
+        assert_eq!(c.response(false).expect("both answers").text(), "hello from a");
+    }
+    assert_eq!(up.count(), 2);
+}
+
+/// The route's `timeout` bounds the wait for the upstream's answer: 504
+/// `upstream-timeout`, the upstream connection dropped, the client's kept.
+fn route_timeout_is_504() {
+    let up = hanging();
+    let config = simple_config(&[up.addr], "", "").replace(
+        "cluster = \"up\"\n\n[[cluster]]",
+        "cluster = \"up\"\ntimeout = \"300ms\"\n\n[[cluster]]",
+    );
+    assert!(config.contains("timeout = \"300ms\""), "{config}");
+    let server = start(&config);
+    let mut c = Client::connect(server.addr("in").unwrap());
+    let t = std::time::Instant::now();
+    let r = c.get("/hang", "");
+    let waited = t.elapsed();
+    assert_weft_error(&r, 504, "upstream-timeout", "route's timeout");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "504 after {waited:?} with a 300 ms route timeout"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || up.closed() == 1),
+        "the timed-out upstream connection was not closed"
+    );
+    assert_eq!(
+        c.get("/fast", "").text(),
+        "fast",
+        "the client connection was not kept"
+    );
+}
+
 on_both_drivers!(
+    client_that_leaves_releases_the_upstream_connection,
+    pipelined_requests_wait_for_a_slow_upstream,
+    route_timeout_is_504,
     refused_connection_is_503,
     cluster_without_endpoints_is_503,
     reset_before_head_is_502,
