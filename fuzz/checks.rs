@@ -346,6 +346,17 @@ pub fn check_request(data: &[u8]) {
         if let (Ok(Some(head)), rest) = &whole {
             request_invariants(data, head, rest);
             reencode_request(head);
+            // A listener that merges slashes: the path keeps no `//`.
+            let mut merged = head.clone();
+            merged.merge_slashes();
+            if merged.path_bytes().starts_with(b"/") {
+                assert!(
+                    !merged.path_bytes().windows(2).any(|w| w == b"//"),
+                    "slashes left after merging: {}",
+                    show(merged.path_bytes())
+                );
+            }
+            reencode_request(&merged);
         }
     }
 }
@@ -494,8 +505,30 @@ fn reencode_request(head: &RequestHead) {
     assert!(out.is_empty(), "bytes after the re-encoded head: {}", ctx());
     assert_eq!(again.raw.len(), encoded.len(), "{}", ctx());
     assert_eq!(again.method(), head.method(), "{}", ctx());
-    assert_eq!(again.target(), head.target(), "{}", ctx());
-    assert_eq!(again.path(), head.path(), "{}", ctx());
+    // Absolute form goes upstream as origin form: path and query, with a
+    // leading `/` (RFC 9112 §3.2.1); other forms as they came.
+    let slash = |b: &[u8]| {
+        if b.starts_with(b"/") {
+            b.to_vec()
+        } else {
+            [&b"/"[..], b].concat()
+        }
+    };
+    // A normalised path goes upstream normalised.
+    let (target, path) = if head.target_rewritten() {
+        let path = slash(head.path_bytes());
+        ([&path[..], head.query()].concat(), path)
+    } else {
+        (head.target().to_vec(), head.path_bytes().to_vec())
+    };
+    assert_eq!(show(again.target()), show(&target), "target: {}", ctx());
+    assert!(!again.is_absolute_form(), "absolute form upstream: {}", ctx());
+    assert_eq!(show(again.path_bytes()), show(&path), "path: {}", ctx());
+    assert!(
+        again.normalized.is_none(),
+        "the path weft forwards is not in normal form: {}",
+        ctx()
+    );
     assert_eq!(again.framing, head.framing, "framing changed: {}", ctx());
     assert_eq!(again.minor, 1, "{}", ctx());
     assert_eq!(again.upgrade, head.upgrade, "upgrade changed: {}", ctx());

@@ -126,6 +126,9 @@ LOAD_CORE = SETTINGS["LOAD_CORE"]
 WAIT_QUIET = seconds(SETTINGS["WAIT_QUIET"])
 MEM_SETTLE = seconds(SETTINGS["MEM_SETTLE"])
 WEFT_BIN = Path(env("WEFT_BIN", str(ROOT / "target/release/weft")))
+# The `weft-base` target: another weft binary (an earlier commit, built by
+# run.sh from BASE_REV) with `weft`'s configuration, for before/after runs.
+WEFT_BASE_BIN = Path(env("WEFT_BASE_BIN", "")) if env("WEFT_BASE_BIN", "") else None
 OUT = RESUMMARIZE or Path(env("OUT", str(ROOT / "bench-results" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))))
 
 # Thresholds of the flags (see record_flags).
@@ -142,6 +145,7 @@ WEFT_TARGETS = {
     "weft": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-plain-ring": {"driver": "io-uring", "ring_setup": "plain", "expect": PLAIN},
     "weft-epoll": {"driver": "epoll", "ring_setup": None, "expect": "epoll"},
+    "weft-base": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
 }
 KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy"]
 PEERS = ("nginx", "haproxy")
@@ -149,6 +153,8 @@ PEERS = ("nginx", "haproxy")
 for t in TARGETS:
     if t not in KNOWN_TARGETS:
         sys.exit(f"bench: unknown target `{t}` in TARGETS ({', '.join(KNOWN_TARGETS)})")
+if "weft-base" in TARGETS and (WEFT_BASE_BIN is None or not WEFT_BASE_BIN.is_file()):
+    sys.exit("bench: target weft-base needs WEFT_BASE_BIN (run.sh sets it from BASE_REV=<commit>)")
 if len(set(TARGETS)) != len(TARGETS):
     sys.exit(f"bench: a target is named twice in TARGETS ({' '.join(TARGETS)})")
 
@@ -525,7 +531,8 @@ def start_proxy(target, up, rnd):
         spec = WEFT_TARGETS[target]
         conf = OUT / f"{name}.toml"
         conf.write_text(weft_conf(port, up, spec["driver"], spec["ring_setup"]))
-        argv = [str(WEFT_BIN), "--config", str(conf)]
+        binary = WEFT_BASE_BIN if target == "weft-base" else WEFT_BIN
+        argv = [str(binary), "--config", str(conf)]
     elif target == "nginx":
         (OUT / "nginx-tmp").mkdir(exist_ok=True)
         conf = OUT / f"{name}.conf"
@@ -1075,7 +1082,7 @@ def summary(records, machine, command, fatal=None):
     for w in [t for t in shown if t in WEFT_TARGETS]:
         others = [p for p in PEERS if p in shown]
         if w == "weft":
-            others += [t for t in ("weft-plain-ring", "weft-epoll") if t in shown]
+            others += [t for t in ("weft-base", "weft-plain-ring", "weft-epoll") if t in shown]
         for o in others:
             for key, name in (("req_per_cpu_s", "req per proxy CPU-s"),
                               ("req_per_total_cpu_s", "req per proxy+upstream CPU-s")):
@@ -1091,7 +1098,8 @@ def summary(records, machine, command, fatal=None):
         L.extend(ratio_rows)
         L.append("")
         L.append("Above 1: weft serves more requests per CPU-second than the other. weft / weft-plain-ring is the "
-                 "ring-flag A/B (COOP_TASKRUN + SINGLE_ISSUER against no flags).")
+                 "ring-flag A/B (COOP_TASKRUN + SINGLE_ISSUER against no flags); weft / weft-base is this build "
+                 "against the base build (before/after).")
 
     # ---- per round
     L.append("")

@@ -28,6 +28,8 @@
 #                         report `io-uring (ring: plain)` (with weft: the
 #                         ring-flag A/B)
 #       weft-epoll        weft, driver = "epoll"; must report `epoll`
+#       weft-base         weft built from BASE_REV (or the binary WEFT_BASE_BIN)
+#                         with weft's configuration: before/after in one run
 #       nginx, haproxy    the peers, one worker each
 #                         A weft row whose start-up line (`weft: N worker(s) on
 #                         SETUP`, on its stderr) names another setup is refused:
@@ -42,6 +44,8 @@
 #                         100 ms until 3 readings agree within 1 % while the
 #                         proxy is idle; a reading that never settles is flagged)
 #   SKIP_BUILD [0]        1: use target/release/weft as it is
+#   BASE_REV []           with target weft-base: the commit to build it from (in a
+#                         git worktree under target/base/, its own target dir)
 #   OUT [bench-results/<UTC time>]
 #   OHA_VERSION [1.16.0]  the oha version installed when oha is missing
 #
@@ -153,6 +157,22 @@ export WEFT_BUILD
 WEFT_BIN=${WEFT_BIN:-$ROOT/target/release/weft}
 [[ -x "$WEFT_BIN" ]] || die "$WEFT_BIN is missing: build it (cargo build --release -p weft)"
 export WEFT_BIN
+
+if [[ " ${TARGETS:-} " == *" weft-base "* && -z "${WEFT_BASE_BIN:-}" ]]; then
+    [[ -n "${BASE_REV:-}" ]] || die "target weft-base needs BASE_REV=<commit> (or WEFT_BASE_BIN=<binary>)"
+    rev=$(git -C "$ROOT" rev-parse --short "$BASE_REV") || die "BASE_REV=$BASE_REV is not a commit"
+    tree="$ROOT/target/base/src-$rev"
+    if [[ ! -d "$tree" ]]; then
+        git -C "$ROOT" worktree add --detach "$tree" "$rev" >/dev/null || die "cannot check out $rev into $tree"
+    fi
+    say "building the base weft from commit $rev (cargo build --release -p weft in $tree)"
+    (cd "$tree" && CARGO_TARGET_DIR="$ROOT/target/base/target" cargo build --release -p weft) \
+        || die "building weft at $rev failed"
+    WEFT_BASE_BIN="$ROOT/target/base/target/release/weft"
+    WEFT_BUILD+="; weft-base built from commit $rev"
+    export WEFT_BUILD
+fi
+[[ -z "${WEFT_BASE_BIN:-}" ]] || export WEFT_BASE_BIN
 
 # ------------------------------------------------------------ run
 

@@ -118,6 +118,12 @@ pub struct Listener {
     pub header_timeout: Duration,
     /// Time an idle keep-alive connection is kept.
     pub idle_timeout: Duration,
+    /// Merge runs of slashes in request paths before routing and forwarding
+    /// (`//a///b` is `/a/b`).
+    pub merge_slashes: bool,
+    /// Time a client may take to read: a write to it that makes no progress
+    /// for this long closes the connection (nginx's send_timeout).
+    pub write_timeout: Duration,
     /// The listener's routes, in order.
     pub routes: RouteTable,
 }
@@ -146,6 +152,9 @@ pub struct Cluster {
     pub authorities: Vec<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Longest silence from an endpoint while its response body is read
+    /// (nginx's proxy_read_timeout): past it, the client connection is cut.
+    pub read_timeout: Duration,
     /// Keep-alive pool.
     pub pool: PoolSettings,
 }
@@ -191,8 +200,8 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRuntime {
-    #[serde(default)]
-    workers: usize,
+    #[serde(default = "default_workers")]
+    workers: Spanned<usize>,
     #[serde(default)]
     driver: Driver,
     #[serde(default)]
@@ -206,7 +215,7 @@ struct RawRuntime {
 impl Default for RawRuntime {
     fn default() -> Self {
         RawRuntime {
-            workers: 0,
+            workers: default_workers(),
             driver: Driver::Auto,
             ring_setup: RingSetup::Tuned,
             pin_cores: false,
@@ -218,26 +227,34 @@ impl Default for RawRuntime {
 fn default_drain() -> Dur {
     secs(10)
 }
-fn default_request_line() -> usize {
-    8 * 1024
+/// A default value, with no place in the file (defaults are always valid,
+/// so their span is never reported).
+fn dflt<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
 }
-fn default_header_bytes() -> usize {
-    64 * 1024
+fn default_workers() -> Spanned<usize> {
+    dflt(0)
 }
-fn default_headers() -> usize {
-    100
+fn default_request_line() -> Spanned<usize> {
+    dflt(8 * 1024)
 }
-fn default_header_timeout() -> Dur {
-    secs(10)
+fn default_header_bytes() -> Spanned<usize> {
+    dflt(64 * 1024)
 }
-fn default_idle() -> Dur {
-    secs(60)
+fn default_headers() -> Spanned<usize> {
+    dflt(100)
+}
+fn default_header_timeout() -> Spanned<Dur> {
+    dflt(secs(10))
+}
+fn default_idle_spanned() -> Spanned<Dur> {
+    dflt(secs(60))
 }
 fn default_route_timeout() -> Spanned<Dur> {
-    Spanned::new(0..0, secs(15))
+    dflt(secs(15))
 }
-fn default_connect() -> Dur {
-    secs(1)
+fn default_connect() -> Spanned<Dur> {
+    dflt(secs(1))
 }
 fn default_max_idle() -> usize {
     64
@@ -249,15 +266,19 @@ struct RawListener {
     name: Spanned<String>,
     listen: Spanned<String>,
     #[serde(default = "default_request_line")]
-    max_request_line: usize,
+    max_request_line: Spanned<usize>,
     #[serde(default = "default_header_bytes")]
-    max_header_bytes: usize,
+    max_header_bytes: Spanned<usize>,
     #[serde(default = "default_headers")]
-    max_headers: usize,
+    max_headers: Spanned<usize>,
     #[serde(default = "default_header_timeout")]
-    header_timeout: Dur,
-    #[serde(default = "default_idle")]
-    idle_timeout: Dur,
+    header_timeout: Spanned<Dur>,
+    #[serde(default = "default_idle_spanned")]
+    idle_timeout: Spanned<Dur>,
+    #[serde(default = "default_idle_spanned")]
+    write_timeout: Spanned<Dur>,
+    #[serde(default)]
+    merge_slashes: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -295,15 +316,15 @@ struct RawRoute {
 struct RawPool {
     #[serde(default = "default_max_idle")]
     max_idle: usize,
-    #[serde(default = "default_idle")]
-    idle_timeout: Dur,
+    #[serde(default = "default_idle_spanned")]
+    idle_timeout: Spanned<Dur>,
 }
 
 impl Default for RawPool {
     fn default() -> Self {
         RawPool {
             max_idle: default_max_idle(),
-            idle_timeout: default_idle(),
+            idle_timeout: default_idle_spanned(),
         }
     }
 }
@@ -317,7 +338,9 @@ struct RawCluster {
     balancer: BalancerKind,
     endpoints: Spanned<Vec<String>>,
     #[serde(default = "default_connect")]
-    connect_timeout: Dur,
+    connect_timeout: Spanned<Dur>,
+    #[serde(default = "default_idle_spanned")]
+    read_timeout: Spanned<Dur>,
     #[serde(default)]
     pool: RawPool,
 }
@@ -365,6 +388,39 @@ fn unique_name(
     Ok(trimmed)
 }
 
+/// Most worker threads a configuration may ask for (0 is one per core).
+const MAX_WORKERS: usize = 1024;
+
+/// A duration that must be longer than zero, or the error naming its line.
+fn positive(d: &Spanned<Dur>, lines: &Lines<'_>, field: String) -> Result<Duration, ConfigError> {
+    if d.get_ref().0.is_zero() {
+        return Err(err(lines.at(d.span().start), field, "must be longer than zero"));
+    }
+    Ok(d.get_ref().0)
+}
+
+/// A number that must lie in `range`, or the error naming its line.
+fn within(
+    n: &Spanned<usize>,
+    range: std::ops::RangeInclusive<usize>,
+    lines: &Lines<'_>,
+    field: String,
+) -> Result<usize, ConfigError> {
+    let v = *n.get_ref();
+    if !range.contains(&v) {
+        return Err(err(
+            lines.at(n.span().start),
+            field,
+            format!(
+                "{v} is out of range: must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(v)
+}
+
 fn err(line: usize, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         line: Some(line),
@@ -384,7 +440,12 @@ impl Config {
         })?;
 
         let runtime = RuntimeSettings {
-            workers: raw.runtime.workers,
+            workers: within(
+                &raw.runtime.workers,
+                0..=MAX_WORKERS,
+                &lines,
+                "runtime.workers".into(),
+            )?,
             driver: raw.runtime.driver,
             ring_setup: raw.runtime.ring_setup,
             pin_cores: raw.runtime.pin_cores,
@@ -408,6 +469,13 @@ impl Config {
                 ));
             }
             let eline = lines.at(c.endpoints.span().start);
+            if c.endpoints.get_ref().is_empty() {
+                return Err(err(
+                    eline,
+                    field("endpoints"),
+                    "no endpoints: every request would get 503; list at least one \"IP:port\" or \"host:port\"",
+                ));
+            }
             let mut endpoints = Vec::new();
             let mut authorities = Vec::new();
             for e in c.endpoints.get_ref() {
@@ -423,19 +491,21 @@ impl Config {
                 endpoints.push(*addr);
                 authorities.push(e.clone());
             }
-            if c.pool.idle_timeout.0.is_zero() {
-                return Err(err(line, field("pool.idle_timeout"), "must be longer than zero"));
-            }
+            let connect_timeout = positive(&c.connect_timeout, &lines, field("connect_timeout"))?;
+            let read_timeout = positive(&c.read_timeout, &lines, field("read_timeout"))?;
+            let pool_idle = positive(&c.pool.idle_timeout, &lines, field("pool.idle_timeout"))?;
+            let _ = line;
             clusters.push(Cluster {
                 name,
                 protocol,
                 balancer: c.balancer,
                 endpoints,
                 authorities,
-                connect_timeout: c.connect_timeout.0,
+                connect_timeout,
+                read_timeout,
                 pool: PoolSettings {
                     max_idle: c.pool.max_idle,
-                    idle_timeout: c.pool.idle_timeout.0,
+                    idle_timeout: pool_idle,
                 },
             });
         }
@@ -463,21 +533,30 @@ impl Config {
                     format!("address {addr} is used by two listeners"),
                 ));
             }
-            if l.max_headers == 0 || l.max_headers > 256 {
-                return Err(err(
-                    lines.at(l.name.span().start),
-                    field("max_headers"),
-                    "must be between 1 and 256",
-                ));
-            }
+            let max_headers = within(&l.max_headers, 1..=256, &lines, field("max_headers"))?;
+            // The shortest request line, `GET / HTTP/1.1`, is 14 bytes.
+            let max_request_line = within(
+                &l.max_request_line,
+                16..=1 << 20,
+                &lines,
+                field("max_request_line"),
+            )?;
+            let max_header_bytes = within(
+                &l.max_header_bytes,
+                64..=1 << 24,
+                &lines,
+                field("max_header_bytes"),
+            )?;
             listeners.push(Listener {
                 name,
                 addr,
-                max_request_line: l.max_request_line,
-                max_header_bytes: l.max_header_bytes,
-                max_headers: l.max_headers,
-                header_timeout: l.header_timeout.0,
-                idle_timeout: l.idle_timeout.0,
+                max_request_line,
+                max_header_bytes,
+                max_headers,
+                header_timeout: positive(&l.header_timeout, &lines, field("header_timeout"))?,
+                idle_timeout: positive(&l.idle_timeout, &lines, field("idle_timeout"))?,
+                write_timeout: positive(&l.write_timeout, &lines, field("write_timeout"))?,
+                merge_slashes: l.merge_slashes,
                 routes: RouteTable::default(),
             });
         }
@@ -625,11 +704,43 @@ impl Config {
                 line,
             });
         }
+        for (i, l) in listeners.iter().enumerate() {
+            if l.routes.routes.is_empty() {
+                let line = raw.listeners.get(i).map(|r| lines.at(r.span().start));
+                return Err(ConfigError {
+                    line,
+                    field: format!("listener[{i}]"),
+                    message: format!(
+                        "listener `{}` has no route: every request would get 404; add a [[route]] (with listener = \"{}\" when there are several listeners)",
+                        l.name, l.name
+                    ),
+                });
+            }
+        }
         Ok(Config {
             runtime,
             listeners,
             clusters,
         })
+    }
+
+    /// Routes that can never match because an earlier route of the same
+    /// listener matches every request they would: one message each, for
+    /// `weft check` and the log. Not an error: the configuration works.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            let routes = &l.routes.routes;
+            for (j, later) in routes.iter().enumerate() {
+                if let Some(earlier) = routes[..j].iter().find(|e| e.matcher.covers(&later.matcher)) {
+                    out.push(format!(
+                        "line {}: this route of listener `{}` never matches: the route on line {} matches every request it would (the first match wins)",
+                        later.line, l.name, earlier.line
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// A human summary of what this configuration runs, for `weft check`.
@@ -780,5 +891,69 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         assert!(error_of("").message.contains("no [[listener]]"));
         let e = error_of("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"db:5\"]\n");
         assert!(e.message.contains("cannot resolve `db:5`"), "{e}");
+    }
+
+    /// What cannot work is refused, each error on the line of its own field.
+    #[test]
+    fn refuses_what_cannot_work() {
+        let listener = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n";
+        let rest = "[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        assert!(parse(&format!("{listener}{rest}")).is_ok());
+        for (extra, field) in [
+            ("max_headers = 0\n", "listener[0].max_headers"),
+            ("max_headers = 257\n", "listener[0].max_headers"),
+            ("max_request_line = 0\n", "listener[0].max_request_line"),
+            ("max_header_bytes = 10\n", "listener[0].max_header_bytes"),
+            ("header_timeout = \"0s\"\n", "listener[0].header_timeout"),
+            ("idle_timeout = \"0ms\"\n", "listener[0].idle_timeout"),
+        ] {
+            let e = error_of(&format!("{listener}{extra}{rest}"));
+            assert_eq!((e.line, e.field.as_str()), (Some(4), field), "{extra}: {e}");
+        }
+        for (extra, field) in [
+            ("connect_timeout = \"0s\"\n", "cluster[0].connect_timeout"),
+            (
+                "pool = { idle_timeout = \"0s\" }\n",
+                "cluster[0].pool.idle_timeout",
+            ),
+        ] {
+            let e = error_of(&format!("{listener}{rest}{extra}"));
+            assert_eq!((e.line, e.field.as_str()), (Some(9), field), "{extra}: {e}");
+        }
+        let e = error_of(&format!("{listener}{}", rest.replace("[\"127.0.0.1:2\"]", "[]")));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(8), "cluster[0].endpoints"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{listener}{}",
+            rest.replace("cluster = \"c\"\n", "cluster = \"c\"\ntimeout = \"0s\"\n")
+        ));
+        assert_eq!((e.line, e.field.as_str()), (Some(6), "route[0].timeout"), "{e}");
+        let e = error_of(&format!("[runtime]\nworkers = 5000\n{listener}{rest}"));
+        assert_eq!((e.line, e.field.as_str()), (Some(2), "runtime.workers"), "{e}");
+        // A listener without a route would answer every request 404.
+        let e = error_of(&format!(
+            "{listener}[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (Some(1), "listener[0]"), "{e}");
+        assert!(e.message.contains("has no route"), "{e}");
+    }
+
+    #[test]
+    fn warns_about_shadowed_routes() {
+        let c = parse(&GOOD.replace(
+            "[[route]]\ncluster = \"a\"\n",
+            "[[route]]\ncluster = \"a\"\n\n[[route]]\nmatch = { path = \"/x\" }\ncluster = \"b\"\n",
+        ))
+        .unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("line 16: ") && w[0].contains("the route on line 13"),
+            "{w:?}"
+        );
+        assert!(parse(GOOD).unwrap().warnings().is_empty());
     }
 }

@@ -41,6 +41,47 @@ impl HostMatch {
     }
 }
 
+impl HostMatch {
+    /// True when every host `other` matches, this matches too.
+    fn covers(&self, other: &HostMatch) -> bool {
+        match (self, other) {
+            (HostMatch::Any, _) => true,
+            (_, HostMatch::Any) => false,
+            (HostMatch::Exact(a), HostMatch::Exact(b)) => a == b,
+            (HostMatch::Exact(_), HostMatch::Suffix(_)) => false,
+            (HostMatch::Suffix(s), HostMatch::Exact(h)) => h.len() > s.len() && h.ends_with(s.as_str()),
+            (HostMatch::Suffix(s), HostMatch::Suffix(t)) => t.ends_with(s.as_str()),
+        }
+    }
+}
+
+impl PathMatch {
+    /// True when every path `other` matches, this matches too.
+    fn covers(&self, other: &PathMatch) -> bool {
+        match (self, other) {
+            (PathMatch::Any, _) => true,
+            (_, PathMatch::Any) => false,
+            (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+            (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+            (PathMatch::Prefix(p), PathMatch::Exact(q) | PathMatch::Prefix(q)) => q.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl RouteMatch {
+    /// True when this matches every request `other` matches (so a route
+    /// with `other` placed after one with this can never match).
+    pub fn covers(&self, other: &RouteMatch) -> bool {
+        self.host.covers(&other.host)
+            && self.path.covers(&other.path)
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| other.method.as_ref() == Some(m))
+            && self.headers.iter().all(|h| other.headers.contains(h))
+    }
+}
+
 /// How a route matches the request path (without query).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
@@ -152,6 +193,29 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covering_matchers() {
+        let m = |host: &str, path: PathMatch, method: Option<&str>, headers: &[(&str, &str)]| {
+            route(host, path, method, headers, 0).matcher
+        };
+        let any = m("*", PathMatch::Any, None, &[]);
+        let v1 = m("api.test", PathMatch::Prefix("/v1".into()), None, &[]);
+        let v1x = m(
+            "api.test",
+            PathMatch::Exact("/v1/x".into()),
+            Some("GET"),
+            &[("x-a", "1")],
+        );
+        assert!(any.covers(&v1) && v1.covers(&v1x));
+        assert!(!v1.covers(&any) && !v1x.covers(&v1));
+        // A header or method condition narrows: it covers only what has it.
+        let canary = m("api.test", PathMatch::Prefix("/v1".into()), None, &[("x-a", "1")]);
+        assert!(!canary.covers(&v1) && canary.covers(&v1x));
+        assert!(m("*.test", PathMatch::Any, None, &[]).covers(&v1));
+        assert!(!m("*.test", PathMatch::Any, None, &[]).covers(&m("test", PathMatch::Any, None, &[])));
+        assert!(!m("*", PathMatch::Any, Some("POST"), &[]).covers(&v1x));
+    }
 
     #[test]
     fn a_fully_qualified_host_matches_its_name() {

@@ -58,7 +58,18 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
     out.reserve(raw.len() + 128);
     out.put_slice(&raw[req.method.clone()]);
     out.put_u8(b' ');
-    out.put_slice(&raw[req.target.clone()]);
+    if req.target_rewritten() {
+        // Origin form upstream (RFC 9112 §3.2.1), the authority in Host,
+        // the path normalised.
+        let path = req.path_bytes();
+        if !path.starts_with(b"/") {
+            out.put_u8(b'/');
+        }
+        out.put_slice(path);
+        out.put_slice(req.query());
+    } else {
+        out.put_slice(&raw[req.target.clone()]);
+    }
     out.put_slice(b" HTTP/1.1\r\n");
     let mut had_content_length = false;
     let mut xff_first = true;
@@ -313,13 +324,20 @@ mod tests {
         assert!(!out.contains("Expect"), "{out}");
         let out = enc("GET / HTTP/1.0\r\n\r\n");
         assert!(out.contains("host: up:80\r\n"), "{out}");
-        let out = enc("GET http://b.example:81/x HTTP/1.1\r\nHost: other\r\n\r\n");
+        let out = enc("GET http://b.example:81/x?q=1 HTTP/1.1\r\nHost: other\r\n\r\n");
         assert!(
-            out.contains("Host: b.example:81\r\n") && !out.contains("other"),
+            out.starts_with("GET /x?q=1 HTTP/1.1\r\n")
+                && out.contains("Host: b.example:81\r\n")
+                && !out.contains("other"),
             "{out}"
         );
         let out = enc("GET http://b.example/x HTTP/1.0\r\n\r\n");
-        assert!(out.contains("host: b.example\r\n"), "{out}");
+        assert!(
+            out.starts_with("GET /x HTTP/1.1\r\n") && out.contains("host: b.example\r\n"),
+            "{out}"
+        );
+        let out = enc("GET HTTP://b.example?q HTTP/1.1\r\nHost: b.example\r\n\r\n");
+        assert!(out.starts_with("GET /?q HTTP/1.1\r\n"), "{out}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod chunked;
 pub mod encode;
 pub mod error;
 pub mod head;
+pub mod path;
 pub mod request;
 pub mod response;
 

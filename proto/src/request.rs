@@ -33,6 +33,9 @@ pub struct RequestHead {
     pub upgrade: bool,
     /// The client waits for `100 Continue` before sending the body.
     pub expect_continue: bool,
+    /// The path after normalisation ([`crate::path::normalize`]) when it
+    /// differs from the raw one: routing and the upstream see this.
+    pub normalized: Option<Box<[u8]>>,
 }
 
 impl RequestHead {
@@ -47,9 +50,52 @@ impl RequestHead {
         &self.raw[self.target.clone()]
     }
 
-    /// The path, without the query.
+    /// True for an absolute-form target (`GET http://a.test/x`): the
+    /// authority is in the target.
+    pub fn is_absolute_form(&self) -> bool {
+        self.authority
+            .as_ref()
+            .is_some_and(|a| self.target.start <= a.start && a.end <= self.target.end)
+    }
+
+    /// The target from the path on, as sent: path and query (`/x?y`). For
+    /// an absolute-form target without a path this is empty or starts with `?`.
+    pub fn path_and_query(&self) -> &[u8] {
+        &self.raw[self.path.start..self.target.end]
+    }
+
+    /// The query with its `?`, as sent (empty without one).
+    pub fn query(&self) -> &[u8] {
+        &self.raw[self.path.end..self.target.end]
+    }
+
+    /// The target goes upstream rewritten: absolute form becomes origin form,
+    /// or the path was normalised. Then it is `/` + [`Self::path`] + query.
+    pub fn target_rewritten(&self) -> bool {
+        self.normalized.is_some() || self.is_absolute_form()
+    }
+
+    /// The path as routed and forwarded (normalised), without the query.
+    pub fn path_bytes(&self) -> &[u8] {
+        match &self.normalized {
+            Some(n) => n,
+            None => &self.raw[self.path.clone()],
+        }
+    }
+
+    /// Merges runs of slashes in the path (`//a///b` is `/a/b`), for
+    /// listeners that ask for it.
+    pub fn merge_slashes(&mut self) {
+        let merged = match crate::path::normalize(self.path_bytes(), true) {
+            Ok(std::borrow::Cow::Owned(m)) => m,
+            _ => return,
+        };
+        self.normalized = Some(merged.into_boxed_slice());
+    }
+
+    /// The path (normalised), without the query.
     pub fn path(&self) -> &str {
-        std::str::from_utf8(&self.raw[self.path.clone()]).unwrap_or("")
+        std::str::from_utf8(self.path_bytes()).unwrap_or("")
     }
 
     /// The authority (host and optional port) of the request, if any.
@@ -273,6 +319,21 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
     let upgrade = minor == 1 && s.upgrade && s.connection.upgrade;
     let expect_continue = minor == 1 && s.expect_continue;
     let authority = uri_authority.or_else(|| s.host.clone().filter(|r| !r.is_empty()));
+    // A fragment never belongs in a request target (RFC 9112 §3.2), and
+    // a path is routed and forwarded only in its normal form.
+    if target.as_bytes().contains(&b'#') {
+        return Err(HeadError::BadTarget);
+    }
+    let path = &base[path_r.clone()];
+    let normalized = if path.starts_with(b"/") {
+        match crate::path::normalize(path, false) {
+            Ok(std::borrow::Cow::Borrowed(_)) => None,
+            Ok(std::borrow::Cow::Owned(n)) => Some(n.into_boxed_slice()),
+            Err(_) => return Err(HeadError::BadTarget),
+        }
+    } else {
+        None
+    };
     let raw = buf.split_to(len).freeze();
     Ok(Some(RequestHead {
         raw,
@@ -287,6 +348,7 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
         keep_alive,
         upgrade,
         expect_continue,
+        normalized,
     }))
 }
 

@@ -69,7 +69,12 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
         }
         // Boxed: the head reader's state exists only while a head arrives.
         let head = match Box::pin(read_head(&mut client, &mut buf, idle_until, l, &limits)).await {
-            HeadRead::Head(h) => h,
+            HeadRead::Head(mut h) => {
+                if l.merge_slashes {
+                    h.merge_slashes();
+                }
+                h
+            }
             HeadRead::Closed => return,
             HeadRead::Reject(e) => {
                 answer(&mut client, e.status(), e.code(), &e.to_string(), true, false).await;
@@ -415,7 +420,19 @@ async fn exchange(
             return reply_error(client, e, !body.done(), req).await;
         }
     };
-    respond(w, client, up, ubuf, req, res, ep, &cluster.pool).await
+    respond(
+        w,
+        l,
+        cluster.read_timeout,
+        client,
+        up,
+        ubuf,
+        req,
+        res,
+        ep,
+        &cluster.pool,
+    )
+    .await
 }
 
 /// Sends the request (head, body) and reads the final response head.
@@ -573,6 +590,8 @@ async fn write_interim(client: &mut TcpStream, res: &ResponseHead, upgrade: bool
 #[allow(clippy::too_many_arguments)]
 async fn respond(
     w: &Worker,
+    l: &Listener,
+    read_timeout: std::time::Duration,
     client: &mut TcpStream,
     mut up: TcpStream,
     mut ubuf: BytesMut,
@@ -614,24 +633,30 @@ async fn respond(
     let Ok(first) = body.take(&mut ubuf) else {
         return reply_error(client, ProxyError::new(ErrorKind::UpstreamMalformed), true, req).await;
     };
-    if write_two(client, out.freeze(), first).await.is_err() {
+    // Every wait below is bounded; after a timeout the upstream connection
+    // is dropped (an operation was cancelled on it), never pooled.
+    let sent = monoio::time::timeout(l.write_timeout, write_two(client, out.freeze(), first)).await;
+    if !matches!(sent, Ok(Ok(()))) {
         return Next::Close;
     }
     while !body.done() {
-        match read_more(&mut up, &mut ubuf).await {
-            Ok(n) if n > 0 => {}
+        match monoio::time::timeout(read_timeout, read_more(&mut up, &mut ubuf)).await {
+            Ok(Ok(n)) if n > 0 => {}
             // A close-delimited body ends here (and is never kept alive).
-            _ if matches!(body, Body::UntilClose) => break,
+            Ok(_) if matches!(body, Body::UntilClose) => break,
             _ => {
-                // The upstream broke off mid-body: close so that the client
-                // cannot take the truncated body for a whole one.
+                // The upstream broke off or went silent mid-body: close so
+                // that the client cannot take the truncated body for whole.
                 return Next::Close;
             }
         }
         let Ok(piece) = body.take(&mut ubuf) else {
             return Next::Close;
         };
-        if write_one(client, piece).await.is_err() {
+        let sent = monoio::time::timeout(l.write_timeout, write_one(client, piece)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            // The client reads nothing (or left): close it and release
+            // the upstream connection.
             return Next::Close;
         }
         if ubuf.is_empty() && ubuf.capacity() > 4 * READ_CHUNK {

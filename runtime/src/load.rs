@@ -25,6 +25,14 @@ pub fn parse(src: &str) -> Result<Config, weft_core::ConfigError> {
 /// Reads and validates the configuration file at `path`. The error message
 /// names the file, the line and the field.
 pub fn from_file(path: &Path) -> Result<Config, String> {
-    let src = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let src = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        format!(
+            "{}: line {line}: not UTF-8 text (byte {at} of the file): save the file as UTF-8",
+            path.display()
+        )
+    })?;
     parse(&src).map_err(|e| format!("{}: {e}", path.display()))
 }

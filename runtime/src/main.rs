@@ -72,8 +72,11 @@ fn signals() -> Result<Signals, ExitCode> {
 fn check(file: &str) -> ExitCode {
     match load::from_file(&PathBuf::from(file)) {
         Ok(config) => {
-            println!("{file}: ok");
-            print!("{}", config.describe());
+            out!("{file}: ok");
+            for w in config.warnings() {
+                weft::log::write_now(&format!("{file}: warning: {w}"));
+            }
+            out!("{}", config.describe().trim_end());
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
@@ -89,6 +92,9 @@ fn run(config: Result<weft::Config, String>) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    for w in config.warnings() {
+        weft::log::write_now(&format!("warning: {w}"));
+    }
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),

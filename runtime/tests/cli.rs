@@ -433,6 +433,43 @@ fn check_accepts_the_example_and_names_mistakes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
+/// `weft check` warns (exit 0) about a route an earlier one shadows, and
+/// names the line of the first byte that is not UTF-8.
+#[test]
+fn check_warns_about_shadowed_routes_and_bad_bytes() {
+    let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\nmatch = { path_prefix = \"/v1\" }\ncluster = \"c\"\n[[route]]\nmatch = { path = \"/v1/x\" }\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+    let file = temp_file("shadow.toml", base);
+    let out = Command::new(WEFT)
+        .args(["check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "shadow.toml: warning: line 7: this route of listener `a` never matches: the route on line 4"
+        ),
+        "{err}"
+    );
+    let mut bytes = base.as_bytes().to_vec();
+    bytes.splice(57..57, b"# caf\xe9\n".iter().copied());
+    let line = bytes[..57].iter().filter(|b| **b == b'\n').count() + 1;
+    let file = std::env::temp_dir()
+        .join(format!("weft-cli-{}", std::process::id()))
+        .join("latin1.toml");
+    std::fs::write(&file, &bytes).unwrap();
+    let out = Command::new(WEFT)
+        .args(["check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("latin1.toml: line {line}: not UTF-8")),
+        "{err}"
+    );
+}
+
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_and_exits_zero() {
     let (up, seen) = slow_upstream(Duration::from_millis(600));

@@ -54,6 +54,10 @@ const PREFIXES: &[(&str, Stated)] = &[
 #[rustfmt::skip]
 const REFUSALS: &[(&str, &str, &str)] = &[
     ("request_head", "err_double_space_request_line", "malformed-head"),
+    ("request_head", "err_fragment", "bad-request-target"),
+    ("request_head", "err_path_above_root", "bad-request-target"),
+    ("request_head", "err_path_bad_percent", "bad-request-target"),
+    ("request_head", "err_path_encoded_dots_above_root", "bad-request-target"),
     ("request_head", "err_header_control_byte", "control-byte-in-header"),
     ("request_head", "err_header_no_colon", "malformed-head"),
     ("request_head", "err_header_obs_fold", "malformed-head"),
@@ -134,7 +138,9 @@ const REFUSALS: &[(&str, &str, &str)] = &[
     ("config", "err_empty", "field `listener`"),
     ("config", "err_empty_split", "field `route[0].split`"),
     ("config", "err_http2_protocol", "field `cluster[0].protocol`"),
+    ("config", "err_limits_small", "field `listener[0].max_request_line`"),
     ("config", "err_listen_not_address", "field `listener[0].listen`"),
+    ("config", "err_listener_without_route", "has no route"),
     ("config", "err_max_headers_too_many", "field `listener[0].max_headers`"),
     ("config", "err_max_headers_zero", "field `listener[0].max_headers`"),
     ("config", "err_negative_workers", "invalid value: integer `-1`"),

@@ -118,4 +118,65 @@ cluster = \"other\"
     assert_eq!(counts, [3, 1, 1, 5, 2], "requests per upstream ({names:?})");
 }
 
-on_both_drivers!(routes_by_exact_path_method_and_header);
+/// Paths are routed and forwarded in normal form: dot segments removed,
+/// encoded unreserved characters decoded; a path above the root and a
+/// fragment are refused; absolute form goes upstream as origin form. With
+/// `merge_slashes`, runs of slashes count as one.
+fn paths_are_normalised_before_routing() {
+    let (down, other) = (Upstream::echo("down"), Upstream::echo("other"));
+    let config = |merge: bool| {
+        format!(
+            "{}[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\nmerge_slashes = {merge}\n[[route]]\nmatch = {{ path_prefix = \"/down/\" }}\ncluster = \"down\"\n[[route]]\ncluster = \"other\"\n[[cluster]]\nname = \"down\"\nendpoints = [\"{}\"]\n[[cluster]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
+            runtime_section(1),
+            down.addr,
+            other.addr
+        )
+    };
+    let server = start(&config(false));
+    let mut c = Client::connect(server.addr("in").unwrap());
+    let cases: &[(&str, &str, &str)] = &[
+        ("/down/../x", "other", "/x"),
+        ("/%64own/x?q=%2e%2e", "down", "/down/x?q=%2e%2e"),
+        ("/a/./../down/./y", "down", "/down/y"),
+        ("http://a.test/down/z", "down", "/down/z"),
+        ("//down//x", "other", "//down//x"),
+    ];
+    for (target, upstream, forwarded) in cases {
+        let before = (down.count(), other.count());
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes());
+        let r = c.response(false).expect("an answer");
+        assert_eq!(r.header("x-upstream"), Some(*upstream), "{target}");
+        let got = if *upstream == "down" {
+            assert_eq!(down.count(), before.0 + 1);
+            down.request(before.0)
+        } else {
+            other.request(before.1)
+        };
+        assert!(
+            got.head.starts_with(&format!("GET {forwarded} HTTP/1.1\r\n")),
+            "{target} went upstream as {:?}",
+            got.head.lines().next()
+        );
+    }
+    for bad in ["/../x", "/a/%2e%2e/%2E%2e/x", "/a#b", "/%g0"] {
+        let mut c = Client::connect(server.addr("in").unwrap());
+        c.send(format!("GET {bad} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes());
+        let r = c.response(false).expect("an answer");
+        assert_eq!(
+            (r.status, r.header("weft-error")),
+            (400, Some("bad-request-target")),
+            "{bad}"
+        );
+    }
+    let merging = start(&config(true));
+    let mut c = Client::connect(merging.addr("in").unwrap());
+    let before = down.count();
+    c.send(b"GET //down//x HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert_eq!(c.response(false).unwrap().header("x-upstream"), Some("down"));
+    assert!(down.request(before).head.starts_with("GET /down/x HTTP/1.1\r\n"));
+}
+
+on_both_drivers!(
+    routes_by_exact_path_method_and_header,
+    paths_are_normalised_before_routing
+);

@@ -20,12 +20,6 @@ fn refused_connection_is_503() {
     assert_weft_error(&r, 503, "connect-refused", "refused");
 }
 
-fn cluster_without_endpoints_is_503() {
-    let (_weft, addr) = proxy(&[]);
-    let r = get(addr, "/");
-    assert_weft_error(&r, 503, "no-endpoint", "no endpoint");
-}
-
 fn reset_before_head_is_502() {
     let up = Upstream::scripted(|mut s, _, _| {
         let mut buf = bytes::BytesMut::new();
@@ -270,12 +264,62 @@ fn route_timeout_is_504() {
     );
 }
 
+/// An upstream that goes silent in the middle of a body: the cluster's
+/// `read_timeout` cuts the client connection (its head was sent), and the
+/// upstream connection is closed.
+fn silent_upstream_mid_body_cuts_the_client() {
+    let up = Upstream::scripted(|mut s, _, _| {
+        let mut buf = bytes::BytesMut::new();
+        if read_request(&mut s, &mut buf).is_some() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nten bytes.");
+            // Silent, until weft closes.
+            let mut b = [0u8; 64];
+            while matches!(std::io::Read::read(&mut s, &mut b), Ok(n) if n > 0) {}
+        }
+    });
+    let server = start(&simple_config(&[up.addr], "", "read_timeout = \"300ms\""));
+    let mut c = Client::connect(server.addr("in").unwrap());
+    let t = std::time::Instant::now();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let got = String::from_utf8_lossy(&c.read_until_close()).to_string();
+    let waited = t.elapsed();
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("ten bytes."),
+        "{got}"
+    );
+    assert!(
+        waited >= Duration::from_millis(250),
+        "cut after {waited:?}, before the 300 ms read timeout"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || up.closed() == 1),
+        "the silent upstream connection was not closed"
+    );
+}
+
+/// A client that reads nothing of a large response: the listener's
+/// `write_timeout` closes it and releases the upstream connection, instead
+/// of holding both for good.
+fn client_that_never_reads_is_closed_after_write_timeout() {
+    let up = Upstream::echo("a");
+    let server = start(&simple_config(&[up.addr], "write_timeout = \"300ms\"", ""));
+    let mut c = Client::connect(server.addr("in").unwrap());
+    // 64 MiB: far more than the loopback socket buffers hold.
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nx-response-bytes: 67108864\r\n\r\n");
+    assert!(
+        eventually(Duration::from_secs(10), || up.closed() == 1),
+        "the upstream connection is still held for a client that reads nothing"
+    );
+    drop(c);
+}
+
 on_both_drivers!(
+    silent_upstream_mid_body_cuts_the_client,
+    client_that_never_reads_is_closed_after_write_timeout,
     client_that_leaves_releases_the_upstream_connection,
     pipelined_requests_wait_for_a_slow_upstream,
     route_timeout_is_504,
     refused_connection_is_503,
-    cluster_without_endpoints_is_503,
     reset_before_head_is_502,
     malformed_response_head_is_502,
     closed_before_any_byte_is_502,
