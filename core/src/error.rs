@@ -45,6 +45,13 @@ pub enum ErrorKind {
     /// The client closed its connection before the response (nothing is
     /// sent; logs say 499, as nginx does).
     DownstreamClosed,
+    /// The upstream went silent for the cluster's `read_timeout` while its
+    /// response body was read (after the head was sent: the client
+    /// connection is cut).
+    UpstreamReadTimeout,
+    /// The client read nothing of the response for the listener's
+    /// `write_timeout` (its connection is closed).
+    DownstreamWriteTimeout,
 }
 
 /// An error on the request path: kind, side, and whether retrying is safe.
@@ -79,7 +86,8 @@ impl ProxyError {
             ErrorKind::NoRoute | ErrorKind::NoEndpoint => Side::Proxy,
             ErrorKind::DownstreamBodyError
             | ErrorKind::DownstreamBodyTimeout
-            | ErrorKind::DownstreamClosed => Side::Downstream,
+            | ErrorKind::DownstreamClosed
+            | ErrorKind::DownstreamWriteTimeout => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -89,7 +97,8 @@ impl ProxyError {
         match self.kind {
             ErrorKind::NoRoute => 404,
             ErrorKind::NoEndpoint | ErrorKind::ConnectRefused | ErrorKind::ConnectFailed => 503,
-            ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamReadTimeout => 504,
+            ErrorKind::DownstreamWriteTimeout => 408,
             ErrorKind::DownstreamClosed => 499,
             ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed | ErrorKind::UpstreamBodyError => 502,
             ErrorKind::DownstreamBodyError => 400,
@@ -112,6 +121,8 @@ impl ProxyError {
             ErrorKind::DownstreamBodyTimeout => "body-timeout",
             ErrorKind::UpstreamTimeout => "upstream-timeout",
             ErrorKind::DownstreamClosed => "client-closed",
+            ErrorKind::UpstreamReadTimeout => "upstream-read-timeout",
+            ErrorKind::DownstreamWriteTimeout => "client-write-timeout",
         }
     }
 
@@ -139,6 +150,10 @@ impl fmt::Display for ProxyError {
             }
             ErrorKind::UpstreamTimeout => "the upstream did not answer within the route's timeout",
             ErrorKind::DownstreamClosed => "the client closed the connection before the response",
+            ErrorKind::UpstreamReadTimeout => "the upstream went silent in the middle of the response body",
+            ErrorKind::DownstreamWriteTimeout => {
+                "the client read nothing of the response within the write_timeout"
+            }
         })
     }
 }

@@ -9,9 +9,11 @@ pub mod balance;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod outcome;
 pub mod route;
 
 pub use balance::{least_loaded, Rng, RoundRobin};
 pub use config::{BalancerKind, Cluster, Config, ConfigError, Driver, Listener, RingSetup, RuntimeSettings};
 pub use error::{ErrorKind, ProxyError, Side};
+pub use outcome::Outcome;
 pub use route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};

@@ -3,7 +3,7 @@
 
 use crate::io::{nodelay, read_more, write_one, write_two, FIRST_READ, READ_CHUNK};
 use crate::upstream::{connect, Endpoint};
-use crate::worker::{Counted, Registered, Worker};
+use crate::worker::{Counted, Registered, Tracker, Worker};
 use bytes::{Bytes, BytesMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 use weft_core::config::Listener;
-use weft_core::{ErrorKind, ProxyError};
+use weft_core::{ErrorKind, ProxyError, Side};
 use weft_proto::encode::{encode_request, encode_response, error_response, RequestOptions, ResponseOptions};
 use weft_proto::{
     parse_request, parse_response, BodyFraming, ChunkedDecoder, ChunkedError, HeadError, Limits, RequestHead,
@@ -77,21 +77,38 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
             }
             HeadRead::Closed => return,
             HeadRead::Reject(e) => {
-                answer(&mut client, e.status(), e.code(), &e.to_string(), true, false).await;
+                let mut t = Tracker::new(&w, Instant::now());
+                let msg = e.to_string();
+                let reply = Reply {
+                    status: e.status(),
+                    code: e.code(),
+                    side: Side::Downstream,
+                    msg: &msg,
+                };
+                answer(&mut client, &mut t, reply, true, false).await;
                 return;
             }
             HeadRead::Timeout => {
-                let msg = "the request head did not arrive within the listener's header_timeout";
-                answer(&mut client, 408, "header-timeout", msg, true, false).await;
+                let mut t = Tracker::new(&w, Instant::now());
+                let reply = Reply {
+                    status: 408,
+                    code: "header-timeout",
+                    side: Side::Downstream,
+                    msg: "the request head did not arrive within the listener's header_timeout",
+                };
+                answer(&mut client, &mut t, reply, true, false).await;
                 return;
             }
         };
         let started = Instant::now();
-        w.counters.request();
+        let mut t = Tracker::new(&w, started);
+        t.o.bytes_in = head.raw.len() as u64;
         let active = Counted::new(&w.active);
         // Boxed: the exchange's state lives only while a request is in
         // flight, so an idle connection's task stays small.
-        match Box::pin(exchange(&w, l, &mut client, &mut buf, &head, &peer_ip, started)).await {
+        let next = Box::pin(exchange(&w, l, &mut client, &mut buf, &head, &peer_ip, &mut t)).await;
+        drop(t);
+        match next {
             Next::KeepAlive if !w.draining.get() => {}
             Next::KeepAlive | Next::Close => return,
             Next::Tunnel(up, up_buf) => {
@@ -216,25 +233,54 @@ impl Body {
 /// Answers a request with weft's own error response for `e`; closes when
 /// `close` (the request's body was not read whole) or when the client asked
 /// for it (`Connection: close`, HTTP/1.0 without keep-alive).
-async fn reply_error(client: &mut TcpStream, e: ProxyError, close: bool, req: &RequestHead) -> Next {
+async fn reply_error(
+    client: &mut TcpStream,
+    t: &mut Tracker<'_>,
+    e: ProxyError,
+    close: bool,
+    req: &RequestHead,
+) -> Next {
     let close = close || !req.keep_alive;
-    answer(client, e.status(), e.code(), &e.to_string(), close, req.is_head()).await
+    let msg = e.to_string();
+    let reply = Reply {
+        status: e.status(),
+        code: e.code(),
+        side: e.side(),
+        msg: &msg,
+    };
+    answer(client, t, reply, close, req.is_head()).await
 }
 
-/// Writes one of weft's own answers; when it closes the connection, it does
-/// so lingeringly so that the client reads the answer.
+/// One of weft's own answers.
+struct Reply<'a> {
+    status: u16,
+    /// The `weft-error` code.
+    code: &'static str,
+    /// Which side caused it.
+    side: Side,
+    /// The one-line body naming the cause.
+    msg: &'a str,
+}
+
+/// Writes one of weft's own answers, and records it in the request's
+/// outcome; when it closes the connection, it does so lingeringly so that
+/// the client reads the answer.
 async fn answer(
     client: &mut TcpStream,
-    status: u16,
-    code: &str,
-    msg: &str,
+    t: &mut Tracker<'_>,
+    r: Reply<'_>,
     close: bool,
     head_only: bool,
 ) -> Next {
-    let out = error_response(status, code, msg, close, head_only);
+    t.o.fail(r.code, r.side);
+    let out = error_response(r.status, r.code, r.msg, close, head_only);
+    let len = out.len() as u64;
     if write_one(client, out.freeze()).await.is_err() {
+        t.o.fail("client-closed", Side::Downstream);
         return Next::Close;
     }
+    t.o.status = Some(r.status);
+    t.o.bytes_out += len;
     if close {
         linger(client).await;
         return Next::Close;
@@ -322,6 +368,7 @@ impl Failed {
 
 /// Forwards one request and its response. `started`: when its head arrived
 /// (the route timeout counts from there).
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     w: &Worker,
     l: &Listener,
@@ -329,18 +376,20 @@ async fn exchange(
     cbuf: &mut BytesMut,
     req: &RequestHead,
     peer_ip: &str,
-    started: Instant,
+    t: &mut Tracker<'_>,
 ) -> Next {
+    let started = t.o.head_at;
     let has_body = req.framing != BodyFraming::None;
     let path = if req.path.is_empty() { "/" } else { req.path() };
     let Some(route) = l.routes.find(req.host(), path, req.method(), |n| req.header(n)) else {
-        return reply_error(client, ProxyError::new(ErrorKind::NoRoute), has_body, req).await;
+        return reply_error(client, t, ProxyError::new(ErrorKind::NoRoute), has_body, req).await;
     };
     let c = w.pick_cluster(&route.target);
     let cluster = &w.config.clusters[c];
     let Some(ep) = w.pick_endpoint(c) else {
-        return reply_error(client, ProxyError::new(ErrorKind::NoEndpoint), has_body, req).await;
+        return reply_error(client, t, ProxyError::new(ErrorKind::NoEndpoint), has_body, req).await;
     };
+    t.o.endpoint = Some(ep.addr);
     let _in_flight = Counted::new(&ep.in_flight);
     let send_continue = req.expect_continue && has_body && cbuf.is_empty();
     let mut out = BytesMut::new();
@@ -355,9 +404,11 @@ async fn exchange(
     let first = match body.take(cbuf) {
         Ok(b) => b,
         Err(_) => {
-            return reply_error(client, ProxyError::new(ErrorKind::DownstreamBodyError), true, req).await
+            let e = ProxyError::new(ErrorKind::DownstreamBodyError);
+            return reply_error(client, t, e, true, req).await;
         }
     };
+    t.o.bytes_in += first.len() as u64;
 
     let mut ubuf = BytesMut::new();
     // Everything up to the response head, within the route's timeout. On
@@ -373,14 +424,15 @@ async fn exchange(
                 false,
             ),
         };
-        if send_continue
-            && write_one(client, Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"))
-                .await
-                .is_err()
-        {
-            return Err(Failed::client_closed());
+        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        if send_continue {
+            if write_one(client, Bytes::from_static(CONTINUE)).await.is_err() {
+                return Err(Failed::client_closed());
+            }
+            t.o.bytes_out += CONTINUE.len() as u64;
         }
         loop {
+            t.o.attempts += 1;
             match attempt(
                 l,
                 client,
@@ -391,10 +443,14 @@ async fn exchange(
                 head.clone(),
                 first.clone(),
                 &mut body,
+                t,
             )
             .await
             {
-                Ok(res) => return Ok((up, res)),
+                Ok(res) => {
+                    t.o.upstream_at = Some(Instant::now());
+                    return Ok((up, res));
+                }
                 Err(f) if f.retryable && reused && f.error.retry_safe(idempotent(req.method())) => {
                     // A pooled connection the upstream had already closed:
                     // the request got no answer, had no further body, and
@@ -413,11 +469,14 @@ async fn exchange(
     let (up, res) = match forwarded {
         Ok(Ok(answer)) => answer,
         // Nobody to answer: close (the upstream connection is dropped).
-        Ok(Err(f)) if f.error.kind == ErrorKind::DownstreamClosed => return Next::Close,
-        Ok(Err(f)) => return reply_error(client, f.error, f.close || !body.done(), req).await,
+        Ok(Err(f)) if f.error.kind == ErrorKind::DownstreamClosed => {
+            t.o.fail(f.error.code(), Side::Downstream);
+            return Next::Close;
+        }
+        Ok(Err(f)) => return reply_error(client, t, f.error, f.close || !body.done(), req).await,
         Err(_) => {
             let e = ProxyError::new(ErrorKind::UpstreamTimeout);
-            return reply_error(client, e, !body.done(), req).await;
+            return reply_error(client, t, e, !body.done(), req).await;
         }
     };
     respond(
@@ -431,6 +490,7 @@ async fn exchange(
         res,
         ep,
         &cluster.pool,
+        t,
     )
     .await
 }
@@ -447,6 +507,7 @@ async fn attempt(
     head: Bytes,
     first: Bytes,
     body: &mut Body,
+    t: &mut Tracker<'_>,
 ) -> Result<ResponseHead, Failed> {
     let body_was_whole = body.done();
     if write_two(up, head, first).await.is_err() {
@@ -461,6 +522,7 @@ async fn attempt(
         let piece = body
             .take(cbuf)
             .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))?;
+        t.o.bytes_in += piece.len() as u64;
         if write_one(up, piece).await.is_err() {
             return Err(Failed::upstream_gone(false, true));
         }
@@ -471,8 +533,11 @@ async fn attempt(
             Ok(Some(res)) if res.is_informational() && res.status != 101 => {
                 informational = true;
                 // HTTP/1.0 clients do not get interim responses.
-                if req.minor == 1 && write_interim(client, &res, false).await.is_err() {
-                    return Err(Failed::upstream_gone(false, true));
+                if req.minor == 1 {
+                    match write_interim(client, &res, false).await {
+                        Ok(n) => t.o.bytes_out += n as u64,
+                        Err(_) => return Err(Failed::client_closed()),
+                    }
                 }
                 continue;
             }
@@ -573,7 +638,8 @@ fn peek(s: &TcpStream) -> Peek {
 
 /// Writes an interim (1xx) response head to the client; `upgrade` for the
 /// `101` that starts a tunnel.
-async fn write_interim(client: &mut TcpStream, res: &ResponseHead, upgrade: bool) -> std::io::Result<()> {
+/// Returns the bytes written.
+async fn write_interim(client: &mut TcpStream, res: &ResponseHead, upgrade: bool) -> std::io::Result<usize> {
     let mut out = BytesMut::new();
     let opts = ResponseOptions {
         framing: BodyFraming::None,
@@ -582,7 +648,8 @@ async fn write_interim(client: &mut TcpStream, res: &ResponseHead, upgrade: bool
         upgrade,
     };
     encode_response(res, &opts, &mut out);
-    write_one(client, out.freeze()).await
+    let n = out.len();
+    write_one(client, out.freeze()).await.map(|()| n)
 }
 
 /// Writes the response to the client, streaming its body, and pools the
@@ -599,14 +666,22 @@ async fn respond(
     res: ResponseHead,
     ep: &Endpoint,
     pool: &weft_core::config::PoolSettings,
+    t: &mut Tracker<'_>,
 ) -> Next {
     if res.status == 101 {
         if !req.upgrade {
             let e = ProxyError::new(ErrorKind::UpstreamMalformed);
-            return reply_error(client, e, true, req).await;
+            return reply_error(client, t, e, true, req).await;
         }
-        if write_interim(client, &res, true).await.is_err() {
-            return Next::Close;
+        match write_interim(client, &res, true).await {
+            Ok(n) => {
+                t.o.status = Some(101);
+                t.o.bytes_out += n as u64;
+            }
+            Err(_) => {
+                t.o.fail("client-closed", Side::Downstream);
+                return Next::Close;
+            }
         }
         return Next::Tunnel(up, ubuf);
     }
@@ -631,30 +706,49 @@ async fn respond(
         Body::new(res.framing)
     };
     let Ok(first) = body.take(&mut ubuf) else {
-        return reply_error(client, ProxyError::new(ErrorKind::UpstreamMalformed), true, req).await;
+        let e = ProxyError::new(ErrorKind::UpstreamMalformed);
+        return reply_error(client, t, e, true, req).await;
     };
     // Every wait below is bounded; after a timeout the upstream connection
     // is dropped (an operation was cancelled on it), never pooled.
+    let n = (out.len() + first.len()) as u64;
     let sent = monoio::time::timeout(l.write_timeout, write_two(client, out.freeze(), first)).await;
-    if !matches!(sent, Ok(Ok(()))) {
+    if !client_took(t, sent, n) {
         return Next::Close;
     }
+    t.o.status = Some(res.status);
     while !body.done() {
         match monoio::time::timeout(read_timeout, read_more(&mut up, &mut ubuf)).await {
             Ok(Ok(n)) if n > 0 => {}
             // A close-delimited body ends here (and is never kept alive).
             Ok(_) if matches!(body, Body::UntilClose) => break,
-            _ => {
-                // The upstream broke off or went silent mid-body: close so
-                // that the client cannot take the truncated body for whole.
+            // The upstream broke off or went silent mid-body: close so
+            // that the client cannot take the truncated body for whole.
+            Ok(_) => {
+                t.o.fail(
+                    ProxyError::new(ErrorKind::UpstreamBodyError).code(),
+                    Side::Upstream,
+                );
+                return Next::Close;
+            }
+            Err(_) => {
+                t.o.fail(
+                    ProxyError::new(ErrorKind::UpstreamReadTimeout).code(),
+                    Side::Upstream,
+                );
                 return Next::Close;
             }
         }
         let Ok(piece) = body.take(&mut ubuf) else {
+            t.o.fail(
+                ProxyError::new(ErrorKind::UpstreamBodyError).code(),
+                Side::Upstream,
+            );
             return Next::Close;
         };
+        let n = piece.len() as u64;
         let sent = monoio::time::timeout(l.write_timeout, write_one(client, piece)).await;
-        if !matches!(sent, Ok(Ok(()))) {
+        if !client_took(t, sent, n) {
             // The client reads nothing (or left): close it and release
             // the upstream connection.
             return Next::Close;
@@ -672,6 +766,35 @@ async fn respond(
         Next::Close
     } else {
         Next::KeepAlive
+    }
+}
+
+/// Accounts for a bounded write of `n` bytes to the client: true when it
+/// went through; else the outcome says why (timeout, or the client left).
+fn client_took(
+    t: &mut Tracker<'_>,
+    sent: Result<std::io::Result<()>, monoio::time::error::Elapsed>,
+    n: u64,
+) -> bool {
+    match sent {
+        Ok(Ok(())) => {
+            t.o.bytes_out += n;
+            true
+        }
+        Ok(Err(_)) => {
+            t.o.fail(
+                ProxyError::new(ErrorKind::DownstreamClosed).code(),
+                Side::Downstream,
+            );
+            false
+        }
+        Err(_) => {
+            t.o.fail(
+                ProxyError::new(ErrorKind::DownstreamWriteTimeout).code(),
+                Side::Downstream,
+            );
+            false
+        }
     }
 }
 

@@ -56,6 +56,8 @@ impl fmt::Display for IoSetup {
 pub struct WorkerCounters {
     connections: AtomicU64,
     requests: AtomicU64,
+    outcomes: AtomicU64,
+    failures: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -69,12 +71,30 @@ impl WorkerCounters {
         bump(&self.requests);
     }
 
+    /// Adds one outcome record (called by the owning worker only).
+    pub(crate) fn outcome(&self, success: bool) {
+        bump(&self.outcomes);
+        if !success {
+            bump(&self.failures);
+        }
+    }
+
+    /// Outcome records this worker wrote: one per request, once it ended.
+    pub fn outcomes(&self) -> u64 {
+        self.outcomes.load(Ordering::Relaxed)
+    }
+
+    /// Outcomes that were not a success (an error, a 5xx, or no response).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     /// Client connections this worker accepted.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// Request heads this worker received.
+    /// Requests this worker received: heads parsed, refused or timed out.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_core::balance::pick_weighted;
-use weft_core::{least_loaded, BalancerKind, Config, Rng, RoundRobin, Target};
+use weft_core::{least_loaded, BalancerKind, Config, Outcome, Rng, RoundRobin, Target};
 
 /// A cluster as this worker sees it.
 pub(crate) struct ClusterState {
@@ -64,6 +64,12 @@ impl Worker {
         }
     }
 
+    /// Takes the outcome of one request. Today it feeds the counters;
+    /// breakers, metrics and access logs will read it here.
+    pub fn record(&self, o: &Outcome) {
+        self.counters.outcome(o.success());
+    }
+
     /// The cluster a routed request goes to (weighted pick for splits).
     pub fn pick_cluster(&self, target: &Target) -> usize {
         match target {
@@ -92,6 +98,33 @@ impl Worker {
             BalancerKind::RoundRobin => state.rr.borrow_mut().pick(n),
         };
         state.endpoints.get(i)
+    }
+}
+
+/// The outcome of one request, recorded when it is dropped: whatever way
+/// the request ends (an answer, an error, a cancelled task), exactly one
+/// record is written.
+pub(crate) struct Tracker<'w> {
+    w: &'w Worker,
+    /// The record being filled in.
+    pub o: Outcome,
+}
+
+impl<'w> Tracker<'w> {
+    /// Starts the record of a request whose head arrived at `head_at`.
+    pub fn new(w: &'w Worker, head_at: Instant) -> Self {
+        w.counters.request();
+        Tracker {
+            w,
+            o: Outcome::new(head_at),
+        }
+    }
+}
+
+impl Drop for Tracker<'_> {
+    fn drop(&mut self) {
+        self.o.end_at = Instant::now();
+        self.w.record(&self.o);
     }
 }
 

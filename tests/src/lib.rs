@@ -83,7 +83,7 @@ pub fn expected_io(config: &weft::Config) -> IoSetup {
 /// checks that it runs on the IO setup the configuration asks for on this
 /// host: a fallback from io_uring to epoll, or a ring without its flags,
 /// fails the test.
-pub fn start(config: &str) -> Server {
+pub fn start(config: &str) -> Weft {
     let config = weft::load::parse(config).unwrap_or_else(|e| panic!("test config refused: {e}\n{config}"));
     let expected = expected_io(&config);
     let server = Server::start(config).unwrap_or_else(|e| panic!("weft did not start: {e}"));
@@ -93,7 +93,74 @@ pub fn start(config: &str) -> Server {
         "weft runs on {} where {expected} was expected (set WEFT_TEST_IO on a host without io_uring or ring flags)",
         server.io()
     );
-    server
+    Weft(Some(server))
+}
+
+/// weft as a test started it. When the test is done with it (dropped, shut
+/// down or joined), every request it received must have exactly one outcome
+/// record: checked once requests in flight have ended (within a bound), so
+/// every black-box test checks it.
+pub struct Weft(Option<Server>);
+
+impl std::ops::Deref for Weft {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        self.0.as_ref().expect("a running server")
+    }
+}
+
+impl Weft {
+    /// Requests whose outcome was not a success (an error, a 5xx, or no
+    /// response), over all workers, once requests in flight have ended.
+    pub fn failures(&self) -> u64 {
+        one_outcome_per_request(self);
+        self.workers().iter().map(|w| w.failures()).sum()
+    }
+
+    /// Checks the outcomes, then stops weft and waits for its workers.
+    pub fn shutdown(mut self) {
+        let server = self.0.take().expect("a running server");
+        one_outcome_per_request(&server);
+        server.shutdown();
+    }
+
+    /// Checks the outcomes, then waits for the workers (after the shutdown
+    /// handle fired).
+    pub fn join(mut self) {
+        let server = self.0.take().expect("a running server");
+        one_outcome_per_request(&server);
+        server.join();
+    }
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        if let Some(server) = &self.0 {
+            if !std::thread::panicking() {
+                one_outcome_per_request(server);
+            }
+        }
+    }
+}
+
+/// Requests and outcome records over all of `server`'s workers agree
+/// (requests still in flight get 5 s to end).
+pub fn one_outcome_per_request(server: &Server) {
+    let totals = || {
+        server
+            .workers()
+            .iter()
+            .fold((0, 0), |(r, o), w| (r + w.requests(), o + w.outcomes()))
+    };
+    eventually(Duration::from_secs(5), || {
+        let (r, o) = totals();
+        r == o
+    });
+    let (requests, outcomes) = totals();
+    assert_eq!(
+        outcomes, requests,
+        "{requests} requests but {outcomes} outcome records: every request must end in exactly one"
+    );
 }
 
 thread_local! {
@@ -159,7 +226,7 @@ pub fn simple_config(endpoints: &[SocketAddr], extra_listener: &str, extra_clust
 }
 
 /// Starts weft in front of `endpoints` with one worker and returns it with its address.
-pub fn proxy(endpoints: &[SocketAddr]) -> (Server, SocketAddr) {
+pub fn proxy(endpoints: &[SocketAddr]) -> (Weft, SocketAddr) {
     let server = start(&simple_config(endpoints, "", ""));
     let addr = server.addr("in").expect("listener `in`");
     (server, addr)

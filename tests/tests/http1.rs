@@ -5,7 +5,7 @@ use weft_tests::*;
 
 fn forwards_a_get_and_keeps_both_sides_alive() {
     let up = Upstream::echo("a");
-    let (_weft, addr) = proxy(&[up.addr]);
+    let (weft, addr) = proxy(&[up.addr]);
     let mut c = Client::connect(addr);
     for _ in 0..5 {
         let r = c.get("/hello?x=1", "");
@@ -22,6 +22,7 @@ fn forwards_a_get_and_keeps_both_sides_alive() {
         assert_eq!(get(addr, "/").status, 200);
     }
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(weft.failures(), 0, "a successful exchange recorded as a failure");
 }
 
 fn removes_hop_by_hop_headers_and_sets_forwarding_headers() {

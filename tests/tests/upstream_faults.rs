@@ -196,11 +196,11 @@ fn hanging() -> Upstream {
 /// of holding both sockets for good.
 fn client_that_leaves_releases_the_upstream_connection() {
     let up = hanging();
-    let (_weft, addr) = proxy(&[up.addr]);
+    let (weft, addr) = proxy(&[up.addr]);
     for _ in 0..3 {
+        let n = up.count();
         let mut c = Client::connect(addr);
         c.send(b"GET /hang HTTP/1.1\r\nHost: a\r\n\r\n");
-        let n = up.count();
         assert!(
             eventually(Duration::from_secs(5), || up.count() > n),
             "the request never arrived"
@@ -211,6 +211,11 @@ fn client_that_leaves_releases_the_upstream_connection() {
         eventually(Duration::from_secs(5), || up.closed() == 3),
         "{} of 3 upstream connections released after their clients left",
         up.closed()
+    );
+    assert_eq!(
+        weft.failures(),
+        3,
+        "each abandoned request is a failure (client-closed)"
     );
 }
 
@@ -294,6 +299,11 @@ fn silent_upstream_mid_body_cuts_the_client() {
     assert!(
         eventually(Duration::from_secs(5), || up.closed() == 1),
         "the silent upstream connection was not closed"
+    );
+    assert_eq!(
+        server.failures(),
+        1,
+        "a body cut short is a failure, though its 200 went out"
     );
 }
 
