@@ -21,6 +21,7 @@ use bytes::BytesMut;
 use std::ops::Range;
 use weft_core::config::{literal_only, Config};
 use weft_core::Target;
+use weft_proto::body::{chunk_head, last_chunk, BodyReader, CHUNK_END};
 use weft_proto::chunked::{ChunkedDecoder, ChunkedError, Step};
 use weft_proto::encode::{encode_request, encode_response, RequestOptions, ResponseOptions};
 use weft_proto::head::{
@@ -966,8 +967,60 @@ pub fn check_chunked(data: &[u8]) {
             } else {
                 assert_eq!(w.consumed, body.len(), "stopped early without an error");
             }
+            body_reader_agrees(body, seed, w);
         }
         Err(e) => assert_eq!(fed, Err(*e), "feed and step disagree on the error"),
+    }
+}
+
+/// `BodyReader` over the same bytes in pieces: keeping the framing it hands
+/// on exactly the consumed bytes; de-chunking, exactly the payload; and the
+/// payload re-encoded with the chunk encoder (pieces from the seed) reads
+/// back as the same payload.
+fn body_reader_agrees(body: &[u8], seed: u8, w: &Decoded) {
+    let read = |mut r: BodyReader| {
+        let mut next = pieces(seed);
+        let (mut out, mut at) = (Vec::new(), 0);
+        while at < body.len() && !r.done() {
+            let end = (at + next()).min(body.len());
+            let mut buf = BytesMut::from(&body[at..end]);
+            let piece = r
+                .take(&mut buf)
+                .expect("BodyReader refused what the decoder took");
+            out.extend_from_slice(&piece);
+            at = end - buf.len();
+            if !buf.is_empty() {
+                break;
+            }
+        }
+        (out, at, r.done())
+    };
+    let (kept, at, done) = read(BodyReader::new(BodyFraming::Chunked));
+    assert_eq!(
+        (at, done),
+        (w.consumed, w.done),
+        "BodyReader and the decoder disagree"
+    );
+    assert_eq!(kept, &body[..w.consumed], "framing not kept as received");
+    let (payload, _, _) = read(BodyReader::dechunking());
+    assert_eq!(payload, w.payload, "de-chunked payload differs");
+    if w.done {
+        let mut wire = Vec::new();
+        let mut next = pieces(seed.wrapping_add(1));
+        let mut at = 0;
+        while at < w.payload.len() {
+            let end = (at + next()).min(w.payload.len());
+            wire.extend_from_slice(&chunk_head(end - at));
+            wire.extend_from_slice(&w.payload[at..end]);
+            wire.extend_from_slice(CHUNK_END);
+            at = end;
+        }
+        wire.extend_from_slice(&last_chunk(&[(b"x-t", b"1")]));
+        let mut r = BodyReader::dechunking();
+        let mut buf = BytesMut::from(&wire[..]);
+        let again = r.take(&mut buf).expect("weft's own chunked encoding is refused");
+        assert!(r.done() && buf.is_empty(), "re-encoded body not read to its end");
+        assert_eq!(&again[..], &w.payload[..], "re-encoded payload differs");
     }
 }
 

@@ -118,6 +118,10 @@ pub struct Listener {
     pub header_timeout: Duration,
     /// Time an idle keep-alive connection is kept.
     pub idle_timeout: Duration,
+    /// Most client connections open at once on this listener (over all
+    /// workers, spread evenly); past it weft stops accepting and the rest
+    /// wait in the kernel's queue.
+    pub max_connections: usize,
     /// Merge runs of slashes in request paths before routing and forwarding
     /// (`//a///b` is `/a/b`).
     pub merge_slashes: bool,
@@ -235,6 +239,9 @@ fn dflt<T>(v: T) -> Spanned<T> {
 fn default_workers() -> Spanned<usize> {
     dflt(0)
 }
+fn default_max_connections() -> Spanned<usize> {
+    dflt(10_000)
+}
 fn default_request_line() -> Spanned<usize> {
     dflt(8 * 1024)
 }
@@ -279,6 +286,8 @@ struct RawListener {
     write_timeout: Spanned<Dur>,
     #[serde(default)]
     merge_slashes: bool,
+    #[serde(default = "default_max_connections")]
+    max_connections: Spanned<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -557,6 +566,12 @@ impl Config {
                 idle_timeout: positive(&l.idle_timeout, &lines, field("idle_timeout"))?,
                 write_timeout: positive(&l.write_timeout, &lines, field("write_timeout"))?,
                 merge_slashes: l.merge_slashes,
+                max_connections: within(
+                    &l.max_connections,
+                    1..=10_000_000,
+                    &lines,
+                    field("max_connections"),
+                )?,
                 routes: RouteTable::default(),
             });
         }

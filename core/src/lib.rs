@@ -5,6 +5,8 @@
 //! reads the clock: time and randomness come in as arguments, so every
 //! behaviour is testable deterministically.
 
+#![forbid(unsafe_code)]
+
 pub mod balance;
 pub mod config;
 pub mod duration;

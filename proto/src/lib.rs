@@ -6,6 +6,9 @@
 //! the re-encoding of heads for the next hop. Everything here is a pure function
 //! or state machine over bytes; sockets live in the `weft` runtime crate.
 
+#![forbid(unsafe_code)]
+
+pub mod body;
 pub mod chunked;
 pub mod encode;
 pub mod error;
@@ -14,6 +17,7 @@ pub mod path;
 pub mod request;
 pub mod response;
 
+pub use body::BodyReader;
 pub use chunked::{ChunkedDecoder, ChunkedError, Step};
 pub use error::HeadError;
 pub use head::{BodyFraming, HeaderRange, Limits};

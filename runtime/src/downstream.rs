@@ -2,8 +2,9 @@
 //! stream the response back; keep-alive, pipelining, 100-continue, upgrades.
 
 use crate::io::{nodelay, read_more, write_one, write_two, FIRST_READ, READ_CHUNK};
+use crate::timer::{within, Deadline, Timers};
 use crate::upstream::{connect, Endpoint};
-use crate::worker::{Counted, Registered, Tracker, Worker};
+use crate::worker::{Admitted, Counted, Tracker, Worker};
 use bytes::{Bytes, BytesMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
@@ -15,11 +16,9 @@ use std::rc::Rc;
 use std::time::Instant;
 use weft_core::config::Listener;
 use weft_core::{ErrorKind, ProxyError, Side};
+use weft_proto::body::BodyReader as Body;
 use weft_proto::encode::{encode_request, encode_response, error_response, RequestOptions, ResponseOptions};
-use weft_proto::{
-    parse_request, parse_response, BodyFraming, ChunkedDecoder, ChunkedError, HeadError, Limits, RequestHead,
-    ResponseHead,
-};
+use weft_proto::{parse_request, parse_response, BodyFraming, HeadError, Limits, RequestHead, ResponseHead};
 
 /// Limits on response heads from upstreams.
 const RESPONSE_LIMITS: Limits = Limits {
@@ -46,7 +45,7 @@ enum HeadRead {
 /// Serves one accepted client connection until it closes.
 pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer: SocketAddr) {
     nodelay(&client);
-    let _registered = Registered::new(&w, client.as_raw_fd());
+    let _admitted = Admitted(&w.gates[li]);
     let config = w.config.clone();
     let l = &config.listeners[li];
     let limits = Limits {
@@ -62,13 +61,15 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
             // Idle between requests: wait for data here, with no buffer and a
             // small future, so that idle keep-alive connections cost little.
             buf = BytesMut::new();
-            match monoio::time::timeout_at(idle_until.into(), client.readable(true)).await {
-                Ok(Ok(())) => {}
-                _ => return,
+            // An idle wait also ends when the worker starts draining: then
+            // the connection closes.
+            let ready = within(w.timers.idle_until(idle_until), client.readable(true)).await;
+            if !matches!(ready, Some(Ok(()))) {
+                return;
             }
         }
         // Boxed: the head reader's state exists only while a head arrives.
-        let head = match Box::pin(read_head(&mut client, &mut buf, idle_until, l, &limits)).await {
+        let head = match Box::pin(read_head(&w, &mut client, &mut buf, idle_until, l, &limits)).await {
             HeadRead::Head(mut h) => {
                 if l.merge_slashes {
                     h.merge_slashes();
@@ -76,38 +77,23 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
                 h
             }
             HeadRead::Closed => return,
+            // Boxed, as the exchange below: what a request needs lives on
+            // the heap while it is served, so an idle connection's task
+            // stays small.
             HeadRead::Reject(e) => {
-                let mut t = Tracker::new(&w, Instant::now());
                 let msg = e.to_string();
-                let reply = Reply {
-                    status: e.status(),
-                    code: e.code(),
-                    side: Side::Downstream,
-                    msg: &msg,
-                };
-                answer(&mut client, &mut t, reply, true, false).await;
+                Box::pin(refuse(&w, &mut client, e.status(), e.code(), &msg)).await;
                 return;
             }
             HeadRead::Timeout => {
-                let mut t = Tracker::new(&w, Instant::now());
-                let reply = Reply {
-                    status: 408,
-                    code: "header-timeout",
-                    side: Side::Downstream,
-                    msg: "the request head did not arrive within the listener's header_timeout",
-                };
-                answer(&mut client, &mut t, reply, true, false).await;
+                let msg = "the request head did not arrive within the listener's header_timeout";
+                Box::pin(refuse(&w, &mut client, 408, "header-timeout", msg)).await;
                 return;
             }
         };
         let started = Instant::now();
-        let mut t = Tracker::new(&w, started);
-        t.o.bytes_in = head.raw.len() as u64;
         let active = Counted::new(&w.active);
-        // Boxed: the exchange's state lives only while a request is in
-        // flight, so an idle connection's task stays small.
-        let next = Box::pin(exchange(&w, l, &mut client, &mut buf, &head, &peer_ip, &mut t)).await;
-        drop(t);
+        let next = Box::pin(tracked(&w, l, &mut client, &mut buf, &head, &peer_ip, started)).await;
         match next {
             Next::KeepAlive if !w.draining.get() => {}
             Next::KeepAlive | Next::Close => return,
@@ -120,10 +106,39 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
     }
 }
 
+/// Refuses a request whose head weft cannot take (a downstream error), and
+/// closes the connection.
+async fn refuse(w: &Worker, client: &mut TcpStream, status: u16, code: &'static str, msg: &str) {
+    let mut t = Tracker::new(w, Instant::now());
+    let reply = Reply {
+        status,
+        code,
+        side: Side::Downstream,
+        msg,
+    };
+    answer(client, &mut t, reply, true, false).await;
+}
+
+/// [`exchange`] with the request's outcome record, written when it ends.
+async fn tracked(
+    w: &Worker,
+    l: &Listener,
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
+    req: &RequestHead,
+    peer_ip: &str,
+    started: Instant,
+) -> Next {
+    let mut t = Tracker::new(w, started);
+    t.o.bytes_in = req.raw.len() as u64;
+    exchange(w, l, client, cbuf, req, peer_ip, &mut t).await
+}
+
 /// Reads one request head. Until its first byte arrives, `idle_until`
-/// bounds the wait; from the first byte on, the whole head must arrive
-/// within the listener's header timeout.
+/// bounds the wait (and the worker's drain ends it); from the first byte
+/// on, the whole head must arrive within the listener's header timeout.
 async fn read_head(
+    w: &Worker,
     client: &mut TcpStream,
     buf: &mut BytesMut,
     idle_until: Instant,
@@ -146,91 +161,28 @@ async fn read_head(
         } else if buf.capacity() == 0 {
             *buf = BytesMut::with_capacity(FIRST_READ);
         }
-        match monoio::time::timeout_at(deadline.into(), read_more(client, buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return HeadRead::Closed,
-            Ok(Ok(_)) => {
+        // Before the first byte the connection is idle: a drain closes it.
+        let until = if started {
+            w.timers.at(deadline)
+        } else {
+            w.timers.idle_until(deadline)
+        };
+        match within(until, read_more(client, buf)).await {
+            Some(Ok(0)) | Some(Err(_)) => return HeadRead::Closed,
+            Some(Ok(_)) => {
                 if !started {
                     started = true;
                     deadline = Instant::now() + l.header_timeout;
                 }
             }
-            Err(_) if started => return HeadRead::Timeout,
-            Err(_) => return HeadRead::Closed,
+            None if started => return HeadRead::Timeout,
+            None => return HeadRead::Closed,
         }
     }
 }
 
-/// Consumes one body from a read buffer as it arrives, keeping the framing.
-enum Body {
-    Done,
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    /// Chunked from the upstream, payload only to the client (HTTP/1.0 client).
-    Dechunk(ChunkedDecoder),
-    UntilClose,
-}
-
-impl Body {
-    fn new(framing: BodyFraming) -> Self {
-        match framing {
-            BodyFraming::None | BodyFraming::Length(0) => Body::Done,
-            BodyFraming::Length(n) => Body::Length(n),
-            BodyFraming::Chunked => Body::Chunked(ChunkedDecoder::new()),
-            BodyFraming::UntilClose => Body::UntilClose,
-        }
-    }
-
-    fn done(&self) -> bool {
-        matches!(self, Body::Done)
-    }
-
-    /// Splits off the bytes of `buf` that belong to the body (validated),
-    /// without copying them.
-    fn take(&mut self, buf: &mut BytesMut) -> Result<Bytes, ChunkedError> {
-        match self {
-            Body::Done => Ok(Bytes::new()),
-            Body::Length(n) => {
-                let k = (*n).min(buf.len() as u64);
-                *n -= k;
-                if *n == 0 {
-                    *self = Body::Done;
-                }
-                Ok(buf.split_to(k as usize).freeze())
-            }
-            Body::Chunked(d) => {
-                let k = d.feed(buf)?;
-                if d.is_done() {
-                    *self = Body::Done;
-                }
-                Ok(buf.split_to(k).freeze())
-            }
-            Body::Dechunk(d) => {
-                // Keep only payload runs; framing bytes are dropped.
-                let mut out = BytesMut::new();
-                while !buf.is_empty() && !d.is_done() {
-                    let step = d.step(buf)?;
-                    let mut consumed = buf.split_to(step.consumed);
-                    let data = consumed.split_off(step.data.start).split_to(step.data.len());
-                    if out.is_empty() {
-                        out = data;
-                    } else {
-                        out.extend_from_slice(&data);
-                    }
-                    if step.consumed == 0 {
-                        break;
-                    }
-                }
-                if d.is_done() {
-                    *self = Body::Done;
-                }
-                Ok(out.freeze())
-            }
-            Body::UntilClose => Ok(buf.split().freeze()),
-        }
-    }
-}
-
-/// Answers a request with weft's own error response for `e`; closes when
+/// Answers a request with weft's own error response for `e` (callers box
+/// it: error paths must not grow the request's future); closes when
 /// `close` (the request's body was not read whole) or when the client asked
 /// for it (`Connection: close`, HTTP/1.0 without keep-alive).
 async fn reply_error(
@@ -282,7 +234,7 @@ async fn answer(
     t.o.status = Some(r.status);
     t.o.bytes_out += len;
     if close {
-        linger(client).await;
+        linger(client, &t.worker().timers).await;
         return Next::Close;
     }
     Next::KeepAlive
@@ -295,14 +247,14 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// and discards what the client still sends (bounded in time and bytes), so
 /// that closing with unread data does not reset the connection before the
 /// client has read the answer.
-async fn linger(client: &mut TcpStream) {
+async fn linger(client: &mut TcpStream, timers: &Timers) {
     let _ = client.shutdown().await;
     let deadline = Instant::now() + std::time::Duration::from_secs(2);
     let mut scratch = Vec::with_capacity(4096);
     let mut total = 0;
     while total < LINGER_BYTES {
-        match monoio::time::timeout_at(deadline.into(), client.read(scratch)).await {
-            Ok((Ok(n), b)) if n > 0 => {
+        match within(timers.at(deadline), client.read(scratch)).await {
+            Some((Ok(n), b)) if n > 0 => {
                 total += n;
                 scratch = b;
                 scratch.clear();
@@ -382,12 +334,26 @@ async fn exchange(
     let has_body = req.framing != BodyFraming::None;
     let path = if req.path.is_empty() { "/" } else { req.path() };
     let Some(route) = l.routes.find(req.host(), path, req.method(), |n| req.header(n)) else {
-        return reply_error(client, t, ProxyError::new(ErrorKind::NoRoute), has_body, req).await;
+        return Box::pin(reply_error(
+            client,
+            t,
+            ProxyError::new(ErrorKind::NoRoute),
+            has_body,
+            req,
+        ))
+        .await;
     };
     let c = w.pick_cluster(&route.target);
     let cluster = &w.config.clusters[c];
     let Some(ep) = w.pick_endpoint(c) else {
-        return reply_error(client, t, ProxyError::new(ErrorKind::NoEndpoint), has_body, req).await;
+        return Box::pin(reply_error(
+            client,
+            t,
+            ProxyError::new(ErrorKind::NoEndpoint),
+            has_body,
+            req,
+        ))
+        .await;
     };
     t.o.endpoint = Some(ep.addr);
     let _in_flight = Counted::new(&ep.in_flight);
@@ -405,7 +371,7 @@ async fn exchange(
         Ok(b) => b,
         Err(_) => {
             let e = ProxyError::new(ErrorKind::DownstreamBodyError);
-            return reply_error(client, t, e, true, req).await;
+            return Box::pin(reply_error(client, t, e, true, req)).await;
         }
     };
     t.o.bytes_in += first.len() as u64;
@@ -414,11 +380,11 @@ async fn exchange(
     // Everything up to the response head, within the route's timeout. On
     // timeout the upstream connection is dropped, never pooled.
     let deadline = started + route.timeout;
-    let forwarded = monoio::time::timeout_at(deadline.into(), async {
+    let forwarded = within(w.timers.at(deadline), async {
         let (mut up, mut reused) = match ep.checkout(&cluster.pool, Instant::now()) {
             Some(s) => (s, true),
             None => (
-                connect(ep.addr, cluster.connect_timeout)
+                connect(&w.timers, ep.addr, cluster.connect_timeout)
                     .await
                     .map_err(Failed::connect)?,
                 false,
@@ -455,7 +421,7 @@ async fn exchange(
                     // A pooled connection the upstream had already closed:
                     // the request got no answer, had no further body, and
                     // repeating it cannot do harm.
-                    up = connect(ep.addr, cluster.connect_timeout)
+                    up = connect(&w.timers, ep.addr, cluster.connect_timeout)
                         .await
                         .map_err(Failed::connect)?;
                     reused = false;
@@ -467,16 +433,16 @@ async fn exchange(
     })
     .await;
     let (up, res) = match forwarded {
-        Ok(Ok(answer)) => answer,
+        Some(Ok(answer)) => answer,
         // Nobody to answer: close (the upstream connection is dropped).
-        Ok(Err(f)) if f.error.kind == ErrorKind::DownstreamClosed => {
+        Some(Err(f)) if f.error.kind == ErrorKind::DownstreamClosed => {
             t.o.fail(f.error.code(), Side::Downstream);
             return Next::Close;
         }
-        Ok(Err(f)) => return reply_error(client, t, f.error, f.close || !body.done(), req).await,
-        Err(_) => {
+        Some(Err(f)) => return Box::pin(reply_error(client, t, f.error, f.close || !body.done(), req)).await,
+        None => {
             let e = ProxyError::new(ErrorKind::UpstreamTimeout);
-            return reply_error(client, t, e, !body.done(), req).await;
+            return Box::pin(reply_error(client, t, e, !body.done(), req)).await;
         }
     };
     respond(
@@ -514,10 +480,10 @@ async fn attempt(
         return Err(Failed::upstream_gone(body_was_whole, false));
     }
     while !body.done() {
-        match monoio::time::timeout(l.idle_timeout, read_more(client, cbuf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
-            Err(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
+        match within(t.worker().timers.after(l.idle_timeout), read_more(client, cbuf)).await {
+            Some(Ok(n)) if n > 0 => {}
+            Some(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
+            None => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
         }
         let piece = body
             .take(cbuf)
@@ -554,7 +520,8 @@ async fn attempt(
         // Watch the client only when no pipelined bytes of it are buffered:
         // its end of stream then means it gave up on this request.
         let watch = cbuf.is_empty();
-        match read_upstream(up, ubuf, client, watch).await {
+        let grace = t.worker().timers.at(t.o.head_at + WATCH_AFTER);
+        match read_upstream(up, ubuf, client, watch, grace).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => {
                 let retryable = body_was_whole && ubuf.is_empty() && !informational;
@@ -568,9 +535,9 @@ async fn attempt(
 /// The client closed (or reset) its connection.
 struct ClientGone;
 
-/// How long weft waits for an upstream's answer before it also watches the
-/// client for a close: most answers come sooner, and then the watch costs
-/// nothing (no poll operation, only a timer entry).
+/// How long after a request's head weft waits for the upstream's answer
+/// before it also watches the client for a close: most answers come sooner,
+/// and then the watch costs nothing (no poll operation, only a deadline).
 const WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Reads more of the upstream's answer into `ubuf`. Meanwhile, when `watch`
@@ -582,12 +549,13 @@ async fn read_upstream(
     ubuf: &mut BytesMut,
     client: &TcpStream,
     mut watch: bool,
+    grace: Deadline<'_>,
 ) -> Result<std::io::Result<usize>, ClientGone> {
     let mut read = std::pin::pin!(read_more(up, ubuf));
     if watch {
         monoio::select! {
             r = &mut read => return Ok(r),
-            _ = monoio::time::sleep(WATCH_AFTER) => {}
+            _ = grace => {}
         }
     }
     loop {
@@ -671,7 +639,7 @@ async fn respond(
     if res.status == 101 {
         if !req.upgrade {
             let e = ProxyError::new(ErrorKind::UpstreamMalformed);
-            return reply_error(client, t, e, true, req).await;
+            return Box::pin(reply_error(client, t, e, true, req)).await;
         }
         match write_interim(client, &res, true).await {
             Ok(n) => {
@@ -701,53 +669,53 @@ async fn respond(
     let mut out = BytesMut::with_capacity(res.raw.len() + 64);
     encode_response(&res, &opts, &mut out);
     let mut body = if dechunk {
-        Body::Dechunk(ChunkedDecoder::new())
+        Body::dechunking()
     } else {
         Body::new(res.framing)
     };
     let Ok(first) = body.take(&mut ubuf) else {
         let e = ProxyError::new(ErrorKind::UpstreamMalformed);
-        return reply_error(client, t, e, true, req).await;
+        return Box::pin(reply_error(client, t, e, true, req)).await;
     };
     // Every wait below is bounded; after a timeout the upstream connection
     // is dropped (an operation was cancelled on it), never pooled.
+    let timers = &t.worker().timers;
+    // The client's write deadline counts from when the upstream answered.
+    let answered = t.o.upstream_at.unwrap_or(t.o.head_at);
     let n = (out.len() + first.len()) as u64;
-    let sent = monoio::time::timeout(l.write_timeout, write_two(client, out.freeze(), first)).await;
+    let sent = within(
+        timers.at(answered + l.write_timeout),
+        write_two(client, out.freeze(), first),
+    )
+    .await;
     if !client_took(t, sent, n) {
         return Next::Close;
     }
     t.o.status = Some(res.status);
+    let body_error = || ProxyError::new(ErrorKind::UpstreamBodyError).code();
     while !body.done() {
-        match monoio::time::timeout(read_timeout, read_more(&mut up, &mut ubuf)).await {
-            Ok(Ok(n)) if n > 0 => {}
+        match within(timers.after(read_timeout), read_more(&mut up, &mut ubuf)).await {
+            Some(Ok(n)) if n > 0 => {}
             // A close-delimited body ends here (and is never kept alive).
-            Ok(_) if matches!(body, Body::UntilClose) => break,
+            Some(_) if body.until_close() => break,
             // The upstream broke off or went silent mid-body: close so
             // that the client cannot take the truncated body for whole.
-            Ok(_) => {
-                t.o.fail(
-                    ProxyError::new(ErrorKind::UpstreamBodyError).code(),
-                    Side::Upstream,
-                );
+            Some(_) => {
+                t.o.fail(body_error(), Side::Upstream);
                 return Next::Close;
             }
-            Err(_) => {
-                t.o.fail(
-                    ProxyError::new(ErrorKind::UpstreamReadTimeout).code(),
-                    Side::Upstream,
-                );
+            None => {
+                let e = ProxyError::new(ErrorKind::UpstreamReadTimeout);
+                t.o.fail(e.code(), Side::Upstream);
                 return Next::Close;
             }
         }
         let Ok(piece) = body.take(&mut ubuf) else {
-            t.o.fail(
-                ProxyError::new(ErrorKind::UpstreamBodyError).code(),
-                Side::Upstream,
-            );
+            t.o.fail(body_error(), Side::Upstream);
             return Next::Close;
         };
         let n = piece.len() as u64;
-        let sent = monoio::time::timeout(l.write_timeout, write_one(client, piece)).await;
+        let sent = within(timers.after(l.write_timeout), write_one(client, piece)).await;
         if !client_took(t, sent, n) {
             // The client reads nothing (or left): close it and release
             // the upstream connection.
@@ -771,31 +739,17 @@ async fn respond(
 
 /// Accounts for a bounded write of `n` bytes to the client: true when it
 /// went through; else the outcome says why (timeout, or the client left).
-fn client_took(
-    t: &mut Tracker<'_>,
-    sent: Result<std::io::Result<()>, monoio::time::error::Elapsed>,
-    n: u64,
-) -> bool {
-    match sent {
-        Ok(Ok(())) => {
+fn client_took(t: &mut Tracker<'_>, sent: Option<std::io::Result<()>>, n: u64) -> bool {
+    let kind = match sent {
+        Some(Ok(())) => {
             t.o.bytes_out += n;
-            true
+            return true;
         }
-        Ok(Err(_)) => {
-            t.o.fail(
-                ProxyError::new(ErrorKind::DownstreamClosed).code(),
-                Side::Downstream,
-            );
-            false
-        }
-        Err(_) => {
-            t.o.fail(
-                ProxyError::new(ErrorKind::DownstreamWriteTimeout).code(),
-                Side::Downstream,
-            );
-            false
-        }
-    }
+        Some(Err(_)) => ErrorKind::DownstreamClosed,
+        None => ErrorKind::DownstreamWriteTimeout,
+    };
+    t.o.fail(ProxyError::new(kind).code(), Side::Downstream);
+    false
 }
 
 /// After `101 Switching Protocols`: copy raw bytes both ways until both

@@ -13,6 +13,7 @@ pub mod load;
 pub mod log;
 mod server;
 mod shutdown;
+mod timer;
 mod upstream;
 mod worker;
 

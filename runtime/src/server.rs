@@ -231,6 +231,29 @@ fn uring_runtime(setup: RingSetup) -> std::io::Result<(UringRuntime, bool)> {
 /// How long `Server::start` waits for every worker to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Raises the soft limit on open files to the hard limit: every client and
+/// upstream connection is a descriptor, and soft limits are often 1,024.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit on a plain struct owned here.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                log!(
+                    "cannot raise the open-file limit from {} to {}: {}",
+                    lim.rlim_cur,
+                    lim.rlim_max,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 fn pin_to_core(core: usize) {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads it.
     unsafe {
@@ -266,6 +289,7 @@ impl Server {
     /// so the addresses accept connections; a worker that cannot start fails
     /// the start (and the others stop again).
     pub fn start(config: Config) -> Result<Server, StartError> {
+        raise_open_file_limit();
         let config = Arc::new(config);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let count = if config.runtime.workers == 0 {
@@ -319,7 +343,7 @@ impl Server {
                         pin_to_core(core);
                     }
                     let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9) ^ std::process::id() as u64;
-                    let worker = Rc::new(Worker::new(config.clone(), seed, mine_counters));
+                    let worker = Rc::new(Worker::new(config.clone(), seed, mine_counters, count));
                     match driver {
                         DriverInUse::IoUring => match uring_runtime(config.runtime.ring_setup) {
                             Ok((mut rt, tuned)) => {

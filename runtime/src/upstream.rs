@@ -2,6 +2,7 @@
 //! connection establishment.
 
 use crate::io::nodelay;
+use crate::timer::{within, Timers};
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -72,16 +73,20 @@ impl Endpoint {
 }
 
 /// Opens a new connection to `addr` within `timeout`.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(s)) => {
+pub(crate) async fn connect(
+    timers: &Timers,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
+    match within(timers.after(timeout), TcpStream::connect_addr(addr)).await {
+        Some(Ok(s)) => {
             nodelay(&s);
             Ok(s)
         }
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+        Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             Err(ProxyError::new(ErrorKind::ConnectRefused))
         }
-        Ok(Err(_)) => Err(ProxyError::new(ErrorKind::ConnectFailed)),
-        Err(_) => Err(ProxyError::new(ErrorKind::ConnectTimeout)),
+        Some(Err(_)) => Err(ProxyError::new(ErrorKind::ConnectFailed)),
+        None => Err(ProxyError::new(ErrorKind::ConnectTimeout)),
     }
 }

@@ -5,14 +5,14 @@ use crate::downstream;
 use crate::log::log;
 use crate::server::{Ready, WorkerCounters};
 use crate::shutdown::Shutdown;
+use crate::timer::Timers;
 use crate::upstream::Endpoint;
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use weft_core::balance::pick_weighted;
 use weft_core::{least_loaded, BalancerKind, Config, Outcome, Rng, RoundRobin, Target};
@@ -32,14 +32,85 @@ pub(crate) struct Worker {
     pub draining: Cell<bool>,
     /// Requests being served by this worker.
     pub active: Cell<u32>,
-    /// Open client connections (their sockets), closed at the end of a drain.
-    pub connections: RefCell<HashSet<RawFd>>,
     /// This worker's counters, readable from other threads.
     pub counters: Arc<WorkerCounters>,
+    /// Per listener: this worker's share of its `max_connections`.
+    pub gates: Vec<Gate>,
+    /// Deadlines of this worker's waits.
+    pub timers: Timers,
+}
+
+/// A listener's connection limit on one worker: the accept loop waits for
+/// room before it accepts, a connection gives its place back when it ends.
+pub(crate) struct Gate {
+    open: Cell<usize>,
+    limit: usize,
+    waiter: RefCell<Option<Waker>>,
+    closed: Cell<bool>,
+}
+
+impl Gate {
+    fn new(limit: usize) -> Self {
+        Gate {
+            open: Cell::new(0),
+            limit: limit.max(1),
+            waiter: RefCell::new(None),
+            closed: Cell::new(false),
+        }
+    }
+
+    /// Resolves once a connection may be accepted (or the gate closed).
+    fn room(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.open.get() < self.limit || self.closed.get() {
+                Poll::Ready(())
+            } else {
+                *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Counts an accepted connection; [`Gate::leave`] when it ends.
+    fn enter(&self) {
+        self.open.set(self.open.get() + 1);
+    }
+
+    /// A connection ended: its place is free again.
+    pub fn leave(&self) {
+        self.open.set(self.open.get().saturating_sub(1));
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Wakes the accept loop for good (at shutdown).
+    fn close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Gives a connection's place at its listener's gate back when dropped.
+pub(crate) struct Admitted<'a>(pub &'a Gate);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 impl Worker {
-    pub fn new(config: Arc<Config>, seed: u64, counters: Arc<WorkerCounters>) -> Self {
+    /// `workers`: how many workers share the listeners (their connection
+    /// limits are split evenly).
+    pub fn new(config: Arc<Config>, seed: u64, counters: Arc<WorkerCounters>, workers: usize) -> Self {
+        let gates = config
+            .listeners
+            .iter()
+            .map(|l| Gate::new(l.max_connections.div_ceil(workers.max(1))))
+            .collect();
         let clusters = config
             .clusters
             .iter()
@@ -59,8 +130,9 @@ impl Worker {
             rng: RefCell::new(Rng::new(seed)),
             draining: Cell::new(false),
             active: Cell::new(0),
-            connections: RefCell::new(HashSet::new()),
             counters,
+            gates,
+            timers: Timers::default(),
         }
     }
 
@@ -121,6 +193,13 @@ impl<'w> Tracker<'w> {
     }
 }
 
+impl<'w> Tracker<'w> {
+    /// The worker serving the request.
+    pub fn worker(&self) -> &'w Worker {
+        self.w
+    }
+}
+
 impl Drop for Tracker<'_> {
     fn drop(&mut self) {
         self.o.end_at = Instant::now();
@@ -176,12 +255,19 @@ pub(crate) async fn run(
         accepting.push(monoio::spawn(async move {
             let mut last_log: Option<Instant> = None;
             loop {
+                // At the listener's limit, stop accepting: the kernel's
+                // queue holds the rest until a connection ends.
+                w.gates[li].room().await;
+                if w.draining.get() {
+                    break;
+                }
                 match listener.cancelable_accept(handle.clone()).await {
                     Ok((stream, peer)) => {
                         if w.draining.get() {
                             break;
                         }
                         w.counters.connection();
+                        w.gates[li].enter();
                         monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
                     }
                     Err(e) => {
@@ -200,28 +286,27 @@ pub(crate) async fn run(
             }
         }));
     }
-    // Runs until the runtime ends with the worker.
+    // These run until the runtime ends with the worker.
     monoio::spawn(sweep_pools(worker.clone()));
+    let w = worker.clone();
+    monoio::spawn(async move { w.timers.run().await });
     shutdown.wait().await;
     worker.draining.set(true);
     let _ = canceller.cancel();
+    for gate in &worker.gates {
+        gate.close();
+    }
     for task in accepting {
         task.await;
     }
+    // Idle connections close themselves; busy ones finish their request
+    // and close, within the drain timeout. What is left after it ends with
+    // the runtime (its sockets are closed).
+    worker.timers.end_idle_waits();
     let deadline = Instant::now() + worker.config.runtime.drain_timeout;
-    while worker.active.get() > 0 && Instant::now() < deadline {
+    let open = || worker.gates.iter().map(|g| g.open.get()).sum::<usize>();
+    while open() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
-    }
-    // What is left is idle (or past the deadline): shut those sockets down
-    // so that their tasks see the end of stream and close them.
-    for fd in worker.connections.borrow().iter() {
-        // SAFETY: the fd belongs to a live connection task of this worker;
-        // shutdown does not close or invalidate it.
-        unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-    }
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !worker.connections.borrow().is_empty() && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -243,21 +328,5 @@ async fn sweep_pools(worker: Rc<Worker>) {
                 ep.evict_expired(&cluster.pool, now);
             }
         }
-    }
-}
-
-/// Registers a client connection with its worker for as long as it lives.
-pub(crate) struct Registered<'a>(&'a Worker, RawFd);
-
-impl<'a> Registered<'a> {
-    pub fn new(w: &'a Worker, fd: RawFd) -> Self {
-        w.connections.borrow_mut().insert(fd);
-        Registered(w, fd)
-    }
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        self.0.connections.borrow_mut().remove(&self.1);
     }
 }

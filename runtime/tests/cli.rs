@@ -96,11 +96,14 @@ impl Drop for Weft {
 /// line.
 fn launch(name: &str, config: &str) -> (Weft, String) {
     let file = temp_file(name, config);
-    let mut child = Command::new(WEFT)
-        .args(["--config", file.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(WEFT);
+    cmd.args(["--config", file.to_str().unwrap()]);
+    launch_cmd(cmd)
+}
+
+/// [`launch`] with a prepared command (arguments, limits).
+fn launch_cmd(mut cmd: Command) -> (Weft, String) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let setup = wait_for_line(&mut err, " worker(s) on ");
     let line = wait_for_line(&mut err, "listener in on ");
@@ -396,6 +399,100 @@ fn ring_setup_reported_is_the_one_applied() {
             "ring_setup = {setup}: single-issuer per ring"
         );
     }
+}
+
+/// Sends one GET on `s` and reads one `Content-Length` answer; None when
+/// nothing comes within `wait`.
+fn request_on(s: &mut TcpStream, wait: Duration) -> Option<String> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut got = Vec::new();
+    let mut b = [0u8; 512];
+    while !String::from_utf8_lossy(&got).ends_with("slow!") {
+        match s.read(&mut b) {
+            Ok(n) if n > 0 => got.extend_from_slice(&b[..n]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&got).to_string())
+}
+
+/// Out of file descriptors: connections already open keep working, weft
+/// says so in the log at most about once a second, and accepts again once
+/// descriptors are free.
+#[test]
+fn descriptor_exhaustion_keeps_open_connections_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    let (up, _) = slow_upstream(Duration::ZERO);
+    let file = temp_file("fds.toml", &one_cluster(1, "", up));
+    let mut cmd = Command::new(WEFT);
+    cmd.args(["--config", file.to_str().unwrap()])
+        .stdout(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; it lowers only this child's limit.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (mut weft, _) = launch_cmd(cmd);
+    // Open connections, each answered, until one is not: out of descriptors.
+    let mut open = Vec::new();
+    let starved = loop {
+        assert!(
+            open.len() < 100,
+            "never ran out of descriptors with a limit of 48"
+        );
+        let mut s = TcpStream::connect(&weft.addr).unwrap();
+        match request_on(&mut s, Duration::from_millis(500)) {
+            Some(answer) => {
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                open.push(s);
+            }
+            None => break s,
+        }
+    };
+    let t = Instant::now();
+    // The connections already open still work.
+    for s in open.iter_mut().take(3) {
+        assert!(
+            request_on(s, Duration::from_secs(5)).is_some(),
+            "an open connection stopped working"
+        );
+    }
+    // Free some descriptors: the waiting connection is accepted and served.
+    open.truncate(open.len() - 3);
+    let mut starved = starved;
+    starved.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 512];
+    while !String::from_utf8_lossy(&got).ends_with("slow!") {
+        match starved.read(&mut b) {
+            Ok(n) if n > 0 => got.extend_from_slice(&b[..n]),
+            other => panic!("the queued connection was not served after descriptors were freed: {other:?}"),
+        }
+    }
+    let starved_for = t.elapsed();
+    signal(&weft.child, libc::SIGTERM);
+    let _ = exit_within(&mut weft.child, Duration::from_secs(10)).expect("weft did not exit");
+    let mut log = String::new();
+    weft.err.read_to_string(&mut log).unwrap();
+    let complaints = log.lines().filter(|l| l.contains("Too many open files")).count();
+    assert!(
+        complaints >= 1,
+        "weft never said it ran out of descriptors:\n{log}"
+    );
+    let bound = starved_for.as_secs() as usize + 2;
+    assert!(
+        complaints <= bound,
+        "{complaints} log lines in {starved_for:?}: not rate-limited\n{log}"
+    );
 }
 
 /// Open files allowed in `a_worker_that_cannot_start_fails_the_start`.

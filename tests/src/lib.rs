@@ -668,10 +668,13 @@ impl Client {
         let s = self.reader.get_ref();
         s.set_read_timeout(Some(CLOSE_BOUND)).expect("set a read timeout");
         let mut b = [0u8; 1];
-        let closed = match self.reader.read(&mut b) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !timed_out(&e),
+        let closed = loop {
+            match self.reader.read(&mut b) {
+                Ok(0) => break true,
+                Ok(_) => break false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break !timed_out(&e),
+            }
         };
         let _ = self.reader.get_ref().set_read_timeout(Some(IO_TIMEOUT));
         closed
