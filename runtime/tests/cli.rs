@@ -106,16 +106,17 @@ fn launch_cmd(mut cmd: Command) -> (Weft, String) {
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let setup = wait_for_line(&mut err, " worker(s) on ");
-    let line = wait_for_line(&mut err, "listener in on ");
-    let addr = line
-        .split("listener in on ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = listener_addr(&wait_for_line(&mut err, "listener in on "));
     (Weft { child, err, addr }, setup)
+}
+
+/// The address in weft's `listener in on ADDR (...)` line.
+fn listener_addr(line: &str) -> String {
+    line.split("listener in on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not a listener line: {line}"))
+        .to_string()
 }
 
 /// [`launch`], checking that the IO setup is the one this host is expected
@@ -229,15 +230,7 @@ fn a_closed_stderr_does_not_stop_weft() {
         .spawn()
         .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
-    let line = wait_for_line(&mut err, "listener in on ");
-    let addr = line
-        .split("listener in on ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = listener_addr(&wait_for_line(&mut err, "listener in on "));
     drop(err);
     // Each of these makes weft write a log line into the closed pipe.
     signal(&child, libc::SIGHUP);

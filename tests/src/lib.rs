@@ -245,6 +245,18 @@ pub struct Received {
     pub connection: usize,
 }
 
+impl Received {
+    /// A request as received, by its head alone (no body).
+    pub fn head(head: &RequestHead) -> Self {
+        Received {
+            head: String::from_utf8_lossy(&head.raw).to_string(),
+            body: vec![],
+            chunked: false,
+            connection: 0,
+        }
+    }
+}
+
 /// A real HTTP/1.1 upstream on loopback, one thread per connection.
 ///
 /// A panic in a connection thread (a failed assertion about what weft

@@ -13,12 +13,7 @@ fn gathering(n: usize) -> Upstream {
         use std::io::Write;
         let mut buf = bytes::BytesMut::new();
         while let Some((head, _, _)) = read_request(&mut s, &mut buf) {
-            received.lock().unwrap().push(Received {
-                head: String::from_utf8_lossy(&head.raw).to_string(),
-                body: vec![],
-                chunked: false,
-                connection: 0,
-            });
+            received.lock().unwrap().push(Received::head(&head));
             arrived.fetch_add(1, Ordering::SeqCst);
             let deadline = Instant::now() + IO_TIMEOUT;
             while arrived.load(Ordering::SeqCst) < n && Instant::now() < deadline {

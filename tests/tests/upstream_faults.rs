@@ -122,12 +122,7 @@ fn stale_pooled_connection_is_retried_for_bodyless_requests() {
     let up = Upstream::scripted(|mut s, _, received| {
         let mut buf = bytes::BytesMut::new();
         if let Some((head, _, _)) = read_request(&mut s, &mut buf) {
-            received.lock().unwrap().push(Received {
-                head: String::from_utf8_lossy(&head.raw).to_string(),
-                body: vec![],
-                chunked: false,
-                connection: 0,
-            });
+            received.lock().unwrap().push(Received::head(&head));
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         }
     });
@@ -170,12 +165,7 @@ fn hanging() -> Upstream {
     Upstream::scripted(|mut s, _, received| {
         let mut buf = bytes::BytesMut::new();
         while let Some((head, _, _)) = read_request(&mut s, &mut buf) {
-            received.lock().unwrap().push(Received {
-                head: String::from_utf8_lossy(&head.raw).to_string(),
-                body: vec![],
-                chunked: false,
-                connection: 0,
-            });
+            received.lock().unwrap().push(Received::head(&head));
             if head.path() != "/fast" {
                 // Hang: wait for weft to close (or the read timeout).
                 let mut b = [0u8; 64];
