@@ -52,31 +52,90 @@ pub enum ErrorKind {
     /// The client read nothing of the response for the listener's
     /// `write_timeout` (its connection is closed).
     DownstreamWriteTimeout,
+    /// The client's request head did not arrive whole within the
+    /// listener's `header_timeout`.
+    HeaderTimeout,
+    /// The client's request head was refused (malformed, too large, an
+    /// unsupported version or coding...): the status and `weft-error` code
+    /// come from the parser's verdict.
+    BadRequest {
+        /// 400, 414, 431, 501 or 505.
+        status: u16,
+        /// The `weft-error` code.
+        code: &'static str,
+    },
 }
 
-/// An error on the request path: kind, side, and whether retrying is safe.
+/// Whether a failed attempt may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryClass {
+    /// The request never reached the upstream: safe on any connection.
+    Safe,
+    /// It went out on a reused (pooled) connection that the upstream had
+    /// already closed, and nothing came back: safe on a fresh connection
+    /// for an idempotent method.
+    StaleConnection,
+    /// The upstream may have processed it: never sent again.
+    Never,
+}
+
+/// The one error type of the request path, for every answer weft writes
+/// itself and every failure after: what went wrong, which side caused it
+/// ([`ProxyError::side`]), the status and `weft-error` code, whether a retry
+/// is safe, and the IO error behind it (for logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyError {
     /// What went wrong.
     pub kind: ErrorKind,
-    /// True when the request provably never reached the upstream.
-    pub request_not_sent: bool,
+    /// Whether the attempt may be sent again.
+    pub retry: RetryClass,
+    /// The IO error behind it, if one was.
+    pub cause: Option<std::io::ErrorKind>,
 }
 
 impl ProxyError {
-    /// An error of `kind`; whether the request left weft follows from the kind.
+    /// An error of `kind`; the retry class follows from the kind (the
+    /// request never left weft when connecting failed).
     pub fn new(kind: ErrorKind) -> Self {
-        let request_not_sent = matches!(
-            kind,
+        let retry = match kind {
             ErrorKind::NoRoute
-                | ErrorKind::NoEndpoint
-                | ErrorKind::ConnectRefused
-                | ErrorKind::ConnectFailed
-                | ErrorKind::ConnectTimeout
-        );
+            | ErrorKind::NoEndpoint
+            | ErrorKind::ConnectRefused
+            | ErrorKind::ConnectFailed
+            | ErrorKind::ConnectTimeout => RetryClass::Safe,
+            _ => RetryClass::Never,
+        };
         ProxyError {
             kind,
-            request_not_sent,
+            retry,
+            cause: None,
+        }
+    }
+
+    /// The same error, sent on a reused connection the upstream had closed
+    /// before answering anything.
+    pub fn on_stale_connection(self) -> Self {
+        ProxyError {
+            retry: RetryClass::StaleConnection,
+            ..self
+        }
+    }
+
+    /// The same error, caused by IO error `e`.
+    pub fn caused_by(self, e: &std::io::Error) -> Self {
+        ProxyError {
+            cause: Some(e.kind()),
+            ..self
+        }
+    }
+
+    /// True when the request may be sent again (on a fresh connection for
+    /// [`RetryClass::StaleConnection`]); `idempotent`: its method is.
+    pub fn may_retry(&self, idempotent: bool) -> bool {
+        match self.retry {
+            RetryClass::Safe => true,
+            RetryClass::StaleConnection => idempotent,
+            RetryClass::Never => false,
         }
     }
 
@@ -87,7 +146,9 @@ impl ProxyError {
             ErrorKind::DownstreamBodyError
             | ErrorKind::DownstreamBodyTimeout
             | ErrorKind::DownstreamClosed
-            | ErrorKind::DownstreamWriteTimeout => Side::Downstream,
+            | ErrorKind::DownstreamWriteTimeout
+            | ErrorKind::HeaderTimeout
+            | ErrorKind::BadRequest { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -98,7 +159,8 @@ impl ProxyError {
             ErrorKind::NoRoute => 404,
             ErrorKind::NoEndpoint | ErrorKind::ConnectRefused | ErrorKind::ConnectFailed => 503,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamReadTimeout => 504,
-            ErrorKind::DownstreamWriteTimeout => 408,
+            ErrorKind::DownstreamWriteTimeout | ErrorKind::HeaderTimeout => 408,
+            ErrorKind::BadRequest { status, .. } => status,
             ErrorKind::DownstreamClosed => 499,
             ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed | ErrorKind::UpstreamBodyError => 502,
             ErrorKind::DownstreamBodyError => 400,
@@ -123,13 +185,9 @@ impl ProxyError {
             ErrorKind::DownstreamClosed => "client-closed",
             ErrorKind::UpstreamReadTimeout => "upstream-read-timeout",
             ErrorKind::DownstreamWriteTimeout => "client-write-timeout",
+            ErrorKind::HeaderTimeout => "header-timeout",
+            ErrorKind::BadRequest { code, .. } => code,
         }
-    }
-
-    /// Retrying on another endpoint cannot duplicate the request: it never
-    /// left weft, or the method is idempotent.
-    pub fn retry_safe(&self, idempotent_method: bool) -> bool {
-        self.request_not_sent || idempotent_method
     }
 }
 
@@ -154,6 +212,10 @@ impl fmt::Display for ProxyError {
             ErrorKind::DownstreamWriteTimeout => {
                 "the client read nothing of the response within the write_timeout"
             }
+            ErrorKind::HeaderTimeout => {
+                "the request head did not arrive within the listener's header_timeout"
+            }
+            ErrorKind::BadRequest { .. } => "the request head was refused",
         })
     }
 }
@@ -170,9 +232,25 @@ mod tests {
         assert_eq!(ProxyError::new(ErrorKind::ConnectRefused).status(), 503);
         assert_eq!(ProxyError::new(ErrorKind::ConnectTimeout).status(), 504);
         assert_eq!(ProxyError::new(ErrorKind::UpstreamReset).status(), 502);
-        assert!(ProxyError::new(ErrorKind::ConnectRefused).retry_safe(false));
-        assert!(!ProxyError::new(ErrorKind::UpstreamReset).retry_safe(false));
-        assert!(ProxyError::new(ErrorKind::UpstreamReset).retry_safe(true));
+        assert!(ProxyError::new(ErrorKind::ConnectRefused).may_retry(false));
+        let reset = ProxyError::new(ErrorKind::UpstreamReset);
+        assert!(
+            !reset.may_retry(true),
+            "a reset after the request went out is never retried"
+        );
+        assert!(reset.on_stale_connection().may_retry(true));
+        assert!(
+            !reset.on_stale_connection().may_retry(false),
+            "a POST is never sent twice"
+        );
+        let refused = ProxyError::new(ErrorKind::BadRequest {
+            status: 431,
+            code: "too-many-headers",
+        });
+        assert_eq!(
+            (refused.status(), refused.code(), refused.side()),
+            (431, "too-many-headers", Side::Downstream)
+        );
         assert_eq!(ProxyError::new(ErrorKind::UpstreamReset).side(), Side::Upstream);
         let stalled = ProxyError::new(ErrorKind::DownstreamBodyTimeout);
         assert_eq!(

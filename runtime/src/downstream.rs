@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 use weft_core::config::Listener;
-use weft_core::{ErrorKind, ProxyError, Side};
+use weft_core::{ErrorKind, ProxyError, RetryClass, Side};
 use weft_proto::body::BodyReader as Body;
 use weft_proto::encode::{encode_request, encode_response, error_response, RequestOptions, ResponseOptions};
 use weft_proto::{parse_request, parse_response, BodyFraming, HeadError, Limits, RequestHead, ResponseHead};
@@ -81,13 +81,18 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
             // the heap while it is served, so an idle connection's task
             // stays small.
             HeadRead::Reject(e) => {
+                let kind = ErrorKind::BadRequest {
+                    status: e.status(),
+                    code: e.code(),
+                };
                 let msg = e.to_string();
-                Box::pin(refuse(&w, &mut client, e.status(), e.code(), &msg)).await;
+                Box::pin(refuse(&w, &mut client, ProxyError::new(kind), &msg)).await;
                 return;
             }
             HeadRead::Timeout => {
-                let msg = "the request head did not arrive within the listener's header_timeout";
-                Box::pin(refuse(&w, &mut client, 408, "header-timeout", msg)).await;
+                let e = ProxyError::new(ErrorKind::HeaderTimeout);
+                let msg = e.to_string();
+                Box::pin(refuse(&w, &mut client, e, &msg)).await;
                 return;
             }
         };
@@ -106,14 +111,15 @@ pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer:
     }
 }
 
-/// Refuses a request whose head weft cannot take (a downstream error), and
-/// closes the connection.
-async fn refuse(w: &Worker, client: &mut TcpStream, status: u16, code: &'static str, msg: &str) {
+/// Refuses a request whose head weft cannot take (a downstream error: a
+/// refused head or the header timeout, `msg` naming the cause), and closes
+/// the connection.
+async fn refuse(w: &Worker, client: &mut TcpStream, e: ProxyError, msg: &str) {
     let mut t = Tracker::new(w, Instant::now());
     let reply = Reply {
-        status,
-        code,
-        side: Side::Downstream,
+        status: e.status(),
+        code: e.code(),
+        side: e.side(),
         msg,
     };
     answer(client, &mut t, reply, true, false).await;
@@ -269,12 +275,10 @@ fn idempotent(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
-/// Why an attempt failed before a response head reached the client.
+/// Why an attempt failed before a response head reached the client: the
+/// error (with its retry class), and the client connection's fate.
 struct Failed {
     error: ProxyError,
-    /// The upstream may have seen nothing usable: a retry on a fresh
-    /// connection cannot duplicate the request.
-    retryable: bool,
     /// The client connection must be closed (its body is half-read).
     close: bool,
 }
@@ -285,34 +289,30 @@ impl Failed {
     fn downstream_body(kind: ErrorKind) -> Self {
         Failed {
             error: ProxyError::new(kind),
-            retryable: false,
             close: true,
         }
     }
 
     /// Connecting failed (refused, unreachable, timed out): nothing was sent.
     fn connect(error: ProxyError) -> Self {
-        Failed {
-            error,
-            retryable: false,
-            close: false,
-        }
+        Failed { error, close: false }
     }
 
     /// The client went away before the response: nothing more to send.
     fn client_closed() -> Self {
         Failed {
             error: ProxyError::new(ErrorKind::DownstreamClosed),
-            retryable: false,
             close: true,
         }
     }
 
-    /// The upstream connection failed before a response head.
-    fn upstream_gone(retryable: bool, close: bool) -> Self {
+    /// The upstream connection failed before a response head; `stale`:
+    /// nothing of the request can have been used (it was whole, nothing came
+    /// back), so it may go again on a fresh connection if it was a reused one.
+    fn upstream_gone(stale: bool, close: bool) -> Self {
+        let error = ProxyError::new(ErrorKind::UpstreamReset);
         Failed {
-            error: ProxyError::new(ErrorKind::UpstreamReset),
-            retryable,
+            error: if stale { error.on_stale_connection() } else { error },
             close,
         }
     }
@@ -417,7 +417,11 @@ async fn exchange(
                     t.o.upstream_at = Some(Instant::now());
                     return Ok((up, res));
                 }
-                Err(f) if f.retryable && reused && f.error.retry_safe(idempotent(req.method())) => {
+                Err(f)
+                    if reused
+                        && f.error.retry == RetryClass::StaleConnection
+                        && f.error.may_retry(idempotent(req.method())) =>
+                {
                     // A pooled connection the upstream had already closed:
                     // the request got no answer, had no further body, and
                     // repeating it cannot do harm.
@@ -512,7 +516,6 @@ async fn attempt(
             Err(_) => {
                 return Err(Failed {
                     error: ProxyError::new(ErrorKind::UpstreamMalformed),
-                    retryable: false,
                     close: false,
                 })
             }

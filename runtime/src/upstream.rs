@@ -84,9 +84,9 @@ pub(crate) async fn connect(
             Ok(s)
         }
         Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            Err(ProxyError::new(ErrorKind::ConnectRefused))
+            Err(ProxyError::new(ErrorKind::ConnectRefused).caused_by(&e))
         }
-        Some(Err(_)) => Err(ProxyError::new(ErrorKind::ConnectFailed)),
+        Some(Err(e)) => Err(ProxyError::new(ErrorKind::ConnectFailed).caused_by(&e)),
         None => Err(ProxyError::new(ErrorKind::ConnectTimeout)),
     }
 }
