@@ -381,7 +381,7 @@ async fn exchange(
     // timeout the upstream connection is dropped, never pooled.
     let deadline = started + route.timeout;
     let forwarded = within(w.timers.at(deadline), async {
-        let (mut up, mut reused) = match ep.checkout(&cluster.pool, Instant::now()) {
+        let (up, mut reused) = match ep.checkout(&cluster.pool, Instant::now()) {
             Some(s) => (s, true),
             None => (
                 connect(&w.timers, ep.addr, cluster.connect_timeout)
@@ -397,13 +397,17 @@ async fn exchange(
             }
             t.o.bytes_out += CONTINUE.len() as u64;
         }
+        let mut next = Some(up);
         loop {
             t.o.attempts += 1;
+            let Some(conn) = next.take() else {
+                return Err(Failed::upstream_gone(false, false));
+            };
             match attempt(
                 l,
                 client,
                 cbuf,
-                &mut up,
+                conn,
                 &mut ubuf,
                 req,
                 head.clone(),
@@ -413,9 +417,9 @@ async fn exchange(
             )
             .await
             {
-                Ok(res) => {
+                Ok(answer) => {
                     t.o.upstream_at = Some(Instant::now());
-                    return Ok((up, res));
+                    return Ok(answer);
                 }
                 Err(f)
                     if reused
@@ -425,9 +429,11 @@ async fn exchange(
                     // A pooled connection the upstream had already closed:
                     // the request got no answer, had no further body, and
                     // repeating it cannot do harm.
-                    up = connect(&w.timers, ep.addr, cluster.connect_timeout)
-                        .await
-                        .map_err(Failed::connect)?;
+                    next = Some(
+                        connect(&w.timers, ep.addr, cluster.connect_timeout)
+                            .await
+                            .map_err(Failed::connect)?,
+                    );
                     reused = false;
                     ubuf.clear();
                 }
@@ -465,38 +471,161 @@ async fn exchange(
     .await
 }
 
+/// An upstream connection after the response head: whole (poolable once
+/// the body is read), or only its read half when the upload was cut short
+/// by an early answer.
+pub(crate) enum UpConn {
+    Whole(TcpStream),
+    ReadOnly(OwnedReadHalf<TcpStream>),
+}
+
+impl UpConn {
+    async fn read_more(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            UpConn::Whole(s) => read_more(s, buf).await,
+            UpConn::ReadOnly(r) => read_more(r, buf).await,
+        }
+    }
+}
+
 /// Sends the request (head, body) and reads the final response head.
+///
+/// Full duplex: while a request body streams up, weft also reads what the
+/// upstream sends. An upstream that answers before the upload ends (413,
+/// or a reply it streams at once) gets its answer to the client; the
+/// upload stops, the client connection closes after the response and the
+/// upstream connection is not pooled.
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
     l: &Listener,
     client: &mut TcpStream,
     cbuf: &mut BytesMut,
-    up: &mut TcpStream,
+    mut up: TcpStream,
     ubuf: &mut BytesMut,
     req: &RequestHead,
     head: Bytes,
     first: Bytes,
     body: &mut Body,
     t: &mut Tracker<'_>,
-) -> Result<ResponseHead, Failed> {
+) -> Result<(UpConn, ResponseHead), Failed> {
     let body_was_whole = body.done();
-    if write_two(up, head, first).await.is_err() {
+    if write_two(&mut up, head, first).await.is_err() {
         return Err(Failed::upstream_gone(body_was_whole, false));
     }
-    while !body.done() {
-        match within(t.worker().timers.after(l.idle_timeout), read_more(client, cbuf)).await {
-            Some(Ok(n)) if n > 0 => {}
-            Some(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
-            None => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
+    if !body.done() {
+        return Box::pin(duplex(l, client, cbuf, up, ubuf, req, body, t)).await;
+    }
+    let res = response_head(client, cbuf, &mut up, ubuf, req, t, body_was_whole).await?;
+    Ok((UpConn::Whole(up), res))
+}
+
+/// The upload and the wait for the answer at once (see [`attempt`]).
+#[allow(clippy::too_many_arguments)]
+async fn duplex(
+    l: &Listener,
+    client: &mut TcpStream,
+    cbuf: &mut BytesMut,
+    up: TcpStream,
+    ubuf: &mut BytesMut,
+    req: &RequestHead,
+    body: &mut Body,
+    t: &mut Tracker<'_>,
+) -> Result<(UpConn, ResponseHead), Failed> {
+    let timers = &t.worker().timers;
+    let (mut r, mut wr) = up.into_split();
+    let mut sent = 0u64;
+    let upload = async {
+        while !body.done() {
+            match within(timers.after(l.idle_timeout), read_more(client, cbuf)).await {
+                Some(Ok(n)) if n > 0 => {}
+                Some(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
+                None => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
+            }
+            let piece = body
+                .take(cbuf)
+                .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))?;
+            sent += piece.len() as u64;
+            if write_one(&mut wr, piece).await.is_err() {
+                // The upstream may have answered before it stopped reading.
+                return Ok(false);
+            }
         }
-        let piece = body
-            .take(cbuf)
-            .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))?;
-        t.o.bytes_in += piece.len() as u64;
-        if write_one(up, piece).await.is_err() {
-            return Err(Failed::upstream_gone(false, true));
+        Ok(true)
+    };
+    // Reads until a final response head is whole in `ubuf` (interim ones
+    // are dropped: weft answered any 100-continue itself); never dropped
+    // while a read is in flight unless the connection is given up.
+    let answer = async {
+        loop {
+            match parse_response(ubuf, &RESPONSE_LIMITS, req.is_head()) {
+                Ok(Some(res)) if res.is_informational() && res.status != 101 => continue,
+                Ok(Some(res)) => return Ok(res),
+                Ok(None) => {}
+                Err(_) => {
+                    return Err(Failed {
+                        error: ProxyError::new(ErrorKind::UpstreamMalformed),
+                        close: true,
+                    })
+                }
+            }
+            match read_more(&mut r, ubuf).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(Failed::upstream_gone(false, true)),
+            }
+        }
+    };
+    // Boxed so that it can end (and release the read half) before the
+    // read half moves on.
+    let mut answer = Box::pin(answer);
+    let early = {
+        // Dropped at the end of this block: the upload stops (its reads
+        // and writes cancelled) when the answer came first.
+        let mut upload = std::pin::pin!(upload);
+        monoio::select! {
+            done = &mut upload => match done {
+                Ok(true) => None,
+                // The upstream stopped reading: its answer, if it sent one.
+                Ok(false) => Some(answer.as_mut().await),
+                Err(f) => return Err(f),
+            },
+            res = answer.as_mut() => Some(res),
+        }
+    };
+    t.o.bytes_in += sent;
+    let early = match early {
+        Some(res) => Some(res?),
+        None => None,
+    };
+    match early {
+        // The upload was cut short: the rest of the response comes on the
+        // read half; the client connection closes after it.
+        Some(res) => {
+            drop(answer);
+            drop(wr);
+            Ok((UpConn::ReadOnly(r), res))
+        }
+        None => {
+            let res = answer.as_mut().await?;
+            drop(answer);
+            let up = r.reunite(wr).map_err(|_| Failed::upstream_gone(false, false))?;
+            Ok((UpConn::Whole(up), res))
         }
     }
+}
+
+/// Reads the final response head, forwarding interim ones to an HTTP/1.1
+/// client and watching the client for a close while the upstream takes
+/// its time.
+#[allow(clippy::too_many_arguments)]
+async fn response_head(
+    client: &mut TcpStream,
+    cbuf: &BytesMut,
+    up: &mut TcpStream,
+    ubuf: &mut BytesMut,
+    req: &RequestHead,
+    t: &mut Tracker<'_>,
+    body_was_whole: bool,
+) -> Result<ResponseHead, Failed> {
     let mut informational = false;
     loop {
         match parse_response(ubuf, &RESPONSE_LIMITS, req.is_head()) {
@@ -631,7 +760,7 @@ async fn respond(
     l: &Listener,
     read_timeout: std::time::Duration,
     client: &mut TcpStream,
-    mut up: TcpStream,
+    mut up: UpConn,
     mut ubuf: BytesMut,
     req: &RequestHead,
     res: ResponseHead,
@@ -654,6 +783,10 @@ async fn respond(
                 return Next::Close;
             }
         }
+        let UpConn::Whole(up) = up else {
+            // A 101 to a request whose body was cut short: nothing to tunnel.
+            return Next::Close;
+        };
         return Next::Tunnel(up, ubuf);
     }
     let dechunk = req.minor == 0 && res.framing == BodyFraming::Chunked;
@@ -662,7 +795,10 @@ async fn respond(
     } else {
         res.framing
     };
-    let close = !req.keep_alive || client_framing == BodyFraming::UntilClose || w.draining.get();
+    // An upload cut short by an early answer leaves the client's body
+    // unread: close after the response.
+    let cut = matches!(up, UpConn::ReadOnly(_));
+    let close = !req.keep_alive || client_framing == BodyFraming::UntilClose || w.draining.get() || cut;
     let opts = ResponseOptions {
         framing: client_framing,
         close,
@@ -697,7 +833,7 @@ async fn respond(
     t.o.status = Some(res.status);
     let body_error = || ProxyError::new(ErrorKind::UpstreamBodyError).code();
     while !body.done() {
-        match within(timers.after(read_timeout), read_more(&mut up, &mut ubuf)).await {
+        match within(timers.after(read_timeout), up.read_more(&mut ubuf)).await {
             Some(Ok(n)) if n > 0 => {}
             // A close-delimited body ends here (and is never kept alive).
             Some(_) if body.until_close() => break,
@@ -730,8 +866,13 @@ async fn respond(
         }
     }
     // `keep_alive` is false for close-delimited responses (weft-proto).
-    if res.keep_alive && ubuf.is_empty() {
+    if let (UpConn::Whole(up), true) = (up, res.keep_alive && ubuf.is_empty()) {
         ep.checkin(up, pool, Instant::now());
+    }
+    if cut {
+        // The client may still be sending its body: read and drop it for a
+        // while, so that closing does not reset the response away.
+        linger(client, timers).await;
     }
     if close {
         Next::Close

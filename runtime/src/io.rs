@@ -16,7 +16,7 @@ pub(crate) const FIRST_READ: usize = 2 * 1024;
 
 /// Appends whatever the socket has to `buf`; `Ok(0)` means end of stream.
 /// A buffer with less than 1 KiB to spare grows by [`READ_CHUNK`].
-pub(crate) async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+pub(crate) async fn read_more<S: AsyncReadRent>(stream: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }
@@ -73,7 +73,7 @@ pub(crate) async fn write_two(stream: &mut TcpStream, head: Bytes, body: Bytes) 
 }
 
 /// Writes `buf` completely.
-pub(crate) async fn write_one(stream: &mut TcpStream, buf: Bytes) -> io::Result<()> {
+pub(crate) async fn write_one<S: AsyncWriteRentExt>(stream: &mut S, buf: Bytes) -> io::Result<()> {
     if buf.is_empty() {
         return Ok(());
     }

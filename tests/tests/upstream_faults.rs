@@ -313,7 +313,56 @@ fn client_that_never_reads_is_closed_after_write_timeout() {
     drop(c);
 }
 
+/// An upstream that answers before the upload ends, and stops reading:
+/// its answer reaches the client (full duplex), the upload stops, and the
+/// client connection closes after the answer.
+fn early_answer_during_an_upload_reaches_the_client() {
+    let up = Upstream::scripted(|mut s, _, _| {
+        // Read the head only, answer, and read nothing more until weft closes.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if !matches!(std::io::Read::read(&mut s, &mut b), Ok(1)) {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big\n");
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        std::thread::sleep(Duration::from_secs(8));
+    });
+    let (weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 67108864\r\n\r\n");
+    // 64 MiB that nobody reads to the end: written from another thread
+    // until weft closes the connection.
+    let mut writer = c.stream().try_clone().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..1024 {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let r = c.response(false).expect("the upstream's early answer");
+    assert_eq!((r.status, r.text().as_str()), (413, "too big\n"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(
+        c.is_closed(),
+        "the connection stayed open after an answer that cut the upload short"
+    );
+    drop(c);
+    feeder.join().unwrap();
+    assert_eq!(
+        weft.failures(),
+        0,
+        "the 413 was forwarded: not a failure of weft's"
+    );
+}
+
 on_both_drivers!(
+    early_answer_during_an_upload_reaches_the_client,
     silent_upstream_mid_body_cuts_the_client,
     client_that_never_reads_is_closed_after_write_timeout,
     client_that_leaves_releases_the_upstream_connection,
