@@ -333,27 +333,18 @@ async fn exchange(
     let started = t.o.head_at;
     let has_body = req.framing != BodyFraming::None;
     let path = if req.path.is_empty() { "/" } else { req.path() };
-    let Some(route) = l.routes.find(req.host(), path, req.method(), |n| req.header(n)) else {
-        return Box::pin(reply_error(
-            client,
-            t,
-            ProxyError::new(ErrorKind::NoRoute),
-            has_body,
-            req,
-        ))
-        .await;
-    };
-    let c = w.pick_cluster(&route.target);
-    let cluster = &w.config.clusters[c];
-    let Some(ep) = w.pick_endpoint(c) else {
-        return Box::pin(reply_error(
-            client,
-            t,
-            ProxyError::new(ErrorKind::NoEndpoint),
-            has_body,
-            req,
-        ))
-        .await;
+    let picked = l
+        .routes
+        .find(req.host(), path, req.method(), |n| req.header(n))
+        .ok_or(ErrorKind::NoRoute)
+        .and_then(|route| {
+            let c = w.pick_cluster(&route.target);
+            let ep = w.pick_endpoint(c).ok_or(ErrorKind::NoEndpoint)?;
+            Ok((route, &w.config.clusters[c], ep))
+        });
+    let (route, cluster, ep) = match picked {
+        Ok(picked) => picked,
+        Err(kind) => return Box::pin(reply_error(client, t, ProxyError::new(kind), has_body, req)).await,
     };
     t.o.endpoint = Some(ep.addr);
     let _in_flight = Counted::new(&ep.in_flight);
