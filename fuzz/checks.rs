@@ -751,6 +751,15 @@ fn reencode_response(res: &ResponseHead, head_request: bool, keep_alive_10: bool
             _ => {}
         }
     }
+    // A 1xx or 204 goes to the client without Content-Length (RFC 9110 §8.6).
+    if res.is_informational() || res.status == 204 {
+        assert!(
+            !again.headers.iter().any(|h| h.kind == HeaderKind::ContentLength),
+            "Content-Length on a {}: {}",
+            res.status,
+            ctx()
+        );
+    }
     // A body coded with something other than chunked keeps its coding: the
     // client cannot decode it without the field (RFC 9112 §6.3).
     if res.framing == BodyFraming::UntilClose {

@@ -179,12 +179,14 @@ pub fn encode_response(res: &ResponseHead, opts: &ResponseOptions, out: &mut Byt
     match opts.framing {
         BodyFraming::Length(n) => put_length(out, n),
         BodyFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        BodyFraming::None => {
-            // Keep an explicit zero length (and HEAD/304 lengths) as sent.
+        // Keep an explicit zero length (and HEAD/304 lengths) as sent; a
+        // 1xx or 204 never has one (RFC 9110 §8.6).
+        BodyFraming::None if !res.is_informational() && res.status != 204 => {
             if let Some(h) = res.headers.iter().find(|h| h.kind == HeaderKind::ContentLength) {
                 put_field(out, b"content-length", &raw[h.value.clone()]);
             }
         }
+        BodyFraming::None => {}
         BodyFraming::UntilClose => {
             // A transfer coding other than chunked as the last (RFC 9112
             // §6.3): the body runs until close, still coded; the client
