@@ -8,6 +8,7 @@
 
 pub mod demo;
 mod downstream;
+mod forward;
 mod io;
 pub mod load;
 pub mod log;
