@@ -30,69 +30,79 @@ enum HeadRead {
 }
 
 /// Serves one accepted client connection until it closes.
-pub(crate) async fn serve(w: Rc<Worker>, li: usize, mut client: TcpStream, peer: SocketAddr) {
-    nodelay(&client);
-    let _admitted = Admitted(&w.gates[li]);
-    let config = w.config.clone();
-    let l = &config.listeners[li];
-    let limits = Limits {
-        max_request_line: l.max_request_line,
-        max_head_bytes: l.max_header_bytes,
-        max_headers: l.max_headers,
-    };
-    let peer_ip = peer.ip().to_string();
-    let mut buf = BytesMut::new();
-    loop {
-        let idle_until = Instant::now() + l.idle_timeout;
-        if buf.is_empty() {
-            // Idle between requests: wait for data here, with no buffer and a
-            // small future, so that idle keep-alive connections cost little.
-            buf = BytesMut::new();
-            // An idle wait also ends when the worker starts draining: then
-            // the connection closes.
-            let ready = within(w.timers.idle_until(idle_until), client.readable(true)).await;
-            if !matches!(ready, Some(Ok(()))) {
-                return;
-            }
-        }
-        // Boxed: the head reader's state exists only while a head arrives.
-        let head = match Box::pin(read_head(&w, &mut client, &mut buf, idle_until, l, &limits)).await {
-            HeadRead::Head(mut h) => {
-                if l.merge_slashes {
-                    h.merge_slashes();
-                }
-                h
-            }
-            HeadRead::Closed => return,
-            // Boxed, as the exchange below: what a request needs lives on
-            // the heap while it is served, so an idle connection's task
-            // stays small.
-            HeadRead::Reject(e) => {
-                let kind = ErrorKind::BadRequest {
-                    status: e.status(),
-                    code: e.code(),
-                };
-                let msg = e.to_string();
-                Box::pin(refuse(&w, &mut client, ProxyError::new(kind), &msg)).await;
-                return;
-            }
-            HeadRead::Timeout => {
-                let e = ProxyError::new(ErrorKind::HeaderTimeout);
-                let msg = e.to_string();
-                Box::pin(refuse(&w, &mut client, e, &msg)).await;
-                return;
-            }
+///
+/// A plain function returning an `async move` block, not an `async fn`: an
+/// `async fn` keeps its arguments twice in its state (once as passed, once
+/// as bound), and this future lives as long as the connection, idle or not.
+pub(crate) fn serve(
+    w: Rc<Worker>,
+    li: usize,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        nodelay(&client);
+        let _admitted = Admitted(&w.gates[li]);
+        let l = &w.config.listeners[li];
+        let limits = Limits {
+            max_request_line: l.max_request_line,
+            max_head_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
         };
-        let started = Instant::now();
-        let active = Counted::new(&w.active);
-        let next = Box::pin(tracked(&w, l, &mut client, &mut buf, &head, &peer_ip, started)).await;
-        match next {
-            Next::KeepAlive if !w.draining.get() => {}
-            Next::KeepAlive | Next::Close => return,
-            Next::Tunnel(up, up_buf) => {
-                drop(active);
-                Box::pin(tunnel(client, buf, up, up_buf)).await;
-                return;
+        let peer_ip = peer.ip().to_string();
+        let mut buf = BytesMut::new();
+        loop {
+            let idle_until = Instant::now() + l.idle_timeout;
+            if buf.is_empty() {
+                // Idle between requests: wait for data here, with no buffer and a
+                // small future, so that idle keep-alive connections cost little.
+                buf = BytesMut::new();
+                // An idle wait also ends when the worker starts draining: then
+                // the connection closes.
+                let ready = within(w.timers.idle_until(idle_until), client.readable(true)).await;
+                if !matches!(ready, Some(Ok(()))) {
+                    return;
+                }
+            }
+            // Boxed: the head reader's state exists only while a head arrives.
+            let head = match Box::pin(read_head(&w, &mut client, &mut buf, idle_until, l, &limits)).await {
+                HeadRead::Head(mut h) => {
+                    if l.merge_slashes {
+                        h.merge_slashes();
+                    }
+                    h
+                }
+                HeadRead::Closed => return,
+                // Boxed, as the exchange below: what a request needs lives on
+                // the heap while it is served, so an idle connection's task
+                // stays small.
+                HeadRead::Reject(e) => {
+                    let kind = ErrorKind::BadRequest {
+                        status: e.status(),
+                        code: e.code(),
+                    };
+                    let msg = e.to_string();
+                    Box::pin(refuse(&w, &mut client, ProxyError::new(kind), &msg)).await;
+                    return;
+                }
+                HeadRead::Timeout => {
+                    let e = ProxyError::new(ErrorKind::HeaderTimeout);
+                    let msg = e.to_string();
+                    Box::pin(refuse(&w, &mut client, e, &msg)).await;
+                    return;
+                }
+            };
+            let started = Instant::now();
+            let active = Counted::new(&w.active);
+            let next = Box::pin(tracked(&w, l, &mut client, &mut buf, &head, &peer_ip, started)).await;
+            match next {
+                Next::KeepAlive if !w.draining.get() => {}
+                Next::KeepAlive | Next::Close => return,
+                Next::Tunnel(up, up_buf) => {
+                    drop(active);
+                    Box::pin(tunnel(client, buf, up, up_buf)).await;
+                    return;
+                }
             }
         }
     }
