@@ -34,6 +34,7 @@ enum HeadRead {
 /// A plain function returning an `async move` block, not an `async fn`: an
 /// `async fn` keeps its arguments twice in its state (once as passed, once
 /// as bound), and this future lives as long as the connection, idle or not.
+#[allow(clippy::manual_async_fn)]
 pub(crate) fn serve(
     w: Rc<Worker>,
     li: usize,
