@@ -288,6 +288,7 @@ pub(crate) async fn run(
     }
     // These run until the runtime ends with the worker.
     monoio::spawn(sweep_pools(worker.clone()));
+    monoio::spawn(return_memory(worker.clone()));
     let w = worker.clone();
     monoio::spawn(async move { w.timers.run().await });
     shutdown.wait().await;
@@ -307,6 +308,34 @@ pub(crate) async fn run(
     let open = || worker.gates.iter().map(|g| g.open.get()).sum::<usize>();
     while open() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Hands memory the allocator keeps for later back to the system once the
+/// worker goes quiet: mimalloc frees its unused pages lazily, when the heap
+/// is used again, so a worker that served a burst (or saw thousands of
+/// connections close at once) and then idles would keep it. Once a second
+/// it compares the worker's activity with the last look; the first quiet
+/// second after activity collects, once.
+async fn return_memory(worker: Rc<Worker>) {
+    let activity = || {
+        let open: usize = worker.gates.iter().map(|g| g.open.get()).sum();
+        (worker.counters.requests(), worker.counters.connections(), open)
+    };
+    let mut last = activity();
+    let mut dirty = false;
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let now = activity();
+        if now != last {
+            dirty = true;
+            last = now;
+        } else if dirty {
+            dirty = false;
+            // SAFETY: collects this thread's own heap; no pointers are handed
+            // over and nothing allocated is touched.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
     }
 }
 
