@@ -7,7 +7,7 @@
 use crate::forward::{exchange, Next};
 use crate::io::{nodelay, read_more, write_one, FIRST_READ, READ_CHUNK};
 use crate::timer::{within, Timers};
-use crate::worker::{Admitted, Counted, Tracker, Worker};
+use crate::worker::{Admitted, Tracker, Worker};
 use bytes::BytesMut;
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
@@ -94,13 +94,11 @@ pub(crate) fn serve(
                 }
             };
             let started = Instant::now();
-            let active = Counted::new(&w.active);
-            let next = Box::pin(tracked(&w, l, &mut client, &mut buf, &head, &peer_ip, started)).await;
+            let next = Box::pin(exchange(&w, l, &mut client, &mut buf, &head, &peer_ip, started)).await;
             match next {
                 Next::KeepAlive if !w.draining.get() => {}
                 Next::KeepAlive | Next::Close => return,
                 Next::Tunnel(up, up_buf) => {
-                    drop(active);
                     Box::pin(tunnel(client, buf, up, up_buf)).await;
                     return;
                 }
@@ -114,28 +112,7 @@ pub(crate) fn serve(
 /// the connection.
 async fn refuse(w: &Worker, client: &mut TcpStream, e: ProxyError, msg: &str) {
     let mut t = Tracker::new(w, Instant::now());
-    let reply = Reply {
-        status: e.status(),
-        code: e.code(),
-        side: e.side(),
-        msg,
-    };
-    answer(client, &mut t, reply, true, false).await;
-}
-
-/// [`exchange`] with the request's outcome record, written when it ends.
-async fn tracked(
-    w: &Worker,
-    l: &Listener,
-    client: &mut TcpStream,
-    cbuf: &mut BytesMut,
-    req: &RequestHead,
-    peer_ip: &str,
-    started: Instant,
-) -> Next {
-    let mut t = Tracker::new(w, started);
-    t.o.bytes_in = req.raw.len() as u64;
-    exchange(w, l, client, cbuf, req, peer_ip, &mut t).await
+    answer(client, &mut t, Reply::of(&e, msg), true, false).await;
 }
 
 /// Reads one request head. Until its first byte arrives, `idle_until`
@@ -198,13 +175,7 @@ pub(crate) async fn reply_error(
 ) -> Next {
     let close = close || !req.keep_alive;
     let msg = e.to_string();
-    let reply = Reply {
-        status: e.status(),
-        code: e.code(),
-        side: e.side(),
-        msg: &msg,
-    };
-    answer(client, t, reply, close, req.is_head()).await
+    answer(client, t, Reply::of(&e, &msg), close, req.is_head()).await
 }
 
 /// One of weft's own answers.
@@ -216,6 +187,18 @@ struct Reply<'a> {
     side: Side,
     /// The one-line body naming the cause.
     msg: &'a str,
+}
+
+impl<'a> Reply<'a> {
+    /// The answer for `e`, with `msg` naming the cause.
+    fn of(e: &ProxyError, msg: &'a str) -> Self {
+        Reply {
+            status: e.status(),
+            code: e.code(),
+            side: e.side(),
+            msg,
+        }
+    }
 }
 
 /// Writes one of weft's own answers, and records it in the request's

@@ -69,6 +69,15 @@ impl Failed {
         }
     }
 
+    /// The upstream's response head cannot be taken; `close`: the client
+    /// connection must close too (its body is half-read).
+    fn malformed(close: bool) -> Self {
+        Failed {
+            error: ProxyError::new(ErrorKind::UpstreamMalformed),
+            close,
+        }
+    }
+
     /// The upstream connection failed before a response head; `stale`:
     /// nothing of the request can have been used (it was whole, nothing came
     /// back), so it may go again on a fresh connection if it was a reused one.
@@ -81,9 +90,9 @@ impl Failed {
     }
 }
 
-/// Forwards one request and its response. `started`: when its head arrived
-/// (the route timeout counts from there).
-#[allow(clippy::too_many_arguments)]
+/// Forwards one request and its response, and writes its outcome record
+/// when it ends. `started`: when its head arrived (the route timeout counts
+/// from there).
 pub(crate) async fn exchange(
     w: &Worker,
     l: &Listener,
@@ -91,9 +100,10 @@ pub(crate) async fn exchange(
     cbuf: &mut BytesMut,
     req: &RequestHead,
     peer_ip: &str,
-    t: &mut Tracker<'_>,
+    started: Instant,
 ) -> Next {
-    let started = t.o.head_at;
+    let t = &mut Tracker::new(w, started);
+    t.o.bytes_in = req.raw.len() as u64;
     let has_body = req.framing != BodyFraming::None;
     let path = if req.path.is_empty() { "/" } else { req.path() };
     let picked = l
@@ -151,17 +161,14 @@ pub(crate) async fn exchange(
             }
             t.o.bytes_out += CONTINUE.len() as u64;
         }
-        let mut next = Some(up);
+        let mut up = up;
         loop {
             t.o.attempts += 1;
-            let Some(conn) = next.take() else {
-                return Err(Failed::upstream_gone(false, false));
-            };
             match attempt(
                 l,
                 client,
                 cbuf,
-                conn,
+                up,
                 &mut ubuf,
                 req,
                 head.clone(),
@@ -183,11 +190,9 @@ pub(crate) async fn exchange(
                     // A pooled connection the upstream had already closed:
                     // the request got no answer, had no further body, and
                     // repeating it cannot do harm.
-                    next = Some(
-                        connect(&w.timers, ep.addr, cluster.connect_timeout)
-                            .await
-                            .map_err(Failed::connect)?,
-                    );
+                    up = connect(&w.timers, ep.addr, cluster.connect_timeout)
+                        .await
+                        .map_err(Failed::connect)?;
                     reused = false;
                     ubuf.clear();
                 }
@@ -315,12 +320,7 @@ async fn duplex(
                 Ok(Some(res)) if res.is_informational() && res.status != 101 => continue,
                 Ok(Some(res)) => return Ok(res),
                 Ok(None) => {}
-                Err(_) => {
-                    return Err(Failed {
-                        error: ProxyError::new(ErrorKind::UpstreamMalformed),
-                        close: true,
-                    })
-                }
+                Err(_) => return Err(Failed::malformed(true)),
             }
             match read_more(&mut r, ubuf).await {
                 Ok(n) if n > 0 => {}
@@ -346,11 +346,7 @@ async fn duplex(
         }
     };
     t.o.bytes_in += sent;
-    let early = match early {
-        Some(res) => Some(res?),
-        None => None,
-    };
-    match early {
+    match early.transpose()? {
         // The upload was cut short: the rest of the response comes on the
         // read half; the client connection closes after it.
         Some(res) => {
@@ -396,12 +392,7 @@ async fn response_head(
             }
             Ok(Some(res)) => return Ok(res),
             Ok(None) => {}
-            Err(_) => {
-                return Err(Failed {
-                    error: ProxyError::new(ErrorKind::UpstreamMalformed),
-                    close: false,
-                })
-            }
+            Err(_) => return Err(Failed::malformed(false)),
         }
         // Watch the client only when no pipelined bytes of it are buffered:
         // its end of stream then means it gave up on this request.

@@ -18,6 +18,6 @@ mod timer;
 mod upstream;
 mod worker;
 
-pub use server::{DriverInUse, IoSetup, Server, StartError, WorkerCounters};
+pub use server::{IoSetup, Server, StartError, WorkerCounters};
 pub use shutdown::Shutdown;
 pub use weft_core::Config;

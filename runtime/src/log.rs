@@ -3,14 +3,14 @@
 //! Logging never stops or blocks a worker. Lines go to one writer thread
 //! through a bounded queue; when the queue is full the line is dropped (and
 //! counted), and write errors (stderr closed: EPIPE) are ignored, where
-//! `eprintln!` would panic and the release profile would abort. A line
-//! repeated within a second is written once, then counted.
+//! the standard printing macros would panic and the release profile would
+//! abort. A line repeated within a second is written once, then counted.
 
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Writes one log line (formatted like `format!`) without ever blocking.
@@ -78,8 +78,7 @@ pub fn flush(bound: Duration) {
 /// Writes one line to stderr now, from the calling thread; errors ignored.
 /// For the binary's own messages at start and exit.
 pub fn write_now(msg: &str) {
-    static STDERR: Mutex<()> = Mutex::new(());
-    let _guard = STDERR.lock();
+    // One `write` of the whole line, under stderr's own lock.
     let _ = writeln!(std::io::stderr().lock(), "weft: {msg}");
 }
 

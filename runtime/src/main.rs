@@ -105,10 +105,7 @@ fn run(config: Result<weft::Config, String>) -> ExitCode {
         server.io()
     ));
     for (name, addr) in server.addrs() {
-        weft::log::write_now(&format!(
-            "listener {name} on {addr} ({:?} driver)",
-            server.driver()
-        ));
+        weft::log::write_now(&format!("listener {name} on {addr}"));
     }
     serve_until_signal(server, signals)
 }

@@ -14,9 +14,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use weft_core::{Config, Driver, RingSetup};
 
-/// The IO driver the workers run on.
+/// The IO driver the workers are started on (what they report is [`IoSetup`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriverInUse {
+enum DriverInUse {
     /// io_uring.
     IoUring,
     /// epoll (monoio's legacy driver).
@@ -153,7 +153,6 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     shutdown: Shutdown,
     addrs: Vec<(String, SocketAddr)>,
-    driver: DriverInUse,
     io: IoSetup,
     counters: Vec<Arc<WorkerCounters>>,
 }
@@ -389,7 +388,6 @@ impl Server {
             workers,
             shutdown,
             addrs,
-            driver,
             io,
             counters,
         })
@@ -403,11 +401,6 @@ impl Server {
     /// Every listener's name and bound address.
     pub fn addrs(&self) -> &[(String, SocketAddr)] {
         &self.addrs
-    }
-
-    /// The IO driver in use.
-    pub fn driver(&self) -> DriverInUse {
-        self.driver
     }
 
     /// How the workers' IO runs, as they reported it.

@@ -30,8 +30,6 @@ pub(crate) struct Worker {
     rng: RefCell<Rng>,
     /// Set when shutdown began: answer in flight, then close.
     pub draining: Cell<bool>,
-    /// Requests being served by this worker.
-    pub active: Cell<u32>,
     /// This worker's counters, readable from other threads.
     pub counters: Arc<WorkerCounters>,
     /// Per listener: this worker's share of its `max_connections`.
@@ -129,7 +127,6 @@ impl Worker {
             clusters,
             rng: RefCell::new(Rng::new(seed)),
             draining: Cell::new(false),
-            active: Cell::new(0),
             counters,
             gates,
             timers: Timers::default(),
@@ -207,8 +204,8 @@ impl Drop for Tracker<'_> {
     }
 }
 
-/// Holds one unit of a counter (requests active on a worker, in flight to
-/// an endpoint) for as long as it lives.
+/// Holds one unit of a counter (requests in flight to an endpoint) for as
+/// long as it lives.
 pub(crate) struct Counted<'a>(&'a Cell<u32>);
 
 impl<'a> Counted<'a> {

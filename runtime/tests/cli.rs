@@ -114,7 +114,7 @@ fn launch_cmd(mut cmd: Command) -> (Weft, String) {
 fn listener_addr(line: &str) -> String {
     line.split("listener in on ")
         .nth(1)
-        .and_then(|rest| rest.split(' ').next())
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("not a listener line: {line}"))
         .to_string()
 }

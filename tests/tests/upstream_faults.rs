@@ -317,7 +317,10 @@ fn client_that_never_reads_is_closed_after_write_timeout() {
 /// its answer reaches the client (full duplex), the upload stops, and the
 /// client connection closes after the answer.
 fn early_answer_during_an_upload_reaches_the_client() {
-    let up = Upstream::scripted(|mut s, _, _| {
+    // Holds the upstream's socket open (and unread) until the test is done.
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
+    let wait_done = std::sync::Mutex::new(wait_done);
+    let up = Upstream::scripted(move |mut s, _, _| {
         // Read the head only, answer, and read nothing more until weft closes.
         let mut head = Vec::new();
         let mut b = [0u8; 1];
@@ -329,7 +332,7 @@ fn early_answer_during_an_upload_reaches_the_client() {
         }
         let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big\n");
         let _ = s.shutdown(std::net::Shutdown::Write);
-        std::thread::sleep(Duration::from_secs(8));
+        let _ = wait_done.lock().unwrap().recv_timeout(IO_TIMEOUT);
     });
     let (weft, addr) = proxy(&[up.addr]);
     let mut c = Client::connect(addr);
@@ -359,6 +362,7 @@ fn early_answer_during_an_upload_reaches_the_client() {
         0,
         "the 413 was forwarded: not a failure of weft's"
     );
+    drop(done);
 }
 
 on_both_drivers!(
