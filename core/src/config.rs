@@ -101,11 +101,21 @@ pub struct RuntimeSettings {
     pub drain_timeout: Duration,
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Proxies HTTP requests to clusters by its routes (every
+    /// `[[listener]]`).
+    Proxy,
+}
+
 /// One `[[listener]]`, with its routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// Unique name.
     pub name: String,
+    /// What it serves.
+    pub kind: ListenerKind,
     /// Address to bind on every worker.
     pub addr: SocketAddr,
     /// Longest request line (414 beyond).
@@ -558,6 +568,7 @@ impl Config {
             )?;
             listeners.push(Listener {
                 name,
+                kind: ListenerKind::Proxy,
                 addr,
                 max_request_line,
                 max_header_bytes,

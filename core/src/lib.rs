@@ -15,7 +15,9 @@ pub mod outcome;
 pub mod route;
 
 pub use balance::{least_loaded, Rng, RoundRobin};
-pub use config::{BalancerKind, Cluster, Config, ConfigError, Driver, Listener, RingSetup, RuntimeSettings};
+pub use config::{
+    BalancerKind, Cluster, Config, ConfigError, Driver, Listener, ListenerKind, RingSetup, RuntimeSettings,
+};
 pub use error::{ErrorKind, ProxyError, RetryClass, Side};
 pub use outcome::Outcome;
 pub use route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};

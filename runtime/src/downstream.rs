@@ -4,10 +4,11 @@
 //! (`forward`), keeps the connection alive, pipelines, and tunnels after
 //! an upgrade.
 
-use crate::forward::{exchange, Next};
-use crate::io::{nodelay, read_more, write_one, FIRST_READ, READ_CHUNK};
-use crate::timer::{within, Timers};
-use crate::worker::{Admitted, Tracker, Worker};
+use crate::forward::exchange;
+use crate::io::{nodelay, read_more, FIRST_READ, READ_CHUNK};
+use crate::reply::{refuse, Next};
+use crate::state::{Admitted, Worker};
+use crate::timer::within;
 use bytes::BytesMut;
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
@@ -17,8 +18,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 use weft_core::config::Listener;
-use weft_core::{ErrorKind, ProxyError, Side};
-use weft_proto::encode::error_response;
+use weft_core::{ErrorKind, ProxyError};
 use weft_proto::{parse_request, HeadError, Limits, RequestHead};
 
 enum HeadRead {
@@ -107,14 +107,6 @@ pub(crate) fn serve(
     }
 }
 
-/// Refuses a request whose head weft cannot take (a downstream error: a
-/// refused head or the header timeout, `msg` naming the cause), and closes
-/// the connection.
-async fn refuse(w: &Worker, client: &mut TcpStream, e: ProxyError, msg: &str) {
-    let mut t = Tracker::new(w, Instant::now());
-    answer(client, &mut t, Reply::of(&e, msg), true, false).await;
-}
-
 /// Reads one request head. Until its first byte arrives, `idle_until`
 /// bounds the wait (and the worker's drain ends it); from the first byte
 /// on, the whole head must arrive within the listener's header timeout.
@@ -158,95 +150,6 @@ async fn read_head(
             }
             None if started => return HeadRead::Timeout,
             None => return HeadRead::Closed,
-        }
-    }
-}
-
-/// Answers a request with weft's own error response for `e` (callers box
-/// it: error paths must not grow the request's future); closes when
-/// `close` (the request's body was not read whole) or when the client asked
-/// for it (`Connection: close`, HTTP/1.0 without keep-alive).
-pub(crate) async fn reply_error(
-    client: &mut TcpStream,
-    t: &mut Tracker<'_>,
-    e: ProxyError,
-    close: bool,
-    req: &RequestHead,
-) -> Next {
-    let close = close || !req.keep_alive;
-    let msg = e.to_string();
-    answer(client, t, Reply::of(&e, &msg), close, req.is_head()).await
-}
-
-/// One of weft's own answers.
-struct Reply<'a> {
-    status: u16,
-    /// The `weft-error` code.
-    code: &'static str,
-    /// Which side caused it.
-    side: Side,
-    /// The one-line body naming the cause.
-    msg: &'a str,
-}
-
-impl<'a> Reply<'a> {
-    /// The answer for `e`, with `msg` naming the cause.
-    fn of(e: &ProxyError, msg: &'a str) -> Self {
-        Reply {
-            status: e.status(),
-            code: e.code(),
-            side: e.side(),
-            msg,
-        }
-    }
-}
-
-/// Writes one of weft's own answers, and records it in the request's
-/// outcome; when it closes the connection, it does so lingeringly so that
-/// the client reads the answer.
-async fn answer(
-    client: &mut TcpStream,
-    t: &mut Tracker<'_>,
-    r: Reply<'_>,
-    close: bool,
-    head_only: bool,
-) -> Next {
-    t.o.fail(r.code, r.side);
-    let out = error_response(r.status, r.code, r.msg, close, head_only);
-    let len = out.len() as u64;
-    if write_one(client, out.freeze()).await.is_err() {
-        t.o.fail("client-closed", Side::Downstream);
-        return Next::Close;
-    }
-    t.o.status = Some(r.status);
-    t.o.bytes_out += len;
-    if close {
-        linger(client, &t.worker().timers).await;
-        return Next::Close;
-    }
-    Next::KeepAlive
-}
-
-/// Most a lingering close reads and discards.
-const LINGER_BYTES: usize = 1024 * 1024;
-
-/// Closes after an error answer without losing it: sends FIN, then reads
-/// and discards what the client still sends (bounded in time and bytes), so
-/// that closing with unread data does not reset the connection before the
-/// client has read the answer.
-pub(crate) async fn linger(client: &mut TcpStream, timers: &Timers) {
-    let _ = client.shutdown().await;
-    let deadline = Instant::now() + std::time::Duration::from_secs(2);
-    let mut scratch = Vec::with_capacity(4096);
-    let mut total = 0;
-    while total < LINGER_BYTES {
-        match within(timers.at(deadline), client.read(scratch)).await {
-            Some((Ok(n), b)) if n > 0 => {
-                total += n;
-                scratch = b;
-                scratch.clear();
-            }
-            _ => return,
         }
     }
 }

@@ -4,11 +4,11 @@
 //! The HTTP/1 session (`downstream`) hands it each request and takes back
 //! what becomes of the connection ([`Next`]).
 
-use crate::downstream::{linger, reply_error};
 use crate::io::{read_more, write_one, write_two, READ_CHUNK};
+use crate::reply::{linger, reply_error, Next};
+use crate::state::{Counted, Tracker, Worker};
 use crate::timer::{within, Deadline};
 use crate::upstream::{connect, Endpoint};
-use crate::worker::{Counted, Tracker, Worker};
 use bytes::{Bytes, BytesMut};
 use monoio::io::{OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
@@ -25,13 +25,6 @@ const RESPONSE_LIMITS: Limits = Limits {
     max_head_bytes: 64 * 1024,
     max_headers: 256,
 };
-
-/// What the connection does after one exchange.
-pub(crate) enum Next {
-    KeepAlive,
-    Close,
-    Tunnel(TcpStream, BytesMut),
-}
 
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).
 fn idempotent(method: &str) -> bool {

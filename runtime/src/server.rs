@@ -2,7 +2,8 @@
 
 use crate::log::log;
 use crate::shutdown::Shutdown;
-use crate::worker::{self, Worker};
+use crate::state::Worker;
+use crate::worker;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
 use std::net::SocketAddr;

@@ -1,225 +1,17 @@
-//! One worker: a thread with its own monoio runtime, listeners, pools and
-//! balancer state. Nothing here is shared with other workers.
+//! One worker's life: its listeners' accept loops, the background tasks
+//! (deadline sweeper, pool eviction, memory return), and the drain at
+//! shutdown. The per-core state it runs on is `state::Worker`.
 
 use crate::downstream;
 use crate::log::log;
-use crate::server::{Ready, WorkerCounters};
+use crate::server::Ready;
 use crate::shutdown::Shutdown;
-use crate::timer::Timers;
-use crate::upstream::Endpoint;
+use crate::state::Worker;
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
-use weft_core::balance::pick_weighted;
-use weft_core::{least_loaded, BalancerKind, Config, Outcome, Rng, RoundRobin, Target};
-
-/// A cluster as this worker sees it.
-pub(crate) struct ClusterState {
-    pub endpoints: Vec<Endpoint>,
-    rr: RefCell<RoundRobin>,
-}
-
-/// Per-worker state, shared by the worker's tasks through `Rc`.
-pub(crate) struct Worker {
-    pub config: Arc<Config>,
-    pub clusters: Vec<ClusterState>,
-    rng: RefCell<Rng>,
-    /// Set when shutdown began: answer in flight, then close.
-    pub draining: Cell<bool>,
-    /// This worker's counters, readable from other threads.
-    pub counters: Arc<WorkerCounters>,
-    /// Per listener: this worker's share of its `max_connections`.
-    pub gates: Vec<Gate>,
-    /// Deadlines of this worker's waits.
-    pub timers: Timers,
-}
-
-/// A listener's connection limit on one worker: the accept loop waits for
-/// room before it accepts, a connection gives its place back when it ends.
-pub(crate) struct Gate {
-    open: Cell<usize>,
-    limit: usize,
-    waiter: RefCell<Option<Waker>>,
-    closed: Cell<bool>,
-}
-
-impl Gate {
-    fn new(limit: usize) -> Self {
-        Gate {
-            open: Cell::new(0),
-            limit: limit.max(1),
-            waiter: RefCell::new(None),
-            closed: Cell::new(false),
-        }
-    }
-
-    /// Resolves once a connection may be accepted (or the gate closed).
-    fn room(&self) -> impl std::future::Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.open.get() < self.limit || self.closed.get() {
-                Poll::Ready(())
-            } else {
-                *self.waiter.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-    }
-
-    /// Counts an accepted connection; [`Gate::leave`] when it ends.
-    fn enter(&self) {
-        self.open.set(self.open.get() + 1);
-    }
-
-    /// A connection ended: its place is free again.
-    pub fn leave(&self) {
-        self.open.set(self.open.get().saturating_sub(1));
-        if let Some(w) = self.waiter.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    /// Wakes the accept loop for good (at shutdown).
-    fn close(&self) {
-        self.closed.set(true);
-        if let Some(w) = self.waiter.borrow_mut().take() {
-            w.wake();
-        }
-    }
-}
-
-/// Gives a connection's place at its listener's gate back when dropped.
-pub(crate) struct Admitted<'a>(pub &'a Gate);
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        self.0.leave();
-    }
-}
-
-impl Worker {
-    /// `workers`: how many workers share the listeners (their connection
-    /// limits are split evenly).
-    pub fn new(config: Arc<Config>, seed: u64, counters: Arc<WorkerCounters>, workers: usize) -> Self {
-        let gates = config
-            .listeners
-            .iter()
-            .map(|l| Gate::new(l.max_connections.div_ceil(workers.max(1))))
-            .collect();
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|c| ClusterState {
-                endpoints: c
-                    .endpoints
-                    .iter()
-                    .zip(&c.authorities)
-                    .map(|(a, auth)| Endpoint::new(*a, auth.clone()))
-                    .collect(),
-                rr: RefCell::new(RoundRobin::default()),
-            })
-            .collect();
-        Worker {
-            config,
-            clusters,
-            rng: RefCell::new(Rng::new(seed)),
-            draining: Cell::new(false),
-            counters,
-            gates,
-            timers: Timers::default(),
-        }
-    }
-
-    /// Takes the outcome of one request. Today it feeds the counters;
-    /// breakers, metrics and access logs will read it here.
-    pub fn record(&self, o: &Outcome) {
-        self.counters.outcome(o.success());
-    }
-
-    /// The cluster a routed request goes to (weighted pick for splits).
-    pub fn pick_cluster(&self, target: &Target) -> usize {
-        match target {
-            Target::Cluster(c) => *c,
-            Target::Split {
-                clusters,
-                weights,
-                total,
-            } => clusters[pick_weighted(weights, *total, &mut self.rng.borrow_mut())],
-        }
-    }
-
-    /// The endpoint of cluster `c` the next request goes to, if it has any.
-    pub fn pick_endpoint(&self, c: usize) -> Option<&Endpoint> {
-        let state = &self.clusters[c];
-        let n = state.endpoints.len();
-        if n == 0 {
-            return None;
-        }
-        let i = match self.config.clusters[c].balancer {
-            BalancerKind::LeastLoaded => least_loaded(
-                n,
-                |i| state.endpoints[i].in_flight.get(),
-                &mut self.rng.borrow_mut(),
-            ),
-            BalancerKind::RoundRobin => state.rr.borrow_mut().pick(n),
-        };
-        state.endpoints.get(i)
-    }
-}
-
-/// The outcome of one request, recorded when it is dropped: whatever way
-/// the request ends (an answer, an error, a cancelled task), exactly one
-/// record is written.
-pub(crate) struct Tracker<'w> {
-    w: &'w Worker,
-    /// The record being filled in.
-    pub o: Outcome,
-}
-
-impl<'w> Tracker<'w> {
-    /// Starts the record of a request whose head arrived at `head_at`.
-    pub fn new(w: &'w Worker, head_at: Instant) -> Self {
-        w.counters.request();
-        Tracker {
-            w,
-            o: Outcome::new(head_at),
-        }
-    }
-}
-
-impl<'w> Tracker<'w> {
-    /// The worker serving the request.
-    pub fn worker(&self) -> &'w Worker {
-        self.w
-    }
-}
-
-impl Drop for Tracker<'_> {
-    fn drop(&mut self) {
-        self.o.end_at = Instant::now();
-        self.w.record(&self.o);
-    }
-}
-
-/// Holds one unit of a counter (requests in flight to an endpoint) for as
-/// long as it lives.
-pub(crate) struct Counted<'a>(&'a Cell<u32>);
-
-impl<'a> Counted<'a> {
-    pub fn new(count: &'a Cell<u32>) -> Self {
-        count.set(count.get() + 1);
-        Counted(count)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
-    }
-}
+use weft_core::ListenerKind;
 
 /// The body of a worker thread: accept on every listener until shutdown,
 /// then let in-flight requests finish within the drain timeout.
@@ -265,7 +57,11 @@ pub(crate) async fn run(
                         }
                         w.counters.connection();
                         w.gates[li].enter();
-                        monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
+                        match w.config.listeners[li].kind {
+                            ListenerKind::Proxy => {
+                                monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
+                            }
+                        }
                     }
                     Err(e) => {
                         if w.draining.get() {
@@ -302,7 +98,7 @@ pub(crate) async fn run(
     // the runtime (its sockets are closed).
     worker.timers.end_idle_waits();
     let deadline = Instant::now() + worker.config.runtime.drain_timeout;
-    let open = || worker.gates.iter().map(|g| g.open.get()).sum::<usize>();
+    let open = || worker.gates.iter().map(|g| g.count()).sum::<usize>();
     while open() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -316,7 +112,7 @@ pub(crate) async fn run(
 /// second after activity collects, once.
 async fn return_memory(worker: Rc<Worker>) {
     let activity = || {
-        let open: usize = worker.gates.iter().map(|g| g.open.get()).sum();
+        let open: usize = worker.gates.iter().map(|g| g.count()).sum();
         (worker.counters.requests(), worker.counters.connections(), open)
     };
     let mut last = activity();

@@ -1,0 +1,224 @@
+//! The per-core state of one worker: configuration, per-cluster endpoint
+//! state and pools, listener gates, deadlines, and the outcome record each
+//! request leaves. Shared by the worker's tasks through `Rc`; nothing here
+//! is shared with other workers, and nothing here runs the worker (that is
+//! `worker`).
+
+use crate::server::WorkerCounters;
+use crate::timer::Timers;
+use crate::upstream::Endpoint;
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+use weft_core::balance::pick_weighted;
+use weft_core::{least_loaded, BalancerKind, Config, Outcome, Rng, RoundRobin, Target};
+
+/// A cluster as this worker sees it.
+pub(crate) struct ClusterState {
+    pub endpoints: Vec<Endpoint>,
+    rr: RefCell<RoundRobin>,
+}
+
+/// Per-worker state, shared by the worker's tasks through `Rc`.
+pub(crate) struct Worker {
+    pub config: Arc<Config>,
+    pub clusters: Vec<ClusterState>,
+    rng: RefCell<Rng>,
+    /// Set when shutdown began: answer in flight, then close.
+    pub draining: Cell<bool>,
+    /// This worker's counters, readable from other threads.
+    pub counters: Arc<WorkerCounters>,
+    /// Per listener: this worker's share of its `max_connections`.
+    pub gates: Vec<Gate>,
+    /// Deadlines of this worker's waits.
+    pub timers: Timers,
+}
+
+/// A listener's connection limit on one worker: the accept loop waits for
+/// room before it accepts, a connection gives its place back when it ends.
+pub(crate) struct Gate {
+    open: Cell<usize>,
+    limit: usize,
+    waiter: RefCell<Option<Waker>>,
+    closed: Cell<bool>,
+}
+
+impl Gate {
+    fn new(limit: usize) -> Self {
+        Gate {
+            open: Cell::new(0),
+            limit: limit.max(1),
+            waiter: RefCell::new(None),
+            closed: Cell::new(false),
+        }
+    }
+
+    /// Resolves once a connection may be accepted (or the gate closed).
+    pub fn room(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.open.get() < self.limit || self.closed.get() {
+                Poll::Ready(())
+            } else {
+                *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Connections open through this gate.
+    pub fn count(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Counts an accepted connection; [`Gate::leave`] when it ends.
+    pub fn enter(&self) {
+        self.open.set(self.open.get() + 1);
+    }
+
+    /// A connection ended: its place is free again.
+    pub fn leave(&self) {
+        self.open.set(self.open.get().saturating_sub(1));
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Wakes the accept loop for good (at shutdown).
+    pub fn close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Gives a connection's place at its listener's gate back when dropped.
+pub(crate) struct Admitted<'a>(pub &'a Gate);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+impl Worker {
+    /// `workers`: how many workers share the listeners (their connection
+    /// limits are split evenly).
+    pub fn new(config: Arc<Config>, seed: u64, counters: Arc<WorkerCounters>, workers: usize) -> Self {
+        let gates = config
+            .listeners
+            .iter()
+            .map(|l| Gate::new(l.max_connections.div_ceil(workers.max(1))))
+            .collect();
+        let clusters = config
+            .clusters
+            .iter()
+            .map(|c| ClusterState {
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .zip(&c.authorities)
+                    .map(|(a, auth)| Endpoint::new(*a, auth.clone()))
+                    .collect(),
+                rr: RefCell::new(RoundRobin::default()),
+            })
+            .collect();
+        Worker {
+            config,
+            clusters,
+            rng: RefCell::new(Rng::new(seed)),
+            draining: Cell::new(false),
+            counters,
+            gates,
+            timers: Timers::default(),
+        }
+    }
+
+    /// Takes the outcome of one request. Today it feeds the counters;
+    /// breakers, metrics and access logs will read it here.
+    pub fn record(&self, o: &Outcome) {
+        self.counters.outcome(o.success());
+    }
+
+    /// The cluster a routed request goes to (weighted pick for splits).
+    pub fn pick_cluster(&self, target: &Target) -> usize {
+        match target {
+            Target::Cluster(c) => *c,
+            Target::Split {
+                clusters,
+                weights,
+                total,
+            } => clusters[pick_weighted(weights, *total, &mut self.rng.borrow_mut())],
+        }
+    }
+
+    /// The endpoint of cluster `c` the next request goes to, if it has any.
+    pub fn pick_endpoint(&self, c: usize) -> Option<&Endpoint> {
+        let state = &self.clusters[c];
+        let n = state.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let i = match self.config.clusters[c].balancer {
+            BalancerKind::LeastLoaded => least_loaded(
+                n,
+                |i| state.endpoints[i].in_flight.get(),
+                &mut self.rng.borrow_mut(),
+            ),
+            BalancerKind::RoundRobin => state.rr.borrow_mut().pick(n),
+        };
+        state.endpoints.get(i)
+    }
+}
+
+/// The outcome of one request, recorded when it is dropped: whatever way
+/// the request ends (an answer, an error, a cancelled task), exactly one
+/// record is written.
+pub(crate) struct Tracker<'w> {
+    w: &'w Worker,
+    /// The record being filled in.
+    pub o: Outcome,
+}
+
+impl<'w> Tracker<'w> {
+    /// Starts the record of a request whose head arrived at `head_at`.
+    pub fn new(w: &'w Worker, head_at: Instant) -> Self {
+        w.counters.request();
+        Tracker {
+            w,
+            o: Outcome::new(head_at),
+        }
+    }
+}
+
+impl<'w> Tracker<'w> {
+    /// The worker serving the request.
+    pub fn worker(&self) -> &'w Worker {
+        self.w
+    }
+}
+
+impl Drop for Tracker<'_> {
+    fn drop(&mut self) {
+        self.o.end_at = Instant::now();
+        self.w.record(&self.o);
+    }
+}
+
+/// Holds one unit of a counter (requests in flight to an endpoint) for as
+/// long as it lives.
+pub(crate) struct Counted<'a>(&'a Cell<u32>);
+
+impl<'a> Counted<'a> {
+    pub fn new(count: &'a Cell<u32>) -> Self {
+        count.set(count.get() + 1);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
