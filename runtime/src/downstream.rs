@@ -5,15 +5,13 @@
 //! an upgrade.
 
 use crate::forward::exchange;
-use crate::io::{nodelay, read_more, FIRST_READ, READ_CHUNK};
+use crate::io::{read_more, Stream, FIRST_READ, READ_CHUNK};
 use crate::reply::{refuse, Next};
 use crate::state::{Admitted, Worker};
-use crate::timer::within;
+use crate::timer::{within, Timers};
+use crate::upstream::UpIo;
 use bytes::BytesMut;
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
-};
-use monoio::net::TcpStream;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
@@ -35,14 +33,13 @@ enum HeadRead {
 /// `async fn` keeps its arguments twice in its state (once as passed, once
 /// as bound), and this future lives as long as the connection, idle or not.
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn serve(
+pub(crate) fn serve<S: Stream>(
     w: Rc<Worker>,
     li: usize,
-    mut client: TcpStream,
+    mut client: S,
     peer: SocketAddr,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        nodelay(&client);
         let _admitted = Admitted(&w.gates[li]);
         let l = &w.config.listeners[li];
         let limits = Limits {
@@ -83,13 +80,18 @@ pub(crate) fn serve(
                         code: e.code(),
                     };
                     let msg = e.to_string();
-                    Box::pin(refuse(&w, &mut client, ProxyError::new(kind), &msg)).await;
+                    if let Next::Linger = Box::pin(refuse(&w, &mut client, ProxyError::new(kind), &msg)).await
+                    {
+                        Box::pin(linger(&mut client, &w.timers)).await;
+                    }
                     return;
                 }
                 HeadRead::Timeout => {
                     let e = ProxyError::new(ErrorKind::HeaderTimeout);
                     let msg = e.to_string();
-                    Box::pin(refuse(&w, &mut client, e, &msg)).await;
+                    if let Next::Linger = Box::pin(refuse(&w, &mut client, e, &msg)).await {
+                        Box::pin(linger(&mut client, &w.timers)).await;
+                    }
                     return;
                 }
             };
@@ -98,6 +100,12 @@ pub(crate) fn serve(
             match next {
                 Next::KeepAlive if !w.draining.get() => {}
                 Next::KeepAlive | Next::Close => return,
+                // After the request's outcome is recorded: the lingering
+                // read is no part of the exchange.
+                Next::Linger => {
+                    Box::pin(linger(&mut client, &w.timers)).await;
+                    return;
+                }
                 Next::Tunnel(up, up_buf) => {
                     Box::pin(tunnel(client, buf, up, up_buf)).await;
                     return;
@@ -110,9 +118,9 @@ pub(crate) fn serve(
 /// Reads one request head. Until its first byte arrives, `idle_until`
 /// bounds the wait (and the worker's drain ends it); from the first byte
 /// on, the whole head must arrive within the listener's header timeout.
-async fn read_head(
+async fn read_head<S: Stream>(
     w: &Worker,
-    client: &mut TcpStream,
+    client: &mut S,
     buf: &mut BytesMut,
     idle_until: Instant,
     l: &Listener,
@@ -156,7 +164,7 @@ async fn read_head(
 
 /// After `101 Switching Protocols`: copy raw bytes both ways until both
 /// sides have closed.
-async fn tunnel(client: TcpStream, cbuf: BytesMut, up: TcpStream, ubuf: BytesMut) {
+async fn tunnel<S: Stream>(client: S, cbuf: BytesMut, up: UpIo, ubuf: BytesMut) {
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = up.into_split();
     if !cbuf.is_empty() && uw.write_all(cbuf.freeze()).await.0.is_err() {
@@ -168,7 +176,7 @@ async fn tunnel(client: TcpStream, cbuf: BytesMut, up: TcpStream, ubuf: BytesMut
     monoio::join!(pipe(&mut cr, &mut uw), pipe(&mut ur, &mut cw));
 }
 
-async fn pipe(r: &mut OwnedReadHalf<TcpStream>, w: &mut OwnedWriteHalf<TcpStream>) {
+async fn pipe<R: AsyncReadRent, W: AsyncWriteRent>(r: &mut R, w: &mut W) {
     let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         let (res, b) = r.read(buf).await;
@@ -185,4 +193,28 @@ async fn pipe(r: &mut OwnedReadHalf<TcpStream>, w: &mut OwnedWriteHalf<TcpStream
         }
     }
     let _ = w.shutdown().await;
+}
+
+/// Most a lingering close reads and discards.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Closes after an error answer without losing it: sends FIN, then reads
+/// and discards what the client still sends (bounded in time and bytes), so
+/// that closing with unread data does not reset the connection before the
+/// client has read the answer.
+async fn linger<S: Stream>(client: &mut S, timers: &Timers) {
+    let _ = client.shutdown().await;
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    let mut scratch = Vec::with_capacity(4096);
+    let mut total = 0;
+    while total < LINGER_BYTES {
+        match within(timers.at(deadline), client.read(scratch)).await {
+            Some((Ok(n), b)) if n > 0 => {
+                total += n;
+                scratch = b;
+                scratch.clear();
+            }
+            _ => return,
+        }
+    }
 }

@@ -4,15 +4,13 @@
 //! The HTTP/1 session (`downstream`) hands it each request and takes back
 //! what becomes of the connection ([`Next`]).
 
-use crate::io::{read_more, write_one, write_two, READ_CHUNK};
-use crate::reply::{linger, reply_error, Next};
+use crate::io::{read_more, write_one, write_two, Peek, Stream, READ_CHUNK};
+use crate::reply::{reply_error, Next};
 use crate::state::{Counted, Tracker, Worker};
 use crate::timer::{within, Deadline};
-use crate::upstream::{connect, Endpoint};
+use crate::upstream::{connect, Endpoint, UpIo};
 use bytes::{Bytes, BytesMut};
 use monoio::io::{OwnedReadHalf, Splitable};
-use monoio::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 use weft_core::config::Listener;
 use weft_core::{ErrorKind, ProxyError, RetryClass, Side};
@@ -86,10 +84,10 @@ impl Failed {
 /// Forwards one request and its response, and writes its outcome record
 /// when it ends. `started`: when its head arrived (the route timeout counts
 /// from there).
-pub(crate) async fn exchange(
+pub(crate) async fn exchange<S: Stream>(
     w: &Worker,
     l: &Listener,
-    client: &mut TcpStream,
+    client: &mut S,
     cbuf: &mut BytesMut,
     req: &RequestHead,
     peer_ip: &str,
@@ -141,7 +139,7 @@ pub(crate) async fn exchange(
         let (up, mut reused) = match ep.checkout(&cluster.pool, Instant::now()) {
             Some(s) => (s, true),
             None => (
-                connect(&w.timers, ep.addr, cluster.connect_timeout)
+                connect(w, ep.addr, cluster.connect_timeout)
                     .await
                     .map_err(Failed::connect)?,
                 false,
@@ -183,7 +181,7 @@ pub(crate) async fn exchange(
                     // A pooled connection the upstream had already closed:
                     // the request got no answer, had no further body, and
                     // repeating it cannot do harm.
-                    up = connect(&w.timers, ep.addr, cluster.connect_timeout)
+                    up = connect(w, ep.addr, cluster.connect_timeout)
                         .await
                         .map_err(Failed::connect)?;
                     reused = false;
@@ -227,8 +225,8 @@ pub(crate) async fn exchange(
 /// the body is read), or only its read half when the upload was cut short
 /// by an early answer.
 pub(crate) enum UpConn {
-    Whole(TcpStream),
-    ReadOnly(OwnedReadHalf<TcpStream>),
+    Whole(UpIo),
+    ReadOnly(OwnedReadHalf<UpIo>),
 }
 
 impl UpConn {
@@ -248,11 +246,11 @@ impl UpConn {
 /// upload stops, the client connection closes after the response and the
 /// upstream connection is not pooled.
 #[allow(clippy::too_many_arguments)]
-async fn attempt(
+async fn attempt<S: Stream>(
     l: &Listener,
-    client: &mut TcpStream,
+    client: &mut S,
     cbuf: &mut BytesMut,
-    mut up: TcpStream,
+    mut up: UpIo,
     ubuf: &mut BytesMut,
     req: &RequestHead,
     head: Bytes,
@@ -273,11 +271,11 @@ async fn attempt(
 
 /// The upload and the wait for the answer at once (see [`attempt`]).
 #[allow(clippy::too_many_arguments)]
-async fn duplex(
+async fn duplex<S: Stream>(
     l: &Listener,
-    client: &mut TcpStream,
+    client: &mut S,
     cbuf: &mut BytesMut,
-    up: TcpStream,
+    up: UpIo,
     ubuf: &mut BytesMut,
     req: &RequestHead,
     body: &mut Body,
@@ -360,10 +358,10 @@ async fn duplex(
 /// client and watching the client for a close while the upstream takes
 /// its time.
 #[allow(clippy::too_many_arguments)]
-async fn response_head(
-    client: &mut TcpStream,
+async fn response_head<S: Stream>(
+    client: &mut S,
     cbuf: &BytesMut,
-    up: &mut TcpStream,
+    up: &mut UpIo,
     ubuf: &mut BytesMut,
     req: &RequestHead,
     t: &mut Tracker<'_>,
@@ -414,10 +412,10 @@ const WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 /// is set, notices a client that closes its connection: the attempt is then
 /// abandoned (the caller drops the upstream connection), as nginx does with
 /// its 499.
-async fn read_upstream(
-    up: &mut TcpStream,
+async fn read_upstream<S: Stream>(
+    up: &mut UpIo,
     ubuf: &mut BytesMut,
-    client: &TcpStream,
+    client: &S,
     mut watch: bool,
     grace: Deadline<'_>,
 ) -> Result<std::io::Result<usize>, ClientGone> {
@@ -431,7 +429,7 @@ async fn read_upstream(
     loop {
         monoio::select! {
             r = &mut read => return Ok(r),
-            ready = client.readable(false), if watch => match ready.map(|()| peek(client)) {
+            ready = client.readable(false), if watch => match ready.map(|()| client.peek()) {
                 Err(_) | Ok(Peek::Closed) => return Err(ClientGone),
                 // The next request, pipelined: stop watching (its bytes stay
                 // in the socket for the next exchange).
@@ -442,42 +440,14 @@ async fn read_upstream(
     }
 }
 
-/// What a client's socket holds, looked at without taking it.
-enum Peek {
-    /// End of stream or an error: the client is gone.
-    Closed,
-    /// Bytes wait.
-    Data,
-    /// Nothing yet.
-    Nothing,
-}
-
-fn peek(s: &TcpStream) -> Peek {
-    let mut b = [0u8; 1];
-    // SAFETY: recv into a one-byte buffer owned here; MSG_PEEK leaves the
-    // byte in the socket and MSG_DONTWAIT never blocks.
-    let n = unsafe {
-        libc::recv(
-            s.as_raw_fd(),
-            b.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => Peek::Closed,
-        n if n > 0 => Peek::Data,
-        _ => match std::io::Error::last_os_error().kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peek::Nothing,
-            _ => Peek::Closed,
-        },
-    }
-}
-
 /// Writes an interim (1xx) response head to the client; `upgrade` for the
 /// `101` that starts a tunnel.
 /// Returns the bytes written.
-async fn write_interim(client: &mut TcpStream, res: &ResponseHead, upgrade: bool) -> std::io::Result<usize> {
+async fn write_interim<S: Stream>(
+    client: &mut S,
+    res: &ResponseHead,
+    upgrade: bool,
+) -> std::io::Result<usize> {
     let mut out = BytesMut::new();
     let opts = ResponseOptions {
         framing: BodyFraming::None,
@@ -493,11 +463,11 @@ async fn write_interim(client: &mut TcpStream, res: &ResponseHead, upgrade: bool
 /// Writes the response to the client, streaming its body, and pools the
 /// upstream connection when it was read completely.
 #[allow(clippy::too_many_arguments)]
-async fn respond(
+async fn respond<S: Stream>(
     w: &Worker,
     l: &Listener,
     read_timeout: std::time::Duration,
-    client: &mut TcpStream,
+    client: &mut S,
     mut up: UpConn,
     mut ubuf: BytesMut,
     req: &RequestHead,
@@ -610,9 +580,8 @@ async fn respond(
     if cut {
         // The client may still be sending its body: read and drop it for a
         // while, so that closing does not reset the response away.
-        linger(client, timers).await;
-    }
-    if close {
+        Next::Linger
+    } else if close {
         Next::Close
     } else {
         Next::KeepAlive

@@ -1,10 +1,67 @@
-//! Owned-buffer IO helpers on top of monoio.
+//! The streams weft serves and forwards on, and owned-buffer IO helpers on
+//! top of monoio.
 
 use bytes::{Bytes, BytesMut};
 use monoio::buf::{IoBufMut, IoVecBuf};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use monoio::net::TcpStream;
+use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
+
+/// A byte stream weft serves or forwards on: monoio's owned-buffer reads
+/// and writes, splittable into halves for full duplex, plus the two things
+/// a session needs that those traits lack. TCP today; TLS streams and the
+/// in-memory streams of the pipeline tests plug in here.
+pub(crate) trait Stream: AsyncReadRent + AsyncWriteRent + Split + 'static {
+    /// Resolves once a read would not wait (bytes or the end of stream are
+    /// there), taking nothing: the idle wait between requests. A stream
+    /// that holds bytes itself (TLS's decrypted records) resolves at once
+    /// when it has some, whatever the descriptor says. `relaxed`: a rare
+    /// false wake is acceptable (the caller reads or peeks next).
+    fn readable(&self, relaxed: bool) -> impl Future<Output = io::Result<()>>;
+
+    /// What the stream holds, looked at without taking it.
+    fn peek(&self) -> Peek;
+}
+
+/// What a stream holds, looked at without taking it.
+pub(crate) enum Peek {
+    /// End of stream or an error: the peer is gone.
+    Closed,
+    /// Bytes wait.
+    Data,
+    /// Nothing yet.
+    Nothing,
+}
+
+impl Stream for TcpStream {
+    fn readable(&self, relaxed: bool) -> impl Future<Output = io::Result<()>> {
+        TcpStream::readable(self, relaxed)
+    }
+
+    fn peek(&self) -> Peek {
+        let mut b = [0u8; 1];
+        // SAFETY: recv into a one-byte buffer owned here; MSG_PEEK leaves
+        // the byte in the socket and MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.as_raw_fd(),
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => Peek::Closed,
+            n if n > 0 => Peek::Data,
+            _ => match io::Error::last_os_error().kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peek::Nothing,
+                _ => Peek::Closed,
+            },
+        }
+    }
+}
 
 /// Bytes asked of the kernel per read.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
@@ -47,7 +104,7 @@ unsafe impl IoVecBuf for Pair {
 
 /// Writes `head` then `body` completely, in one vectored write when both
 /// are non-empty.
-pub(crate) async fn write_two(stream: &mut TcpStream, head: Bytes, body: Bytes) -> io::Result<()> {
+pub(crate) async fn write_two<S: AsyncWriteRent>(stream: &mut S, head: Bytes, body: Bytes) -> io::Result<()> {
     if body.is_empty() {
         return write_one(stream, head).await;
     }
@@ -73,7 +130,7 @@ pub(crate) async fn write_two(stream: &mut TcpStream, head: Bytes, body: Bytes) 
 }
 
 /// Writes `buf` completely.
-pub(crate) async fn write_one<S: AsyncWriteRentExt>(stream: &mut S, buf: Bytes) -> io::Result<()> {
+pub(crate) async fn write_one<S: AsyncWriteRent>(stream: &mut S, buf: Bytes) -> io::Result<()> {
     if buf.is_empty() {
         return Ok(());
     }

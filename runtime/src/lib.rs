@@ -12,6 +12,10 @@ mod forward;
 mod io;
 pub mod load;
 pub mod log;
+#[cfg(test)]
+mod mem;
+#[cfg(test)]
+mod pipeline;
 mod reply;
 mod server;
 mod shutdown;

@@ -2,12 +2,10 @@
 //! from one error type, recorded in the request's outcome, and followed by
 //! a lingering close when the connection must end.
 
-use crate::io::write_one;
+use crate::io::{write_one, Stream};
 use crate::state::{Tracker, Worker};
-use crate::timer::{within, Timers};
+use crate::upstream::UpIo;
 use bytes::BytesMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use monoio::net::TcpStream;
 use std::time::Instant;
 use weft_core::{ProxyError, Side};
 use weft_proto::encode::error_response;
@@ -17,23 +15,26 @@ use weft_proto::RequestHead;
 pub(crate) enum Next {
     KeepAlive,
     Close,
-    Tunnel(TcpStream, BytesMut),
+    /// Close after a lingering read, so that the answer is not lost to a
+    /// reset (the client may still be sending).
+    Linger,
+    Tunnel(UpIo, BytesMut),
 }
 
 /// Refuses a request whose head weft cannot take (a downstream error: a
 /// refused head or the header timeout, `msg` naming the cause), and closes
 /// the connection.
-pub(crate) async fn refuse(w: &Worker, client: &mut TcpStream, e: ProxyError, msg: &str) {
+pub(crate) async fn refuse<S: Stream>(w: &Worker, client: &mut S, e: ProxyError, msg: &str) -> Next {
     let mut t = Tracker::new(w, Instant::now());
-    answer(client, &mut t, Reply::of(&e, msg), true, false).await;
+    answer(client, &mut t, Reply::of(&e, msg), true, false).await
 }
 
 /// Answers a request with weft's own error response for `e` (callers box
 /// it: error paths must not grow the request's future); closes when
 /// `close` (the request's body was not read whole) or when the client asked
 /// for it (`Connection: close`, HTTP/1.0 without keep-alive).
-pub(crate) async fn reply_error(
-    client: &mut TcpStream,
+pub(crate) async fn reply_error<S: Stream>(
+    client: &mut S,
     t: &mut Tracker<'_>,
     e: ProxyError,
     close: bool,
@@ -68,10 +69,10 @@ impl<'a> Reply<'a> {
 }
 
 /// Writes one of weft's own answers, and records it in the request's
-/// outcome; when it closes the connection, it does so lingeringly so that
-/// the client reads the answer.
-async fn answer(
-    client: &mut TcpStream,
+/// outcome; when it closes the connection, it does so lingeringly
+/// (`Next::Linger`) so that the client reads the answer.
+async fn answer<S: Stream>(
+    client: &mut S,
     t: &mut Tracker<'_>,
     r: Reply<'_>,
     close: bool,
@@ -87,32 +88,7 @@ async fn answer(
     t.o.status = Some(r.status);
     t.o.bytes_out += len;
     if close {
-        linger(client, &t.worker().timers).await;
-        return Next::Close;
+        return Next::Linger;
     }
     Next::KeepAlive
-}
-
-/// Most a lingering close reads and discards.
-const LINGER_BYTES: usize = 1024 * 1024;
-
-/// Closes after an error answer without losing it: sends FIN, then reads
-/// and discards what the client still sends (bounded in time and bytes), so
-/// that closing with unread data does not reset the connection before the
-/// client has read the answer.
-pub(crate) async fn linger(client: &mut TcpStream, timers: &Timers) {
-    let _ = client.shutdown().await;
-    let deadline = Instant::now() + std::time::Duration::from_secs(2);
-    let mut scratch = Vec::with_capacity(4096);
-    let mut total = 0;
-    while total < LINGER_BYTES {
-        match within(timers.at(deadline), client.read(scratch)).await {
-            Some((Ok(n), b)) if n > 0 => {
-                total += n;
-                scratch = b;
-                scratch.clear();
-            }
-            _ => return,
-        }
-    }
 }

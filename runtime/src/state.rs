@@ -8,6 +8,8 @@ use crate::server::WorkerCounters;
 use crate::timer::Timers;
 use crate::upstream::Endpoint;
 use std::cell::{Cell, RefCell};
+#[cfg(test)]
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -33,6 +35,13 @@ pub(crate) struct Worker {
     pub gates: Vec<Gate>,
     /// Deadlines of this worker's waits.
     pub timers: Timers,
+    /// The pipeline tests' in-memory network: upstream connections are
+    /// made on it instead of TCP.
+    #[cfg(test)]
+    pub net: Option<Rc<crate::mem::Net>>,
+    /// The pipeline tests read every outcome record here.
+    #[cfg(test)]
+    pub outcomes: RefCell<Vec<Outcome>>,
 }
 
 /// A listener's connection limit on one worker: the accept loop waits for
@@ -132,6 +141,10 @@ impl Worker {
             counters,
             gates,
             timers: Timers::default(),
+            #[cfg(test)]
+            net: None,
+            #[cfg(test)]
+            outcomes: RefCell::new(Vec::new()),
         }
     }
 
@@ -139,6 +152,8 @@ impl Worker {
     /// breakers, metrics and access logs will read it here.
     pub fn record(&self, o: &Outcome) {
         self.counters.outcome(o.success());
+        #[cfg(test)]
+        self.outcomes.borrow_mut().push(o.clone());
     }
 
     /// The cluster a routed request goes to (weighted pick for splits).

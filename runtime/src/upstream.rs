@@ -2,8 +2,12 @@
 //! connection establishment.
 
 use crate::io::nodelay;
-use crate::timer::{within, Timers};
+use crate::state::Worker;
+use crate::timer::within;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
+use monoio::BufResult;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
@@ -19,7 +23,7 @@ pub(crate) struct Endpoint {
     pub authority: String,
     /// Requests in flight to this endpoint from this worker.
     pub in_flight: Cell<u32>,
-    idle: RefCell<VecDeque<(TcpStream, Instant)>>,
+    idle: RefCell<VecDeque<(UpIo, Instant)>>,
 }
 
 impl Endpoint {
@@ -33,7 +37,7 @@ impl Endpoint {
     }
 
     /// Takes the most recently used idle connection that is not too old.
-    pub fn checkout(&self, pool: &PoolSettings, now: Instant) -> Option<TcpStream> {
+    pub fn checkout(&self, pool: &PoolSettings, now: Instant) -> Option<UpIo> {
         let mut idle = self.idle.borrow_mut();
         while let Some((stream, since)) = idle.pop_back() {
             if now.duration_since(since) < pool.idle_timeout {
@@ -60,7 +64,7 @@ impl Endpoint {
 
     /// Returns a connection whose last response was read completely and on
     /// which no operation was cancelled.
-    pub fn checkin(&self, stream: TcpStream, pool: &PoolSettings, now: Instant) {
+    pub fn checkin(&self, stream: UpIo, pool: &PoolSettings, now: Instant) {
         if pool.max_idle == 0 {
             return;
         }
@@ -72,17 +76,82 @@ impl Endpoint {
     }
 }
 
-/// Opens a new connection to `addr` within `timeout`.
-pub(crate) async fn connect(
-    timers: &Timers,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TcpStream, ProxyError> {
-    match within(timers.after(timeout), TcpStream::connect_addr(addr)).await {
-        Some(Ok(s)) => {
-            nodelay(&s);
-            Ok(s)
+/// The byte stream of one upstream connection: TCP (TLS will be another
+/// kind), or an in-memory stream in the pipeline tests.
+pub(crate) enum UpIo {
+    Tcp(TcpStream),
+    #[cfg(test)]
+    Mem(crate::mem::MemStream),
+}
+
+impl AsyncReadRent for UpIo {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpIo::Tcp(s) => s.read(buf).await,
+            #[cfg(test)]
+            UpIo::Mem(s) => s.read(buf).await,
         }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpIo::Tcp(s) => s.readv(buf).await,
+            #[cfg(test)]
+            UpIo::Mem(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for UpIo {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpIo::Tcp(s) => s.write(buf).await,
+            #[cfg(test)]
+            UpIo::Mem(s) => s.write(buf).await,
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            UpIo::Tcp(s) => s.writev(buf).await,
+            #[cfg(test)]
+            UpIo::Mem(s) => s.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            UpIo::Tcp(s) => s.flush().await,
+            #[cfg(test)]
+            UpIo::Mem(s) => s.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            UpIo::Tcp(s) => s.shutdown().await,
+            #[cfg(test)]
+            UpIo::Mem(s) => s.shutdown().await,
+        }
+    }
+}
+
+// SAFETY: every kind of stream is itself `Split`.
+unsafe impl Split for UpIo {}
+
+/// Opens a new connection to `addr` within `timeout`.
+pub(crate) async fn connect(w: &Worker, addr: SocketAddr, timeout: Duration) -> Result<UpIo, ProxyError> {
+    let opened = async {
+        #[cfg(test)]
+        if let Some(net) = &w.net {
+            return net.connect(addr).await.map(UpIo::Mem);
+        }
+        let s = TcpStream::connect_addr(addr).await?;
+        nodelay(&s);
+        Ok::<_, io::Error>(UpIo::Tcp(s))
+    };
+    match within(w.timers.after(timeout), opened).await {
+        Some(Ok(s)) => Ok(s),
         Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             Err(ProxyError::new(ErrorKind::ConnectRefused).caused_by(&e))
         }

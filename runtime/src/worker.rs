@@ -3,6 +3,7 @@
 //! shutdown. The per-core state it runs on is `state::Worker`.
 
 use crate::downstream;
+use crate::io::nodelay;
 use crate::log::log;
 use crate::server::Ready;
 use crate::shutdown::Shutdown;
@@ -59,6 +60,7 @@ pub(crate) async fn run(
                         w.gates[li].enter();
                         match w.config.listeners[li].kind {
                             ListenerKind::Proxy => {
+                                nodelay(&stream);
                                 monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
                             }
                         }

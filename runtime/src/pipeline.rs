@@ -1,0 +1,525 @@
+//! Pipeline tests: the HTTP/1 session and the forward step, run on
+//! in-memory streams (`mem`), with a test playing both the client and the
+//! upstream byte by byte. No sockets and no kernel: each test decides
+//! every byte, pause and close, so 1xx, 100-continue, stale-pool retries,
+//! early answers and every timeout are exercised deterministically and in
+//! milliseconds. The loopback tests in `tests/` cover the same behaviour
+//! over real sockets.
+
+use crate::downstream::serve;
+use crate::mem::{self, MemStream, Net, PIPE_BYTES};
+use crate::server::WorkerCounters;
+use crate::state::Worker;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use weft_core::config::literal_only;
+use weft_core::{Config, Outcome, Side};
+
+/// The one endpoint of the test cluster.
+const UP: &str = "10.0.0.1:80";
+/// The client's address as the session sees it.
+const PEER: &str = "10.0.0.9:5555";
+/// Bound on a whole pipeline test: past it the test fails.
+const TEST_BOUND: Duration = Duration::from_secs(10);
+
+/// A configuration with one listener, one route and one cluster (`UP`);
+/// the extra lines go into each section.
+fn config(listener: &str, route: &str, cluster: &str) -> Config {
+    let src = format!(
+        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\n\
+         [[route]]\ncluster = \"up\"\n{route}\n\n\
+         [[cluster]]\nname = \"up\"\nendpoints = [\"{UP}\"]\n{cluster}\n"
+    );
+    Config::parse(&src, &literal_only).expect("the test configuration is valid")
+}
+
+/// One worker on the in-memory network.
+struct Kit {
+    w: Rc<Worker>,
+    net: Rc<Net>,
+}
+
+impl Kit {
+    fn new(config: Config) -> Kit {
+        let net = Rc::new(Net::default());
+        let mut w = Worker::new(Arc::new(config), 7, Arc::new(WorkerCounters::default()), 1);
+        w.net = Some(net.clone());
+        let w = Rc::new(w);
+        let sweeper = w.clone();
+        monoio::spawn(async move { sweeper.timers.run().await });
+        Kit { w, net }
+    }
+
+    /// A client connection served by the session.
+    fn client(&self) -> MemStream {
+        self.client_with(PIPE_BYTES)
+    }
+
+    /// A client connection whose directions hold `cap` bytes each.
+    fn client_with(&self, cap: usize) -> MemStream {
+        let (near, far) = mem::pair(cap);
+        let peer: SocketAddr = PEER.parse().expect("address");
+        monoio::spawn(serve(self.w.clone(), 0, far, peer));
+        near
+    }
+
+    /// The upstream endpoint, accepting.
+    fn upstream(&self) -> Rc<mem::Listener> {
+        self.net.listen(UP.parse().expect("address"))
+    }
+
+    /// The outcome records, once there are `n` of them (and no more).
+    async fn outcomes(&self, n: usize) -> Vec<Outcome> {
+        loop {
+            let got = self.w.outcomes.borrow().clone();
+            assert!(got.len() <= n, "more outcomes than requests: {got:#?}");
+            if got.len() == n {
+                return got;
+            }
+            // Bounded by the test's own bound.
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Runs one pipeline test on a fresh runtime, failing it past `TEST_BOUND`.
+fn pipeline<F: Future<Output = ()>>(config: Config, test: impl FnOnce(Kit) -> F) {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async move {
+        let kit = Kit::new(config);
+        if monoio::time::timeout(TEST_BOUND, test(kit)).await.is_err() {
+            panic!("the pipeline test did not finish within {TEST_BOUND:?}");
+        }
+    });
+}
+
+async fn send(s: &mut MemStream, text: &str) {
+    let (res, _) = s.write_all(text.as_bytes().to_vec()).await;
+    res.expect("the peer takes the bytes");
+}
+
+/// Reads more into `buf`; 0 at the end of stream or on an error.
+async fn read_some(s: &mut MemStream, buf: &mut Vec<u8>) -> usize {
+    let (res, chunk) = s.read(Vec::with_capacity(8192)).await;
+    let n = res.unwrap_or(0);
+    buf.extend_from_slice(&chunk[..n]);
+    n
+}
+
+/// Reads one HTTP/1 message (head, then a Content-Length or chunked body;
+/// none for 1xx, 204 and 304) out of `buf` and the stream; what follows
+/// it stays in `buf`. Panics when the stream ends first.
+async fn read_message(s: &mut MemStream, buf: &mut Vec<u8>) -> String {
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = read_some(s, buf).await;
+        assert!(
+            n > 0,
+            "the stream ended inside a head: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let no_body = head.starts_with("http/1.1 1") || head.contains(" 204 ") || head.contains(" 304 ");
+    let end = if no_body {
+        head_end
+    } else if let Some(len) = header(&head, "content-length") {
+        head_end + len.parse::<usize>().expect("a Content-Length")
+    } else if header(&head, "transfer-encoding").is_some() {
+        loop {
+            if let Some(i) = find(&buf[head_end..], b"0\r\n\r\n") {
+                break head_end + i + 5;
+            }
+            let n = read_some(s, buf).await;
+            assert!(n > 0, "the stream ended inside a chunked body");
+        }
+    } else {
+        head_end
+    };
+    while buf.len() < end {
+        let n = read_some(s, buf).await;
+        assert!(
+            n > 0,
+            "the stream ended inside a body: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+    }
+    let msg: Vec<u8> = buf.drain(..end).collect();
+    String::from_utf8_lossy(&msg).into_owned()
+}
+
+/// Reads until the end of stream; what came.
+async fn read_to_end(s: &mut MemStream, buf: &mut Vec<u8>) -> String {
+    while read_some(s, buf).await > 0 {}
+    String::from_utf8_lossy(&std::mem::take(buf)).into_owned()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A header's value in a lower-cased head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        (n.trim() == name).then(|| v.trim())
+    })
+}
+
+const GET: &str = "GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n";
+
+fn ok(body: &str) -> String {
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+}
+
+#[test]
+fn interim_responses_reach_an_http11_client_before_the_final_one() {
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(&mut c, GET).await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        read_message(&mut u, &mut ub).await;
+        send(&mut u, "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n").await;
+        send(&mut u, &ok("done")).await;
+        let mut cb = Vec::new();
+        let first = read_message(&mut c, &mut cb).await;
+        assert!(first.starts_with("HTTP/1.1 103 "), "{first}");
+        assert!(first.contains("Link: </s.css>"), "{first}");
+        let last = read_message(&mut c, &mut cb).await;
+        assert!(
+            last.starts_with("HTTP/1.1 200 ") && last.ends_with("done"),
+            "{last}"
+        );
+        let o = &k.outcomes(1).await[0];
+        assert_eq!((o.status, o.error, o.attempts), (Some(200), None, 1));
+        assert!(o.upstream_at.is_some());
+    });
+}
+
+#[test]
+fn expect_continue_is_answered_by_weft_and_the_upstreams_own_100_is_dropped() {
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        let head = "PUT /f HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+        send(&mut c, head).await;
+        let mut cb = Vec::new();
+        let cont = read_message(&mut c, &mut cb).await;
+        assert_eq!(cont, "HTTP/1.1 100 Continue\r\n\r\n");
+        send(&mut c, "hello").await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        let req = read_message(&mut u, &mut ub).await;
+        assert!(
+            req.starts_with("PUT /f HTTP/1.1\r\n") && req.ends_with("\r\n\r\nhello"),
+            "{req}"
+        );
+        send(
+            &mut u,
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(
+            res.starts_with("HTTP/1.1 201 "),
+            "a second 100 reached the client: {res}"
+        );
+        let o = &k.outcomes(1).await[0];
+        assert_eq!((o.status, o.error), (Some(201), None));
+        assert_eq!(
+            o.bytes_in,
+            (head.len() + 5) as u64,
+            "head and body read from the client"
+        );
+    });
+}
+
+/// Serves one request on a fresh upstream connection and keeps it open;
+/// returns the connection.
+async fn answer_one(up: &mem::Listener, body: &str) -> MemStream {
+    let mut u = up.accept().await;
+    let mut ub = Vec::new();
+    read_message(&mut u, &mut ub).await;
+    send(&mut u, &ok(body)).await;
+    u
+}
+
+#[test]
+fn a_pooled_connection_the_upstream_closed_is_retried_on_a_new_one() {
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(&mut c, GET).await;
+        let first = answer_one(&up, "one").await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("one"));
+        // The upstream closes its idle keep-alive connection: the pooled
+        // connection is stale, and weft finds out only when it uses it.
+        drop(first);
+        send(&mut c, GET).await;
+        let _second = answer_one(&up, "two").await;
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.starts_with("HTTP/1.1 200 ") && res.ends_with("two"), "{res}");
+        let o = k.outcomes(2).await;
+        assert_eq!((o[1].status, o[1].error, o[1].attempts), (Some(200), None, 2));
+    });
+}
+
+#[test]
+fn a_pooled_connection_that_closes_without_answering_is_retried_for_a_get_only() {
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(&mut c, GET).await;
+        let mut first = answer_one(&up, "one").await;
+        read_message(&mut c, &mut cb).await;
+        // The upstream reads the next request and closes without a byte of
+        // answer (the keep-alive race): a GET goes again on a new connection.
+        send(&mut c, GET).await;
+        let mut ub = Vec::new();
+        read_message(&mut first, &mut ub).await;
+        drop(first);
+        let mut second = answer_one(&up, "two").await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("two"));
+        // A POST in the same race is not repeated: it may have been acted on.
+        send(
+            &mut c,
+            "POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\n\r\nx",
+        )
+        .await;
+        read_message(&mut second, &mut ub).await;
+        drop(second);
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.starts_with("HTTP/1.1 502 "), "{res}");
+        assert_eq!(up.waiting(), 0, "no second attempt for the POST");
+        let o = k.outcomes(3).await;
+        assert_eq!((o[1].status, o[1].attempts), (Some(200), 2));
+        assert_eq!(
+            (o[2].status, o[2].error, o[2].attempts),
+            (Some(502), Some("upstream-reset"), 1)
+        );
+    });
+}
+
+#[test]
+fn an_answer_before_the_upload_ends_reaches_the_client_and_the_connection_closes() {
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(
+            &mut c,
+            "POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100000\r\n\r\n0123456789",
+        )
+        .await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        while find(&ub, b"\r\n\r\n").is_none() {
+            assert!(read_some(&mut u, &mut ub).await > 0);
+        }
+        send(
+            &mut u,
+            "HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+        )
+        .await;
+        drop(u);
+        let mut cb = Vec::new();
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.starts_with("HTTP/1.1 413 ") && res.ends_with("big!"), "{res}");
+        assert!(res.to_ascii_lowercase().contains("connection: close"), "{res}");
+        // The rest of the upload is never read: the connection ends.
+        assert_eq!(read_to_end(&mut c, &mut cb).await, "");
+        let o = &k.outcomes(1).await[0];
+        assert_eq!((o.status, o.error), (Some(413), None));
+    });
+}
+
+#[test]
+fn a_head_that_stalls_gets_408_at_the_header_timeout_and_a_close() {
+    pipeline(config("header_timeout = \"50ms\"", "", ""), |k| async move {
+        let mut c = k.client();
+        send(&mut c, "GET / HTTP/1.1\r\nHost: a").await;
+        let mut cb = Vec::new();
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.starts_with("HTTP/1.1 408 "), "{res}");
+        assert!(res.contains("weft-error: header-timeout"), "{res}");
+        assert_eq!(read_to_end(&mut c, &mut cb).await, "");
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.status, o.error, o.side),
+            (Some(408), Some("header-timeout"), Some(Side::Downstream))
+        );
+    });
+}
+
+#[test]
+fn an_idle_connection_closes_at_the_idle_timeout_without_an_outcome() {
+    pipeline(config("idle_timeout = \"50ms\"", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(&mut c, GET).await;
+        let _u = answer_one(&up, "one").await;
+        let mut cb = Vec::new();
+        read_message(&mut c, &mut cb).await;
+        // Then nothing: the connection closes by itself.
+        assert_eq!(read_to_end(&mut c, &mut cb).await, "");
+        assert_eq!(k.outcomes(1).await.len(), 1, "an idle close is no request");
+    });
+}
+
+#[test]
+fn draining_closes_an_idle_connection_at_once() {
+    pipeline(config("idle_timeout = \"1h\"", "", ""), |k| async move {
+        let mut c = k.client();
+        k.w.draining.set(true);
+        k.w.timers.end_idle_waits();
+        let mut cb = Vec::new();
+        assert_eq!(read_to_end(&mut c, &mut cb).await, "");
+        assert_eq!(k.outcomes(0).await.len(), 0);
+    });
+}
+
+#[test]
+fn an_upstream_that_never_answers_gets_504_at_the_route_timeout_and_is_not_pooled() {
+    pipeline(config("", "timeout = \"50ms\"", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(&mut c, GET).await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        read_message(&mut u, &mut ub).await;
+        let mut cb = Vec::new();
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.starts_with("HTTP/1.1 504 "), "{res}");
+        assert!(res.contains("weft-error: upstream-timeout"), "{res}");
+        // weft gave the connection up: the upstream sees it close.
+        assert_eq!(read_to_end(&mut u, &mut ub).await, "");
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.status, o.error, o.side),
+            (Some(504), Some("upstream-timeout"), Some(Side::Upstream))
+        );
+    });
+}
+
+#[test]
+fn a_connect_that_hangs_fails_at_the_connect_timeout() {
+    pipeline(config("", "", "connect_timeout = \"50ms\""), |k| async move {
+        k.net.blackhole(UP.parse().expect("address"));
+        let mut c = k.client();
+        send(&mut c, GET).await;
+        let mut cb = Vec::new();
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.contains("weft-error: connect-timeout"), "{res}");
+        let o = &k.outcomes(1).await[0];
+        assert_eq!((o.error, o.side), (Some("connect-timeout"), Some(Side::Upstream)));
+    });
+}
+
+#[test]
+fn a_response_body_that_stalls_cuts_the_client_at_the_read_timeout() {
+    pipeline(config("", "", "read_timeout = \"50ms\""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(&mut c, GET).await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        read_message(&mut u, &mut ub).await;
+        send(&mut u, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+        // Then silence, the connection open.
+        let mut cb = Vec::new();
+        let got = read_to_end(&mut c, &mut cb).await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 ") && got.ends_with("\r\n\r\n0123456789"),
+            "{got}"
+        );
+        assert_eq!(
+            read_to_end(&mut u, &mut ub).await,
+            "",
+            "the upstream connection is dropped"
+        );
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.status, o.error, o.side),
+            (Some(200), Some("upstream-read-timeout"), Some(Side::Upstream))
+        );
+    });
+}
+
+#[test]
+fn a_client_that_reads_nothing_is_closed_at_the_write_timeout_and_its_upstream_released() {
+    pipeline(config("write_timeout = \"50ms\"", "", ""), |k| async move {
+        let up = k.upstream();
+        // The client's direction holds 4 KiB: a client that reads nothing
+        // stops weft's writes once it is full.
+        let mut c = k.client_with(4096);
+        send(&mut c, GET).await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        read_message(&mut u, &mut ub).await;
+        send(&mut u, "HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n").await;
+        // The head reaches the client before the body starts.
+        while c.unread() == 0 {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The upstream streams until weft lets its connection go.
+        let piece = vec![b'x'; 16 * 1024];
+        loop {
+            let (res, _) = u.write_all(piece.clone()).await;
+            if res.is_err() {
+                break;
+            }
+        }
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.status, o.error, o.side),
+            (Some(200), Some("client-write-timeout"), Some(Side::Downstream))
+        );
+        drop(c);
+    });
+}
+
+#[test]
+fn a_request_body_that_stalls_gets_408() {
+    pipeline(config("idle_timeout = \"50ms\"", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(
+            &mut c,
+            "POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nab",
+        )
+        .await;
+        let mut u = up.accept().await;
+        let mut cb = Vec::new();
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.starts_with("HTTP/1.1 408 "), "{res}");
+        assert!(res.contains("weft-error: body-timeout"), "{res}");
+        assert_eq!(
+            read_to_end(&mut c, &mut cb).await,
+            "",
+            "the client connection closes"
+        );
+        let mut ub = Vec::new();
+        let got = read_to_end(&mut u, &mut ub).await;
+        assert!(
+            got.ends_with("\r\n\r\nab"),
+            "the upstream saw the head and the part sent, then a close: {got}"
+        );
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.status, o.error, o.side),
+            (Some(408), Some("body-timeout"), Some(Side::Downstream))
+        );
+    });
+}
