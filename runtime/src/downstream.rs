@@ -5,8 +5,9 @@
 //! an upgrade.
 
 use crate::forward::exchange;
+use crate::forward::Next;
 use crate::io::{read_more, Stream, FIRST_READ, READ_CHUNK};
-use crate::reply::{refuse, Next};
+use crate::reply::{refuse, After};
 use crate::state::{Admitted, Worker};
 use crate::timer::{within, Timers};
 use crate::upstream::UpIo;
@@ -80,7 +81,8 @@ pub(crate) fn serve<S: Stream>(
                         code: e.code(),
                     };
                     let msg = e.to_string();
-                    if let Next::Linger = Box::pin(refuse(&w, &mut client, ProxyError::new(kind), &msg)).await
+                    if let After::Linger =
+                        Box::pin(refuse(&w, &mut client, ProxyError::new(kind), &msg)).await
                     {
                         Box::pin(linger(&mut client, &w.timers)).await;
                     }
@@ -89,28 +91,28 @@ pub(crate) fn serve<S: Stream>(
                 HeadRead::Timeout => {
                     let e = ProxyError::new(ErrorKind::HeaderTimeout);
                     let msg = e.to_string();
-                    if let Next::Linger = Box::pin(refuse(&w, &mut client, e, &msg)).await {
+                    if let After::Linger = Box::pin(refuse(&w, &mut client, e, &msg)).await {
                         Box::pin(linger(&mut client, &w.timers)).await;
                     }
                     return;
                 }
             };
             let started = Instant::now();
-            let next = Box::pin(exchange(&w, l, &mut client, &mut buf, &head, &peer_ip, started)).await;
-            match next {
-                Next::KeepAlive if !w.draining.get() => {}
-                Next::KeepAlive | Next::Close => return,
+            let next = Box::pin(exchange(&w, l, client, &mut buf, &head, &peer_ip, started)).await;
+            client = match next {
+                Next::KeepAlive(c) if !w.draining.get() => c,
+                Next::KeepAlive(_) | Next::Close => return,
                 // After the request's outcome is recorded: the lingering
                 // read is no part of the exchange.
-                Next::Linger => {
-                    Box::pin(linger(&mut client, &w.timers)).await;
+                Next::Linger(mut c) => {
+                    Box::pin(linger(&mut c, &w.timers)).await;
                     return;
                 }
-                Next::Tunnel(up, up_buf) => {
-                    Box::pin(tunnel(client, buf, up, up_buf)).await;
+                Next::Tunnel(c, up, up_buf) => {
+                    Box::pin(tunnel(c, buf, up, up_buf)).await;
                     return;
                 }
-            }
+            };
         }
     }
 }

@@ -1,28 +1,64 @@
 //! The forward step of one request: route, cluster and endpoint, the
-//! attempts on an upstream connection (pooled, retried when stale), the
-//! full-duplex upload, and the response streamed back; every wait bounded.
-//! The HTTP/1 session (`downstream`) hands it each request and takes back
-//! what becomes of the connection ([`Next`]).
+//! attempts on an upstream connection (pooled, retried when stale), and
+//! the response streamed back, with every wait bounded and one outcome
+//! record per request.
+//!
+//! Two paths. A request that arrived whole (most of them) is sent, may be
+//! retried on a fresh connection when a pooled one had gone stale, and its
+//! response is streamed back. A request whose body is still arriving goes
+//! full duplex: the upload and the response move at the same time, so an
+//! upstream that answers before the upload ends (413, or a reply it streams
+//! as it reads) gets its answer to the client while the body still flows.
+//!
+//! The HTTP/1 session (`downstream`) hands it each request with the client
+//! connection and takes back what becomes of the connection ([`Next`]).
 
 use crate::io::{read_more, write_one, write_two, Peek, Stream, READ_CHUNK};
-use crate::reply::{reply_error, Next};
+use crate::reply::{reply_error, After};
 use crate::state::{Counted, Tracker, Worker};
-use crate::timer::{within, Deadline};
-use crate::upstream::{connect, Endpoint, UpIo};
+use crate::timer::{within, Deadline, Timers};
+use crate::upstream::{Conn, Endpoint, UpIo};
 use bytes::{Bytes, BytesMut};
-use monoio::io::{OwnedReadHalf, Splitable};
-use std::time::Instant;
-use weft_core::config::Listener;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
+use std::cell::Cell;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+use weft_core::config::{Cluster, Listener};
 use weft_core::{ErrorKind, ProxyError, RetryClass, Side};
 use weft_proto::body::BodyReader as Body;
 use weft_proto::encode::{encode_request, encode_response, RequestOptions, ResponseOptions};
 use weft_proto::{parse_response, BodyFraming, Limits, RequestHead, ResponseHead};
+
 /// Limits on response heads from upstreams.
 const RESPONSE_LIMITS: Limits = Limits {
     max_request_line: 8 * 1024,
     max_head_bytes: 64 * 1024,
     max_headers: 256,
 };
+
+/// What the session does with the client connection after one exchange.
+pub(crate) enum Next<S> {
+    /// Read the next request on it.
+    KeepAlive(S),
+    /// Close it now.
+    Close,
+    /// Close it after a lingering read: the client may still be sending,
+    /// and closing at once could reset the answer away.
+    Linger(S),
+    /// `101 Switching Protocols`: copy bytes both ways, starting with what
+    /// was read from the upstream after its head.
+    Tunnel(S, UpIo, BytesMut),
+}
+
+impl<S> Next<S> {
+    fn after(after: After, client: S) -> Self {
+        match after {
+            After::KeepAlive => Next::KeepAlive(client),
+            After::Close => Next::Close,
+            After::Linger => Next::Linger(client),
+        }
+    }
+}
 
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).
 fn idempotent(method: &str) -> bool {
@@ -60,24 +96,70 @@ impl Failed {
         }
     }
 
-    /// The upstream's response head cannot be taken; `close`: the client
-    /// connection must close too (its body is half-read).
-    fn malformed(close: bool) -> Self {
+    /// The upstream's response head cannot be taken.
+    fn malformed() -> Self {
         Failed {
             error: ProxyError::new(ErrorKind::UpstreamMalformed),
-            close,
+            close: false,
         }
     }
 
     /// The upstream connection failed before a response head; `stale`:
     /// nothing of the request can have been used (it was whole, nothing came
     /// back), so it may go again on a fresh connection if it was a reused one.
-    fn upstream_gone(stale: bool, close: bool) -> Self {
+    fn upstream_gone(stale: bool) -> Self {
         let error = ProxyError::new(ErrorKind::UpstreamReset);
         Failed {
             error: if stale { error.on_stale_connection() } else { error },
-            close,
+            close: false,
         }
+    }
+
+    /// The route's timeout passed before the response head.
+    fn timeout() -> Self {
+        Failed {
+            error: ProxyError::new(ErrorKind::UpstreamTimeout),
+            close: false,
+        }
+    }
+}
+
+/// What every step of one exchange reads, and the outcome it writes.
+struct Ctx<'a> {
+    w: &'a Worker,
+    l: &'a Listener,
+    req: &'a RequestHead,
+    /// The outcome record.
+    t: Tracker<'a>,
+    /// A response head started towards the client: weft can no longer
+    /// answer with its own.
+    head_started: bool,
+}
+
+/// The request body, read from the client's buffer and stream.
+struct RequestBody<'a> {
+    /// The session's read buffer: the body's next bytes, then pipelined
+    /// requests.
+    cbuf: &'a mut BytesMut,
+    reader: Body,
+}
+
+impl Ctx<'_> {
+    /// Answers with weft's own error (callers box it: error paths must not
+    /// grow the request's future); `close`: the client connection must close.
+    async fn fail<W: AsyncWriteRent>(&mut self, client: &mut W, e: ProxyError, close: bool) -> After {
+        reply_error(client, &mut self.t, e, close, self.req).await
+    }
+
+    /// Answers a failed attempt, or closes when the client is gone.
+    async fn failed<S: Stream>(&mut self, mut client: S, f: Failed, body_done: bool) -> Next<S> {
+        if f.error.kind == ErrorKind::DownstreamClosed {
+            // Nobody to answer (the upstream connection is dropped).
+            self.t.o.fail(f.error.code(), Side::Downstream);
+            return Next::Close;
+        }
+        let after = Box::pin(self.fail(&mut client, f.error, f.close || !body_done)).await;
+        Next::after(after, client)
     }
 }
 
@@ -87,15 +169,24 @@ impl Failed {
 pub(crate) async fn exchange<S: Stream>(
     w: &Worker,
     l: &Listener,
-    client: &mut S,
+    mut client: S,
     cbuf: &mut BytesMut,
     req: &RequestHead,
     peer_ip: &str,
     started: Instant,
-) -> Next {
-    let t = &mut Tracker::new(w, started);
-    t.o.bytes_in = req.raw.len() as u64;
-    let has_body = req.framing != BodyFraming::None;
+) -> Next<S> {
+    let mut x = Ctx {
+        w,
+        l,
+        req,
+        t: Tracker::new(w, started),
+        head_started: false,
+    };
+    x.t.o.bytes_in = req.raw.len() as u64;
+    let mut body = RequestBody {
+        cbuf,
+        reader: Body::new(req.framing),
+    };
     let path = if req.path.is_empty() { "/" } else { req.path() };
     let picked = l
         .routes
@@ -108,11 +199,15 @@ pub(crate) async fn exchange<S: Stream>(
         });
     let (route, cluster, ep) = match picked {
         Ok(picked) => picked,
-        Err(kind) => return Box::pin(reply_error(client, t, ProxyError::new(kind), has_body, req)).await,
+        Err(kind) => {
+            let close = !body.reader.done();
+            let after = Box::pin(x.fail(&mut client, ProxyError::new(kind), close)).await;
+            return Next::after(after, client);
+        }
     };
-    t.o.endpoint = Some(ep.addr);
+    x.t.o.endpoint = Some(ep.addr);
     let _in_flight = Counted::new(&ep.in_flight);
-    let send_continue = req.expect_continue && has_body && cbuf.is_empty();
+    let send_continue = req.expect_continue && !body.reader.done() && body.cbuf.is_empty();
     let mut out = BytesMut::new();
     let opts = RequestOptions {
         client_ip: peer_ip,
@@ -121,235 +216,95 @@ pub(crate) async fn exchange<S: Stream>(
     };
     encode_request(req, &opts, &mut out);
     let head = out.freeze();
-    let mut body = Body::new(req.framing);
-    let first = match body.take(cbuf) {
+    let first = match body.reader.take(body.cbuf) {
         Ok(b) => b,
         Err(_) => {
             let e = ProxyError::new(ErrorKind::DownstreamBodyError);
-            return Box::pin(reply_error(client, t, e, true, req)).await;
+            let after = Box::pin(x.fail(&mut client, e, true)).await;
+            return Next::after(after, client);
         }
     };
-    t.o.bytes_in += first.len() as u64;
-
-    let mut ubuf = BytesMut::new();
-    // Everything up to the response head, within the route's timeout. On
-    // timeout the upstream connection is dropped, never pooled.
+    x.t.o.bytes_in += first.len() as u64;
     let deadline = started + route.timeout;
-    let forwarded = within(w.timers.at(deadline), async {
-        let (up, mut reused) = match ep.checkout(&cluster.pool, Instant::now()) {
-            Some(s) => (s, true),
-            None => (
-                connect(w, ep.addr, cluster.connect_timeout)
-                    .await
-                    .map_err(Failed::connect)?,
-                false,
-            ),
-        };
-        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-        if send_continue {
-            if write_one(client, Bytes::from_static(CONTINUE)).await.is_err() {
-                return Err(Failed::client_closed());
-            }
-            t.o.bytes_out += CONTINUE.len() as u64;
-        }
-        let mut up = up;
-        loop {
-            t.o.attempts += 1;
-            match attempt(
-                l,
-                client,
-                cbuf,
-                up,
-                &mut ubuf,
-                req,
-                head.clone(),
-                first.clone(),
-                &mut body,
-                t,
-            )
-            .await
-            {
-                Ok(answer) => {
-                    t.o.upstream_at = Some(Instant::now());
-                    return Ok(answer);
-                }
-                Err(f)
-                    if reused
-                        && f.error.retry == RetryClass::StaleConnection
-                        && f.error.may_retry(idempotent(req.method())) =>
-                {
-                    // A pooled connection the upstream had already closed:
-                    // the request got no answer, had no further body, and
-                    // repeating it cannot do harm.
-                    up = connect(w, ep.addr, cluster.connect_timeout)
-                        .await
-                        .map_err(Failed::connect)?;
-                    reused = false;
-                    ubuf.clear();
-                }
-                Err(f) => return Err(f),
-            }
-        }
-    })
+    if !body.reader.done() {
+        return Box::pin(full_duplex(
+            &mut x,
+            client,
+            &mut body,
+            Upstream { ep, cluster },
+            (head, first),
+            send_continue,
+            deadline,
+        ))
+        .await;
+    }
+    // The whole request is here. Everything up to the response head, within
+    // the route's timeout; on timeout the upstream connection is dropped,
+    // never pooled.
+    let forwarded = within(
+        w.timers.at(deadline),
+        attempts(
+            &mut x,
+            &mut client,
+            body.cbuf,
+            Upstream { ep, cluster },
+            head,
+            first,
+        ),
+    )
     .await;
     let (up, res) = match forwarded {
         Some(Ok(answer)) => answer,
-        // Nobody to answer: close (the upstream connection is dropped).
-        Some(Err(f)) if f.error.kind == ErrorKind::DownstreamClosed => {
-            t.o.fail(f.error.code(), Side::Downstream);
-            return Next::Close;
-        }
-        Some(Err(f)) => return Box::pin(reply_error(client, t, f.error, f.close || !body.done(), req)).await,
-        None => {
-            let e = ProxyError::new(ErrorKind::UpstreamTimeout);
-            return Box::pin(reply_error(client, t, e, !body.done(), req)).await;
-        }
+        Some(Err(f)) => return x.failed(client, f, true).await,
+        None => return x.failed(client, Failed::timeout(), true).await,
     };
-    respond(
-        w,
-        l,
-        cluster.read_timeout,
-        client,
-        up,
-        ubuf,
-        req,
-        res,
-        ep,
-        &cluster.pool,
-        t,
-    )
-    .await
+    respond(&mut x, client, up, res, Upstream { ep, cluster }).await
 }
 
-/// An upstream connection after the response head: whole (poolable once
-/// the body is read), or only its read half when the upload was cut short
-/// by an early answer.
-pub(crate) enum UpConn {
-    Whole(UpIo),
-    ReadOnly(OwnedReadHalf<UpIo>),
+/// Where a request goes: the endpoint and its cluster.
+#[derive(Clone, Copy)]
+struct Upstream<'a> {
+    ep: &'a Endpoint,
+    cluster: &'a Cluster,
 }
 
-impl UpConn {
-    async fn read_more(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        match self {
-            UpConn::Whole(s) => read_more(s, buf).await,
-            UpConn::ReadOnly(r) => read_more(r, buf).await,
-        }
-    }
-}
-
-/// Sends the request (head, body) and reads the final response head.
-///
-/// Full duplex: while a request body streams up, weft also reads what the
-/// upstream sends. An upstream that answers before the upload ends (413,
-/// or a reply it streams at once) gets its answer to the client; the
-/// upload stops, the client connection closes after the response and the
-/// upstream connection is not pooled.
-#[allow(clippy::too_many_arguments)]
-async fn attempt<S: Stream>(
-    l: &Listener,
+/// Sends a whole request and reads the final response head; a request that
+/// met a pooled connection the upstream had closed goes again on a new one
+/// when that is safe.
+async fn attempts<S: Stream>(
+    x: &mut Ctx<'_>,
     client: &mut S,
-    cbuf: &mut BytesMut,
-    mut up: UpIo,
-    ubuf: &mut BytesMut,
-    req: &RequestHead,
+    cbuf: &BytesMut,
+    to: Upstream<'_>,
     head: Bytes,
     first: Bytes,
-    body: &mut Body,
-    t: &mut Tracker<'_>,
-) -> Result<(UpConn, ResponseHead), Failed> {
-    let body_was_whole = body.done();
-    if write_two(&mut up, head, first).await.is_err() {
-        return Err(Failed::upstream_gone(body_was_whole, false));
-    }
-    if !body.done() {
-        return Box::pin(duplex(l, client, cbuf, up, ubuf, req, body, t)).await;
-    }
-    let res = response_head(client, cbuf, &mut up, ubuf, req, t, body_was_whole).await?;
-    Ok((UpConn::Whole(up), res))
-}
-
-/// The upload and the wait for the answer at once (see [`attempt`]).
-#[allow(clippy::too_many_arguments)]
-async fn duplex<S: Stream>(
-    l: &Listener,
-    client: &mut S,
-    cbuf: &mut BytesMut,
-    up: UpIo,
-    ubuf: &mut BytesMut,
-    req: &RequestHead,
-    body: &mut Body,
-    t: &mut Tracker<'_>,
-) -> Result<(UpConn, ResponseHead), Failed> {
-    let timers = &t.worker().timers;
-    let (mut r, mut wr) = up.into_split();
-    let mut sent = 0u64;
-    let upload = async {
-        while !body.done() {
-            match within(timers.after(l.idle_timeout), read_more(client, cbuf)).await {
-                Some(Ok(n)) if n > 0 => {}
-                Some(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
-                None => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
+) -> Result<(Conn, ResponseHead), Failed> {
+    let mut up = Conn::open(x.w, to.ep, to.cluster)
+        .await
+        .map_err(Failed::connect)?;
+    loop {
+        x.t.o.attempts += 1;
+        let answer = match write_two(&mut up.io, head.clone(), first.clone()).await {
+            Ok(()) => response_head(x, client, cbuf, &mut up).await,
+            Err(_) => Err(Failed::upstream_gone(true)),
+        };
+        match answer {
+            Ok(res) => {
+                x.t.o.upstream_at = Some(Instant::now());
+                return Ok((up, res));
             }
-            let piece = body
-                .take(cbuf)
-                .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))?;
-            sent += piece.len() as u64;
-            if write_one(&mut wr, piece).await.is_err() {
-                // The upstream may have answered before it stopped reading.
-                return Ok(false);
+            Err(f)
+                if up.reused
+                    && f.error.retry == RetryClass::StaleConnection
+                    && f.error.may_retry(idempotent(x.req.method())) =>
+            {
+                // A pooled connection the upstream had already closed: the
+                // request got no answer, and repeating it cannot do harm.
+                up = Conn::connect(x.w, to.ep, to.cluster)
+                    .await
+                    .map_err(Failed::connect)?;
             }
-        }
-        Ok(true)
-    };
-    // Reads until a final response head is whole in `ubuf` (interim ones
-    // are dropped: weft answered any 100-continue itself); never dropped
-    // while a read is in flight unless the connection is given up.
-    let answer = async {
-        loop {
-            match parse_response(ubuf, &RESPONSE_LIMITS, req.is_head()) {
-                Ok(Some(res)) if res.is_informational() && res.status != 101 => continue,
-                Ok(Some(res)) => return Ok(res),
-                Ok(None) => {}
-                Err(_) => return Err(Failed::malformed(true)),
-            }
-            match read_more(&mut r, ubuf).await {
-                Ok(n) if n > 0 => {}
-                _ => return Err(Failed::upstream_gone(false, true)),
-            }
-        }
-    };
-    // Boxed so that it can end (and release the read half) before the
-    // read half moves on.
-    let mut answer = Box::pin(answer);
-    let early = {
-        // Dropped at the end of this block: the upload stops (its reads
-        // and writes cancelled) when the answer came first.
-        let mut upload = std::pin::pin!(upload);
-        monoio::select! {
-            done = &mut upload => match done {
-                Ok(true) => None,
-                // The upstream stopped reading: its answer, if it sent one.
-                Ok(false) => Some(answer.as_mut().await),
-                Err(f) => return Err(f),
-            },
-            res = answer.as_mut() => Some(res),
-        }
-    };
-    t.o.bytes_in += sent;
-    match early.transpose()? {
-        // The upload was cut short: the rest of the response comes on the
-        // read half; the client connection closes after it.
-        Some(res) => {
-            drop(answer);
-            drop(wr);
-            Ok((UpConn::ReadOnly(r), res))
-        }
-        None => {
-            let res = answer.as_mut().await?;
-            drop(answer);
-            let up = r.reunite(wr).map_err(|_| Failed::upstream_gone(false, false))?;
-            Ok((UpConn::Whole(up), res))
+            Err(f) => return Err(f),
         }
     }
 }
@@ -357,46 +312,57 @@ async fn duplex<S: Stream>(
 /// Reads the final response head, forwarding interim ones to an HTTP/1.1
 /// client and watching the client for a close while the upstream takes
 /// its time.
-#[allow(clippy::too_many_arguments)]
 async fn response_head<S: Stream>(
+    x: &mut Ctx<'_>,
     client: &mut S,
     cbuf: &BytesMut,
-    up: &mut UpIo,
-    ubuf: &mut BytesMut,
-    req: &RequestHead,
-    t: &mut Tracker<'_>,
-    body_was_whole: bool,
+    up: &mut Conn,
 ) -> Result<ResponseHead, Failed> {
     let mut informational = false;
     loop {
-        match parse_response(ubuf, &RESPONSE_LIMITS, req.is_head()) {
+        match parse_response(&mut up.buf, &RESPONSE_LIMITS, x.req.is_head()) {
             Ok(Some(res)) if res.is_informational() && res.status != 101 => {
                 informational = true;
-                // HTTP/1.0 clients do not get interim responses.
-                if req.minor == 1 {
-                    match write_interim(client, &res, false).await {
-                        Ok(n) => t.o.bytes_out += n as u64,
-                        Err(_) => return Err(Failed::client_closed()),
-                    }
-                }
+                forward_interim(x, client, &res).await?;
                 continue;
             }
             Ok(Some(res)) => return Ok(res),
             Ok(None) => {}
-            Err(_) => return Err(Failed::malformed(false)),
+            Err(_) => return Err(Failed::malformed()),
         }
         // Watch the client only when no pipelined bytes of it are buffered:
         // its end of stream then means it gave up on this request.
         let watch = cbuf.is_empty();
-        let grace = t.worker().timers.at(t.o.head_at + WATCH_AFTER);
-        match read_upstream(up, ubuf, client, watch, grace).await {
+        let grace = x.w.timers.at(x.t.o.head_at + WATCH_AFTER);
+        match read_upstream(up, client, watch, grace).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => {
-                let retryable = body_was_whole && ubuf.is_empty() && !informational;
-                return Err(Failed::upstream_gone(retryable, false));
+                // Nothing of an answer came: on a reused connection, the
+                // upstream had closed it.
+                let stale = up.buf.is_empty() && !informational;
+                return Err(Failed::upstream_gone(stale));
             }
             Err(ClientGone) => return Err(Failed::client_closed()),
         }
+    }
+}
+
+/// Forwards an interim (1xx) response to an HTTP/1.1 client (HTTP/1.0
+/// clients do not get them).
+async fn forward_interim<W: AsyncWriteRent>(
+    x: &mut Ctx<'_>,
+    client: &mut W,
+    res: &ResponseHead,
+) -> Result<(), Failed> {
+    if x.req.minor != 1 {
+        return Ok(());
+    }
+    match write_interim(client, res, false).await {
+        Ok(n) => {
+            x.t.o.bytes_out += n as u64;
+            Ok(())
+        }
+        Err(_) => Err(Failed::client_closed()),
     }
 }
 
@@ -406,20 +372,19 @@ struct ClientGone;
 /// How long after a request's head weft waits for the upstream's answer
 /// before it also watches the client for a close: most answers come sooner,
 /// and then the watch costs nothing (no poll operation, only a deadline).
-const WATCH_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+const WATCH_AFTER: Duration = Duration::from_millis(20);
 
-/// Reads more of the upstream's answer into `ubuf`. Meanwhile, when `watch`
-/// is set, notices a client that closes its connection: the attempt is then
+/// Reads more of the upstream's answer. Meanwhile, when `watch` is set,
+/// notices a client that closes its connection: the attempt is then
 /// abandoned (the caller drops the upstream connection), as nginx does with
 /// its 499.
 async fn read_upstream<S: Stream>(
-    up: &mut UpIo,
-    ubuf: &mut BytesMut,
+    up: &mut Conn,
     client: &S,
     mut watch: bool,
     grace: Deadline<'_>,
 ) -> Result<std::io::Result<usize>, ClientGone> {
-    let mut read = std::pin::pin!(read_more(up, ubuf));
+    let mut read = pin!(up.read_more());
     if watch {
         monoio::select! {
             r = &mut read => return Ok(r),
@@ -441,10 +406,9 @@ async fn read_upstream<S: Stream>(
 }
 
 /// Writes an interim (1xx) response head to the client; `upgrade` for the
-/// `101` that starts a tunnel.
-/// Returns the bytes written.
-async fn write_interim<S: Stream>(
-    client: &mut S,
+/// `101` that starts a tunnel. Returns the bytes written.
+async fn write_interim<W: AsyncWriteRent>(
+    client: &mut W,
     res: &ResponseHead,
     upgrade: bool,
 ) -> std::io::Result<usize> {
@@ -460,53 +424,104 @@ async fn write_interim<S: Stream>(
     write_one(client, out.freeze()).await.map(|()| n)
 }
 
-/// Writes the response to the client, streaming its body, and pools the
-/// upstream connection when it was read completely.
-#[allow(clippy::too_many_arguments)]
+/// Writes the response to a whole request back to the client, and pools
+/// the upstream connection when it was read completely.
 async fn respond<S: Stream>(
-    w: &Worker,
-    l: &Listener,
-    read_timeout: std::time::Duration,
-    client: &mut S,
-    mut up: UpConn,
-    mut ubuf: BytesMut,
-    req: &RequestHead,
+    x: &mut Ctx<'_>,
+    mut client: S,
+    mut up: Conn,
     res: ResponseHead,
-    ep: &Endpoint,
-    pool: &weft_core::config::PoolSettings,
-    t: &mut Tracker<'_>,
-) -> Next {
+    to: Upstream<'_>,
+) -> Next<S> {
     if res.status == 101 {
-        if !req.upgrade {
-            let e = ProxyError::new(ErrorKind::UpstreamMalformed);
-            return Box::pin(reply_error(client, t, e, true, req)).await;
-        }
-        match write_interim(client, &res, true).await {
-            Ok(n) => {
-                t.o.status = Some(101);
-                t.o.bytes_out += n as u64;
-            }
-            Err(_) => {
-                t.o.fail("client-closed", Side::Downstream);
-                return Next::Close;
-            }
-        }
-        let UpConn::Whole(up) = up else {
-            // A 101 to a request whose body was cut short: nothing to tunnel.
-            return Next::Close;
-        };
-        return Next::Tunnel(up, ubuf);
+        return upgrade(x, client, up, res).await;
     }
+    let sent = send_response(
+        x,
+        &mut client,
+        &mut up.io,
+        &mut up.buf,
+        &res,
+        false,
+        to.cluster.read_timeout,
+    )
+    .await;
+    match sent {
+        Sent::Whole { close } => {
+            // `keep_alive` is false for close-delimited responses (weft-proto).
+            if res.keep_alive {
+                up.release(to.ep, &to.cluster.pool);
+            }
+            if close {
+                Next::Close
+            } else {
+                Next::KeepAlive(client)
+            }
+        }
+        Sent::Cut => Next::Close,
+        Sent::Malformed => {
+            let e = ProxyError::new(ErrorKind::UpstreamMalformed);
+            let after = Box::pin(x.fail(&mut client, e, true)).await;
+            Next::after(after, client)
+        }
+    }
+}
+
+/// Passes a `101 Switching Protocols` on and hands both connections to the
+/// tunnel; refuses one the client did not ask for.
+async fn upgrade<S: Stream>(x: &mut Ctx<'_>, mut client: S, up: Conn, res: ResponseHead) -> Next<S> {
+    if !x.req.upgrade {
+        let e = ProxyError::new(ErrorKind::UpstreamMalformed);
+        let after = Box::pin(x.fail(&mut client, e, true)).await;
+        return Next::after(after, client);
+    }
+    match write_interim(&mut client, &res, true).await {
+        Ok(n) => {
+            x.t.o.status = Some(101);
+            x.t.o.bytes_out += n as u64;
+            Next::Tunnel(client, up.io, up.buf)
+        }
+        Err(_) => {
+            x.t.o.fail("client-closed", Side::Downstream);
+            Next::Close
+        }
+    }
+}
+
+/// How sending a response to the client ended.
+enum Sent {
+    /// Whole; `close`: the client connection closes after it.
+    Whole { close: bool },
+    /// Cut short (the upstream broke off or went silent, the client left
+    /// or read nothing): the outcome says why; the client connection closes.
+    Cut,
+    /// The body could not be read from its first bytes on: nothing was
+    /// sent, weft may still answer.
+    Malformed,
+}
+
+/// Writes the response head and streams the body from the upstream to the
+/// client. `cut`: the request body was not read whole (the client
+/// connection closes after the response). Every wait is bounded; after a
+/// timeout the upstream connection must be dropped (an operation was
+/// cancelled on it), never pooled.
+async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
+    x: &mut Ctx<'_>,
+    client: &mut W,
+    up: &mut R,
+    ubuf: &mut BytesMut,
+    res: &ResponseHead,
+    cut: bool,
+    read_timeout: Duration,
+) -> Sent {
+    let req = x.req;
     let dechunk = req.minor == 0 && res.framing == BodyFraming::Chunked;
     let client_framing = if dechunk {
         BodyFraming::UntilClose
     } else {
         res.framing
     };
-    // An upload cut short by an early answer leaves the client's body
-    // unread: close after the response.
-    let cut = matches!(up, UpConn::ReadOnly(_));
-    let close = !req.keep_alive || client_framing == BodyFraming::UntilClose || w.draining.get() || cut;
+    let close = !req.keep_alive || client_framing == BodyFraming::UntilClose || x.w.draining.get() || cut;
     let opts = ResponseOptions {
         framing: client_framing,
         close,
@@ -514,78 +529,64 @@ async fn respond<S: Stream>(
         upgrade: false,
     };
     let mut out = BytesMut::with_capacity(res.raw.len() + 64);
-    encode_response(&res, &opts, &mut out);
+    encode_response(res, &opts, &mut out);
     let mut body = if dechunk {
         Body::dechunking()
     } else {
         Body::new(res.framing)
     };
-    let Ok(first) = body.take(&mut ubuf) else {
-        let e = ProxyError::new(ErrorKind::UpstreamMalformed);
-        return Box::pin(reply_error(client, t, e, true, req)).await;
+    let Ok(first) = body.take(ubuf) else {
+        return Sent::Malformed;
     };
-    // Every wait below is bounded; after a timeout the upstream connection
-    // is dropped (an operation was cancelled on it), never pooled.
-    let timers = &t.worker().timers;
+    let timers = &x.w.timers;
     // The client's write deadline counts from when the upstream answered.
-    let answered = t.o.upstream_at.unwrap_or(t.o.head_at);
+    let answered = x.t.o.upstream_at.unwrap_or(x.t.o.head_at);
     let n = (out.len() + first.len()) as u64;
+    x.head_started = true;
     let sent = within(
-        timers.at(answered + l.write_timeout),
+        timers.at(answered + x.l.write_timeout),
         write_two(client, out.freeze(), first),
     )
     .await;
-    if !client_took(t, sent, n) {
-        return Next::Close;
+    if !client_took(&mut x.t, sent, n) {
+        return Sent::Cut;
     }
-    t.o.status = Some(res.status);
+    x.t.o.status = Some(res.status);
     let body_error = || ProxyError::new(ErrorKind::UpstreamBodyError).code();
     while !body.done() {
-        match within(timers.after(read_timeout), up.read_more(&mut ubuf)).await {
+        match within(timers.after(read_timeout), read_more(up, ubuf)).await {
             Some(Ok(n)) if n > 0 => {}
             // A close-delimited body ends here (and is never kept alive).
             Some(_) if body.until_close() => break,
             // The upstream broke off or went silent mid-body: close so
             // that the client cannot take the truncated body for whole.
             Some(_) => {
-                t.o.fail(body_error(), Side::Upstream);
-                return Next::Close;
+                x.t.o.fail(body_error(), Side::Upstream);
+                return Sent::Cut;
             }
             None => {
                 let e = ProxyError::new(ErrorKind::UpstreamReadTimeout);
-                t.o.fail(e.code(), Side::Upstream);
-                return Next::Close;
+                x.t.o.fail(e.code(), Side::Upstream);
+                return Sent::Cut;
             }
         }
-        let Ok(piece) = body.take(&mut ubuf) else {
-            t.o.fail(body_error(), Side::Upstream);
-            return Next::Close;
+        let Ok(piece) = body.take(ubuf) else {
+            x.t.o.fail(body_error(), Side::Upstream);
+            return Sent::Cut;
         };
         let n = piece.len() as u64;
-        let sent = within(timers.after(l.write_timeout), write_one(client, piece)).await;
-        if !client_took(t, sent, n) {
+        let sent = within(timers.after(x.l.write_timeout), write_one(client, piece)).await;
+        if !client_took(&mut x.t, sent, n) {
             // The client reads nothing (or left): close it and release
             // the upstream connection.
-            return Next::Close;
+            return Sent::Cut;
         }
         if ubuf.is_empty() && ubuf.capacity() > 4 * READ_CHUNK {
             // Never let a slow stream grow the buffer: start a fresh one.
-            ubuf = BytesMut::new();
+            *ubuf = BytesMut::new();
         }
     }
-    // `keep_alive` is false for close-delimited responses (weft-proto).
-    if let (UpConn::Whole(up), true) = (up, res.keep_alive && ubuf.is_empty()) {
-        ep.checkin(up, pool, Instant::now());
-    }
-    if cut {
-        // The client may still be sending its body: read and drop it for a
-        // while, so that closing does not reset the response away.
-        Next::Linger
-    } else if close {
-        Next::Close
-    } else {
-        Next::KeepAlive
-    }
+    Sent::Whole { close }
 }
 
 /// Accounts for a bounded write of `n` bytes to the client: true when it
@@ -601,4 +602,213 @@ fn client_took(t: &mut Tracker<'_>, sent: Option<std::io::Result<()>>, n: u64) -
     };
     t.o.fail(ProxyError::new(kind).code(), Side::Downstream);
     false
+}
+
+/// How the response side of a full-duplex exchange ended.
+enum Answer {
+    /// Before a response head reached the client.
+    Failed(Failed),
+    /// The response was sent, or cut (see [`Sent`]).
+    Sent(Sent, ResponseHead),
+}
+
+/// A request whose body is still arriving: the upload and the response
+/// move at the same time on split connections. The upstream's answer
+/// reaches the client whenever it comes; the upload goes on while the
+/// response streams, and stops when the response has ended (the client
+/// connection then closes, its body unread) or when the upstream stops
+/// reading it. Both connections are kept only when both bodies went whole.
+async fn full_duplex<S: Stream>(
+    x: &mut Ctx<'_>,
+    mut client: S,
+    body: &mut RequestBody<'_>,
+    to: Upstream<'_>,
+    (head, first): (Bytes, Bytes),
+    send_continue: bool,
+    deadline: Instant,
+) -> Next<S> {
+    let w: &Worker = x.w;
+    let timers = &w.timers;
+    // Connect, tell a waiting client to go on, send what is here.
+    let opened = within(timers.at(deadline), async {
+        let mut up = Conn::open(x.w, to.ep, to.cluster)
+            .await
+            .map_err(Failed::connect)?;
+        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        if send_continue {
+            if write_one(&mut client, Bytes::from_static(CONTINUE))
+                .await
+                .is_err()
+            {
+                return Err(Failed::client_closed());
+            }
+            x.t.o.bytes_out += CONTINUE.len() as u64;
+        }
+        x.t.o.attempts += 1;
+        match write_two(&mut up.io, head, first).await {
+            Ok(()) => Ok(up),
+            Err(_) => Err(Failed::upstream_gone(false)),
+        }
+    })
+    .await;
+    let up = match opened {
+        Some(Ok(up)) => up,
+        Some(Err(f)) => return x.failed(client, f, false).await,
+        None => return x.failed(client, Failed::timeout(), false).await,
+    };
+    let Conn {
+        io, buf: mut ubuf, ..
+    } = up;
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = io.into_split();
+    let progress = Progress::default();
+    let (upload_result, answer) = {
+        let mut upload = pin!(upload(
+            timers,
+            x.l.idle_timeout,
+            &mut cr,
+            body,
+            &mut uw,
+            &progress
+        ));
+        let mut response = pin!(async {
+            let res = match within(timers.at(deadline), final_head(x, &mut cw, &mut ur, &mut ubuf)).await {
+                Some(Ok(res)) => res,
+                Some(Err(f)) => return Answer::Failed(f),
+                None => return Answer::Failed(Failed::timeout()),
+            };
+            x.t.o.upstream_at = Some(Instant::now());
+            if res.status == 101 {
+                // No tunnel for a request whose body is still coming.
+                return Answer::Failed(Failed::malformed());
+            }
+            let read_timeout = to.cluster.read_timeout;
+            // Unless the upload is whole by now, the client connection
+            // closes after the response.
+            let cut = !progress.whole.get();
+            let sent = send_response(x, &mut cw, &mut ur, &mut ubuf, &res, cut, read_timeout).await;
+            Answer::Sent(sent, res)
+        });
+        let mut uploaded = None;
+        loop {
+            monoio::select! {
+                a = &mut response => break (uploaded, a),
+                r = &mut upload, if uploaded.is_none() => match r {
+                    // Whole, or the upstream stopped taking it: the answer
+                    // decides the rest.
+                    Ok(whole) => uploaded = Some(Ok(whole)),
+                    // The client's body broke off or stalled: stop both.
+                    Err(f) => break (Some(Err(f)), Answer::Failed(Failed::client_closed())),
+                },
+            }
+        }
+    };
+    // Both sides have stopped (what was in flight is cancelled): count.
+    x.t.o.bytes_in += progress.bytes.get();
+    let upload_whole = matches!(upload_result, Some(Ok(true)));
+    let Ok(client) = cr.reunite(cw) else {
+        return Next::Close;
+    };
+    match (upload_result, answer) {
+        (Some(Err(f)), _) if x.head_started => {
+            // Too late for an answer of weft's own: cut the response.
+            x.t.o.fail(f.error.code(), Side::Downstream);
+            Next::Close
+        }
+        (Some(Err(f)), _) => x.failed(client, f, false).await,
+        (_, Answer::Failed(f)) => x.failed(client, f, upload_whole).await,
+        (_, Answer::Sent(Sent::Cut, _)) => Next::Close,
+        (_, Answer::Sent(Sent::Malformed, _)) => {
+            let f = Failed {
+                error: ProxyError::new(ErrorKind::UpstreamMalformed),
+                close: true,
+            };
+            x.failed(client, f, false).await
+        }
+        (_, Answer::Sent(Sent::Whole { close }, res)) => {
+            if upload_whole && res.keep_alive {
+                if let Ok(io) = ur.reunite(uw) {
+                    let conn = Conn {
+                        io,
+                        buf: ubuf,
+                        reused: false,
+                    };
+                    conn.release(to.ep, &to.cluster.pool);
+                }
+            }
+            match (upload_whole, close) {
+                (false, _) => Next::Linger(client),
+                (true, true) => Next::Close,
+                (true, false) => Next::KeepAlive(client),
+            }
+        }
+    }
+}
+
+/// Reads the final response head of a full-duplex exchange: interim
+/// responses other than `100 Continue` (which weft sent itself, or the
+/// client did not wait for) go to an HTTP/1.1 client.
+async fn final_head<W: AsyncWriteRent, R: AsyncReadRent>(
+    x: &mut Ctx<'_>,
+    client: &mut W,
+    up: &mut R,
+    ubuf: &mut BytesMut,
+) -> Result<ResponseHead, Failed> {
+    loop {
+        match parse_response(ubuf, &RESPONSE_LIMITS, x.req.is_head()) {
+            Ok(Some(res)) if res.status == 100 => continue,
+            Ok(Some(res)) if res.is_informational() && res.status != 101 => {
+                forward_interim(x, client, &res).await?;
+                continue;
+            }
+            Ok(Some(res)) => return Ok(res),
+            Ok(None) => {}
+            Err(_) => return Err(Failed::malformed()),
+        }
+        match read_more(up, ubuf).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(Failed::upstream_gone(false)),
+        }
+    }
+}
+
+/// How far an upload got, readable while it runs and after it stopped.
+#[derive(Default)]
+struct Progress {
+    /// Body bytes read from the client.
+    bytes: Cell<u64>,
+    /// The body went up whole.
+    whole: Cell<bool>,
+}
+
+/// Moves the request body from the client to the upstream until it ends.
+/// `Ok(true)`: it went whole; `Ok(false)`: the upstream stopped taking it
+/// (it may have answered); an error when the client's body broke off, was
+/// malformed, or stalled for the listener's idle timeout.
+async fn upload<R: AsyncReadRent, W: AsyncWriteRent>(
+    timers: &Timers,
+    idle: Duration,
+    client: &mut R,
+    body: &mut RequestBody<'_>,
+    up: &mut W,
+    progress: &Progress,
+) -> Result<bool, Failed> {
+    while !body.reader.done() {
+        match within(timers.after(idle), read_more(client, body.cbuf)).await {
+            Some(Ok(n)) if n > 0 => {}
+            Some(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
+            None => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
+        }
+        let piece = body
+            .reader
+            .take(body.cbuf)
+            .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))?;
+        progress.bytes.set(progress.bytes.get() + piece.len() as u64);
+        if write_one(up, piece).await.is_err() {
+            // The upstream may have answered before it stopped reading.
+            return Ok(false);
+        }
+    }
+    progress.whole.set(true);
+    Ok(true)
 }

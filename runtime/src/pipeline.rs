@@ -523,3 +523,133 @@ fn a_request_body_that_stalls_gets_408() {
         );
     });
 }
+
+#[test]
+fn the_response_streams_while_the_upload_goes_on() {
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(
+            &mut c,
+            "POST /echo HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+        )
+        .await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        while find(&ub, b"first\r\n").is_none() {
+            assert!(read_some(&mut u, &mut ub).await > 0);
+        }
+        // The upstream answers at once and echoes what it has so far.
+        send(
+            &mut u,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nFIRST\r\n",
+        )
+        .await;
+        let mut cb = Vec::new();
+        while find(&cb, b"FIRST\r\n").is_none() {
+            assert!(
+                read_some(&mut c, &mut cb).await > 0,
+                "the echo of the first piece"
+            );
+        }
+        // Only now does the client send the rest: both bodies are moving.
+        send(&mut c, "6\r\nsecond\r\n0\r\n\r\n").await;
+        ub.clear();
+        while find(&ub, b"0\r\n\r\n").is_none() {
+            assert!(read_some(&mut u, &mut ub).await > 0);
+        }
+        assert_eq!(ub, b"6\r\nsecond\r\n0\r\n\r\n");
+        send(&mut u, "6\r\nSECOND\r\n0\r\n\r\n").await;
+        let rest = read_to_end(&mut c, &mut cb).await;
+        assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest}");
+        assert!(
+            rest.ends_with("\r\n5\r\nFIRST\r\n6\r\nSECOND\r\n0\r\n\r\n"),
+            "{rest}"
+        );
+        // The upload was not whole when the head went out: the connection
+        // closes after the response.
+        assert!(rest.to_ascii_lowercase().contains("connection: close"), "{rest}");
+        let o = &k.outcomes(1).await[0];
+        assert_eq!((o.status, o.error), (Some(200), None));
+    });
+}
+
+#[test]
+fn an_upload_whole_before_the_answer_keeps_both_connections() {
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        let head = "POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n";
+        send(&mut c, &format!("{head}hello")).await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        while find(&ub, b"hello").is_none() {
+            assert!(read_some(&mut u, &mut ub).await > 0);
+        }
+        send(&mut c, "world").await;
+        while find(&ub, b"helloworld").is_none() {
+            assert!(read_some(&mut u, &mut ub).await > 0);
+        }
+        send(&mut u, &ok("got it")).await;
+        let mut cb = Vec::new();
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(
+            res.ends_with("got it") && !res.to_ascii_lowercase().contains("connection: close"),
+            "{res}"
+        );
+        // The next request goes on the same client connection and on the
+        // pooled upstream connection.
+        send(&mut c, GET).await;
+        ub.clear();
+        let req = read_message(&mut u, &mut ub).await;
+        assert!(req.starts_with("GET /x HTTP/1.1\r\n"), "{req}");
+        send(&mut u, &ok("again")).await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("again"));
+        assert_eq!(up.waiting(), 0, "no second upstream connection");
+        let o = k.outcomes(2).await;
+        assert_eq!((o[0].status, o[0].bytes_in), (Some(200), head.len() as u64 + 10));
+    });
+}
+
+#[test]
+fn a_request_body_that_breaks_off_after_the_answer_began_cuts_the_response() {
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(
+            &mut c,
+            "POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\nabc",
+        )
+        .await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        while find(&ub, b"abc").is_none() {
+            assert!(read_some(&mut u, &mut ub).await > 0);
+        }
+        send(&mut u, "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\npart").await;
+        let mut cb = Vec::new();
+        while find(&cb, b"part").is_none() {
+            assert!(read_some(&mut c, &mut cb).await > 0);
+        }
+        // The client stops sending, 97 bytes short.
+        monoio::io::AsyncWriteRent::shutdown(&mut c)
+            .await
+            .expect("shutdown");
+        let rest = read_to_end(&mut c, &mut cb).await;
+        assert!(
+            rest.ends_with("\r\n\r\npart"),
+            "the response is cut, not completed: {rest}"
+        );
+        ub.clear();
+        assert_eq!(
+            read_to_end(&mut u, &mut ub).await,
+            "",
+            "the upstream connection is dropped"
+        );
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.status, o.error, o.side),
+            (Some(200), Some("downstream-body-error"), Some(Side::Downstream))
+        );
+    });
+}

@@ -2,29 +2,30 @@
 //! from one error type, recorded in the request's outcome, and followed by
 //! a lingering close when the connection must end.
 
-use crate::io::{write_one, Stream};
+use crate::io::write_one;
 use crate::state::{Tracker, Worker};
-use crate::upstream::UpIo;
-use bytes::BytesMut;
+use monoio::io::AsyncWriteRent;
 use std::time::Instant;
 use weft_core::{ProxyError, Side};
 use weft_proto::encode::error_response;
 use weft_proto::RequestHead;
 
-/// What the connection does after one exchange.
-pub(crate) enum Next {
+/// What becomes of the client connection after one of weft's own answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Read the next request.
     KeepAlive,
+    /// Close now: nothing more can be written.
     Close,
     /// Close after a lingering read, so that the answer is not lost to a
     /// reset (the client may still be sending).
     Linger,
-    Tunnel(UpIo, BytesMut),
 }
 
 /// Refuses a request whose head weft cannot take (a downstream error: a
 /// refused head or the header timeout, `msg` naming the cause), and closes
 /// the connection.
-pub(crate) async fn refuse<S: Stream>(w: &Worker, client: &mut S, e: ProxyError, msg: &str) -> Next {
+pub(crate) async fn refuse<W: AsyncWriteRent>(w: &Worker, client: &mut W, e: ProxyError, msg: &str) -> After {
     let mut t = Tracker::new(w, Instant::now());
     answer(client, &mut t, Reply::of(&e, msg), true, false).await
 }
@@ -33,13 +34,13 @@ pub(crate) async fn refuse<S: Stream>(w: &Worker, client: &mut S, e: ProxyError,
 /// it: error paths must not grow the request's future); closes when
 /// `close` (the request's body was not read whole) or when the client asked
 /// for it (`Connection: close`, HTTP/1.0 without keep-alive).
-pub(crate) async fn reply_error<S: Stream>(
-    client: &mut S,
+pub(crate) async fn reply_error<W: AsyncWriteRent>(
+    client: &mut W,
     t: &mut Tracker<'_>,
     e: ProxyError,
     close: bool,
     req: &RequestHead,
-) -> Next {
+) -> After {
     let close = close || !req.keep_alive;
     let msg = e.to_string();
     answer(client, t, Reply::of(&e, &msg), close, req.is_head()).await
@@ -70,25 +71,25 @@ impl<'a> Reply<'a> {
 
 /// Writes one of weft's own answers, and records it in the request's
 /// outcome; when it closes the connection, it does so lingeringly
-/// (`Next::Linger`) so that the client reads the answer.
-async fn answer<S: Stream>(
-    client: &mut S,
+/// (`After::Linger`) so that the client reads the answer.
+async fn answer<W: AsyncWriteRent>(
+    client: &mut W,
     t: &mut Tracker<'_>,
     r: Reply<'_>,
     close: bool,
     head_only: bool,
-) -> Next {
+) -> After {
     t.o.fail(r.code, r.side);
     let out = error_response(r.status, r.code, r.msg, close, head_only);
     let len = out.len() as u64;
     if write_one(client, out.freeze()).await.is_err() {
         t.o.fail("client-closed", Side::Downstream);
-        return Next::Close;
+        return After::Close;
     }
     t.o.status = Some(r.status);
     t.o.bytes_out += len;
     if close {
-        return Next::Linger;
+        return After::Linger;
     }
-    Next::KeepAlive
+    After::KeepAlive
 }

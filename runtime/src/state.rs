@@ -207,13 +207,6 @@ impl<'w> Tracker<'w> {
     }
 }
 
-impl<'w> Tracker<'w> {
-    /// The worker serving the request.
-    pub fn worker(&self) -> &'w Worker {
-        self.w
-    }
-}
-
 impl Drop for Tracker<'_> {
     fn drop(&mut self) {
         self.o.end_at = Instant::now();

@@ -1,9 +1,11 @@
-//! Upstream side of one worker: per-endpoint state, the keep-alive pool and
-//! connection establishment.
+//! Upstream side of one worker: per-endpoint state, the keep-alive pool,
+//! connection establishment, and the HTTP/1.1 connection an exchange holds
+//! (a multiplexed HTTP/2 connection will sit beside it).
 
-use crate::io::nodelay;
+use crate::io::{nodelay, read_more};
 use crate::state::Worker;
 use crate::timer::within;
+use bytes::BytesMut;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use monoio::net::TcpStream;
@@ -13,7 +15,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use weft_core::config::PoolSettings;
+use weft_core::config::{Cluster, PoolSettings};
 use weft_core::{ErrorKind, ProxyError};
 
 /// One endpoint of a cluster, as this worker sees it.
@@ -157,5 +159,54 @@ pub(crate) async fn connect(w: &Worker, addr: SocketAddr, timeout: Duration) -> 
         }
         Some(Err(e)) => Err(ProxyError::new(ErrorKind::ConnectFailed).caused_by(&e)),
         None => Err(ProxyError::new(ErrorKind::ConnectTimeout)),
+    }
+}
+
+/// One HTTP/1.1 connection to an endpoint, held by the exchange that uses
+/// it: the stream, what was read from it and not used yet, and whether it
+/// came from the pool (then a failure before any answer may only mean that
+/// the upstream had closed it while it was idle).
+pub(crate) struct Conn {
+    pub io: UpIo,
+    /// Read from the upstream, not yet parsed or forwarded.
+    pub buf: BytesMut,
+    /// Taken from the pool rather than newly opened.
+    pub reused: bool,
+}
+
+impl Conn {
+    /// A pooled connection to `ep` that is fresh enough, else a new one.
+    pub async fn open(w: &Worker, ep: &Endpoint, cluster: &Cluster) -> Result<Conn, ProxyError> {
+        match ep.checkout(&cluster.pool, Instant::now()) {
+            Some(io) => Ok(Conn {
+                io,
+                buf: BytesMut::new(),
+                reused: true,
+            }),
+            None => Conn::connect(w, ep, cluster).await,
+        }
+    }
+
+    /// A new connection to `ep`, within the cluster's connect timeout.
+    pub async fn connect(w: &Worker, ep: &Endpoint, cluster: &Cluster) -> Result<Conn, ProxyError> {
+        Ok(Conn {
+            io: connect(w, ep.addr, cluster.connect_timeout).await?,
+            buf: BytesMut::new(),
+            reused: false,
+        })
+    }
+
+    /// Reads more of the upstream's answer into `buf`; 0: end of stream.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        read_more(&mut self.io, &mut self.buf).await
+    }
+
+    /// Hands the connection back to `ep`'s pool. Only for a connection
+    /// whose response was read whole with nothing left over, that may be
+    /// kept alive, and on which no operation was cancelled.
+    pub fn release(self, ep: &Endpoint, pool: &PoolSettings) {
+        if self.buf.is_empty() {
+            ep.checkin(self.io, pool, Instant::now());
+        }
     }
 }
