@@ -108,7 +108,8 @@ pub(crate) fn serve<S: Stream>(
                     Box::pin(linger(&mut c, &w.timers)).await;
                     return;
                 }
-                Next::Tunnel(c, up, up_buf) => {
+                Next::Tunnel(t) => {
+                    let (c, up, up_buf) = *t;
                     Box::pin(tunnel(c, buf, up, up_buf)).await;
                     return;
                 }

@@ -46,8 +46,9 @@ pub(crate) enum Next<S> {
     /// and closing at once could reset the answer away.
     Linger(S),
     /// `101 Switching Protocols`: copy bytes both ways, starting with what
-    /// was read from the upstream after its head.
-    Tunnel(S, UpIo, BytesMut),
+    /// was read from the upstream after its head. Boxed: every exchange
+    /// returns a `Next`, few return this one.
+    Tunnel(Box<(S, UpIo, BytesMut)>),
 }
 
 impl<S> Next<S> {
@@ -434,7 +435,8 @@ async fn respond<S: Stream>(
     to: Upstream<'_>,
 ) -> Next<S> {
     if res.status == 101 {
-        return upgrade(x, client, up, res).await;
+        // Boxed: rare, and the response path stays small.
+        return Box::pin(upgrade(x, client, up, res)).await;
     }
     let sent = send_response(
         x,
@@ -479,7 +481,7 @@ async fn upgrade<S: Stream>(x: &mut Ctx<'_>, mut client: S, up: Conn, res: Respo
         Ok(n) => {
             x.t.o.status = Some(101);
             x.t.o.bytes_out += n as u64;
-            Next::Tunnel(client, up.io, up.buf)
+            Next::Tunnel(Box::new((client, up.io, up.buf)))
         }
         Err(_) => {
             x.t.o.fail("client-closed", Side::Downstream);

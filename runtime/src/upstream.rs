@@ -183,7 +183,9 @@ impl Conn {
                 buf: BytesMut::new(),
                 reused: true,
             }),
-            None => Conn::connect(w, ep, cluster).await,
+            // Boxed: a pooled connection is the common case, and a
+            // connect's state would otherwise grow every exchange.
+            None => Box::pin(Conn::connect(w, ep, cluster)).await,
         }
     }
 
