@@ -26,7 +26,7 @@ fn put_num(out: &mut BytesMut, n: u64) {
 }
 
 /// Appends one header field line.
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+pub(crate) fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);
@@ -34,7 +34,7 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 /// Appends `content-length: n`.
-fn put_length(out: &mut BytesMut, n: u64) {
+pub(crate) fn put_length(out: &mut BytesMut, n: u64) {
     out.put_slice(b"content-length: ");
     put_num(out, n);
     out.put_slice(b"\r\n");

@@ -1,4 +1,5 @@
-//! weft-proto: the HTTP/1.1 wire, with no IO.
+//! weft-proto: the HTTP/1.1 wire and protocol-neutral message heads, with
+//! no IO.
 //!
 //! Strict head parsing on top of `httparse` (RFC 9112: ambiguous framing is
 //! rejected, never guessed), the body framing decisions, an incremental chunked
@@ -13,6 +14,7 @@ pub mod chunked;
 pub mod encode;
 pub mod error;
 pub mod head;
+pub mod message;
 pub mod path;
 pub mod request;
 pub mod response;
@@ -21,5 +23,6 @@ pub use body::BodyReader;
 pub use chunked::{ChunkedDecoder, ChunkedError, Step};
 pub use error::HeadError;
 pub use head::{BodyFraming, HeaderRange, Limits};
+pub use message::{BodyLength, Request, Response, Version};
 pub use request::{parse_request, RequestHead};
 pub use response::{parse_response, ResponseHead};

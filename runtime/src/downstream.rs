@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::time::Instant;
 use weft_core::config::Listener;
 use weft_core::{ErrorKind, ProxyError};
-use weft_proto::{parse_request, HeadError, Limits, RequestHead};
+use weft_proto::{parse_request, HeadError, Limits, Request, RequestHead};
 
 enum HeadRead {
     Head(Box<RequestHead>),
@@ -69,7 +69,7 @@ pub(crate) fn serve<S: Stream>(
                     if l.merge_slashes {
                         h.merge_slashes();
                     }
-                    h
+                    Request::H1(h)
                 }
                 HeadRead::Closed => return,
                 // Boxed, as the exchange below: what a request needs lives on

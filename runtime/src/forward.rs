@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use weft_core::config::{Cluster, Listener};
 use weft_core::{ErrorKind, ProxyError, RetryClass, Side};
 use weft_proto::body::BodyReader as Body;
-use weft_proto::encode::{encode_request, encode_response, RequestOptions, ResponseOptions};
-use weft_proto::{parse_response, BodyFraming, Limits, RequestHead, ResponseHead};
+use weft_proto::encode::{encode_response, RequestOptions, ResponseOptions};
+use weft_proto::{parse_response, BodyFraming, Limits, Request, ResponseHead, Version};
 
 /// Limits on response heads from upstreams.
 const RESPONSE_LIMITS: Limits = Limits {
@@ -129,7 +129,7 @@ impl Failed {
 struct Ctx<'a> {
     w: &'a Worker,
     l: &'a Listener,
-    req: &'a RequestHead,
+    req: &'a Request,
     /// The outcome record.
     t: Tracker<'a>,
     /// A response head started towards the client: weft can no longer
@@ -172,7 +172,7 @@ pub(crate) async fn exchange<S: Stream>(
     l: &Listener,
     mut client: S,
     cbuf: &mut BytesMut,
-    req: &RequestHead,
+    req: &Request,
     peer_ip: &str,
     started: Instant,
 ) -> Next<S> {
@@ -183,15 +183,14 @@ pub(crate) async fn exchange<S: Stream>(
         t: Tracker::new(w, started),
         head_started: false,
     };
-    x.t.o.bytes_in = req.raw.len() as u64;
+    x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {
         cbuf,
-        reader: Body::new(req.framing),
+        reader: Body::new(req.framing()),
     };
-    let path = if req.path.is_empty() { "/" } else { req.path() };
     let picked = l
         .routes
-        .find(req.host(), path, req.method(), |n| req.header(n))
+        .find(req.host(), req.path(), req.method(), |n| req.header(n))
         .ok_or(ErrorKind::NoRoute)
         .and_then(|route| {
             let c = w.pick_cluster(&route.target);
@@ -208,14 +207,14 @@ pub(crate) async fn exchange<S: Stream>(
     };
     x.t.o.endpoint = Some(ep.addr);
     let _in_flight = Counted::new(&ep.in_flight);
-    let send_continue = req.expect_continue && !body.reader.done() && body.cbuf.is_empty();
+    let send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
     let mut out = BytesMut::new();
     let opts = RequestOptions {
         client_ip: peer_ip,
         proto: "http",
         default_host: &ep.authority,
     };
-    encode_request(req, &opts, &mut out);
+    req.encode_h1(&opts, &mut out);
     let head = out.freeze();
     let first = match body.reader.take(body.cbuf) {
         Ok(b) => b,
@@ -355,7 +354,7 @@ async fn forward_interim<W: AsyncWriteRent>(
     client: &mut W,
     res: &ResponseHead,
 ) -> Result<(), Failed> {
-    if x.req.minor != 1 {
+    if x.req.version() == Version::Http10 {
         return Ok(());
     }
     match write_interim(client, res, false).await {
@@ -472,7 +471,7 @@ async fn respond<S: Stream>(
 /// Passes a `101 Switching Protocols` on and hands both connections to the
 /// tunnel; refuses one the client did not ask for.
 async fn upgrade<S: Stream>(x: &mut Ctx<'_>, mut client: S, up: Conn, res: ResponseHead) -> Next<S> {
-    if !x.req.upgrade {
+    if !x.req.upgrade() {
         let e = ProxyError::new(ErrorKind::UpstreamMalformed);
         let after = Box::pin(x.fail(&mut client, e, true)).await;
         return Next::after(after, client);
@@ -517,17 +516,18 @@ async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
     read_timeout: Duration,
 ) -> Sent {
     let req = x.req;
-    let dechunk = req.minor == 0 && res.framing == BodyFraming::Chunked;
+    let http10 = req.version() == Version::Http10;
+    let dechunk = http10 && res.framing == BodyFraming::Chunked;
     let client_framing = if dechunk {
         BodyFraming::UntilClose
     } else {
         res.framing
     };
-    let close = !req.keep_alive || client_framing == BodyFraming::UntilClose || x.w.draining.get() || cut;
+    let close = !req.keep_alive() || client_framing == BodyFraming::UntilClose || x.w.draining.get() || cut;
     let opts = ResponseOptions {
         framing: client_framing,
         close,
-        keep_alive_10: req.minor == 0 && !close,
+        keep_alive_10: http10 && !close,
         upgrade: false,
     };
     let mut out = BytesMut::with_capacity(res.raw.len() + 64);

@@ -8,7 +8,7 @@ use monoio::io::AsyncWriteRent;
 use std::time::Instant;
 use weft_core::{ProxyError, Side};
 use weft_proto::encode::error_response;
-use weft_proto::RequestHead;
+use weft_proto::Request;
 
 /// What becomes of the client connection after one of weft's own answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +39,9 @@ pub(crate) async fn reply_error<W: AsyncWriteRent>(
     t: &mut Tracker<'_>,
     e: ProxyError,
     close: bool,
-    req: &RequestHead,
+    req: &Request,
 ) -> After {
-    let close = close || !req.keep_alive;
+    let close = close || !req.keep_alive();
     let msg = e.to_string();
     answer(client, t, Reply::of(&e, &msg), close, req.is_head()).await
 }
