@@ -279,7 +279,7 @@ async fn attempts<S: Stream>(
     head: Bytes,
     first: Bytes,
 ) -> Result<(Conn, ResponseHead), Failed> {
-    let mut up = Conn::open(x.w, to.ep, to.cluster)
+    let mut up = Conn::open(&x.w.dialer(), to.ep, to.cluster)
         .await
         .map_err(Failed::connect)?;
     loop {
@@ -300,7 +300,7 @@ async fn attempts<S: Stream>(
             {
                 // A pooled connection the upstream had already closed: the
                 // request got no answer, and repeating it cannot do harm.
-                up = Conn::connect(x.w, to.ep, to.cluster)
+                up = Conn::connect(&x.w.dialer(), to.ep, to.cluster)
                     .await
                     .map_err(Failed::connect)?;
             }
@@ -633,7 +633,7 @@ async fn full_duplex<S: Stream>(
     let timers = &w.timers;
     // Connect, tell a waiting client to go on, send what is here.
     let opened = within(timers.at(deadline), async {
-        let mut up = Conn::open(x.w, to.ep, to.cluster)
+        let mut up = Conn::open(&x.w.dialer(), to.ep, to.cluster)
             .await
             .map_err(Failed::connect)?;
         const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";

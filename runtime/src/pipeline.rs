@@ -6,9 +6,9 @@
 //! milliseconds. The loopback tests in `tests/` cover the same behaviour
 //! over real sockets.
 
+use crate::counters::WorkerCounters;
 use crate::downstream::serve;
 use crate::mem::{self, MemStream, Net, PIPE_BYTES};
-use crate::server::WorkerCounters;
 use crate::state::Worker;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use std::future::Future;

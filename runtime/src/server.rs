@@ -1,14 +1,15 @@
 //! Starting and stopping the workers.
 
+pub use crate::counters::WorkerCounters;
 use crate::log::log;
 use crate::shutdown::Shutdown;
 use crate::state::Worker;
-use crate::worker;
+use crate::worker::{self, Ready};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -47,63 +48,6 @@ impl fmt::Display for IoSetup {
             IoSetup::IoUring { tuned: false } => f.write_str("io-uring (ring: plain)"),
         }
     }
-}
-
-/// Counters of one worker, written only by that worker (a relaxed load and
-/// store: as cheap as a plain cell) and read by anyone. Cache-line aligned so
-/// that workers never share a line.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct WorkerCounters {
-    connections: AtomicU64,
-    requests: AtomicU64,
-    outcomes: AtomicU64,
-    failures: AtomicU64,
-}
-
-impl WorkerCounters {
-    /// Adds one accepted client connection (called by the owning worker only).
-    pub(crate) fn connection(&self) {
-        bump(&self.connections);
-    }
-
-    /// Adds one request head received (called by the owning worker only).
-    pub(crate) fn request(&self) {
-        bump(&self.requests);
-    }
-
-    /// Adds one outcome record (called by the owning worker only).
-    pub(crate) fn outcome(&self, success: bool) {
-        bump(&self.outcomes);
-        if !success {
-            bump(&self.failures);
-        }
-    }
-
-    /// Outcome records this worker wrote: one per request, once it ended.
-    pub fn outcomes(&self) -> u64 {
-        self.outcomes.load(Ordering::Relaxed)
-    }
-
-    /// Outcomes that were not a success (an error, a 5xx, or no response).
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-
-    /// Client connections this worker accepted.
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    /// Requests this worker received: heads parsed, refused or timed out.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-}
-
-/// Single-writer increment: no read-modify-write, so no locked instruction.
-fn bump(c: &AtomicU64) {
-    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 /// Why weft could not start.
@@ -265,21 +209,6 @@ fn pin_to_core(core: usize) {
                 std::io::Error::last_os_error()
             );
         }
-    }
-}
-
-/// A worker's one report to `Server::start`: ready (with whether the ring
-/// flags took effect), or why it cannot run.
-pub(crate) struct Ready {
-    tx: mpsc::Sender<(usize, Result<bool, String>)>,
-    worker: usize,
-    tuned: bool,
-}
-
-impl Ready {
-    /// Reports the worker ready (`Ok`) or failed.
-    pub(crate) fn report(self, result: Result<(), String>) {
-        let _ = self.tx.send((self.worker, result.map(|()| self.tuned)));
     }
 }
 

@@ -4,9 +4,9 @@
 //! is shared with other workers, and nothing here runs the worker (that is
 //! `worker`).
 
-use crate::server::WorkerCounters;
+use crate::counters::WorkerCounters;
 use crate::timer::Timers;
-use crate::upstream::Endpoint;
+use crate::upstream::{Dialer, Endpoint};
 use std::cell::{Cell, RefCell};
 #[cfg(test)]
 use std::rc::Rc;
@@ -145,6 +145,15 @@ impl Worker {
             net: None,
             #[cfg(test)]
             outcomes: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// How this worker opens upstream connections.
+    pub fn dialer(&self) -> Dialer<'_> {
+        Dialer {
+            timers: &self.timers,
+            #[cfg(test)]
+            net: self.net.as_deref(),
         }
     }
 

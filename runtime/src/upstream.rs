@@ -3,8 +3,7 @@
 //! (a multiplexed HTTP/2 connection will sit beside it).
 
 use crate::io::{nodelay, read_more};
-use crate::state::Worker;
-use crate::timer::within;
+use crate::timer::{within, Timers};
 use bytes::BytesMut;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
@@ -141,18 +140,26 @@ impl AsyncWriteRent for UpIo {
 // SAFETY: every kind of stream is itself `Split`.
 unsafe impl Split for UpIo {}
 
+/// How one worker opens upstream connections: its deadlines, and TCP (or,
+/// in the pipeline tests, an in-memory network).
+pub(crate) struct Dialer<'a> {
+    pub timers: &'a Timers,
+    #[cfg(test)]
+    pub net: Option<&'a crate::mem::Net>,
+}
+
 /// Opens a new connection to `addr` within `timeout`.
-pub(crate) async fn connect(w: &Worker, addr: SocketAddr, timeout: Duration) -> Result<UpIo, ProxyError> {
+async fn connect(d: &Dialer<'_>, addr: SocketAddr, timeout: Duration) -> Result<UpIo, ProxyError> {
     let opened = async {
         #[cfg(test)]
-        if let Some(net) = &w.net {
+        if let Some(net) = d.net {
             return net.connect(addr).await.map(UpIo::Mem);
         }
         let s = TcpStream::connect_addr(addr).await?;
         nodelay(&s);
         Ok::<_, io::Error>(UpIo::Tcp(s))
     };
-    match within(w.timers.after(timeout), opened).await {
+    match within(d.timers.after(timeout), opened).await {
         Some(Ok(s)) => Ok(s),
         Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             Err(ProxyError::new(ErrorKind::ConnectRefused).caused_by(&e))
@@ -176,7 +183,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// A pooled connection to `ep` that is fresh enough, else a new one.
-    pub async fn open(w: &Worker, ep: &Endpoint, cluster: &Cluster) -> Result<Conn, ProxyError> {
+    pub async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<Conn, ProxyError> {
         match ep.checkout(&cluster.pool, Instant::now()) {
             Some(io) => Ok(Conn {
                 io,
@@ -185,14 +192,14 @@ impl Conn {
             }),
             // Boxed: a pooled connection is the common case, and a
             // connect's state would otherwise grow every exchange.
-            None => Box::pin(Conn::connect(w, ep, cluster)).await,
+            None => Box::pin(Conn::connect(d, ep, cluster)).await,
         }
     }
 
     /// A new connection to `ep`, within the cluster's connect timeout.
-    pub async fn connect(w: &Worker, ep: &Endpoint, cluster: &Cluster) -> Result<Conn, ProxyError> {
+    pub async fn connect(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<Conn, ProxyError> {
         Ok(Conn {
-            io: connect(w, ep.addr, cluster.connect_timeout).await?,
+            io: connect(d, ep.addr, cluster.connect_timeout).await?,
             buf: BytesMut::new(),
             reused: false,
         })

@@ -5,14 +5,29 @@
 use crate::downstream;
 use crate::io::nodelay;
 use crate::log::log;
-use crate::server::Ready;
 use crate::shutdown::Shutdown;
 use crate::state::Worker;
 use monoio::io::Canceller;
 use monoio::net::TcpListener;
 use std::rc::Rc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use weft_core::ListenerKind;
+
+/// A worker's one report to `Server::start`: ready (with whether the ring
+/// flags took effect), or why it cannot run.
+pub(crate) struct Ready {
+    pub tx: mpsc::Sender<(usize, Result<bool, String>)>,
+    pub worker: usize,
+    pub tuned: bool,
+}
+
+impl Ready {
+    /// Reports the worker ready (`Ok`) or failed.
+    pub(crate) fn report(self, result: Result<(), String>) {
+        let _ = self.tx.send((self.worker, result.map(|()| self.tuned)));
+    }
+}
 
 /// The body of a worker thread: accept on every listener until shutdown,
 /// then let in-flight requests finish within the drain timeout.

@@ -327,6 +327,69 @@ fn stalled_request_body_gets_408_after_idle_timeout() {
     assert_eq!(up.count(), 0, "a partial request reached the upstream whole");
 }
 
+/// Full duplex over real sockets: an upstream that echoes a chunked upload
+/// as it reads it. The echo of the first piece reaches the client before
+/// the client sends the rest, so both bodies are moving at once.
+fn a_streamed_echo_moves_both_bodies_at_once() {
+    use std::io::Write;
+    let up = Upstream::scripted(|mut s, _, _| {
+        let mut seen = Vec::new();
+        let mut b = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match std::io::Read::read(&mut s, &mut b) {
+                Ok(n) if n > 0 => seen.extend_from_slice(&b[..n]),
+                _ => return,
+            }
+        }
+        let at = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut body = seen.split_off(at);
+        if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+        // Echo the chunked upload as it comes, upper-cased, chunk framing
+        // and all: a valid chunked response.
+        loop {
+            if !body.is_empty() && s.write_all(&body.to_ascii_uppercase()).is_err() {
+                return;
+            }
+            if body.ends_with(b"0\r\n\r\n") {
+                return;
+            }
+            body.clear();
+            match std::io::Read::read(&mut s, &mut b) {
+                Ok(n) if n > 0 => body.extend_from_slice(&b[..n]),
+                _ => return,
+            }
+        }
+    });
+    let (weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n");
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !got.windows(7).any(|w| w == b"FIRST\r\n") {
+        let n = std::io::Read::read(c.stream(), &mut b)
+            .expect("the echo of the first piece, before the rest is sent");
+        assert!(
+            n > 0,
+            "weft closed before echoing: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&b[..n]);
+    }
+    c.send(b"6\r\nsecond\r\n0\r\n\r\n");
+    got.extend(c.read_until_close());
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n5\r\nFIRST\r\n6\r\nSECOND\r\n0\r\n\r\n"),
+        "{text}"
+    );
+    assert_eq!(weft.failures(), 0);
+}
+
 on_both_drivers!(
     forwards_a_get_and_keeps_both_sides_alive,
     removes_hop_by_hop_headers_and_sets_forwarding_headers,
@@ -343,4 +406,5 @@ on_both_drivers!(
     switching_protocols_without_upgrade_is_502,
     idle_keep_alive_connection_is_closed_after_idle_timeout,
     stalled_request_body_gets_408_after_idle_timeout,
+    a_streamed_echo_moves_both_bodies_at_once,
 );
