@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use weft_core::config::Listener;
 use weft_core::{ErrorKind, ProxyError};
 use weft_proto::{parse_request, HeadError, Limits, Request, RequestHead};
@@ -24,6 +24,8 @@ enum HeadRead {
     Head(Box<RequestHead>),
     /// Clean end: the client closed, or idled out, between requests.
     Closed,
+    /// Nothing came within the hot window: wait for readiness instead.
+    Quiet,
     Reject(HeadError),
     Timeout,
 }
@@ -40,22 +42,19 @@ pub(crate) fn serve<S: Stream>(
     mut client: S,
     peer: SocketAddr,
 ) -> impl std::future::Future<Output = ()> {
+    // Made before the task: the task keeps the text, not the address too.
+    let peer_ip = peer.ip().to_string();
     async move {
         let _admitted = Admitted(&w.gates[li]);
         let l = &w.config.listeners[li];
-        let limits = Limits {
-            max_request_line: l.max_request_line,
-            max_head_bytes: l.max_header_bytes,
-            max_headers: l.max_headers,
-        };
-        let peer_ip = peer.ip().to_string();
         let mut buf = BytesMut::new();
+        // Hot: a read is posted at once (a new connection's first request,
+        // and a busy client's next one, usually come within microseconds).
+        let (mut idle_until, mut hot) = idle_and_hot(l);
         loop {
-            let idle_until = Instant::now() + l.idle_timeout;
-            if buf.is_empty() {
+            if hot.is_none() {
                 // Idle between requests: wait for data here, with no buffer and a
                 // small future, so that idle keep-alive connections cost little.
-                buf = BytesMut::new();
                 // An idle wait also ends when the worker starts draining: then
                 // the connection closes.
                 let ready = within(w.timers.idle_until(idle_until), client.readable(true)).await;
@@ -63,73 +62,142 @@ pub(crate) fn serve<S: Stream>(
                     return;
                 }
             }
-            // Boxed: the head reader's state exists only while a head arrives.
-            let head = match Box::pin(read_head(&w, &mut client, &mut buf, idle_until, l, &limits)).await {
-                HeadRead::Head(mut h) => {
-                    if l.merge_slashes {
-                        h.merge_slashes();
-                    }
-                    Request::H1(h)
+            // Boxed: what a request needs lives on the heap while it is
+            // served, so that an idle connection's task stays small.
+            let step = request(&w, l, client, &mut buf, idle_until, hot, &peer_ip);
+            match Box::pin(step).await {
+                Step::Again(c) => {
+                    client = c;
+                    (idle_until, hot) = idle_and_hot(l);
                 }
-                HeadRead::Closed => return,
-                // Boxed, as the exchange below: what a request needs lives on
-                // the heap while it is served, so an idle connection's task
-                // stays small.
-                HeadRead::Reject(e) => {
-                    let kind = ErrorKind::BadRequest {
-                        status: e.status(),
-                        code: e.code(),
-                    };
-                    let msg = e.to_string();
-                    if let After::Linger =
-                        Box::pin(refuse(&w, &mut client, ProxyError::new(kind), &msg)).await
-                    {
-                        Box::pin(linger(&mut client, &w.timers)).await;
-                    }
-                    return;
+                Step::Quiet(c) => {
+                    // Give the buffer back while the connection idles.
+                    client = c;
+                    buf = BytesMut::new();
+                    hot = None;
                 }
-                HeadRead::Timeout => {
-                    let e = ProxyError::new(ErrorKind::HeaderTimeout);
-                    let msg = e.to_string();
-                    if let After::Linger = Box::pin(refuse(&w, &mut client, e, &msg)).await {
-                        Box::pin(linger(&mut client, &w.timers)).await;
-                    }
-                    return;
-                }
-            };
+                Step::Done => return,
+            }
+        }
+    }
+}
+
+/// What the connection does after one request.
+enum Step<S> {
+    /// Serve the next one (a read is posted at once).
+    Again(S),
+    /// No request came within the hot window: wait for readiness.
+    Quiet(S),
+    /// The connection is done.
+    Done,
+}
+
+/// Reads one request head and serves it: the exchange, or weft's refusal.
+async fn request<S: Stream>(
+    w: &Worker,
+    l: &Listener,
+    mut client: S,
+    buf: &mut BytesMut,
+    idle_until: Instant,
+    hot: Option<Instant>,
+    peer_ip: &str,
+) -> Step<S> {
+    let refusal = match read_head(w, &mut client, buf, idle_until, l, hot).await {
+        HeadRead::Head(mut h) => {
+            if l.merge_slashes {
+                h.merge_slashes();
+            }
+            let head = Request::H1(h);
             let started = Instant::now();
-            let next = Box::pin(exchange(&w, l, client, &mut buf, &head, &peer_ip, started)).await;
-            client = match next {
-                Next::KeepAlive(c) if !w.draining.get() => c,
-                Next::KeepAlive(_) | Next::Close => return,
-                // After the request's outcome is recorded: the lingering
-                // read is no part of the exchange.
-                Next::Linger(mut c) => {
-                    Box::pin(linger(&mut c, &w.timers)).await;
-                    return;
-                }
-                Next::Tunnel(t) => {
-                    let (c, up, up_buf) = *t;
-                    Box::pin(tunnel(c, buf, up, up_buf)).await;
-                    return;
+            // Boxed: read_head's state and the exchange's need not both be
+            // held while the connection waits for a head.
+            let next = Box::pin(exchange(w, l, client, buf, &head, peer_ip, started)).await;
+            return match next {
+                Next::KeepAlive(c) if !w.draining.get() => Step::Again(c),
+                // After the request's outcome is recorded: a lingering
+                // close or a tunnel is no part of the exchange.
+                end => {
+                    Box::pin(finish(&w.timers, end, std::mem::take(buf))).await;
+                    Step::Done
                 }
             };
         }
+        HeadRead::Closed => return Step::Done,
+        HeadRead::Quiet => return Step::Quiet(client),
+        // The refusal names the head's own fault.
+        HeadRead::Reject(e) => {
+            let kind = ErrorKind::BadRequest {
+                status: e.status(),
+                code: e.code(),
+            };
+            (ProxyError::new(kind), e.to_string())
+        }
+        HeadRead::Timeout => {
+            let e = ProxyError::new(ErrorKind::HeaderTimeout);
+            let msg = e.to_string();
+            (e, msg)
+        }
+    };
+    Box::pin(refuse_and_close(w, client, refusal)).await;
+    Step::Done
+}
+
+/// Refuses a head weft cannot take and closes the connection.
+async fn refuse_and_close<S: Stream>(w: &Worker, mut client: S, e: (ProxyError, String)) {
+    let (e, msg) = e;
+    if let After::Linger = refuse(w, &mut client, e, &msg).await {
+        linger(&mut client, &w.timers).await;
     }
+}
+
+/// Ends a connection after its last exchange: a lingering close, or the
+/// tunnel after a `101`.
+async fn finish<S: Stream>(timers: &Timers, end: Next<S>, buf: BytesMut) {
+    match end {
+        Next::KeepAlive(_) | Next::Close => {}
+        Next::Linger(mut c) => linger(&mut c, timers).await,
+        Next::Tunnel(t) => {
+            let (c, up, up_buf) = *t;
+            tunnel(c, buf, up, up_buf).await;
+        }
+    }
+}
+
+/// How long a connection keeps a read posted after a response (or after
+/// it was accepted): a busy client's next request takes one read, with no
+/// readiness poll before it. Past it the read is cancelled (no byte lost),
+/// its buffer given back, and the connection waits for readiness with no
+/// buffer, so that idle connections stay small.
+pub(crate) const HOT_WINDOW: Duration = Duration::from_secs(1);
+
+/// When a connection that became idle now times out, and until when its
+/// read stays posted (one clock read for both).
+fn idle_and_hot(l: &Listener) -> (Instant, Option<Instant>) {
+    let now = Instant::now();
+    let idle_until = now + l.idle_timeout;
+    (idle_until, Some((now + HOT_WINDOW).min(idle_until)))
 }
 
 /// Reads one request head. Until its first byte arrives, `idle_until`
 /// bounds the wait (and the worker's drain ends it); from the first byte
 /// on, the whole head must arrive within the listener's header timeout.
+/// `hot`: the first read stays posted until then at most
+/// ([`HeadRead::Quiet`] when nothing came).
 async fn read_head<S: Stream>(
     w: &Worker,
     client: &mut S,
     buf: &mut BytesMut,
     idle_until: Instant,
     l: &Listener,
-    limits: &Limits,
+    hot: Option<Instant>,
 ) -> HeadRead {
+    let limits = Limits {
+        max_request_line: l.max_request_line,
+        max_head_bytes: l.max_header_bytes,
+        max_headers: l.max_headers,
+    };
     let mut started = !buf.is_empty();
+    let mut hot_until = hot.filter(|_| !started);
     let mut deadline = if started {
         Instant::now() + l.header_timeout
     } else {
@@ -137,13 +205,27 @@ async fn read_head<S: Stream>(
     };
     loop {
         if !buf.is_empty() {
-            match parse_request(buf, limits) {
+            match parse_request(buf, &limits) {
                 Ok(Some(h)) => return HeadRead::Head(Box::new(h)),
                 Ok(None) => {}
                 Err(e) => return HeadRead::Reject(e),
             }
         } else if buf.capacity() == 0 {
             *buf = BytesMut::with_capacity(FIRST_READ);
+        }
+        if let Some(until) = hot_until.take() {
+            // A drain ends this wait too (an idle wait).
+            match client.read_before(buf, w.timers.idle_until(until)).await {
+                Some(Ok(0)) | Some(Err(_)) => return HeadRead::Closed,
+                Some(Ok(_)) => {
+                    started = true;
+                    deadline = Instant::now() + l.header_timeout;
+                    continue;
+                }
+                // The idle timeout itself passed, or the worker drains.
+                None if until >= idle_until || w.draining.get() => return HeadRead::Closed,
+                None => return HeadRead::Quiet,
+            }
         }
         // Before the first byte the connection is idle: a drain closes it.
         let until = if started {

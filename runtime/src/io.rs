@@ -1,9 +1,12 @@
 //! The streams weft serves and forwards on, and owned-buffer IO helpers on
 //! top of monoio.
 
+use crate::timer::Deadline;
 use bytes::{Bytes, BytesMut};
 use monoio::buf::{IoBufMut, IoVecBuf};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, Split,
+};
 use monoio::net::TcpStream;
 use std::future::Future;
 use std::io;
@@ -23,6 +26,17 @@ pub(crate) trait Stream: AsyncReadRent + AsyncWriteRent + Split + 'static {
 
     /// What the stream holds, looked at without taking it.
     fn peek(&self) -> Peek;
+
+    /// Reads into `buf`'s spare room (as [`read_more`]) until `until`
+    /// passes. A read still in flight then is cancelled and its result
+    /// awaited, so bytes that arrived meanwhile are kept: a dropped
+    /// io_uring read may still complete, and its bytes would be lost.
+    /// `None`: the deadline came first and nothing was read.
+    fn read_before(
+        &mut self,
+        buf: &mut BytesMut,
+        until: Deadline<'_>,
+    ) -> impl Future<Output = Option<io::Result<usize>>>;
 }
 
 /// What a stream holds, looked at without taking it.
@@ -61,6 +75,39 @@ impl Stream for TcpStream {
             },
         }
     }
+
+    async fn read_before(&mut self, buf: &mut BytesMut, until: Deadline<'_>) -> Option<io::Result<usize>> {
+        make_room(buf);
+        let owned = std::mem::take(buf);
+        let (len, cap) = (owned.len(), owned.capacity());
+        let canceller = Canceller::new();
+        let mut read = std::pin::pin!(self.cancelable_read(owned.slice_mut(len..cap), canceller.handle()));
+        let first = monoio::select! {
+            r = &mut read => Some(r),
+            _ = until => None,
+        };
+        let timed_out = first.is_none();
+        let (res, slice) = match first {
+            Some(r) => r,
+            None => {
+                let _ = canceller.cancel();
+                read.await
+            }
+        };
+        *buf = slice.into_inner();
+        match res {
+            Err(_) if timed_out => None,
+            r => Some(r),
+        }
+    }
+}
+
+/// Makes room for a read: a buffer with less than 1 KiB to spare grows by
+/// [`READ_CHUNK`].
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
 }
 
 /// Bytes asked of the kernel per read.
@@ -74,9 +121,7 @@ pub(crate) const FIRST_READ: usize = 2 * 1024;
 /// Appends whatever the socket has to `buf`; `Ok(0)` means end of stream.
 /// A buffer with less than 1 KiB to spare grows by [`READ_CHUNK`].
 pub(crate) async fn read_more<S: AsyncReadRent>(stream: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
-    }
+    make_room(buf);
     let owned = std::mem::take(buf);
     let len = owned.len();
     let cap = owned.capacity();

@@ -217,6 +217,16 @@ impl Stream for MemStream {
         Ok(())
     }
 
+    async fn read_before(
+        &mut self,
+        buf: &mut bytes::BytesMut,
+        until: crate::timer::Deadline<'_>,
+    ) -> Option<io::Result<usize>> {
+        // An in-memory read takes bytes only when it completes: dropping
+        // one in flight loses nothing.
+        crate::timer::within(until, crate::io::read_more(self, buf)).await
+    }
+
     fn peek(&self) -> Peek {
         let p = self.rx.borrow();
         if !p.data.is_empty() {

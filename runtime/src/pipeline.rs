@@ -653,3 +653,25 @@ fn a_request_body_that_breaks_off_after_the_answer_began_cuts_the_response() {
         );
     });
 }
+
+#[test]
+fn a_client_that_pauses_past_the_hot_window_is_still_served() {
+    pipeline(config("idle_timeout = \"10s\"", "", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(&mut c, GET).await;
+        let mut u = answer_one(&up, "one").await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("one"));
+        // The client pauses: weft gives its posted read up and waits for
+        // readiness with no buffer; the next request must still be whole.
+        monoio::time::sleep(crate::downstream::HOT_WINDOW + Duration::from_millis(100)).await;
+        send(&mut c, "GET /after HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
+        let mut ub = Vec::new();
+        let req = read_message(&mut u, &mut ub).await;
+        assert!(req.starts_with("GET /after HTTP/1.1\r\n"), "{req}");
+        send(&mut u, &ok("two")).await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("two"));
+        assert_eq!(k.outcomes(2).await.len(), 2);
+    });
+}
