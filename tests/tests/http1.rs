@@ -390,6 +390,28 @@ fn a_streamed_echo_moves_both_bodies_at_once() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// A client that pauses past weft's hot window (a posted read, cancelled
+/// after 1 s without losing a byte) is read through a readiness wait: its
+/// next requests on the same connection are whole, also when one arrives
+/// while the cancelled read is still being reaped.
+fn a_client_that_pauses_between_requests_keeps_its_connection() {
+    let up = Upstream::echo("a");
+    let (weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/one", "").status, 200);
+    // The scenario: a client idle for longer than the hot window.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let r = c.get("/two", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from a"));
+    // And right at the window's end, many times: a request racing the cancel.
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(995 + i));
+        assert_eq!(c.get("/race", "").status, 200);
+    }
+    assert_eq!(up.count(), 7);
+    assert_eq!(weft.failures(), 0);
+}
+
 on_both_drivers!(
     forwards_a_get_and_keeps_both_sides_alive,
     removes_hop_by_hop_headers_and_sets_forwarding_headers,
@@ -407,4 +429,5 @@ on_both_drivers!(
     idle_keep_alive_connection_is_closed_after_idle_timeout,
     stalled_request_body_gets_408_after_idle_timeout,
     a_streamed_echo_moves_both_bodies_at_once,
+    a_client_that_pauses_between_requests_keeps_its_connection,
 );
