@@ -20,7 +20,9 @@ proxy is started and measured:
   2. warm-up (wrk, WARMUP), not recorded;
   3. throughput: wrk, CONNS connections, DURATION; the user and system CPU of
      the proxy's process tree and of the upstream's, from /proc/PID/stat,
-     before and after;
+     before and after; and the io_uring operations the proxy submitted per
+     request (`perf stat -e io_uring:io_uring_submit_req -p PID` meanwhile;
+     none for epoll proxies; skipped where perf or the tracepoint is missing);
   4. latency: oha at each fixed rate in RATES for DURATION with coordinated-
      omission correction (--latency-correction), with the same CPU figures;
   5. memory after the load;
@@ -54,6 +56,7 @@ import resource
 import platform
 import re
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -617,6 +620,41 @@ def oha(port, rate, raw_name):
 UPSTREAM_PID = None  # set once the upstream runs
 
 
+def uring_ops(pid, fn, raw_name):
+    """Runs fn() (a load generator run) while perf counts the io_uring
+    operations pid submits (tracepoint io_uring:io_uring_submit_req), and adds
+    `uring_ops` and `uring_ops_per_req` to its result; None where perf or the
+    tracepoint is missing. Raw perf output: OUT/raw_name."""
+    path = os.path.join(OUT, raw_name)
+    perf = None
+    if pid and shutil.which("perf"):
+        try:
+            perf = subprocess.Popen(["perf", "stat", "-x,", "-e", "io_uring:io_uring_submit_req",
+                                     "-p", str(pid), "-o", path],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.2)  # let perf attach before the load starts (no load meanwhile)
+        except OSError:
+            perf = None
+    res = fn()
+    count = None
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        try:
+            perf.wait(timeout=10)
+            with open(path) as f:
+                for line in f:
+                    fields = line.strip().split(",")
+                    if len(fields) > 2 and fields[2].startswith("io_uring:io_uring_submit_req") \
+                            and fields[0].isdigit():
+                        count = int(fields[0])
+        except (OSError, subprocess.TimeoutExpired):
+            perf.kill()
+    n = res.get("requests") or 0
+    res["uring_ops"] = count
+    res["uring_ops_per_req"] = count / n if count is not None and n else None
+    return res
+
+
 def user_sys_jiffies():
     """Process CPU (user + nice + system, without interrupts) of all cores, in seconds."""
     with open("/proc/stat") as f:
@@ -732,7 +770,8 @@ def measure(target, up, rnd, pos):
         if pid:
             rec["mem_idle"] = settled_memory(pid)
         wrk(port, WARMUP, f"{target}-r{rnd}-warmup.txt")
-        rec["throughput"] = with_cpu(pid, lambda: wrk(port, DURATION, f"{target}-r{rnd}-wrk.txt"))
+        rec["throughput"] = with_cpu(pid, lambda: uring_ops(
+            pid, lambda: wrk(port, DURATION, f"{target}-r{rnd}-wrk.txt"), f"{target}-r{rnd}-perf.txt"))
         rec["latency"] = {}
         for rate in RATES:
             rec["latency"][str(rate)] = with_cpu(pid, lambda: oha(port, rate, f"{target}-r{rnd}-oha-{rate}.json"))
@@ -963,9 +1002,9 @@ def summary(records, machine, command, fatal=None):
     L.append(f"### Throughput: wrk, {CONNS} connections, {DURATION}, closed loop")
     L.append("")
     L.append("| target | req/s | proxy busy % | proxy user µs/req | proxy sys µs/req | upstream µs/req | "
-             "req per proxy CPU-s | req per proxy+upstream CPU-s | load core busy % | other CPU % | non-2xx | "
-             "socket errors |")
-    L.append("|---|" + "--:|" * 11)
+             "req per proxy CPU-s | req per proxy+upstream CPU-s | io_uring ops/req | load core busy % | "
+             "other CPU % | non-2xx | socket errors |")
+    L.append("|---|" + "--:|" * 12)
     for t in shown:
         L.append(f"| {label(t, ('throughput', 'process'))} | {cell(vals(t, 'throughput', 'rps'))} | "
                  f"{cell(vals(t, 'throughput', 'proxy_busy_pct'))} | "
@@ -974,6 +1013,7 @@ def summary(records, machine, command, fatal=None):
                  f"{cell(vals(t, 'throughput', 'upstream_us_per_req'), 1)} | "
                  f"{cell(vals(t, 'throughput', 'req_per_cpu_s'))} | "
                  f"{cell(vals(t, 'throughput', 'req_per_total_cpu_s'))} | "
+                 f"{cell(vals(t, 'throughput', 'uring_ops_per_req'), 2)} | "
                  f"{cell(vals(t, 'throughput', 'core_busy_pct', LOAD_CORE))} | "
                  f"{cell(vals(t, 'throughput', 'other_cpu_pct'))} | "
                  f"{fmt(sum(get(r, 'throughput', 'non2xx') or 0 for r in by[t]))} | "
@@ -984,7 +1024,9 @@ def summary(records, machine, command, fatal=None):
              "sys, whole process tree) per request: a proxy that makes the upstream work harder shows it there, and "
              "in 'req per proxy+upstream CPU-s' (for direct: the upstream alone). 'load core busy' is how busy core "
              f"{LOAD_CORE} (wrk and the upstream) was, from /proc/stat; 'other CPU' is CPU used meanwhile by "
-             "processes outside the benchmark, in % of one core (should be near 0).")
+             "processes outside the benchmark, in % of one core (should be near 0). 'io_uring ops/req': operations "
+             "the proxy submitted to io_uring per request (perf, tracepoint io_uring:io_uring_submit_req; – for "
+             "epoll proxies, and where perf is missing).")
     L.append("")
     for line in (ranking("ranking, req per proxy CPU-s", [(t, vals(t, "throughput", "req_per_cpu_s")) for t in proxies], True),
                  ranking("ranking, req per proxy+upstream CPU-s",

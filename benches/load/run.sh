@@ -3,7 +3,7 @@
 #
 #   benches/load/run.sh
 #
-# One command: installs what is missing (nginx, haproxy, wrk from Debian;
+# One command: installs what is missing (nginx, haproxy, wrk, linux-perf from Debian;
 # oha from crates.io), builds weft in release, then runs bench.py, which
 # starts an nginx upstream and each target in turn, measures them and prints
 # Markdown tables (also written to bench-results/<time>/summary.md).
@@ -112,6 +112,13 @@ if ((${#missing[@]})); then
     fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin:$HOME/.cargo/bin"
+# perf counts the io_uring operations per request (optional: without it
+# that column stays empty).
+if ! command -v perf >/dev/null && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    say "installing linux-perf with apt-get (io_uring operations per request)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf >/dev/null \
+        || say "linux-perf could not be installed: no io_uring operation counts"
+fi
 
 command -v cargo >/dev/null || die "cargo is missing (rustup.rs)"
 if ! command -v oha >/dev/null; then
