@@ -17,12 +17,14 @@ proxy is started and measured:
      table, listed as an error, and the run exits non-zero;
   1. memory idle (PSS and RSS of the proxy's process tree), once the reading
      is stable (see settled_memory);
-  2. warm-up (wrk, WARMUP), not recorded;
+  2. warm-up (wrk, WARMUP): only the io_uring operations the proxy submits
+     per request are recorded (`perf stat -e io_uring:io_uring_submit_req -p
+     PID` meanwhile; the tracepoint costs CPU, so it stays out of the measured
+     runs; none for epoll proxies; skipped where perf or the tracepoint is
+     missing);
   3. throughput: wrk, CONNS connections, DURATION; the user and system CPU of
      the proxy's process tree and of the upstream's, from /proc/PID/stat,
-     before and after; and the io_uring operations the proxy submitted per
-     request (`perf stat -e io_uring:io_uring_submit_req -p PID` meanwhile;
-     none for epoll proxies; skipped where perf or the tracepoint is missing);
+     before and after;
   4. latency: oha at each fixed rate in RATES for DURATION with coordinated-
      omission correction (--latency-correction), with the same CPU figures;
   5. memory after the load;
@@ -769,9 +771,11 @@ def measure(target, up, rnd, pos):
             rec.update(weft_setup(target, proc))
         if pid:
             rec["mem_idle"] = settled_memory(pid)
-        wrk(port, WARMUP, f"{target}-r{rnd}-warmup.txt")
-        rec["throughput"] = with_cpu(pid, lambda: uring_ops(
-            pid, lambda: wrk(port, DURATION, f"{target}-r{rnd}-wrk.txt"), f"{target}-r{rnd}-perf.txt"))
+        # The warm-up also counts io_uring operations: perf's tracepoint costs
+        # the proxy CPU, so it stays out of the measured runs.
+        rec["warmup"] = uring_ops(pid, lambda: wrk(port, WARMUP, f"{target}-r{rnd}-warmup.txt"),
+                                  f"{target}-r{rnd}-perf.txt")
+        rec["throughput"] = with_cpu(pid, lambda: wrk(port, DURATION, f"{target}-r{rnd}-wrk.txt"))
         rec["latency"] = {}
         for rate in RATES:
             rec["latency"][str(rate)] = with_cpu(pid, lambda: oha(port, rate, f"{target}-r{rnd}-oha-{rate}.json"))
@@ -1013,7 +1017,7 @@ def summary(records, machine, command, fatal=None):
                  f"{cell(vals(t, 'throughput', 'upstream_us_per_req'), 1)} | "
                  f"{cell(vals(t, 'throughput', 'req_per_cpu_s'))} | "
                  f"{cell(vals(t, 'throughput', 'req_per_total_cpu_s'))} | "
-                 f"{cell(vals(t, 'throughput', 'uring_ops_per_req'), 2)} | "
+                 f"{cell(vals(t, 'warmup', 'uring_ops_per_req'), 2)} | "
                  f"{cell(vals(t, 'throughput', 'core_busy_pct', LOAD_CORE))} | "
                  f"{cell(vals(t, 'throughput', 'other_cpu_pct'))} | "
                  f"{fmt(sum(get(r, 'throughput', 'non2xx') or 0 for r in by[t]))} | "
@@ -1025,8 +1029,9 @@ def summary(records, machine, command, fatal=None):
              "in 'req per proxy+upstream CPU-s' (for direct: the upstream alone). 'load core busy' is how busy core "
              f"{LOAD_CORE} (wrk and the upstream) was, from /proc/stat; 'other CPU' is CPU used meanwhile by "
              "processes outside the benchmark, in % of one core (should be near 0). 'io_uring ops/req': operations "
-             "the proxy submitted to io_uring per request (perf, tracepoint io_uring:io_uring_submit_req; – for "
-             "epoll proxies, and where perf is missing).")
+             "the proxy submitted to io_uring per request, counted during the warm-up run (perf, tracepoint "
+             "io_uring:io_uring_submit_req; the tracepoint costs CPU, so not during the measured run; – for epoll "
+             "proxies, and where perf is missing).")
     L.append("")
     for line in (ranking("ranking, req per proxy CPU-s", [(t, vals(t, "throughput", "req_per_cpu_s")) for t in proxies], True),
                  ranking("ranking, req per proxy+upstream CPU-s",
