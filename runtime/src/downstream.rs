@@ -8,7 +8,7 @@ use crate::forward::exchange;
 use crate::forward::Next;
 use crate::io::{read_more, Stream, FIRST_READ, READ_CHUNK};
 use crate::reply::{refuse, After};
-use crate::state::{Admitted, Worker};
+use crate::state::{Admitted, HotRead, Worker};
 use crate::timer::{within, Timers};
 use crate::upstream::UpIo;
 use bytes::BytesMut;
@@ -102,7 +102,18 @@ async fn request<S: Stream>(
     hot: Option<Instant>,
     peer_ip: &str,
 ) -> Step<S> {
-    let refusal = match read_head(w, &mut client, buf, idle_until, l, hot).await {
+    // A posted read needs one of the worker's hot places; without one, the
+    // connection waits for readiness with no buffer.
+    let slot = match hot {
+        Some(_) if buf.is_empty() => match HotRead::take(&w.hot_reads) {
+            Some(slot) => Some(slot),
+            None => return Step::Quiet(client),
+        },
+        _ => None,
+    };
+    let read = read_head(w, &mut client, buf, idle_until, l, hot).await;
+    drop(slot);
+    let refusal = match read {
         HeadRead::Head(mut h) => {
             if l.merge_slashes {
                 h.merge_slashes();

@@ -675,3 +675,41 @@ fn a_client_that_pauses_past_the_hot_window_is_still_served() {
         assert_eq!(k.outcomes(2).await.len(), 2);
     });
 }
+
+#[test]
+fn at_most_hot_reads_connections_keep_a_read_posted_and_the_rest_are_served_too() {
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        let n = crate::state::HOT_READS + 44;
+        let mut clients: Vec<MemStream> = (0..n).map(|_| k.client()).collect();
+        // Every session has started and waits for its first request.
+        while k.w.hot_reads.get() < crate::state::HOT_READS {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(k.w.hot_reads.get(), crate::state::HOT_READS, "the budget holds");
+        for c in &mut clients {
+            send(c, GET).await;
+        }
+        // One upstream connection per request in flight: answer them all.
+        let answering = monoio::spawn(async move {
+            for _ in 0..n {
+                let mut u = up.accept().await;
+                monoio::spawn(async move {
+                    let mut ub = Vec::new();
+                    read_message(&mut u, &mut ub).await;
+                    send(&mut u, &ok("x")).await;
+                    // Keep the connection until the test ends.
+                    let _ = read_to_end(&mut u, &mut ub).await;
+                });
+            }
+        });
+        let mut cb = Vec::new();
+        for c in &mut clients {
+            let res = read_message(c, &mut cb).await;
+            assert!(res.starts_with("HTTP/1.1 200 "), "{res}");
+        }
+        answering.await;
+        assert_eq!(k.outcomes(n).await.len(), n);
+        assert!(k.w.hot_reads.get() <= crate::state::HOT_READS);
+    });
+}

@@ -35,6 +35,9 @@ pub(crate) struct Worker {
     pub gates: Vec<Gate>,
     /// Deadlines of this worker's waits.
     pub timers: Timers,
+    /// Connections with a read posted in the hot window (at most
+    /// [`HOT_READS`]).
+    pub hot_reads: Cell<usize>,
     /// The pipeline tests' in-memory network: upstream connections are
     /// made on it instead of TCP.
     #[cfg(test)]
@@ -102,6 +105,34 @@ impl Gate {
     }
 }
 
+/// Most connections of one worker that keep a read posted after a response
+/// (the session's hot window). A posted read holds a buffer and the
+/// request's state, about 3 KiB; this bounds what recently active
+/// connections hold to under 1 MiB per worker, so that thousands of
+/// connections going idle at once cost little, while a busy worker's
+/// connections (up to this many) take each request with one read.
+pub(crate) const HOT_READS: usize = 256;
+
+/// One of the worker's [`HOT_READS`] places, given back when dropped.
+pub(crate) struct HotRead<'a>(&'a Cell<usize>);
+
+impl<'a> HotRead<'a> {
+    /// Takes a place, if one is free.
+    pub fn take(count: &'a Cell<usize>) -> Option<Self> {
+        let n = count.get();
+        (n < HOT_READS).then(|| {
+            count.set(n + 1);
+            HotRead(count)
+        })
+    }
+}
+
+impl Drop for HotRead<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// Gives a connection's place at its listener's gate back when dropped.
 pub(crate) struct Admitted<'a>(pub &'a Gate);
 
@@ -141,6 +172,7 @@ impl Worker {
             counters,
             gates,
             timers: Timers::default(),
+            hot_reads: Cell::new(0),
             #[cfg(test)]
             net: None,
             #[cfg(test)]
