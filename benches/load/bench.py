@@ -20,7 +20,7 @@ proxy is started and measured:
   2. warm-up (wrk, WARMUP): only the io_uring operations the proxy submits
      per request are recorded (`perf stat -e io_uring:io_uring_submit_req -p
      PID` meanwhile; the tracepoint costs CPU, so it stays out of the measured
-     runs; none for epoll proxies; skipped where perf or the tracepoint is
+     runs; 0 for epoll proxies; skipped where perf or the tracepoint is
      missing);
   3. throughput: wrk, CONNS connections, DURATION; the user and system CPU of
      the proxy's process tree and of the upstream's, from /proc/PID/stat,
@@ -1030,8 +1030,8 @@ def summary(records, machine, command, fatal=None):
              f"{LOAD_CORE} (wrk and the upstream) was, from /proc/stat; 'other CPU' is CPU used meanwhile by "
              "processes outside the benchmark, in % of one core (should be near 0). 'io_uring ops/req': operations "
              "the proxy submitted to io_uring per request, counted during the warm-up run (perf, tracepoint "
-             "io_uring:io_uring_submit_req; the tracepoint costs CPU, so not during the measured run; – for epoll "
-             "proxies, and where perf is missing).")
+             "io_uring:io_uring_submit_req; the tracepoint costs CPU, so not during the measured run; 0 for epoll "
+             "proxies, – where perf is missing).")
     L.append("")
     for line in (ranking("ranking, req per proxy CPU-s", [(t, vals(t, "throughput", "req_per_cpu_s")) for t in proxies], True),
                  ranking("ranking, req per proxy+upstream CPU-s",

@@ -57,7 +57,10 @@ pub(crate) fn serve<S: Stream>(
                 // small future, so that idle keep-alive connections cost little.
                 // An idle wait also ends when the worker starts draining: then
                 // the connection closes.
-                let ready = within(w.timers.idle_until(idle_until), client.readable(true)).await;
+                // Not relaxed: on epoll a relaxed wait returns at once while
+                // the last read left the socket marked readable, and the
+                // read after it would then wait holding a buffer.
+                let ready = within(w.timers.idle_until(idle_until), client.readable(false)).await;
                 if !matches!(ready, Some(Ok(()))) {
                     return;
                 }
