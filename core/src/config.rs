@@ -6,6 +6,7 @@
 //! module stays free of IO.
 
 use crate::duration;
+use crate::outlier::{FailureKind, OutlierSettings};
 use crate::route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -171,6 +172,8 @@ pub struct Cluster {
     pub read_timeout: Duration,
     /// Keep-alive pool.
     pub pool: PoolSettings,
+    /// Outlier ejection (`breaker = { ... }`).
+    pub breaker: OutlierSettings,
 }
 
 /// A validated configuration: what every worker runs.
@@ -348,6 +351,59 @@ impl Default for RawPool {
     }
 }
 
+/// `breaker = { ... }`: outlier ejection, Envoy's defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    #[serde(default = "default_consecutive_failures")]
+    consecutive_failures: Spanned<usize>,
+    #[serde(default = "default_base_ejection")]
+    base_ejection: Spanned<Dur>,
+    #[serde(default = "default_max_ejection")]
+    max_ejection: Spanned<Dur>,
+    #[serde(default = "default_max_ejection_percent")]
+    max_ejection_percent: Spanned<usize>,
+    #[serde(default)]
+    failures: RawFailures,
+}
+
+fn default_consecutive_failures() -> Spanned<usize> {
+    Spanned::new(0..0, 5)
+}
+fn default_base_ejection() -> Spanned<Dur> {
+    dflt(secs(30))
+}
+fn default_max_ejection() -> Spanned<Dur> {
+    dflt(secs(300))
+}
+fn default_max_ejection_percent() -> Spanned<usize> {
+    Spanned::new(0..0, 10)
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        RawBreaker {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+            failures: RawFailures::default(),
+        }
+    }
+}
+
+/// `breaker.failures`: which answers count against an endpoint.
+#[derive(Deserialize, Default, Clone, Copy)]
+enum RawFailures {
+    /// Any 5xx (and every connection failure).
+    #[default]
+    #[serde(rename = "5xx")]
+    Any5xx,
+    /// 502, 503, 504 (and every connection failure).
+    #[serde(rename = "gateway")]
+    Gateway,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCluster {
@@ -362,6 +418,8 @@ struct RawCluster {
     read_timeout: Spanned<Dur>,
     #[serde(default)]
     pool: RawPool,
+    #[serde(default)]
+    breaker: RawBreaker,
 }
 
 /// Resolves `host:port` to addresses; passed in by the runtime (DNS is IO).
@@ -513,6 +571,34 @@ impl Config {
             let connect_timeout = positive(&c.connect_timeout, &lines, field("connect_timeout"))?;
             let read_timeout = positive(&c.read_timeout, &lines, field("read_timeout"))?;
             let pool_idle = positive(&c.pool.idle_timeout, &lines, field("pool.idle_timeout"))?;
+            let b = &c.breaker;
+            let breaker = OutlierSettings {
+                consecutive_failures: within(
+                    &b.consecutive_failures,
+                    0..=1_000_000,
+                    &lines,
+                    field("breaker.consecutive_failures"),
+                )? as u32,
+                base_ejection: positive(&b.base_ejection, &lines, field("breaker.base_ejection"))?,
+                max_ejection: positive(&b.max_ejection, &lines, field("breaker.max_ejection"))?,
+                max_ejection_percent: within(
+                    &b.max_ejection_percent,
+                    0..=100,
+                    &lines,
+                    field("breaker.max_ejection_percent"),
+                )? as u8,
+                failures: match b.failures {
+                    RawFailures::Any5xx => FailureKind::Any5xx,
+                    RawFailures::Gateway => FailureKind::Gateway,
+                },
+            };
+            if breaker.max_ejection < breaker.base_ejection {
+                return Err(err(
+                    lines.at(b.max_ejection.span().start),
+                    field("breaker.max_ejection"),
+                    "is shorter than base_ejection: make it at least as long",
+                ));
+            }
             let _ = line;
             clusters.push(Cluster {
                 name,
@@ -526,6 +612,7 @@ impl Config {
                     max_idle: c.pool.max_idle,
                     idle_timeout: pool_idle,
                 },
+                breaker,
             });
         }
 
@@ -878,6 +965,39 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         let e = error_of("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
         assert_eq!(e.line, Some(4), "{e}");
         assert!(e.message.contains("unknown field `lisen`"), "{e}");
+    }
+
+    #[test]
+    fn breaker_defaults_and_mistakes() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        let c = parse(base).expect("valid");
+        assert_eq!(
+            c.clusters[0].breaker,
+            OutlierSettings::default(),
+            "Envoy's defaults"
+        );
+        let c = parse(&format!(
+            "{base}breaker = {{ consecutive_failures = 3, base_ejection = \"10s\", failures = \"gateway\" }}\n"
+        ))
+        .expect("valid");
+        let b = c.clusters[0].breaker;
+        assert_eq!(
+            (b.consecutive_failures, b.base_ejection),
+            (3, Duration::from_secs(10))
+        );
+        assert_eq!((b.max_ejection_percent, b.failures), (10, FailureKind::Gateway));
+        let e = error_of(&format!("{base}breaker = {{ max_ejection_percent = 101 }}\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(9), "cluster[0].breaker.max_ejection_percent"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{base}breaker = {{ base_ejection = \"60s\", max_ejection = \"30s\" }}\n"
+        ));
+        assert!(e.message.contains("shorter than base_ejection"), "{e}");
+        let e = error_of(&format!("{base}breaker = {{ failures = \"4xx\" }}\n"));
+        assert_eq!(e.line, Some(9), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! weft-core: the decisions of the proxy, with no IO.
 //!
 //! The configuration model and its validation, the route table, the load
-//! balancers and the request-path error type. Nothing here opens a socket or
+//! balancers, outlier ejection and the request-path error type. Nothing here opens a socket or
 //! reads the clock: time and randomness come in as arguments, so every
 //! behaviour is testable deterministically.
 
@@ -12,6 +12,7 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod outcome;
+pub mod outlier;
 pub mod route;
 
 pub use balance::{least_loaded, Rng, RoundRobin};
@@ -20,4 +21,5 @@ pub use config::{
 };
 pub use error::{ErrorKind, ProxyError, RetryClass, Side};
 pub use outcome::Outcome;
+pub use outlier::{FailureKind, Outlier, OutlierSettings};
 pub use route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};

@@ -3,6 +3,7 @@
 //! and access logs read this and nothing else, so they never disagree.
 
 use crate::error::Side;
+use crate::outlier::FailureKind;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -20,6 +21,9 @@ pub struct Outcome {
     pub side: Option<Side>,
     /// The endpoint the request was sent to (the last one tried).
     pub endpoint: Option<SocketAddr>,
+    /// That endpoint as indices into the configuration: cluster, and
+    /// endpoint within it (what outlier ejection keys on).
+    pub target: Option<(usize, usize)>,
     /// Attempts made upstream (0 when the request never left weft).
     pub attempts: u32,
     /// Bytes of the request read from the client: head and body.
@@ -43,6 +47,7 @@ impl Outcome {
             error: None,
             side: None,
             endpoint: None,
+            target: None,
             attempts: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -58,6 +63,22 @@ impl Outcome {
             self.error = Some(code);
             self.side = Some(side);
         }
+    }
+
+    /// What the request says about its endpoint's health: `Some(true)` for
+    /// an answer that counts for it, `Some(false)` for one that counts
+    /// against it (a failure on the upstream side: connecting, a reset, a
+    /// malformed answer, a timeout; or a status `kind` calls a failure),
+    /// `None` when it says nothing (no endpoint, or the client's doing).
+    pub fn endpoint_verdict(&self, kind: FailureKind) -> Option<bool> {
+        self.target?;
+        if self.side == Some(Side::Upstream) {
+            return Some(false);
+        }
+        self.upstream_at?;
+        // The endpoint answered; its status decides. (An error after it,
+        // on the client's side, is not the endpoint's.)
+        self.status.map(|status| !kind.status_fails(status))
     }
 
     /// True when the request succeeded: a response head was sent, no error,
@@ -84,5 +105,34 @@ mod tests {
             (Some("upstream-body-error"), Some(Side::Upstream))
         );
         assert!(!o.success());
+    }
+
+    #[test]
+    fn the_endpoint_verdict_blames_only_the_upstream_side() {
+        let t = Instant::now();
+        let mut o = Outcome::new(t);
+        assert_eq!(o.endpoint_verdict(FailureKind::Any5xx), None, "no endpoint");
+        o.target = Some((0, 1));
+        assert_eq!(
+            o.endpoint_verdict(FailureKind::Any5xx),
+            None,
+            "no answer yet, no error"
+        );
+        o.fail("connect-refused", Side::Upstream);
+        assert_eq!(o.endpoint_verdict(FailureKind::Any5xx), Some(false));
+        let mut o = Outcome::new(t);
+        o.target = Some((0, 1));
+        o.upstream_at = Some(t);
+        o.status = Some(503);
+        assert_eq!(o.endpoint_verdict(FailureKind::Any5xx), Some(false));
+        o.status = Some(500);
+        assert_eq!(o.endpoint_verdict(FailureKind::Gateway), Some(true));
+        o.status = Some(200);
+        o.fail("client-closed", Side::Downstream);
+        assert_eq!(
+            o.endpoint_verdict(FailureKind::Any5xx),
+            Some(true),
+            "the client left: not the endpoint's fault"
+        );
     }
 }

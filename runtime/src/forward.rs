@@ -194,10 +194,10 @@ pub(crate) async fn exchange<S: Stream>(
         .ok_or(ErrorKind::NoRoute)
         .and_then(|route| {
             let c = w.pick_cluster(&route.target);
-            let ep = w.pick_endpoint(c).ok_or(ErrorKind::NoEndpoint)?;
-            Ok((route, &w.config.clusters[c], ep))
+            let (i, ep) = w.pick_endpoint(c).ok_or(ErrorKind::NoEndpoint)?;
+            Ok((route, (c, i), ep))
         });
-    let (route, cluster, ep) = match picked {
+    let (route, target, ep) = match picked {
         Ok(picked) => picked,
         Err(kind) => {
             let close = !body.reader.done();
@@ -205,7 +205,9 @@ pub(crate) async fn exchange<S: Stream>(
             return Next::after(after, client);
         }
     };
+    let cluster = &w.config.clusters[target.0];
     x.t.o.endpoint = Some(ep.addr);
+    x.t.o.target = Some(target);
     let _in_flight = Counted::new(&ep.in_flight);
     let send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
     let mut out = BytesMut::new();

@@ -713,3 +713,50 @@ fn at_most_hot_reads_connections_keep_a_read_posted_and_the_rest_are_served_too(
         assert!(k.w.hot_reads.get() <= crate::state::HOT_READS);
     });
 }
+
+#[test]
+fn an_endpoint_that_keeps_failing_is_ejected_and_traffic_goes_to_the_others() {
+    // Two endpoints, round robin: UP answers, DOWN refuses every connection.
+    const DOWN: &str = "10.0.0.2:80";
+    let src = format!(
+        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n\n\
+         [[cluster]]\nname = \"up\"\nbalancer = \"round-robin\"\nendpoints = [\"{UP}\", \"{DOWN}\"]\n\
+         breaker = {{ consecutive_failures = 2, base_ejection = \"1h\", max_ejection = \"1h\", max_ejection_percent = 50 }}\n"
+    );
+    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
+    pipeline(config, |k| async move {
+        let up = k.upstream();
+        // Serves the pooled connection until the test ends.
+        let _serving = monoio::spawn(async move {
+            let mut u = up.accept().await;
+            let mut ub = Vec::new();
+            loop {
+                if find(&ub, b"\r\n\r\n").is_none() && read_some(&mut u, &mut ub).await == 0 {
+                    return;
+                }
+                if find(&ub, b"\r\n\r\n").is_some() {
+                    read_message(&mut u, &mut ub).await;
+                    send(&mut u, &ok("up")).await;
+                }
+            }
+        });
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        let mut statuses = Vec::new();
+        for _ in 0..12 {
+            send(&mut c, GET).await;
+            let res = read_message(&mut c, &mut cb).await;
+            statuses.push(res[9..12].to_string());
+        }
+        // DOWN fails twice (its turns in the rotation), then is out.
+        let failed: Vec<usize> = (0..12).filter(|&i| statuses[i] != "200").collect();
+        assert_eq!(failed.len(), 2, "{statuses:?}");
+        assert!(failed[1] <= 3, "the two failures come first: {statuses:?}");
+        let o = k.outcomes(12).await;
+        let down_index = 1;
+        assert!(o.iter().filter(|o| o.target == Some((0, down_index))).count() == 2);
+        assert!(o[4..]
+            .iter()
+            .all(|o| o.status == Some(200) && o.target == Some((0, 0))));
+    });
+}

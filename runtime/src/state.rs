@@ -19,6 +19,9 @@ use weft_core::{least_loaded, BalancerKind, Config, Outcome, Rng, RoundRobin, Ta
 /// A cluster as this worker sees it.
 pub(crate) struct ClusterState {
     pub endpoints: Vec<Endpoint>,
+    /// When the last ejection in force ends (None: no endpoint is out), so
+    /// that a pick looks at ejections only while there are some.
+    ejected_until: Cell<Option<Instant>>,
     rr: RefCell<RoundRobin>,
 }
 
@@ -162,6 +165,7 @@ impl Worker {
                     .map(|(a, auth)| Endpoint::new(*a, auth.clone()))
                     .collect(),
                 rr: RefCell::new(RoundRobin::default()),
+                ejected_until: Cell::new(None),
             })
             .collect();
         Worker {
@@ -193,6 +197,17 @@ impl Worker {
     /// breakers, metrics and access logs will read it here.
     pub fn record(&self, o: &Outcome) {
         self.counters.outcome(o.success());
+        if let Some((c, i)) = o.target {
+            let settings = &self.config.clusters[c].breaker;
+            match o.endpoint_verdict(settings.failures) {
+                Some(true) => self.clusters[c].endpoints[i]
+                    .outlier
+                    .borrow_mut()
+                    .success(o.end_at, settings),
+                Some(false) => self.endpoint_failed(c, i, o.end_at),
+                None => {}
+            }
+        }
         #[cfg(test)]
         self.outcomes.borrow_mut().push(o.clone());
     }
@@ -209,22 +224,82 @@ impl Worker {
         }
     }
 
-    /// The endpoint of cluster `c` the next request goes to, if it has any.
-    pub fn pick_endpoint(&self, c: usize) -> Option<&Endpoint> {
+    /// Counts a failure against endpoint `i` of cluster `c`; ejects it
+    /// when that was one too many and the cluster has room.
+    fn endpoint_failed(&self, c: usize, i: usize, now: Instant) {
+        let state = &self.clusters[c];
+        let settings = &self.config.clusters[c].breaker;
+        let out = state
+            .endpoints
+            .iter()
+            .filter(|e| e.outlier.borrow().ejected(now))
+            .count();
+        let room = weft_core::outlier::may_eject(state.endpoints.len(), out, settings);
+        let mut outlier = state.endpoints[i].outlier.borrow_mut();
+        if outlier.failure(now, settings, room) {
+            let until = outlier.ejected_until().unwrap_or(now);
+            let later = state.ejected_until.get().map_or(until, |u| u.max(until));
+            state.ejected_until.set(Some(later));
+        }
+    }
+
+    /// The endpoint of cluster `c` the next request goes to (its index and
+    /// itself), if it has any. Ejected endpoints are skipped while another
+    /// is usable; when every one is ejected, the pick ignores ejection
+    /// (fail open, as Envoy does past its panic threshold).
+    pub fn pick_endpoint(&self, c: usize) -> Option<(usize, &Endpoint)> {
         let state = &self.clusters[c];
         let n = state.endpoints.len();
         if n == 0 {
             return None;
         }
+        let ejections = state.ejected_until.get().and_then(|until| {
+            let now = Instant::now();
+            if now < until {
+                Some(now)
+            } else {
+                // Every ejection is over.
+                state.ejected_until.set(None);
+                None
+            }
+        });
+        let out = |i: usize| ejections.is_some_and(|now| state.endpoints[i].outlier.borrow().ejected(now));
         let i = match self.config.clusters[c].balancer {
-            BalancerKind::LeastLoaded => least_loaded(
-                n,
-                |i| state.endpoints[i].in_flight.get(),
-                &mut self.rng.borrow_mut(),
-            ),
-            BalancerKind::RoundRobin => state.rr.borrow_mut().pick(n),
+            BalancerKind::LeastLoaded => {
+                let load = |i: usize| {
+                    if out(i) {
+                        u32::MAX
+                    } else {
+                        state.endpoints[i].in_flight.get()
+                    }
+                };
+                let i = least_loaded(n, load, &mut self.rng.borrow_mut());
+                if out(i) {
+                    // Both random choices were out: the least loaded usable
+                    // one, if any.
+                    (0..n).filter(|&j| !out(j)).min_by_key(|&j| load(j)).unwrap_or(i)
+                } else {
+                    i
+                }
+            }
+            BalancerKind::RoundRobin => {
+                let mut rr = state.rr.borrow_mut();
+                let first = rr.pick(n);
+                let mut i = first;
+                for _ in 1..n {
+                    if !out(i) {
+                        break;
+                    }
+                    i = rr.pick(n);
+                }
+                if out(i) {
+                    first
+                } else {
+                    i
+                }
+            }
         };
-        state.endpoints.get(i)
+        state.endpoints.get(i).map(|e| (i, e))
     }
 }
 

@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use weft_core::config::{Cluster, PoolSettings};
-use weft_core::{ErrorKind, ProxyError};
+use weft_core::{ErrorKind, Outlier, ProxyError};
 
 /// One endpoint of a cluster, as this worker sees it.
 pub(crate) struct Endpoint {
@@ -24,6 +24,8 @@ pub(crate) struct Endpoint {
     pub authority: String,
     /// Requests in flight to this endpoint from this worker.
     pub in_flight: Cell<u32>,
+    /// Its outlier record on this worker.
+    pub outlier: RefCell<Outlier>,
     idle: RefCell<VecDeque<(UpIo, Instant)>>,
 }
 
@@ -33,6 +35,7 @@ impl Endpoint {
             addr,
             authority,
             in_flight: Cell::new(0),
+            outlier: RefCell::new(Outlier::new(Instant::now())),
             idle: RefCell::new(VecDeque::new()),
         }
     }
