@@ -13,6 +13,7 @@ const ROUTES: usize = 100;
 fn table() -> RouteTable {
     let routes = (0..ROUTES)
         .map(|i| Route {
+            retry: weft_core::route::RetryPolicy::default(),
             matcher: RouteMatch {
                 host: HostMatch::parse(&format!("svc{i}.example.com")),
                 path: PathMatch::Prefix(format!("/api/v1/svc{i}/")),

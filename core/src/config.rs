@@ -7,7 +7,7 @@
 
 use crate::duration;
 use crate::outlier::{FailureKind, OutlierSettings};
-use crate::route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};
+use crate::route::{HostMatch, PathMatch, RetryPolicy, Route, RouteMatch, RouteTable, Target};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -331,6 +331,24 @@ struct RawRoute {
     split: Option<Spanned<Vec<RawSplit>>>,
     #[serde(default = "default_route_timeout")]
     timeout: Spanned<Dur>,
+    retry: Option<Spanned<RawRetry>>,
+}
+
+/// `retry = { attempts, on }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default = "default_attempts")]
+    attempts: Spanned<usize>,
+    #[serde(default = "default_retry_on")]
+    on: Vec<Spanned<String>>,
+}
+
+fn default_attempts() -> Spanned<usize> {
+    Spanned::new(0..0, 2)
+}
+fn default_retry_on() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "connect-failure".to_string())]
 }
 
 #[derive(Deserialize)]
@@ -810,10 +828,37 @@ impl Config {
                     "a route timeout must be more than 0 (it bounds the wait for the upstream's answer)",
                 ));
             }
+            let retry = match &r.retry {
+                None => RetryPolicy::default(),
+                Some(rr) => {
+                    let rr = rr.get_ref();
+                    let attempts = within(&rr.attempts, 1..=10, &lines, field("retry.attempts"))? as u32;
+                    let mut connect_failure = false;
+                    for on in &rr.on {
+                        match on.get_ref().as_str() {
+                            "connect-failure" => connect_failure = true,
+                            other => {
+                                return Err(err(
+                                    lines.at(on.span().start),
+                                    field("retry.on"),
+                                    format!(
+                                        "`{other}` is not supported yet: weft retries on \"connect-failure\" only (a request that never reached an endpoint)"
+                                    ),
+                                ))
+                            }
+                        }
+                    }
+                    RetryPolicy {
+                        attempts,
+                        connect_failure,
+                    }
+                }
+            };
             listeners[li].routes.routes.push(Route {
                 matcher,
                 target,
                 timeout,
+                retry,
                 line,
             });
         }
@@ -998,6 +1043,30 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         assert!(e.message.contains("shorter than base_ejection"), "{e}");
         let e = error_of(&format!("{base}breaker = {{ failures = \"4xx\" }}\n"));
         assert_eq!(e.line, Some(9), "{e}");
+    }
+
+    #[test]
+    fn retry_defaults_and_mistakes() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n[[route]]\ncluster = \"c\"\n";
+        let c = parse(base).expect("valid");
+        let r = c.listeners[0].routes.routes[0].retry;
+        assert_eq!(
+            (r.attempts, r.connect_failure),
+            (2, true),
+            "nginx's proxy_next_upstream error"
+        );
+        let c = parse(&format!("{base}retry = {{ attempts = 3 }}\n")).expect("valid");
+        assert_eq!(c.listeners[0].routes.routes[0].retry.attempts, 3);
+        let c = parse(&format!("{base}retry = {{ on = [] }}\n")).expect("valid");
+        assert!(!c.listeners[0].routes.routes[0].retry.connect_failure);
+        let e = error_of(&format!("{base}retry = {{ attempts = 0 }}\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(9), "route[0].retry.attempts"),
+            "{e}"
+        );
+        let e = error_of(&format!("{base}retry = {{ on = [\"5xx\"] }}\n"));
+        assert!(e.message.contains("`5xx` is not supported yet"), "{e}");
     }
 
     #[test]

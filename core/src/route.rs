@@ -155,8 +155,31 @@ pub struct Route {
     /// From the request head's arrival to the response head's departure:
     /// past it, 504 `upstream-timeout`.
     pub timeout: Duration,
+    /// When a request goes again, to another endpoint.
+    pub retry: RetryPolicy,
     /// Line of the route in the configuration file, for messages.
     pub line: usize,
+}
+
+/// A route's retries (`retry = { attempts, on }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Most attempts in all, the first included (1: no retry).
+    pub attempts: u32,
+    /// Go again, to another endpoint, when connecting failed (refused,
+    /// unreachable, timed out): nothing was sent, so any method may.
+    pub connect_failure: bool,
+}
+
+impl Default for RetryPolicy {
+    /// Two attempts on a connect failure, as nginx's default
+    /// `proxy_next_upstream error` does.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            connect_failure: true,
+        }
+    }
 }
 
 /// The ordered routes of one listener.
@@ -238,6 +261,7 @@ mod tests {
                     .collect(),
             },
             target: Target::Cluster(c),
+            retry: RetryPolicy::default(),
             timeout: Duration::from_secs(15),
             line: 0,
         }

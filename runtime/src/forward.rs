@@ -24,6 +24,7 @@ use std::cell::Cell;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 use weft_core::config::{Cluster, Listener};
+use weft_core::route::RetryPolicy;
 use weft_core::{ErrorKind, ProxyError, RetryClass, Side};
 use weft_proto::body::BodyReader as Body;
 use weft_proto::encode::{encode_response, RequestOptions, ResponseOptions};
@@ -135,6 +136,10 @@ struct Ctx<'a> {
     /// A response head started towards the client: weft can no longer
     /// answer with its own.
     head_started: bool,
+    /// The client's address (for `x-forwarded-for`).
+    peer_ip: &'a str,
+    /// Counts the request in its endpoint's requests in flight.
+    in_flight: Option<Counted<'a>>,
 }
 
 /// The request body, read from the client's buffer and stream.
@@ -145,7 +150,28 @@ struct RequestBody<'a> {
     reader: Body,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// Makes `to` the request's endpoint: in the outcome, and in its
+    /// requests in flight.
+    fn aim(&mut self, to: &Upstream<'a>) {
+        self.t.o.endpoint = Some(to.ep.addr);
+        self.t.o.target = Some((to.c, to.i));
+        self.in_flight = Some(Counted::new(&to.ep.in_flight));
+    }
+
+    /// The request's head as it goes to `to` (an HTTP/1.0 request without
+    /// Host gets the endpoint's authority).
+    fn head_for(&self, to: &Upstream<'_>) -> Bytes {
+        let mut out = BytesMut::new();
+        let opts = RequestOptions {
+            client_ip: self.peer_ip,
+            proto: "http",
+            default_host: &to.ep.authority,
+        };
+        self.req.encode_h1(&opts, &mut out);
+        out.freeze()
+    }
+
     /// Answers with weft's own error (callers box it: error paths must not
     /// grow the request's future); `close`: the client connection must close.
     async fn fail<W: AsyncWriteRent>(&mut self, client: &mut W, e: ProxyError, close: bool) -> After {
@@ -182,6 +208,8 @@ pub(crate) async fn exchange<S: Stream>(
         req,
         t: Tracker::new(w, started),
         head_started: false,
+        peer_ip,
+        in_flight: None,
     };
     x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {
@@ -195,9 +223,10 @@ pub(crate) async fn exchange<S: Stream>(
         .and_then(|route| {
             let c = w.pick_cluster(&route.target);
             let (i, ep) = w.pick_endpoint(c).ok_or(ErrorKind::NoEndpoint)?;
-            Ok((route, (c, i), ep))
+            let cluster = &w.config.clusters[c];
+            Ok((route, Upstream { c, i, ep, cluster }))
         });
-    let (route, target, ep) = match picked {
+    let (route, mut to) = match picked {
         Ok(picked) => picked,
         Err(kind) => {
             let close = !body.reader.done();
@@ -205,19 +234,9 @@ pub(crate) async fn exchange<S: Stream>(
             return Next::after(after, client);
         }
     };
-    let cluster = &w.config.clusters[target.0];
-    x.t.o.endpoint = Some(ep.addr);
-    x.t.o.target = Some(target);
-    let _in_flight = Counted::new(&ep.in_flight);
+    x.aim(&to);
     let send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
-    let mut out = BytesMut::new();
-    let opts = RequestOptions {
-        client_ip: peer_ip,
-        proto: "http",
-        default_host: &ep.authority,
-    };
-    req.encode_h1(&opts, &mut out);
-    let head = out.freeze();
+    let head = x.head_for(&to);
     let first = match body.reader.take(body.cbuf) {
         Ok(b) => b,
         Err(_) => {
@@ -233,7 +252,7 @@ pub(crate) async fn exchange<S: Stream>(
             &mut x,
             client,
             &mut body,
-            Upstream { ep, cluster },
+            (to, route.retry),
             (head, first),
             send_continue,
             deadline,
@@ -249,7 +268,7 @@ pub(crate) async fn exchange<S: Stream>(
             &mut x,
             &mut client,
             body.cbuf,
-            Upstream { ep, cluster },
+            (&mut to, route.retry),
             head,
             first,
         ),
@@ -260,30 +279,70 @@ pub(crate) async fn exchange<S: Stream>(
         Some(Err(f)) => return x.failed(client, f, true).await,
         None => return x.failed(client, Failed::timeout(), true).await,
     };
-    respond(&mut x, client, up, res, Upstream { ep, cluster }).await
+    respond(&mut x, client, up, res, to).await
 }
 
-/// Where a request goes: the endpoint and its cluster.
+/// Where a request goes: the endpoint and its cluster, with their indices.
 #[derive(Clone, Copy)]
 struct Upstream<'a> {
+    c: usize,
+    i: usize,
     ep: &'a Endpoint,
     cluster: &'a Cluster,
+}
+
+/// Opens a connection for a request nothing of which was sent yet: to `to`,
+/// or, when connecting fails and the route allows it, to another usable
+/// endpoint of the cluster (the request never left, so any method may go
+/// again). Afterwards `to` and the outcome name the endpoint used; the
+/// endpoints that failed are in the outcome. True when it is not the first
+/// one picked.
+async fn open<'a>(
+    x: &mut Ctx<'a>,
+    to: &mut Upstream<'a>,
+    retry: RetryPolicy,
+) -> Result<(Conn, bool), Failed> {
+    let mut tries = 1;
+    loop {
+        let e = match Conn::open(&x.w.dialer(), to.ep, to.cluster).await {
+            Ok(conn) => return Ok((conn, tries > 1)),
+            Err(e) => e,
+        };
+        let connect_failure = matches!(
+            e.kind,
+            ErrorKind::ConnectRefused | ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
+        );
+        if !(connect_failure && retry.connect_failure && tries < retry.attempts) {
+            return Err(Failed::connect(e));
+        }
+        let failed = &x.t.o.failed_connects;
+        let current = to.i;
+        let Some((i, ep)) = x.w.pick_other(to.c, |j| j == current || failed.contains(&j)) else {
+            return Err(Failed::connect(e));
+        };
+        x.t.o.attempts += 1;
+        x.t.o.failed_connects.push(current);
+        *to = Upstream { i, ep, ..*to };
+        x.aim(to);
+        tries += 1;
+    }
 }
 
 /// Sends a whole request and reads the final response head; a request that
 /// met a pooled connection the upstream had closed goes again on a new one
 /// when that is safe.
-async fn attempts<S: Stream>(
-    x: &mut Ctx<'_>,
+async fn attempts<'a, S: Stream>(
+    x: &mut Ctx<'a>,
     client: &mut S,
     cbuf: &BytesMut,
-    to: Upstream<'_>,
-    head: Bytes,
+    (to, retry): (&mut Upstream<'a>, RetryPolicy),
+    mut head: Bytes,
     first: Bytes,
 ) -> Result<(Conn, ResponseHead), Failed> {
-    let mut up = Conn::open(&x.w.dialer(), to.ep, to.cluster)
-        .await
-        .map_err(Failed::connect)?;
+    let (mut up, moved) = open(x, to, retry).await?;
+    if moved && x.req.authority().is_none() {
+        head = x.head_for(to);
+    }
     loop {
         x.t.o.attempts += 1;
         let answer = match write_two(&mut up.io, head.clone(), first.clone()).await {
@@ -622,12 +681,12 @@ enum Answer {
 /// response streams, and stops when the response has ended (the client
 /// connection then closes, its body unread) or when the upstream stops
 /// reading it. Both connections are kept only when both bodies went whole.
-async fn full_duplex<S: Stream>(
-    x: &mut Ctx<'_>,
+async fn full_duplex<'a, S: Stream>(
+    x: &mut Ctx<'a>,
     mut client: S,
     body: &mut RequestBody<'_>,
-    to: Upstream<'_>,
-    (head, first): (Bytes, Bytes),
+    (mut to, retry): (Upstream<'a>, RetryPolicy),
+    (mut head, first): (Bytes, Bytes),
     send_continue: bool,
     deadline: Instant,
 ) -> Next<S> {
@@ -635,9 +694,10 @@ async fn full_duplex<S: Stream>(
     let timers = &w.timers;
     // Connect, tell a waiting client to go on, send what is here.
     let opened = within(timers.at(deadline), async {
-        let mut up = Conn::open(&x.w.dialer(), to.ep, to.cluster)
-            .await
-            .map_err(Failed::connect)?;
+        let (mut up, moved) = open(x, &mut to, retry).await?;
+        if moved && x.req.authority().is_none() {
+            head = x.head_for(&to);
+        }
         const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
         if send_continue {
             if write_one(&mut client, Bytes::from_static(CONTINUE))

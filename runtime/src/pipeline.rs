@@ -717,9 +717,10 @@ fn at_most_hot_reads_connections_keep_a_read_posted_and_the_rest_are_served_too(
 #[test]
 fn an_endpoint_that_keeps_failing_is_ejected_and_traffic_goes_to_the_others() {
     // Two endpoints, round robin: UP answers, DOWN refuses every connection.
+    // No retries, so that each failure reaches the client.
     const DOWN: &str = "10.0.0.2:80";
     let src = format!(
-        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n\n\
+        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\nretry = {{ attempts = 1 }}\n\n\
          [[cluster]]\nname = \"up\"\nbalancer = \"round-robin\"\nendpoints = [\"{UP}\", \"{DOWN}\"]\n\
          breaker = {{ consecutive_failures = 2, base_ejection = \"1h\", max_ejection = \"1h\", max_ejection_percent = 50 }}\n"
     );
@@ -758,5 +759,81 @@ fn an_endpoint_that_keeps_failing_is_ejected_and_traffic_goes_to_the_others() {
         assert!(o[4..]
             .iter()
             .all(|o| o.status == Some(200) && o.target == Some((0, 0))));
+    });
+}
+
+/// Two endpoints, round robin, ejection off: UP answers, DOWN refuses.
+fn two_endpoints(route: &str) -> Config {
+    let src = format!(
+        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n{route}\n\n\
+         [[cluster]]\nname = \"up\"\nbalancer = \"round-robin\"\nendpoints = [\"{UP}\", \"10.0.0.2:80\"]\n\
+         breaker = {{ consecutive_failures = 0 }}\n"
+    );
+    Config::parse(&src, &literal_only).expect("the test configuration is valid")
+}
+
+/// Serves every request on every connection to UP with 200 `up`.
+fn serve_up(k: &Kit) {
+    let up = k.upstream();
+    monoio::spawn(async move {
+        loop {
+            let mut u = up.accept().await;
+            monoio::spawn(async move {
+                let mut ub = Vec::new();
+                loop {
+                    while find(&ub, b"\r\n\r\n").is_none() {
+                        if read_some(&mut u, &mut ub).await == 0 {
+                            return;
+                        }
+                    }
+                    read_message(&mut u, &mut ub).await;
+                    send(&mut u, &ok("up")).await;
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_refused_connection_goes_to_another_endpoint_for_any_method() {
+    pipeline(two_endpoints(""), |k| async move {
+        serve_up(&k);
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        for i in 0..4 {
+            let req = if i % 2 == 0 {
+                GET.to_string()
+            } else {
+                "POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi".to_string()
+            };
+            send(&mut c, &req).await;
+            let res = read_message(&mut c, &mut cb).await;
+            assert!(res.starts_with("HTTP/1.1 200 ") && res.ends_with("up"), "{res}");
+        }
+        let o = k.outcomes(4).await;
+        // Round robin sends every second request to DOWN first.
+        let retried: Vec<&Outcome> = o.iter().filter(|o| !o.failed_connects.is_empty()).collect();
+        assert_eq!(retried.len(), 2, "{o:#?}");
+        for r in retried {
+            assert_eq!(
+                (r.failed_connects.as_slice(), r.target, r.attempts),
+                (&[1][..], Some((0, 0)), 2)
+            );
+        }
+    });
+}
+
+#[test]
+fn without_retries_a_refused_connection_is_answered_503() {
+    pipeline(two_endpoints("retry = { attempts = 1 }"), |k| async move {
+        serve_up(&k);
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            send(&mut c, GET).await;
+            statuses.push(read_message(&mut c, &mut cb).await[9..12].to_string());
+        }
+        assert_eq!(statuses.iter().filter(|s| *s == "503").count(), 2, "{statuses:?}");
     });
 }

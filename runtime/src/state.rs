@@ -199,6 +199,9 @@ impl Worker {
         self.counters.outcome(o.success());
         if let Some((c, i)) = o.target {
             let settings = &self.config.clusters[c].breaker;
+            for &f in &o.failed_connects {
+                self.endpoint_failed(c, f, o.end_at);
+            }
             match o.endpoint_verdict(settings.failures) {
                 Some(true) => self.clusters[c].endpoints[i]
                     .outlier
@@ -241,6 +244,18 @@ impl Worker {
             let later = state.ejected_until.get().map_or(until, |u| u.max(until));
             state.ejected_until.set(Some(later));
         }
+    }
+
+    /// Another endpoint of cluster `c` for a retry: not one that `tried`
+    /// names, not ejected, and the least loaded of those.
+    pub fn pick_other(&self, c: usize, tried: impl Fn(usize) -> bool) -> Option<(usize, &Endpoint)> {
+        let now = Instant::now();
+        self.clusters[c]
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| !tried(*i) && !e.outlier.borrow().ejected(now))
+            .min_by_key(|(_, e)| e.in_flight.get())
     }
 
     /// The endpoint of cluster `c` the next request goes to (its index and
