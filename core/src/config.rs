@@ -5,6 +5,7 @@
 //! host names are resolved through a function the caller passes in, so this
 //! module stays free of IO.
 
+use crate::budget::BudgetSettings;
 use crate::duration;
 use crate::outlier::{FailureKind, OutlierSettings};
 use crate::route::{HostMatch, PathMatch, RetryPolicy, Route, RouteMatch, RouteTable, Target};
@@ -174,6 +175,10 @@ pub struct Cluster {
     pub pool: PoolSettings,
     /// Outlier ejection (`breaker = { ... }`).
     pub breaker: OutlierSettings,
+    /// How many retries requests to this cluster may add
+    /// (`retry_budget = { ... }`), for the whole process: each worker gets
+    /// its share of `min_per_second`.
+    pub retry_budget: BudgetSettings,
 }
 
 /// A validated configuration: what every worker runs.
@@ -369,6 +374,38 @@ impl Default for RawPool {
     }
 }
 
+/// `retry_budget = { ... }`: linkerd2-proxy's defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    #[serde(default = "default_ratio")]
+    ratio: Spanned<f64>,
+    #[serde(default = "default_min_per_second")]
+    min_per_second: Spanned<usize>,
+    #[serde(default = "default_budget_window")]
+    window: Spanned<Dur>,
+}
+
+fn default_ratio() -> Spanned<f64> {
+    Spanned::new(0..0, 0.2)
+}
+fn default_min_per_second() -> Spanned<usize> {
+    Spanned::new(0..0, 10)
+}
+fn default_budget_window() -> Spanned<Dur> {
+    dflt(secs(10))
+}
+
+impl Default for RawBudget {
+    fn default() -> Self {
+        RawBudget {
+            ratio: default_ratio(),
+            min_per_second: default_min_per_second(),
+            window: default_budget_window(),
+        }
+    }
+}
+
 /// `breaker = { ... }`: outlier ejection, Envoy's defaults.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -438,6 +475,8 @@ struct RawCluster {
     pool: RawPool,
     #[serde(default)]
     breaker: RawBreaker,
+    #[serde(default)]
+    retry_budget: RawBudget,
 }
 
 /// Resolves `host:port` to addresses; passed in by the runtime (DNS is IO).
@@ -610,6 +649,25 @@ impl Config {
                     RawFailures::Gateway => FailureKind::Gateway,
                 },
             };
+            let rb = &c.retry_budget;
+            let ratio = *rb.ratio.get_ref();
+            if !(0.0..=10.0).contains(&ratio) {
+                return Err(err(
+                    lines.at(rb.ratio.span().start),
+                    field("retry_budget.ratio"),
+                    format!("{ratio} is out of range: retries per request must be between 0 and 10"),
+                ));
+            }
+            let retry_budget = BudgetSettings {
+                ratio,
+                min_per_second: within(
+                    &rb.min_per_second,
+                    0..=1_000_000,
+                    &lines,
+                    field("retry_budget.min_per_second"),
+                )? as u32,
+                window: positive(&rb.window, &lines, field("retry_budget.window"))?,
+            };
             if breaker.max_ejection < breaker.base_ejection {
                 return Err(err(
                     lines.at(b.max_ejection.span().start),
@@ -631,6 +689,7 @@ impl Config {
                     idle_timeout: pool_idle,
                 },
                 breaker,
+                retry_budget,
             });
         }
 
@@ -1067,6 +1126,34 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         );
         let e = error_of(&format!("{base}retry = {{ on = [\"5xx\"] }}\n"));
         assert!(e.message.contains("`5xx` is not supported yet"), "{e}");
+    }
+
+    #[test]
+    fn retry_budget_defaults_and_mistakes() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        let c = parse(base).expect("valid");
+        assert_eq!(
+            c.clusters[0].retry_budget,
+            BudgetSettings::default(),
+            "linkerd2-proxy's defaults"
+        );
+        let c = parse(&format!(
+            "{base}retry_budget = {{ ratio = 0.5, window = \"1m\" }}\n"
+        ))
+        .expect("valid");
+        let b = c.clusters[0].retry_budget;
+        assert_eq!(
+            (b.ratio, b.min_per_second, b.window),
+            (0.5, 10, Duration::from_secs(60))
+        );
+        let e = error_of(&format!("{base}retry_budget = {{ ratio = -1.0 }}\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(9), "cluster[0].retry_budget.ratio"),
+            "{e}"
+        );
+        let e = error_of(&format!("{base}retry_budget = {{ window = \"0s\" }}\n"));
+        assert_eq!(e.field, "cluster[0].retry_budget.window", "{e}");
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! weft-core: the decisions of the proxy, with no IO.
 //!
 //! The configuration model and its validation, the route table, the load
-//! balancers, outlier ejection and the request-path error type. Nothing here opens a socket or
+//! balancers, outlier ejection, the retry budget and the request-path error type. Nothing here opens a socket or
 //! reads the clock: time and randomness come in as arguments, so every
 //! behaviour is testable deterministically.
 
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod budget;
 pub mod config;
 pub mod duration;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod outlier;
 pub mod route;
 
 pub use balance::{least_loaded, Rng, RoundRobin};
+pub use budget::{BudgetSettings, RetryBudget};
 pub use config::{
     BalancerKind, Cluster, Config, ConfigError, Driver, Listener, ListenerKind, RingSetup, RuntimeSettings,
 };

@@ -235,6 +235,7 @@ pub(crate) async fn exchange<S: Stream>(
         }
     };
     x.aim(&to);
+    w.clusters[to.c].budget.borrow_mut().deposit(started);
     let send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
     let head = x.head_for(&to);
     let first = match body.reader.take(body.cbuf) {
@@ -320,6 +321,10 @@ async fn open<'a>(
         let Some((i, ep)) = x.w.pick_other(to.c, |j| j == current || failed.contains(&j)) else {
             return Err(Failed::connect(e));
         };
+        // Retries may add only so much to the cluster's traffic.
+        if !x.w.clusters[to.c].budget.borrow_mut().withdraw(Instant::now()) {
+            return Err(Failed::connect(e));
+        }
         x.t.o.attempts += 1;
         x.t.o.failed_connects.push(current);
         *to = Upstream { i, ep, ..*to };

@@ -837,3 +837,34 @@ fn without_retries_a_refused_connection_is_answered_503() {
         assert_eq!(statuses.iter().filter(|s| *s == "503").count(), 2, "{statuses:?}");
     });
 }
+
+#[test]
+fn during_a_total_outage_retries_stay_within_the_budget() {
+    // Both endpoints refuse; 20 % of the requests may be retried, no floor.
+    let src = format!(
+        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n\n\
+         [[cluster]]\nname = \"up\"\nendpoints = [\"10.0.0.2:80\", \"10.0.0.3:80\"]\n\
+         breaker = {{ consecutive_failures = 0 }}\n\
+         retry_budget = {{ ratio = 0.2, min_per_second = 0 }}\n"
+    );
+    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
+    pipeline(config, |k| async move {
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        for _ in 0..100 {
+            send(&mut c, GET).await;
+            let res = read_message(&mut c, &mut cb).await;
+            assert!(res.starts_with("HTTP/1.1 503 "), "{res}");
+        }
+        let o = k.outcomes(100).await;
+        let retried = o.iter().filter(|o| !o.failed_connects.is_empty()).count();
+        // 20 % of the requests seen so far, checked before each retry.
+        assert!((15..=20).contains(&retried), "{retried} requests were retried");
+        let connects: usize = o.iter().map(|o| 1 + o.failed_connects.len()).sum();
+        assert_eq!(
+            connects,
+            100 + retried,
+            "one connect per request, one more per retry"
+        );
+    });
+}

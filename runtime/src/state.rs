@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 use weft_core::balance::pick_weighted;
-use weft_core::{least_loaded, BalancerKind, Config, Outcome, Rng, RoundRobin, Target};
+use weft_core::{
+    least_loaded, BalancerKind, BudgetSettings, Config, Outcome, RetryBudget, Rng, RoundRobin, Target,
+};
 
 /// A cluster as this worker sees it.
 pub(crate) struct ClusterState {
@@ -22,6 +24,8 @@ pub(crate) struct ClusterState {
     /// When the last ejection in force ends (None: no endpoint is out), so
     /// that a pick looks at ejections only while there are some.
     ejected_until: Cell<Option<Instant>>,
+    /// This worker's share of the cluster's retry budget.
+    pub budget: RefCell<RetryBudget>,
     rr: RefCell<RoundRobin>,
 }
 
@@ -166,6 +170,14 @@ impl Worker {
                     .collect(),
                 rr: RefCell::new(RoundRobin::default()),
                 ejected_until: Cell::new(None),
+                budget: RefCell::new(RetryBudget::new(
+                    Instant::now(),
+                    BudgetSettings {
+                        // Each worker gets its share of the floor.
+                        min_per_second: c.retry_budget.min_per_second.div_ceil(workers.max(1) as u32),
+                        ..c.retry_budget
+                    },
+                )),
             })
             .collect();
         Worker {
