@@ -841,13 +841,11 @@ fn without_retries_a_refused_connection_is_answered_503() {
 #[test]
 fn during_a_total_outage_retries_stay_within_the_budget() {
     // Both endpoints refuse; 20 % of the requests may be retried, no floor.
-    let src = format!(
-        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n\n\
+    let src = "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n\n\
          [[cluster]]\nname = \"up\"\nendpoints = [\"10.0.0.2:80\", \"10.0.0.3:80\"]\n\
-         breaker = {{ consecutive_failures = 0 }}\n\
-         retry_budget = {{ ratio = 0.2, min_per_second = 0 }}\n"
-    );
-    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
+         breaker = { consecutive_failures = 0 }\n\
+         retry_budget = { ratio = 0.2, min_per_second = 0 }\n";
+    let config = Config::parse(src, &literal_only).expect("the test configuration is valid");
     pipeline(config, |k| async move {
         let mut c = k.client();
         let mut cb = Vec::new();
