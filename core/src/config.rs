@@ -8,7 +8,7 @@
 use crate::budget::BudgetSettings;
 use crate::duration;
 use crate::outlier::{FailureKind, OutlierSettings};
-use crate::route::{HostMatch, PathMatch, RetryPolicy, Route, RouteMatch, RouteTable, Target};
+use crate::route::{HostMatch, PathMatch, RetryPolicy, RetryStatus, Route, RouteMatch, RouteTable, Target};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -339,7 +339,7 @@ struct RawRoute {
     retry: Option<Spanned<RawRetry>>,
 }
 
-/// `retry = { attempts, on }`.
+/// `retry = { attempts, on, per_try_timeout, backoff_base, backoff_max }`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
@@ -347,6 +347,9 @@ struct RawRetry {
     attempts: Spanned<usize>,
     #[serde(default = "default_retry_on")]
     on: Vec<Spanned<String>>,
+    per_try_timeout: Option<Spanned<Dur>>,
+    backoff_base: Option<Spanned<Dur>>,
+    backoff_max: Option<Spanned<Dur>>,
 }
 
 fn default_attempts() -> Spanned<usize> {
@@ -892,25 +895,54 @@ impl Config {
                 Some(rr) => {
                     let rr = rr.get_ref();
                     let attempts = within(&rr.attempts, 1..=10, &lines, field("retry.attempts"))? as u32;
-                    let mut connect_failure = false;
+                    let mut p = RetryPolicy {
+                        attempts,
+                        connect_failure: false,
+                        ..RetryPolicy::default()
+                    };
                     for on in &rr.on {
                         match on.get_ref().as_str() {
-                            "connect-failure" => connect_failure = true,
+                            "connect-failure" => p.connect_failure = true,
+                            "reset" => p.reset = true,
+                            "timeout" => p.timeout = true,
+                            "5xx" => p.status = RetryStatus::Any5xx,
+                            "gateway-error" if p.status != RetryStatus::Any5xx => p.status = RetryStatus::Gateway,
+                            "gateway-error" => {}
                             other => {
                                 return Err(err(
                                     lines.at(on.span().start),
                                     field("retry.on"),
                                     format!(
-                                        "`{other}` is not supported yet: weft retries on \"connect-failure\" only (a request that never reached an endpoint)"
+                                        "unknown retry condition `{other}`: use connect-failure, reset, timeout, 5xx or gateway-error"
                                     ),
                                 ))
                             }
                         }
                     }
-                    RetryPolicy {
-                        attempts,
-                        connect_failure,
+                    if let Some(d) = &rr.per_try_timeout {
+                        p.per_try_timeout = Some(positive(d, &lines, field("retry.per_try_timeout"))?);
                     }
+                    if let Some(d) = &rr.backoff_base {
+                        p.backoff_base = d.get_ref().0;
+                    }
+                    if let Some(d) = &rr.backoff_max {
+                        p.backoff_max = d.get_ref().0;
+                    }
+                    if p.backoff_max < p.backoff_base {
+                        return Err(err(
+                            line,
+                            field("retry.backoff_max"),
+                            "is shorter than backoff_base: make it at least as long",
+                        ));
+                    }
+                    if p.timeout && p.per_try_timeout.is_none() {
+                        return Err(err(
+                            line,
+                            field("retry.on"),
+                            "retrying on `timeout` needs a per_try_timeout (the route timeout bounds all attempts together)",
+                        ));
+                    }
+                    p
                 }
             };
             listeners[li].routes.routes.push(Route {
@@ -1124,8 +1156,18 @@ pool = { max_idle = 4, idle_timeout = "5s" }
             (Some(9), "route[0].retry.attempts"),
             "{e}"
         );
-        let e = error_of(&format!("{base}retry = {{ on = [\"5xx\"] }}\n"));
-        assert!(e.message.contains("`5xx` is not supported yet"), "{e}");
+        let e = error_of(&format!("{base}retry = {{ on = [\"sometimes\"] }}\n"));
+        assert!(e.message.contains("unknown retry condition `sometimes`"), "{e}");
+        let e = error_of(&format!("{base}retry = {{ on = [\"timeout\"] }}\n"));
+        assert!(e.message.contains("needs a per_try_timeout"), "{e}");
+        let c = parse(&format!(
+            "{base}retry = {{ attempts = 3, on = [\"reset\", \"gateway-error\", \"timeout\"], per_try_timeout = \"1s\" }}\n"
+        ))
+        .expect("valid");
+        let r = c.listeners[0].routes.routes[0].retry;
+        assert!(r.reset && r.timeout && !r.connect_failure);
+        assert!(r.retries_status(503) && !r.retries_status(500));
+        assert_eq!(r.per_try_timeout, Some(Duration::from_secs(1)));
     }
 
     #[test]

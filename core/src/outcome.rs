@@ -24,9 +24,10 @@ pub struct Outcome {
     /// That endpoint as indices into the configuration: cluster, and
     /// endpoint within it (what outlier ejection keys on).
     pub target: Option<(usize, usize)>,
-    /// Endpoints of the same cluster (indices) that could not be connected
-    /// to before the last one was tried: each counts against its endpoint.
-    pub failed_connects: Vec<usize>,
+    /// Endpoints of the same cluster (indices) of the attempts that failed
+    /// before the last one (a refused connection, a reset, a timeout, a
+    /// status that went again): each counts against its endpoint.
+    pub failed_attempts: Vec<usize>,
     /// Attempts made upstream (0 when the request never left weft).
     pub attempts: u32,
     /// Bytes of the request read from the client: head and body.
@@ -51,7 +52,7 @@ impl Outcome {
             side: None,
             endpoint: None,
             target: None,
-            failed_connects: Vec::new(),
+            failed_attempts: Vec::new(),
             attempts: 0,
             bytes_in: 0,
             bytes_out: 0,

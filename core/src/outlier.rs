@@ -112,12 +112,18 @@ impl Outlier {
         matches!(self.state, State::Ejected { until } if now >= until)
     }
 
-    /// An answer that counts for the endpoint.
+    /// An answer that counts for the endpoint. While it is ejected, an
+    /// answer to a request sent before the ejection changes nothing: only
+    /// probation readmits it.
     pub fn success(&mut self, now: Instant, s: &OutlierSettings) {
-        self.failures = 0;
         match self.state {
-            State::Ejected { .. } => self.state = State::Healthy { since: now },
+            State::Ejected { until } if now < until => {}
+            State::Ejected { .. } => {
+                self.failures = 0;
+                self.state = State::Healthy { since: now };
+            }
             State::Healthy { since } => {
+                self.failures = 0;
                 if self.times_ejected > 0 && now.duration_since(since) >= s.max_ejection {
                     self.times_ejected = 0;
                 }
@@ -237,6 +243,22 @@ mod tests {
             o.failure(later, &s, true);
         }
         assert!(!o.ejected(later + Duration::from_secs(30)), "30 s, not 60 s");
+    }
+
+    #[test]
+    fn a_late_success_does_not_end_an_ejection() {
+        let s = settings();
+        let t = Instant::now();
+        let mut o = Outlier::new(t);
+        for _ in 0..3 {
+            o.failure(t, &s, true);
+        }
+        // An older request answers well a moment after the ejection.
+        o.success(t + Duration::from_millis(50), &s);
+        assert!(
+            o.ejected(t + Duration::from_secs(29)),
+            "still out until base_ejection"
+        );
     }
 
     #[test]

@@ -161,23 +161,80 @@ pub struct Route {
     pub line: usize,
 }
 
-/// A route's retries (`retry = { attempts, on }`).
+/// A route's retries (`retry = { attempts, on, per_try_timeout, ... }`,
+/// Envoy's names). Each retry goes to another endpoint where one is usable,
+/// and only within the cluster's retry budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Most attempts in all, the first included (1: no retry).
     pub attempts: u32,
-    /// Go again, to another endpoint, when connecting failed (refused,
-    /// unreachable, timed out): nothing was sent, so any method may.
+    /// `connect-failure`: connecting failed (refused, unreachable, timed
+    /// out). Nothing was sent, so any method may go again.
     pub connect_failure: bool,
+    /// `reset`: the endpoint closed or broke the connection before a
+    /// complete response head (idempotent methods only).
+    pub reset: bool,
+    /// `timeout`: an attempt took longer than `per_try_timeout`
+    /// (idempotent methods only).
+    pub timeout: bool,
+    /// `5xx` or `gateway-error`: statuses that go again (idempotent methods
+    /// only); the answer is dropped unseen.
+    pub status: RetryStatus,
+    /// Bound of one attempt, below the route's `timeout` (which bounds all
+    /// attempts together); none by default.
+    pub per_try_timeout: Option<Duration>,
+    /// The first retry waits up to this long (full jitter), each further one
+    /// up to twice as long as the one before (Envoy: 25 ms).
+    pub backoff_base: Duration,
+    /// The longest wait before a retry (Envoy: 250 ms).
+    pub backoff_max: Duration,
+}
+
+/// Which response statuses a route retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryStatus {
+    /// None.
+    Never,
+    /// Any 5xx.
+    Any5xx,
+    /// 502, 503 and 504.
+    Gateway,
+}
+
+impl RetryPolicy {
+    /// True when a response with `status` goes again.
+    pub fn retries_status(&self, status: u16) -> bool {
+        match self.status {
+            RetryStatus::Never => false,
+            RetryStatus::Any5xx => status >= 500,
+            RetryStatus::Gateway => matches!(status, 502..=504),
+        }
+    }
+
+    /// The most to wait before retry number `n` (1 for the first): the
+    /// base doubled `n - 1` times, at most the maximum. The wait itself is
+    /// drawn between zero and this (full jitter).
+    pub fn backoff_cap(&self, n: u32) -> Duration {
+        let doubled = self
+            .backoff_base
+            .saturating_mul(1u32 << n.saturating_sub(1).min(20));
+        doubled.min(self.backoff_max)
+    }
 }
 
 impl Default for RetryPolicy {
-    /// Two attempts on a connect failure, as nginx's default
-    /// `proxy_next_upstream error` does.
+    /// Two attempts on a connect failure only, as nginx's default
+    /// `proxy_next_upstream error` does; other conditions are asked for.
     fn default() -> Self {
         RetryPolicy {
             attempts: 2,
             connect_failure: true,
+            reset: false,
+            timeout: false,
+            status: RetryStatus::Never,
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
         }
     }
 }

@@ -150,12 +150,21 @@ impl Request {
     pub fn authority(&self) -> Option<&str> {
         match self {
             Request::H1(h) => h.authority(),
-            Request::Fields(f) => f.parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-                f.parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|v| v.to_str().ok())
-            }),
+            // Without userinfo (`user:pass@`): it never names the host.
+            Request::Fields(f) => f
+                .parts
+                .uri
+                .authority()
+                .map(|a| {
+                    let a = a.as_str();
+                    a.rsplit_once('@').map_or(a, |(_, host)| host)
+                })
+                .or_else(|| {
+                    f.parts
+                        .headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                }),
         }
     }
 
@@ -392,7 +401,15 @@ impl Response {
         match opts.framing {
             BodyFraming::Length(n) => put_length(out, n),
             BodyFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-            BodyFraming::None if status >= 200 && status != 204 && status != 304 => put_length(out, 0),
+            // Keep a length the head gave (a HEAD's, a 304's); a final answer
+            // without one says it has no body.
+            BodyFraming::None if status >= 200 && status != 204 => {
+                match f.parts.headers.get(http::header::CONTENT_LENGTH) {
+                    Some(v) => put_field(out, b"content-length", v.as_bytes()),
+                    None if status != 304 => put_length(out, 0),
+                    None => {}
+                }
+            }
             BodyFraming::None | BodyFraming::UntilClose => {}
         }
         if opts.close {
@@ -521,6 +538,35 @@ mod tests {
         r.encode_h1(&opts(), &mut out);
         assert_eq!(text(&out).matches("content-length").count(), 1, "{}", text(&out));
         assert!(text(&out).contains("\r\ncontent-length: 7\r\n"));
+    }
+
+    #[test]
+    fn userinfo_is_no_part_of_the_host_and_a_heads_length_is_kept() {
+        let r = h2_request("GET", "http://u:p@a.test:8080/x", &[], BodyLength::Empty).unwrap();
+        assert_eq!((r.authority(), r.host()), (Some("a.test:8080"), Some("a.test")));
+        let (parts, ()) = http::Response::builder()
+            .status(200)
+            .header("content-length", "42")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let res = Response::Fields(Box::new(ResponseFields {
+            parts,
+            body: BodyLength::Empty,
+        }));
+        let mut out = BytesMut::new();
+        let opts = ResponseOptions {
+            framing: BodyFraming::None,
+            close: false,
+            keep_alive_10: false,
+            upgrade: false,
+        };
+        res.encode_h1(&opts, &mut out);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n",
+            "the answer to a HEAD"
+        );
     }
 
     #[test]

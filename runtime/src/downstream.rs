@@ -114,9 +114,7 @@ async fn request<S: Stream>(
         },
         _ => None,
     };
-    let read = read_head(w, &mut client, buf, idle_until, l, hot).await;
-    drop(slot);
-    let refusal = match read {
+    let refusal = match read_head(w, &mut client, buf, idle_until, l, (hot, slot)).await {
         HeadRead::Head(mut h) => {
             if l.merge_slashes {
                 h.merge_slashes();
@@ -152,14 +150,14 @@ async fn request<S: Stream>(
             (e, msg)
         }
     };
-    Box::pin(refuse_and_close(w, client, refusal)).await;
+    Box::pin(refuse_and_close(w, l, client, refusal)).await;
     Step::Done
 }
 
 /// Refuses a head weft cannot take and closes the connection.
-async fn refuse_and_close<S: Stream>(w: &Worker, mut client: S, e: (ProxyError, String)) {
+async fn refuse_and_close<S: Stream>(w: &Worker, l: &Listener, mut client: S, e: (ProxyError, String)) {
     let (e, msg) = e;
-    if let After::Linger = refuse(w, &mut client, e, &msg).await {
+    if let After::Linger = refuse(w, &mut client, e, &msg, l.write_timeout).await {
         linger(&mut client, &w.timers).await;
     }
 }
@@ -203,7 +201,7 @@ async fn read_head<S: Stream>(
     buf: &mut BytesMut,
     idle_until: Instant,
     l: &Listener,
-    hot: Option<Instant>,
+    (hot, mut slot): (Option<Instant>, Option<HotRead<'_>>),
 ) -> HeadRead {
     let limits = Limits {
         max_request_line: l.max_request_line,
@@ -229,7 +227,10 @@ async fn read_head<S: Stream>(
         }
         if let Some(until) = hot_until.take() {
             // A drain ends this wait too (an idle wait).
-            match client.read_before(buf, w.timers.idle_until(until)).await {
+            let read = client.read_before(buf, w.timers.idle_until(until)).await;
+            // The hot place is for the posted read only.
+            slot.take();
+            match read {
                 Some(Ok(0)) | Some(Err(_)) => return HeadRead::Closed,
                 Some(Ok(_)) => {
                     started = true;

@@ -175,7 +175,7 @@ impl<'a> Ctx<'a> {
     /// Answers with weft's own error (callers box it: error paths must not
     /// grow the request's future); `close`: the client connection must close.
     async fn fail<W: AsyncWriteRent>(&mut self, client: &mut W, e: ProxyError, close: bool) -> After {
-        reply_error(client, &mut self.t, e, close, self.req).await
+        reply_error(client, &mut self.t, e, close, self.req, self.l.write_timeout).await
     }
 
     /// Answers a failed attempt, or closes when the client is gone.
@@ -309,6 +309,9 @@ async fn open<'a>(
             Ok(conn) => return Ok((conn, tries > 1)),
             Err(e) => e,
         };
+        // A failed connect is an attempt (a successful one is counted when
+        // the request goes out on it).
+        x.t.o.attempts += 1;
         let connect_failure = matches!(
             e.kind,
             ErrorKind::ConnectRefused | ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
@@ -316,7 +319,7 @@ async fn open<'a>(
         if !(connect_failure && retry.connect_failure && tries < retry.attempts) {
             return Err(Failed::connect(e));
         }
-        let failed = &x.t.o.failed_connects;
+        let failed = &x.t.o.failed_attempts;
         let current = to.i;
         let Some((i, ep)) = x.w.pick_other(to.c, |j| j == current || failed.contains(&j)) else {
             return Err(Failed::connect(e));
@@ -325,17 +328,19 @@ async fn open<'a>(
         if !x.w.clusters[to.c].budget.borrow_mut().withdraw(Instant::now()) {
             return Err(Failed::connect(e));
         }
-        x.t.o.attempts += 1;
-        x.t.o.failed_connects.push(current);
+        x.t.o.failed_attempts.push(current);
         *to = Upstream { i, ep, ..*to };
         x.aim(to);
         tries += 1;
     }
 }
 
-/// Sends a whole request and reads the final response head; a request that
+/// Sends a whole request and reads the final response head. A request that
 /// met a pooled connection the upstream had closed goes again on a new one
-/// when that is safe.
+/// when that is safe; one whose attempt failed in a way the route retries
+/// (a reset, a per-try timeout, a status) goes again to another endpoint,
+/// for idempotent methods, within the attempts and the cluster's budget,
+/// after a jittered backoff.
 async fn attempts<'a, S: Stream>(
     x: &mut Ctx<'a>,
     client: &mut S,
@@ -348,17 +353,24 @@ async fn attempts<'a, S: Stream>(
     if moved && x.req.authority().is_none() {
         head = x.head_for(to);
     }
+    let w: &Worker = x.w;
+    let mut retries = 0;
     loop {
         x.t.o.attempts += 1;
-        let answer = match write_two(&mut up.io, head.clone(), first.clone()).await {
-            Ok(()) => response_head(x, client, cbuf, &mut up).await,
-            Err(_) => Err(Failed::upstream_gone(true)),
-        };
-        match answer {
-            Ok(res) => {
-                x.t.o.upstream_at = Some(Instant::now());
-                return Ok((up, res));
+        let exchange = async {
+            match write_two(&mut up.io, head.clone(), first.clone()).await {
+                Ok(()) => response_head(x, client, cbuf, &mut up).await,
+                Err(_) => Err(Failed::upstream_gone(true)),
             }
+        };
+        let answer = match retry.per_try_timeout {
+            Some(d) => within(w.timers.after(d), exchange)
+                .await
+                .unwrap_or_else(|| Err(Failed::timeout())),
+            None => exchange.await,
+        };
+        let again = match &answer {
+            Ok(res) => retry.retries_status(res.status),
             Err(f)
                 if up.reused
                     && f.error.retry == RetryClass::StaleConnection
@@ -369,8 +381,50 @@ async fn attempts<'a, S: Stream>(
                 up = Conn::connect(&x.w.dialer(), to.ep, to.cluster)
                     .await
                     .map_err(Failed::connect)?;
+                continue;
             }
-            Err(f) => return Err(f),
+            Err(f) => match f.error.kind {
+                ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed => retry.reset,
+                ErrorKind::UpstreamTimeout => retry.timeout,
+                _ => false,
+            },
+        };
+        if !again || !idempotent(x.req.method()) || x.t.o.attempts >= retry.attempts {
+            return answer.map(|res| {
+                x.t.o.upstream_at = Some(Instant::now());
+                (up, res)
+            });
+        }
+        // Another endpoint where one is usable, else the same one.
+        let failed = &x.t.o.failed_attempts;
+        let current = to.i;
+        let other = x.w.pick_other(to.c, |j| j == current || failed.contains(&j));
+        // Retries may add only so much to the cluster's traffic.
+        if !x.w.clusters[to.c].budget.borrow_mut().withdraw(Instant::now()) {
+            return answer.map(|res| {
+                x.t.o.upstream_at = Some(Instant::now());
+                (up, res)
+            });
+        }
+        // This attempt's connection is dropped (its answer unread).
+        x.t.o.failed_attempts.push(current);
+        if let Some((i, ep)) = other {
+            *to = Upstream { i, ep, ..*to };
+            x.aim(to);
+            if x.req.authority().is_none() {
+                head = x.head_for(to);
+            }
+        }
+        retries += 1;
+        let cap = retry.backoff_cap(retries);
+        let wait = x.w.jitter(cap);
+        if !wait.is_zero() {
+            x.w.timers.after(wait).await;
+        }
+        let (conn, moved) = open(x, to, retry).await?;
+        up = conn;
+        if moved && x.req.authority().is_none() {
+            head = x.head_for(to);
         }
     }
 }
@@ -542,7 +596,12 @@ async fn upgrade<S: Stream>(x: &mut Ctx<'_>, mut client: S, up: Conn, res: Respo
         let after = Box::pin(x.fail(&mut client, e, true)).await;
         return Next::after(after, client);
     }
-    match write_interim(&mut client, &res, true).await {
+    let sent = within(
+        x.w.timers.after(x.l.write_timeout),
+        write_interim(&mut client, &res, true),
+    )
+    .await;
+    match sent.unwrap_or_else(|| Err(std::io::ErrorKind::TimedOut.into())) {
         Ok(n) => {
             x.t.o.status = Some(101);
             x.t.o.bytes_out += n as u64;

@@ -69,7 +69,12 @@ impl Kit {
 
     /// The upstream endpoint, accepting.
     fn upstream(&self) -> Rc<mem::Listener> {
-        self.net.listen(UP.parse().expect("address"))
+        self.upstream_at(UP)
+    }
+
+    /// An endpoint at `addr`, accepting.
+    fn upstream_at(&self, addr: &str) -> Rc<mem::Listener> {
+        self.net.listen(addr.parse().expect("address"))
     }
 
     /// The outcome records, once there are `n` of them (and no more).
@@ -812,11 +817,11 @@ fn a_refused_connection_goes_to_another_endpoint_for_any_method() {
         }
         let o = k.outcomes(4).await;
         // Round robin sends every second request to DOWN first.
-        let retried: Vec<&Outcome> = o.iter().filter(|o| !o.failed_connects.is_empty()).collect();
+        let retried: Vec<&Outcome> = o.iter().filter(|o| !o.failed_attempts.is_empty()).collect();
         assert_eq!(retried.len(), 2, "{o:#?}");
         for r in retried {
             assert_eq!(
-                (r.failed_connects.as_slice(), r.target, r.attempts),
+                (r.failed_attempts.as_slice(), r.target, r.attempts),
                 (&[1][..], Some((0, 0)), 2)
             );
         }
@@ -855,14 +860,155 @@ fn during_a_total_outage_retries_stay_within_the_budget() {
             assert!(res.starts_with("HTTP/1.1 503 "), "{res}");
         }
         let o = k.outcomes(100).await;
-        let retried = o.iter().filter(|o| !o.failed_connects.is_empty()).count();
+        let retried = o.iter().filter(|o| !o.failed_attempts.is_empty()).count();
         // 20 % of the requests seen so far, checked before each retry.
         assert!((15..=20).contains(&retried), "{retried} requests were retried");
-        let connects: usize = o.iter().map(|o| 1 + o.failed_connects.len()).sum();
+        let connects: usize = o.iter().map(|o| 1 + o.failed_attempts.len()).sum();
         assert_eq!(
             connects,
             100 + retried,
             "one connect per request, one more per retry"
         );
+    });
+}
+
+/// Two endpoints, UP then UP2, round robin (the first request goes to UP),
+/// ejection off, with `retry` on the route.
+fn retrying(retry: &str) -> Config {
+    let src = format!(
+        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\nretry = {retry}\n\n\
+         [[cluster]]\nname = \"up\"\nbalancer = \"round-robin\"\nendpoints = [\"{UP}\", \"{UP2}\"]\n\
+         breaker = {{ consecutive_failures = 0 }}\n"
+    );
+    Config::parse(&src, &literal_only).expect("the test configuration is valid")
+}
+
+const UP2: &str = "10.0.0.5:80";
+
+#[test]
+fn a_5xx_goes_again_to_the_other_endpoint_for_a_get_but_not_for_a_post() {
+    let retry = "{ attempts = 2, on = [\"5xx\"], backoff_base = \"1ms\", backoff_max = \"2ms\" }";
+    pipeline(retrying(retry), |k| async move {
+        let (sick, well) = (k.upstream(), k.upstream_at(UP2));
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(&mut c, GET).await;
+        let mut s = sick.accept().await;
+        let mut sb = Vec::new();
+        read_message(&mut s, &mut sb).await;
+        send(
+            &mut s,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick",
+        )
+        .await;
+        let _w = answer_one(&well, "well").await;
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(
+            res.starts_with("HTTP/1.1 200 ") && res.ends_with("well"),
+            "the client never sees the 503: {res}"
+        );
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.attempts, o.failed_attempts.as_slice(), o.target),
+            (2, &[0][..], Some((0, 1)))
+        );
+        // The sick endpoint's connection was dropped, its answer unread.
+        sb.clear();
+        assert_eq!(read_to_end(&mut s, &mut sb).await, "");
+    });
+}
+
+#[test]
+fn a_post_is_not_repeated_after_a_5xx() {
+    let retry = "{ attempts = 2, on = [\"5xx\"], backoff_base = \"1ms\", backoff_max = \"2ms\" }";
+    pipeline(retrying(retry), |k| async move {
+        let (sick, well) = (k.upstream(), k.upstream_at(UP2));
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(
+            &mut c,
+            "POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\n\r\nx",
+        )
+        .await;
+        let mut s = sick.accept().await;
+        let mut sb = Vec::new();
+        read_message(&mut s, &mut sb).await;
+        send(
+            &mut s,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick",
+        )
+        .await;
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.starts_with("HTTP/1.1 503 ") && res.ends_with("sick"), "{res}");
+        assert_eq!(well.waiting(), 0, "no second attempt for the POST");
+        assert_eq!(k.outcomes(1).await[0].attempts, 1);
+    });
+}
+
+#[test]
+fn an_attempt_past_the_per_try_timeout_goes_to_the_other_endpoint() {
+    let retry = "{ attempts = 2, on = [\"timeout\"], per_try_timeout = \"50ms\", backoff_base = \"1ms\", backoff_max = \"1ms\" }";
+    pipeline(retrying(retry), |k| async move {
+        let (slow, quick) = (k.upstream(), k.upstream_at(UP2));
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(&mut c, GET).await;
+        let mut s = slow.accept().await;
+        let mut sb = Vec::new();
+        read_message(&mut s, &mut sb).await;
+        // It never answers; weft gives the attempt up after 50 ms.
+        let _q = answer_one(&quick, "quick").await;
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.ends_with("quick"), "{res}");
+        sb.clear();
+        assert_eq!(
+            read_to_end(&mut s, &mut sb).await,
+            "",
+            "the slow attempt's connection is dropped"
+        );
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.status, o.attempts, o.failed_attempts.as_slice()),
+            (Some(200), 2, &[0][..])
+        );
+    });
+}
+
+#[test]
+fn a_reset_before_the_answer_goes_to_the_other_endpoint() {
+    let retry = "{ attempts = 2, on = [\"reset\"], backoff_base = \"1ms\", backoff_max = \"1ms\" }";
+    pipeline(retrying(retry), |k| async move {
+        let (broken, fine) = (k.upstream(), k.upstream_at(UP2));
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(&mut c, GET).await;
+        let mut b = broken.accept().await;
+        let mut bb = Vec::new();
+        read_message(&mut b, &mut bb).await;
+        drop(b);
+        let _f = answer_one(&fine, "fine").await;
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.ends_with("fine"), "{res}");
+        assert_eq!(k.outcomes(1).await[0].attempts, 2);
+    });
+}
+
+#[test]
+fn weft_s_own_answer_to_a_client_that_reads_nothing_is_bounded_too() {
+    // No endpoint listens: every request gets weft's 503. The client's
+    // direction holds 64 bytes and it never reads: the answer cannot go out.
+    pipeline(config("write_timeout = \"50ms\"", "", ""), |k| async move {
+        let mut c = k.client_with(64);
+        send(&mut c, GET).await;
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.status, o.error),
+            (None, Some("connect-refused")),
+            "recorded, the answer not sent"
+        );
+        // And the connection is closed: what came is at most the 64 bytes.
+        let mut cb = Vec::new();
+        let got = read_to_end(&mut c, &mut cb).await;
+        assert!(got.len() <= 64, "{got}");
     });
 }

@@ -4,8 +4,9 @@
 
 use crate::io::write_one;
 use crate::state::{Tracker, Worker};
+use crate::timer::within;
 use monoio::io::AsyncWriteRent;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use weft_core::{ProxyError, Side};
 use weft_proto::encode::error_response;
 use weft_proto::Request;
@@ -25,9 +26,16 @@ pub(crate) enum After {
 /// Refuses a request whose head weft cannot take (a downstream error: a
 /// refused head or the header timeout, `msg` naming the cause), and closes
 /// the connection.
-pub(crate) async fn refuse<W: AsyncWriteRent>(w: &Worker, client: &mut W, e: ProxyError, msg: &str) -> After {
+/// `write_timeout`: the listener's bound on a write that makes no progress.
+pub(crate) async fn refuse<W: AsyncWriteRent>(
+    w: &Worker,
+    client: &mut W,
+    e: ProxyError,
+    msg: &str,
+    write_timeout: Duration,
+) -> After {
     let mut t = Tracker::new(w, Instant::now());
-    answer(client, &mut t, Reply::of(&e, msg), true, false).await
+    answer(client, &mut t, Reply::of(&e, msg), (true, false), write_timeout).await
 }
 
 /// Answers a request with weft's own error response for `e` (callers box
@@ -40,10 +48,18 @@ pub(crate) async fn reply_error<W: AsyncWriteRent>(
     e: ProxyError,
     close: bool,
     req: &Request,
+    write_timeout: Duration,
 ) -> After {
     let close = close || !req.keep_alive();
     let msg = e.to_string();
-    answer(client, t, Reply::of(&e, &msg), close, req.is_head()).await
+    answer(
+        client,
+        t,
+        Reply::of(&e, &msg),
+        (close, req.is_head()),
+        write_timeout,
+    )
+    .await
 }
 
 /// One of weft's own answers.
@@ -69,22 +85,33 @@ impl<'a> Reply<'a> {
     }
 }
 
-/// Writes one of weft's own answers, and records it in the request's
-/// outcome; when it closes the connection, it does so lingeringly
-/// (`After::Linger`) so that the client reads the answer.
+/// Writes one of weft's own answers (`close`: the connection closes after
+/// it; `head_only`: the answer to a HEAD), within `write_timeout`, and
+/// records it in the request's outcome; when it closes the connection, it
+/// does so lingeringly (`After::Linger`) so that the client reads the
+/// answer.
 async fn answer<W: AsyncWriteRent>(
     client: &mut W,
     t: &mut Tracker<'_>,
     r: Reply<'_>,
-    close: bool,
-    head_only: bool,
+    (close, head_only): (bool, bool),
+    write_timeout: Duration,
 ) -> After {
     t.o.fail(r.code, r.side);
     let out = error_response(r.status, r.code, r.msg, close, head_only);
     let len = out.len() as u64;
-    if write_one(client, out.freeze()).await.is_err() {
-        t.o.fail("client-closed", Side::Downstream);
-        return After::Close;
+    let timers = &t.worker().timers;
+    match within(timers.after(write_timeout), write_one(client, out.freeze())).await {
+        Some(Ok(())) => {}
+        Some(Err(_)) => {
+            t.o.fail("client-closed", Side::Downstream);
+            return After::Close;
+        }
+        // A client that reads nothing does not hold the connection.
+        None => {
+            t.o.fail("client-write-timeout", Side::Downstream);
+            return After::Close;
+        }
     }
     t.o.status = Some(r.status);
     t.o.bytes_out += len;

@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use weft_core::balance::pick_weighted;
 use weft_core::{
     least_loaded, BalancerKind, BudgetSettings, Config, Outcome, RetryBudget, Rng, RoundRobin, Target,
@@ -211,7 +211,7 @@ impl Worker {
         self.counters.outcome(o.success());
         if let Some((c, i)) = o.target {
             let settings = &self.config.clusters[c].breaker;
-            for &f in &o.failed_connects {
+            for &f in &o.failed_attempts {
                 self.endpoint_failed(c, f, o.end_at);
             }
             match o.endpoint_verdict(settings.failures) {
@@ -256,6 +256,15 @@ impl Worker {
             let later = state.ejected_until.get().map_or(until, |u| u.max(until));
             state.ejected_until.set(Some(later));
         }
+    }
+
+    /// A wait drawn evenly between zero and `cap` (full jitter).
+    pub fn jitter(&self, cap: Duration) -> Duration {
+        let nanos = cap.as_nanos().min(u128::from(u64::MAX)) as u64;
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.rng.borrow_mut().next_u64() % nanos)
     }
 
     /// Another endpoint of cluster `c` for a retry: not one that `tried`
@@ -347,6 +356,13 @@ impl<'w> Tracker<'w> {
             w,
             o: Outcome::new(head_at),
         }
+    }
+}
+
+impl<'w> Tracker<'w> {
+    /// The worker serving the request.
+    pub fn worker(&self) -> &'w Worker {
+        self.w
     }
 }
 

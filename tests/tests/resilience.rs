@@ -98,7 +98,45 @@ fn a_refusing_endpoint_costs_no_request() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// With retries on timeouts and 5xx (a per-try timeout of 100 ms), a
+/// hanging endpoint and a failing one cost the clients nothing at all: each
+/// bad answer goes again to another endpoint, and ejection soon keeps the
+/// bad ones out of the first attempts too.
+fn retries_hide_a_hanging_and_a_failing_endpoint() {
+    let good = Upstream::echo("good");
+    let (hang, sick) = (hanging(), failing());
+    let config = format!(
+        "{}\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\ncluster = \"up\"\n\
+         retry = {{ attempts = 3, on = [\"connect-failure\", \"timeout\", \"5xx\"], per_try_timeout = \"100ms\" }}\n\n\
+         [[cluster]]\nname = \"up\"\nendpoints = [\"{}\", \"{}\", \"{}\"]\n\
+         breaker = {{ consecutive_failures = 2, max_ejection_percent = 67 }}\n",
+        runtime_section(1),
+        good.addr,
+        hang.addr,
+        sick.addr
+    );
+    let weft = start(&config);
+    let addr = weft.addr("in").expect("listener `in`");
+    let mut c = Client::connect(addr);
+    for i in 0..60 {
+        let r = c.get("/x", "");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello from good"),
+            "request {i}"
+        );
+    }
+    assert_eq!(good.count(), 60);
+    assert!(
+        hang.count() <= 2 && sick.count() <= 2,
+        "ejected after two failures each"
+    );
+    assert_eq!(weft.failures(), 0);
+}
+
 on_both_drivers!(
     bad_endpoints_are_ejected_and_the_rest_answer_everything,
-    a_refusing_endpoint_costs_no_request
+    a_refusing_endpoint_costs_no_request,
+    retries_hide_a_hanging_and_a_failing_endpoint
 );
