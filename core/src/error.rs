@@ -30,6 +30,10 @@ pub enum ErrorKind {
     ConnectFailed,
     /// Connecting took longer than the cluster's `connect_timeout`.
     ConnectTimeout,
+    /// weft could not open a connection for want of its own resources (no
+    /// file descriptor, no local port, no memory): no fault of the
+    /// endpoint's, which is neither blamed nor avoided.
+    LocalResources,
     /// The upstream reset or closed the connection before a complete response head.
     UpstreamReset,
     /// The upstream sent a response head weft cannot accept.
@@ -142,7 +146,7 @@ impl ProxyError {
     /// Which side caused the error.
     pub fn side(&self) -> Side {
         match self.kind {
-            ErrorKind::NoRoute | ErrorKind::NoEndpoint => Side::Proxy,
+            ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::LocalResources => Side::Proxy,
             ErrorKind::DownstreamBodyError
             | ErrorKind::DownstreamBodyTimeout
             | ErrorKind::DownstreamClosed
@@ -157,7 +161,10 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self.kind {
             ErrorKind::NoRoute => 404,
-            ErrorKind::NoEndpoint | ErrorKind::ConnectRefused | ErrorKind::ConnectFailed => 503,
+            ErrorKind::NoEndpoint
+            | ErrorKind::ConnectRefused
+            | ErrorKind::ConnectFailed
+            | ErrorKind::LocalResources => 503,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamReadTimeout => 504,
             ErrorKind::DownstreamWriteTimeout | ErrorKind::HeaderTimeout => 408,
             ErrorKind::BadRequest { status, .. } => status,
@@ -176,6 +183,7 @@ impl ProxyError {
             ErrorKind::ConnectRefused => "connect-refused",
             ErrorKind::ConnectFailed => "connect-failed",
             ErrorKind::ConnectTimeout => "connect-timeout",
+            ErrorKind::LocalResources => "local-resources",
             ErrorKind::UpstreamReset => "upstream-reset",
             ErrorKind::UpstreamMalformed => "upstream-malformed-response",
             ErrorKind::UpstreamBodyError => "upstream-body-error",
@@ -199,6 +207,9 @@ impl fmt::Display for ProxyError {
             ErrorKind::ConnectRefused => "the upstream refused the connection",
             ErrorKind::ConnectFailed => "connecting to the upstream failed",
             ErrorKind::ConnectTimeout => "connecting to the upstream timed out",
+            ErrorKind::LocalResources => {
+                "weft is out of file descriptors, local ports or memory: raise the limit or lower the load"
+            }
             ErrorKind::UpstreamReset => "the upstream closed the connection before a complete response",
             ErrorKind::UpstreamMalformed => "the upstream sent a malformed response head",
             ErrorKind::UpstreamBodyError => "the upstream response body broke off",
@@ -252,6 +263,12 @@ mod tests {
             (431, "too-many-headers", Side::Downstream)
         );
         assert_eq!(ProxyError::new(ErrorKind::UpstreamReset).side(), Side::Upstream);
+        let local = ProxyError::new(ErrorKind::LocalResources);
+        assert_eq!(
+            (local.status(), local.code(), local.side()),
+            (503, "local-resources", Side::Proxy),
+            "weft's own shortage blames no endpoint"
+        );
         let stalled = ProxyError::new(ErrorKind::DownstreamBodyTimeout);
         assert_eq!(
             (stalled.status(), stalled.code(), stalled.side()),

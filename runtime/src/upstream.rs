@@ -167,6 +167,15 @@ async fn connect(d: &Dialer<'_>, addr: SocketAddr, timeout: Duration) -> Result<
         Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             Err(ProxyError::new(ErrorKind::ConnectRefused).caused_by(&e))
         }
+        // Out of descriptors, local ports or memory: weft's own trouble.
+        Some(Err(e))
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::EADDRNOTAVAIL | libc::ENOBUFS | libc::ENOMEM)
+            ) =>
+        {
+            Err(ProxyError::new(ErrorKind::LocalResources).caused_by(&e))
+        }
         Some(Err(e)) => Err(ProxyError::new(ErrorKind::ConnectFailed).caused_by(&e)),
         None => Err(ProxyError::new(ErrorKind::ConnectTimeout)),
     }
