@@ -50,17 +50,22 @@ pub struct RetryBudget {
     epoch: Instant,
     /// The slot number (since `epoch`) that `slots` were last moved to.
     current: u64,
+    /// When that slot ends: until then a call needs no arithmetic.
+    current_end: Instant,
 }
 
 impl RetryBudget {
     /// An empty budget as of `now`.
     pub fn new(now: Instant, settings: BudgetSettings) -> Self {
-        RetryBudget {
+        let mut b = RetryBudget {
             settings,
             slots: [Slot::default(); SLOTS],
             epoch: now,
             current: 0,
-        }
+            current_end: now,
+        };
+        b.current_end = now + b.slot_len();
+        b
     }
 
     fn slot_len(&self) -> Duration {
@@ -70,7 +75,14 @@ impl RetryBudget {
     /// Moves the window to `now`, emptying the slots it left behind; the
     /// slot of `now`.
     fn advance(&mut self, now: Instant) -> usize {
-        let n = (now.saturating_duration_since(self.epoch).as_nanos() / self.slot_len().as_nanos()) as u64;
+        if now < self.current_end {
+            return (self.current % SLOTS as u64) as usize;
+        }
+        let len = self.slot_len();
+        let elapsed = now.saturating_duration_since(self.epoch).as_nanos();
+        let n = (elapsed / len.as_nanos()) as u64;
+        let into = Duration::from_nanos((elapsed % len.as_nanos()) as u64);
+        self.current_end = now + (len - into);
         if n > self.current {
             let gone = (n - self.current).min(SLOTS as u64);
             for k in 1..=gone {
