@@ -41,9 +41,9 @@ impl Rng {
 }
 
 /// Picks among `n > 0` endpoints by power of two random choices: two distinct
-/// endpoints at random, the one with fewer requests in flight wins, ties are
-/// broken at random.
-pub fn least_loaded(n: usize, load: impl Fn(usize) -> u32, rng: &mut Rng) -> usize {
+/// endpoints at random, the one with the lower load (requests in flight, or
+/// a Peak-EWMA cost) wins, ties are broken at random.
+pub fn least_loaded<L: PartialOrd>(n: usize, load: impl Fn(usize) -> L, rng: &mut Rng) -> usize {
     if n <= 1 {
         return 0;
     }

@@ -8,6 +8,7 @@
 use crate::budget::BudgetSettings;
 use crate::duration;
 use crate::outlier::{FailureKind, OutlierSettings};
+use crate::peak_ewma::PeakEwmaSettings;
 use crate::route::{HostMatch, PathMatch, RetryPolicy, RetryStatus, Route, RouteMatch, RouteTable, Target};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -75,6 +76,9 @@ pub enum BalancerKind {
     LeastLoaded,
     /// In turn.
     RoundRobin,
+    /// Power of two random choices over Peak-EWMA costs: round-trip
+    /// estimate times (requests in flight + 1).
+    PeakEwma,
 }
 
 /// The protocol weft speaks to a cluster's endpoints.
@@ -175,6 +179,9 @@ pub struct Cluster {
     pub pool: PoolSettings,
     /// Outlier ejection (`breaker = { ... }`).
     pub breaker: OutlierSettings,
+    /// Peak-EWMA settings (`peak_ewma = { ... }`), for
+    /// `balancer = "peak-ewma"`.
+    pub peak_ewma: PeakEwmaSettings,
     /// How many retries requests to this cluster may add
     /// (`retry_budget = { ... }`), for the whole process: each worker gets
     /// its share of `min_per_second`.
@@ -377,6 +384,32 @@ impl Default for RawPool {
     }
 }
 
+/// `peak_ewma = { ... }`: linkerd2-proxy's defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeakEwma {
+    #[serde(default = "default_rtt")]
+    default_rtt: Spanned<Dur>,
+    #[serde(default = "default_decay")]
+    decay: Spanned<Dur>,
+}
+
+fn default_rtt() -> Spanned<Dur> {
+    dflt(Dur(Duration::from_millis(30)))
+}
+fn default_decay() -> Spanned<Dur> {
+    dflt(secs(10))
+}
+
+impl Default for RawPeakEwma {
+    fn default() -> Self {
+        RawPeakEwma {
+            default_rtt: default_rtt(),
+            decay: default_decay(),
+        }
+    }
+}
+
 /// `retry_budget = { ... }`: linkerd2-proxy's defaults.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -480,6 +513,8 @@ struct RawCluster {
     breaker: RawBreaker,
     #[serde(default)]
     retry_budget: RawBudget,
+    #[serde(default)]
+    peak_ewma: RawPeakEwma,
 }
 
 /// Resolves `host:port` to addresses; passed in by the runtime (DNS is IO).
@@ -652,6 +687,10 @@ impl Config {
                     RawFailures::Gateway => FailureKind::Gateway,
                 },
             };
+            let peak_ewma = PeakEwmaSettings {
+                default_rtt: positive(&c.peak_ewma.default_rtt, &lines, field("peak_ewma.default_rtt"))?,
+                decay: positive(&c.peak_ewma.decay, &lines, field("peak_ewma.decay"))?,
+            };
             let rb = &c.retry_budget;
             let ratio = *rb.ratio.get_ref();
             if !(0.0..=10.0).contains(&ratio) {
@@ -693,6 +732,7 @@ impl Config {
                 },
                 breaker,
                 retry_budget,
+                peak_ewma,
             });
         }
 

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod error;
 pub mod outcome;
 pub mod outlier;
+pub mod peak_ewma;
 pub mod route;
 
 pub use balance::{least_loaded, Rng, RoundRobin};
@@ -24,4 +25,5 @@ pub use config::{
 pub use error::{ErrorKind, ProxyError, RetryClass, Side};
 pub use outcome::Outcome;
 pub use outlier::{FailureKind, Outlier, OutlierSettings};
+pub use peak_ewma::{PeakEwmaSettings, RttEstimate};
 pub use route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};

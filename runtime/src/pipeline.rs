@@ -1012,3 +1012,63 @@ fn weft_s_own_answer_to_a_client_that_reads_nothing_is_bounded_too() {
         assert!(got.len() <= 64, "{got}");
     });
 }
+
+/// Serves every request to `addr` with 200 `name`, after `delay`.
+fn serve_at(k: &Kit, addr: &str, name: &'static str, delay: Duration) {
+    let l = k.upstream_at(addr);
+    monoio::spawn(async move {
+        loop {
+            let mut u = l.accept().await;
+            monoio::spawn(async move {
+                let mut ub = Vec::new();
+                loop {
+                    while find(&ub, b"\r\n\r\n").is_none() {
+                        if read_some(&mut u, &mut ub).await == 0 {
+                            return;
+                        }
+                    }
+                    read_message(&mut u, &mut ub).await;
+                    if !delay.is_zero() {
+                        monoio::time::sleep(delay).await;
+                    }
+                    send(&mut u, &ok(name)).await;
+                }
+            });
+        }
+    });
+}
+
+/// How many of 30 sequential requests the slow endpoint answers under
+/// `balancer`.
+fn slow_share(balancer: &str) -> usize {
+    let src = format!(
+        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n\n\
+         [[cluster]]\nname = \"up\"\nbalancer = \"{balancer}\"\nendpoints = [\"{UP}\", \"{UP2}\"]\n"
+    );
+    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
+    let slow = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counted = slow.clone();
+    pipeline(config, |k| async move {
+        serve_at(&k, UP, "slow", Duration::from_millis(80));
+        serve_at(&k, UP2, "fast", Duration::ZERO);
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        for _ in 0..30 {
+            send(&mut c, GET).await;
+            if read_message(&mut c, &mut cb).await.ends_with("slow") {
+                counted.set(counted.get() + 1);
+            }
+        }
+    });
+    slow.get()
+}
+
+#[test]
+fn peak_ewma_moves_traffic_off_a_slow_endpoint_where_least_loaded_does_not() {
+    // One request at a time: both endpoints have nothing in flight, so
+    // least-loaded picks at random; Peak-EWMA remembers the slow answers.
+    let ewma = slow_share("peak-ewma");
+    let least = slow_share("least-loaded");
+    assert!(ewma <= 2, "peak-ewma sent {ewma} of 30 to the slow endpoint");
+    assert!(least >= 8, "least-loaded sent {least} of 30 to the slow endpoint");
+}

@@ -166,7 +166,7 @@ impl Worker {
                     .endpoints
                     .iter()
                     .zip(&c.authorities)
-                    .map(|(a, auth)| Endpoint::new(*a, auth.clone()))
+                    .map(|(a, auth)| Endpoint::new(*a, auth.clone(), &c.peak_ewma))
                     .collect(),
                 rr: RefCell::new(RoundRobin::default()),
                 ejected_until: Cell::new(None),
@@ -210,7 +210,19 @@ impl Worker {
     pub fn record(&self, o: &Outcome) {
         self.counters.outcome(o.success());
         if let Some((c, i)) = o.target {
-            let settings = &self.config.clusters[c].breaker;
+            let cluster = &self.config.clusters[c];
+            if let (BalancerKind::PeakEwma, Some(answered)) = (cluster.balancer, o.upstream_at) {
+                // The time to the response head is the round trip weft saw.
+                let ep = &self.clusters[c].endpoints[i];
+                let mut rtt = ep.rtt.get();
+                rtt.observe(
+                    answered,
+                    answered.saturating_duration_since(o.head_at),
+                    &cluster.peak_ewma,
+                );
+                ep.rtt.set(rtt);
+            }
+            let settings = &cluster.breaker;
             for &f in &o.failed_attempts {
                 self.endpoint_failed(c, f, o.end_at);
             }
@@ -314,6 +326,27 @@ impl Worker {
                     // Both random choices were out: the least loaded usable
                     // one, if any.
                     (0..n).filter(|&j| !out(j)).min_by_key(|&j| load(j)).unwrap_or(i)
+                } else {
+                    i
+                }
+            }
+            BalancerKind::PeakEwma => {
+                let s = &self.config.clusters[c].peak_ewma;
+                let now = ejections.unwrap_or_else(Instant::now);
+                let cost = |i: usize| {
+                    if out(i) {
+                        f64::INFINITY
+                    } else {
+                        let e = &state.endpoints[i];
+                        e.rtt.get().cost(now, e.in_flight.get(), s)
+                    }
+                };
+                let i = least_loaded(n, cost, &mut self.rng.borrow_mut());
+                if out(i) {
+                    (0..n)
+                        .filter(|&j| !out(j))
+                        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+                        .unwrap_or(i)
                 } else {
                     i
                 }

@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use weft_core::config::{Cluster, PoolSettings};
-use weft_core::{ErrorKind, Outlier, ProxyError};
+use weft_core::{ErrorKind, Outlier, PeakEwmaSettings, ProxyError, RttEstimate};
 
 /// One endpoint of a cluster, as this worker sees it.
 pub(crate) struct Endpoint {
@@ -26,16 +26,20 @@ pub(crate) struct Endpoint {
     pub in_flight: Cell<u32>,
     /// Its outlier record on this worker.
     pub outlier: RefCell<Outlier>,
+    /// Its round-trip estimate on this worker (Peak-EWMA).
+    pub rtt: Cell<RttEstimate>,
     idle: RefCell<VecDeque<(UpIo, Instant)>>,
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, authority: String) -> Self {
+    pub fn new(addr: SocketAddr, authority: String, ewma: &PeakEwmaSettings) -> Self {
+        let now = Instant::now();
         Endpoint {
             addr,
             authority,
+            rtt: Cell::new(RttEstimate::new(now, ewma)),
             in_flight: Cell::new(0),
-            outlier: RefCell::new(Outlier::new(Instant::now())),
+            outlier: RefCell::new(Outlier::new(now)),
             idle: RefCell::new(VecDeque::new()),
         }
     }
