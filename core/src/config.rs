@@ -179,6 +179,9 @@ pub struct Cluster {
     pub pool: PoolSettings,
     /// Outlier ejection (`breaker = { ... }`).
     pub breaker: OutlierSettings,
+    /// Thresholds (`limits = { ... }`), for the whole process: each worker
+    /// gets its share.
+    pub limits: ClusterLimits,
     /// Peak-EWMA settings (`peak_ewma = { ... }`), for
     /// `balancer = "peak-ewma"`.
     pub peak_ewma: PeakEwmaSettings,
@@ -384,6 +387,49 @@ impl Default for RawPool {
     }
 }
 
+/// A cluster's thresholds (Envoy's circuit-breaker thresholds and
+/// defaults). weft never queues a request for a connection: past a
+/// threshold it answers 503 `overflow` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterLimits {
+    /// Connections open to the cluster's endpoints, in use or pooled (1024).
+    pub max_connections: u32,
+    /// Requests in flight to the cluster (1024).
+    pub max_requests: u32,
+    /// Retries in flight to the cluster (3).
+    pub max_retries: u32,
+}
+
+impl Default for ClusterLimits {
+    fn default() -> Self {
+        ClusterLimits {
+            max_connections: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+impl ClusterLimits {
+    /// One worker's share of each threshold, of `workers` (at least 1).
+    pub fn per_worker(&self, workers: usize) -> ClusterLimits {
+        let share = |n: u32| n.div_ceil(workers.max(1) as u32).max(1);
+        ClusterLimits {
+            max_connections: share(self.max_connections),
+            max_requests: share(self.max_requests),
+            max_retries: share(self.max_retries),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<usize>>,
+    max_requests: Option<Spanned<usize>>,
+    max_retries: Option<Spanned<usize>>,
+}
+
 /// `peak_ewma = { ... }`: linkerd2-proxy's defaults.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -515,6 +561,7 @@ struct RawCluster {
     retry_budget: RawBudget,
     #[serde(default)]
     peak_ewma: RawPeakEwma,
+    limits: Option<RawLimits>,
 }
 
 /// Resolves `host:port` to addresses; passed in by the runtime (DNS is IO).
@@ -691,6 +738,24 @@ impl Config {
                 default_rtt: positive(&c.peak_ewma.default_rtt, &lines, field("peak_ewma.default_rtt"))?,
                 decay: positive(&c.peak_ewma.decay, &lines, field("peak_ewma.decay"))?,
             };
+            let mut limits = ClusterLimits::default();
+            if let Some(rl) = &c.limits {
+                let set =
+                    |v: &Option<Spanned<usize>>, name: &str, dst: &mut u32| -> Result<(), ConfigError> {
+                        if let Some(v) = v {
+                            *dst =
+                                within(v, 1..=10_000_000, &lines, field(&format!("limits.{name}")))? as u32;
+                        }
+                        Ok(())
+                    };
+                set(
+                    &rl.max_connections,
+                    "max_connections",
+                    &mut limits.max_connections,
+                )?;
+                set(&rl.max_requests, "max_requests", &mut limits.max_requests)?;
+                set(&rl.max_retries, "max_retries", &mut limits.max_retries)?;
+            }
             let rb = &c.retry_budget;
             let ratio = *rb.ratio.get_ref();
             if !(0.0..=10.0).contains(&ratio) {
@@ -733,6 +798,7 @@ impl Config {
                 breaker,
                 retry_budget,
                 peak_ewma,
+                limits,
             });
         }
 
@@ -1236,6 +1302,27 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         );
         let e = error_of(&format!("{base}retry_budget = {{ window = \"0s\" }}\n"));
         assert_eq!(e.field, "cluster[0].retry_budget.window", "{e}");
+    }
+
+    #[test]
+    fn limits_defaults_shares_and_mistakes() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        let c = parse(base).expect("valid");
+        assert_eq!(c.clusters[0].limits, ClusterLimits::default(), "Envoy's defaults");
+        let c = parse(&format!("{base}limits = {{ max_requests = 10 }}\n")).expect("valid");
+        let l = c.clusters[0].limits;
+        assert_eq!((l.max_requests, l.max_connections, l.max_retries), (10, 1024, 3));
+        let share = l.per_worker(4);
+        assert_eq!(
+            (share.max_requests, share.max_connections, share.max_retries),
+            (3, 256, 1)
+        );
+        let e = error_of(&format!("{base}limits = {{ max_retries = 0 }}\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(9), "cluster[0].limits.max_retries"),
+            "{e}"
+        );
     }
 
     #[test]

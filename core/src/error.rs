@@ -30,6 +30,9 @@ pub enum ErrorKind {
     ConnectFailed,
     /// Connecting took longer than the cluster's `connect_timeout`.
     ConnectTimeout,
+    /// A cluster threshold (`limits`: requests in flight, connections,
+    /// concurrent retries) is full: answered at once instead of queued.
+    Overflow,
     /// weft could not open a connection for want of its own resources (no
     /// file descriptor, no local port, no memory): no fault of the
     /// endpoint's, which is neither blamed nor avoided.
@@ -146,7 +149,9 @@ impl ProxyError {
     /// Which side caused the error.
     pub fn side(&self) -> Side {
         match self.kind {
-            ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::LocalResources => Side::Proxy,
+            ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::LocalResources | ErrorKind::Overflow => {
+                Side::Proxy
+            }
             ErrorKind::DownstreamBodyError
             | ErrorKind::DownstreamBodyTimeout
             | ErrorKind::DownstreamClosed
@@ -164,7 +169,8 @@ impl ProxyError {
             ErrorKind::NoEndpoint
             | ErrorKind::ConnectRefused
             | ErrorKind::ConnectFailed
-            | ErrorKind::LocalResources => 503,
+            | ErrorKind::LocalResources
+            | ErrorKind::Overflow => 503,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamReadTimeout => 504,
             ErrorKind::DownstreamWriteTimeout | ErrorKind::HeaderTimeout => 408,
             ErrorKind::BadRequest { status, .. } => status,
@@ -184,6 +190,7 @@ impl ProxyError {
             ErrorKind::ConnectFailed => "connect-failed",
             ErrorKind::ConnectTimeout => "connect-timeout",
             ErrorKind::LocalResources => "local-resources",
+            ErrorKind::Overflow => "overflow",
             ErrorKind::UpstreamReset => "upstream-reset",
             ErrorKind::UpstreamMalformed => "upstream-malformed-response",
             ErrorKind::UpstreamBodyError => "upstream-body-error",
@@ -207,6 +214,7 @@ impl fmt::Display for ProxyError {
             ErrorKind::ConnectRefused => "the upstream refused the connection",
             ErrorKind::ConnectFailed => "connecting to the upstream failed",
             ErrorKind::ConnectTimeout => "connecting to the upstream timed out",
+            ErrorKind::Overflow => "the cluster is at its limit of requests, connections or retries",
             ErrorKind::LocalResources => {
                 "weft is out of file descriptors, local ports or memory: raise the limit or lower the load"
             }

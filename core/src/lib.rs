@@ -20,7 +20,8 @@ pub mod route;
 pub use balance::{least_loaded, Rng, RoundRobin};
 pub use budget::{BudgetSettings, RetryBudget};
 pub use config::{
-    BalancerKind, Cluster, Config, ConfigError, Driver, Listener, ListenerKind, RingSetup, RuntimeSettings,
+    BalancerKind, Cluster, ClusterLimits, Config, ConfigError, Driver, Listener, ListenerKind, RingSetup,
+    RuntimeSettings,
 };
 pub use error::{ErrorKind, ProxyError, RetryClass, Side};
 pub use outcome::Outcome;

@@ -140,6 +140,11 @@ struct Ctx<'a> {
     peer_ip: &'a str,
     /// Counts the request in its endpoint's requests in flight.
     in_flight: Option<Counted<'a>>,
+    /// Counts the request in its cluster's requests in flight.
+    cluster_request: Option<Counted<'a>>,
+    /// Counts the request in its cluster's retries in flight, once it
+    /// retries.
+    retrying: Option<Counted<'a>>,
 }
 
 /// The request body, read from the client's buffer and stream.
@@ -157,6 +162,23 @@ impl<'a> Ctx<'a> {
         self.t.o.endpoint = Some(to.ep.addr);
         self.t.o.target = Some((to.c, to.i));
         self.in_flight = Some(Counted::new(&to.ep.in_flight));
+    }
+
+    /// True when this request may retry: it already does, or its cluster
+    /// has room for one more retry in flight (then it takes it).
+    fn may_retry(&mut self) -> bool {
+        if self.retrying.is_some() {
+            return true;
+        }
+        let Some((c, _)) = self.t.o.target else {
+            return false;
+        };
+        let state = &self.w.clusters[c];
+        if state.retries.get() >= state.limits.max_retries {
+            return false;
+        }
+        self.retrying = Some(Counted::new(&state.retries));
+        true
     }
 
     /// The request's head as it goes to `to` (an HTTP/1.0 request without
@@ -210,6 +232,8 @@ pub(crate) async fn exchange<S: Stream>(
         head_started: false,
         peer_ip,
         in_flight: None,
+        cluster_request: None,
+        retrying: None,
     };
     x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {
@@ -235,7 +259,15 @@ pub(crate) async fn exchange<S: Stream>(
         }
     };
     x.aim(&to);
-    w.clusters[to.c].budget.borrow_mut().deposit(started);
+    let state = &w.clusters[to.c];
+    if state.requests.get() >= state.limits.max_requests {
+        // The cluster is full: answer at once rather than queue.
+        let close = !body.reader.done();
+        let after = Box::pin(x.fail(&mut client, ProxyError::new(ErrorKind::Overflow), close)).await;
+        return Next::after(after, client);
+    }
+    x.cluster_request = Some(Counted::new(&state.requests));
+    state.budget.borrow_mut().deposit(started);
     let send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
     let head = x.head_for(&to);
     let first = match body.reader.take(body.cbuf) {
@@ -305,7 +337,8 @@ async fn open<'a>(
 ) -> Result<(Conn, bool), Failed> {
     let mut tries = 1;
     loop {
-        let e = match Conn::open(&x.w.dialer(), to.ep, to.cluster).await {
+        let (w, c) = (x.w, to.c);
+        let e = match Conn::open(&x.w.dialer(), to.ep, to.cluster, || w.may_connect(c)).await {
             Ok(conn) => return Ok((conn, tries > 1)),
             Err(e) => e,
         };
@@ -316,7 +349,7 @@ async fn open<'a>(
             e.kind,
             ErrorKind::ConnectRefused | ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
         );
-        if !(connect_failure && retry.connect_failure && tries < retry.attempts) {
+        if !(connect_failure && retry.connect_failure && tries < retry.attempts && x.may_retry()) {
             return Err(Failed::connect(e));
         }
         let failed = &x.t.o.failed_attempts;
@@ -389,7 +422,7 @@ async fn attempts<'a, S: Stream>(
                 _ => false,
             },
         };
-        if !again || !idempotent(x.req.method()) || x.t.o.attempts >= retry.attempts {
+        if !again || !idempotent(x.req.method()) || x.t.o.attempts >= retry.attempts || !x.may_retry() {
             return answer.map(|res| {
                 x.t.o.upstream_at = Some(Instant::now());
                 (up, res)

@@ -1072,3 +1072,38 @@ fn peak_ewma_moves_traffic_off_a_slow_endpoint_where_least_loaded_does_not() {
     assert!(ewma <= 2, "peak-ewma sent {ewma} of 30 to the slow endpoint");
     assert!(least >= 8, "least-loaded sent {least} of 30 to the slow endpoint");
 }
+
+#[test]
+fn past_a_cluster_threshold_a_request_is_answered_503_overflow_at_once() {
+    for limits in ["{ max_requests = 1 }", "{ max_connections = 1 }"] {
+        let config = config("", "", &format!("limits = {limits}"));
+        pipeline(config, |k| async move {
+            let up = k.upstream();
+            // The first request holds the cluster's one place.
+            let mut a = k.client();
+            send(&mut a, GET).await;
+            let mut u = up.accept().await;
+            let mut ub = Vec::new();
+            read_message(&mut u, &mut ub).await;
+            // The second is refused at once, without waiting for the first.
+            let mut b = k.client();
+            send(&mut b, GET).await;
+            let mut bb = Vec::new();
+            let res = read_message(&mut b, &mut bb).await;
+            assert!(
+                res.starts_with("HTTP/1.1 503 ") && res.contains("weft-error: overflow"),
+                "{res}"
+            );
+            assert_eq!(up.waiting(), 0, "no connection opened for it");
+            send(&mut u, &ok("first")).await;
+            let mut ab = Vec::new();
+            assert!(read_message(&mut a, &mut ab).await.ends_with("first"));
+            let o = k.outcomes(2).await;
+            let refused = o
+                .iter()
+                .find(|o| o.error == Some("overflow"))
+                .expect("an overflow");
+            assert_eq!(refused.side, Some(Side::Proxy), "no endpoint is blamed");
+        });
+    }
+}

@@ -15,7 +15,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use weft_core::balance::pick_weighted;
 use weft_core::{
-    least_loaded, BalancerKind, BudgetSettings, Config, Outcome, RetryBudget, Rng, RoundRobin, Target,
+    least_loaded, BalancerKind, BudgetSettings, ClusterLimits, Config, Outcome, RetryBudget, Rng, RoundRobin,
+    Target,
 };
 
 /// A cluster as this worker sees it.
@@ -26,6 +27,12 @@ pub(crate) struct ClusterState {
     ejected_until: Cell<Option<Instant>>,
     /// This worker's share of the cluster's retry budget.
     pub budget: RefCell<RetryBudget>,
+    /// This worker's share of the cluster's thresholds.
+    pub limits: ClusterLimits,
+    /// Requests in flight to the cluster from this worker.
+    pub requests: Cell<u32>,
+    /// Retries in flight to the cluster from this worker.
+    pub retries: Cell<u32>,
     rr: RefCell<RoundRobin>,
 }
 
@@ -170,6 +177,9 @@ impl Worker {
                     .collect(),
                 rr: RefCell::new(RoundRobin::default()),
                 ejected_until: Cell::new(None),
+                limits: c.limits.per_worker(workers),
+                requests: Cell::new(0),
+                retries: Cell::new(0),
                 budget: RefCell::new(RetryBudget::new(
                     Instant::now(),
                     BudgetSettings {
@@ -268,6 +278,19 @@ impl Worker {
             let later = state.ejected_until.get().map_or(until, |u| u.max(until));
             state.ejected_until.set(Some(later));
         }
+    }
+
+    /// True when cluster `c` may open one more connection on this worker:
+    /// its connections (one per request in flight, the one about to open
+    /// included, and the pooled ones) stay within `max_connections`.
+    pub fn may_connect(&self, c: usize) -> bool {
+        let state = &self.clusters[c];
+        let open: usize = state
+            .endpoints
+            .iter()
+            .map(|e| e.in_flight.get() as usize + e.idle_count())
+            .sum();
+        open <= state.limits.max_connections as usize
     }
 
     /// A wait drawn evenly between zero and `cap` (full jitter).

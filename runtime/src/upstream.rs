@@ -44,6 +44,11 @@ impl Endpoint {
         }
     }
 
+    /// Idle connections in its pool.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().len()
+    }
+
     /// Takes the most recently used idle connection that is not too old.
     pub fn checkout(&self, pool: &PoolSettings, now: Instant) -> Option<UpIo> {
         let mut idle = self.idle.borrow_mut();
@@ -199,7 +204,14 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// A pooled connection to `ep` that is fresh enough, else a new one.
-    pub async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<Conn, ProxyError> {
+    /// `may_connect`: whether the cluster has room for one more connection
+    /// (asked only when none is pooled); without it, `Overflow`.
+    pub async fn open(
+        d: &Dialer<'_>,
+        ep: &Endpoint,
+        cluster: &Cluster,
+        may_connect: impl FnOnce() -> bool,
+    ) -> Result<Conn, ProxyError> {
         match ep.checkout(&cluster.pool, Instant::now()) {
             Some(io) => Ok(Conn {
                 io,
@@ -208,7 +220,8 @@ impl Conn {
             }),
             // Boxed: a pooled connection is the common case, and a
             // connect's state would otherwise grow every exchange.
-            None => Box::pin(Conn::connect(d, ep, cluster)).await,
+            None if may_connect() => Box::pin(Conn::connect(d, ep, cluster)).await,
+            None => Err(ProxyError::new(ErrorKind::Overflow)),
         }
     }
 
