@@ -14,6 +14,7 @@ fn table() -> RouteTable {
     let routes = (0..ROUTES)
         .map(|i| Route {
             retry: weft_core::route::RetryPolicy::default(),
+            rate_limit: None,
             matcher: RouteMatch {
                 host: HostMatch::parse(&format!("svc{i}.example.com")),
                 path: PathMatch::Prefix(format!("/api/v1/svc{i}/")),

@@ -9,6 +9,7 @@ use crate::budget::BudgetSettings;
 use crate::duration;
 use crate::outlier::{FailureKind, OutlierSettings};
 use crate::peak_ewma::PeakEwmaSettings;
+use crate::rate::RateLimit;
 use crate::route::{HostMatch, PathMatch, RetryPolicy, RetryStatus, Route, RouteMatch, RouteTable, Target};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -347,6 +348,15 @@ struct RawRoute {
     #[serde(default = "default_route_timeout")]
     timeout: Spanned<Dur>,
     retry: Option<Spanned<RawRetry>>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+/// `rate_limit = { rps, burst }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    rps: Spanned<usize>,
+    burst: Option<Spanned<usize>>,
 }
 
 /// `retry = { attempts, on, per_try_timeout, backoff_base, backoff_max }`.
@@ -1051,11 +1061,24 @@ impl Config {
                     p
                 }
             };
+            let rate_limit = match &r.rate_limit {
+                None => None,
+                Some(rl) => {
+                    let rps = within(&rl.rps, 1..=100_000_000, &lines, field("rate_limit.rps"))? as u32;
+                    let burst = match &rl.burst {
+                        Some(b) => within(b, 1..=100_000_000, &lines, field("rate_limit.burst"))? as u32,
+                        // A second's worth, as a default burst.
+                        None => rps,
+                    };
+                    Some(RateLimit { rps, burst })
+                }
+            };
             listeners[li].routes.routes.push(Route {
                 matcher,
                 target,
                 timeout,
                 retry,
+                rate_limit,
                 line,
             });
         }
@@ -1321,6 +1344,26 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         assert_eq!(
             (e.line, e.field.as_str()),
             (Some(9), "cluster[0].limits.max_retries"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rate_limits() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n[[route]]\ncluster = \"c\"\n";
+        assert_eq!(
+            parse(base).expect("valid").listeners[0].routes.routes[0].rate_limit,
+            None
+        );
+        let c = parse(&format!("{base}rate_limit = {{ rps = 100 }}\n")).expect("valid");
+        assert_eq!(
+            c.listeners[0].routes.routes[0].rate_limit,
+            Some(RateLimit { rps: 100, burst: 100 })
+        );
+        let e = error_of(&format!("{base}rate_limit = {{ rps = 0 }}\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(9), "route[0].rate_limit.rps"),
             "{e}"
         );
     }

@@ -30,6 +30,8 @@ pub enum ErrorKind {
     ConnectFailed,
     /// Connecting took longer than the cluster's `connect_timeout`.
     ConnectTimeout,
+    /// The route's `rate_limit` is spent for now.
+    RateLimited,
     /// A cluster threshold (`limits`: requests in flight, connections,
     /// concurrent retries) is full: answered at once instead of queued.
     Overflow,
@@ -149,9 +151,11 @@ impl ProxyError {
     /// Which side caused the error.
     pub fn side(&self) -> Side {
         match self.kind {
-            ErrorKind::NoRoute | ErrorKind::NoEndpoint | ErrorKind::LocalResources | ErrorKind::Overflow => {
-                Side::Proxy
-            }
+            ErrorKind::NoRoute
+            | ErrorKind::NoEndpoint
+            | ErrorKind::LocalResources
+            | ErrorKind::Overflow
+            | ErrorKind::RateLimited => Side::Proxy,
             ErrorKind::DownstreamBodyError
             | ErrorKind::DownstreamBodyTimeout
             | ErrorKind::DownstreamClosed
@@ -166,6 +170,7 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self.kind {
             ErrorKind::NoRoute => 404,
+            ErrorKind::RateLimited => 429,
             ErrorKind::NoEndpoint
             | ErrorKind::ConnectRefused
             | ErrorKind::ConnectFailed
@@ -191,6 +196,7 @@ impl ProxyError {
             ErrorKind::ConnectTimeout => "connect-timeout",
             ErrorKind::LocalResources => "local-resources",
             ErrorKind::Overflow => "overflow",
+            ErrorKind::RateLimited => "rate-limited",
             ErrorKind::UpstreamReset => "upstream-reset",
             ErrorKind::UpstreamMalformed => "upstream-malformed-response",
             ErrorKind::UpstreamBodyError => "upstream-body-error",
@@ -215,6 +221,7 @@ impl fmt::Display for ProxyError {
             ErrorKind::ConnectFailed => "connecting to the upstream failed",
             ErrorKind::ConnectTimeout => "connecting to the upstream timed out",
             ErrorKind::Overflow => "the cluster is at its limit of requests, connections or retries",
+            ErrorKind::RateLimited => "the route's rate limit is spent for now: retry later",
             ErrorKind::LocalResources => {
                 "weft is out of file descriptors, local ports or memory: raise the limit or lower the load"
             }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod outcome;
 pub mod outlier;
 pub mod peak_ewma;
+pub mod rate;
 pub mod route;
 
 pub use balance::{least_loaded, Rng, RoundRobin};
@@ -27,4 +28,5 @@ pub use error::{ErrorKind, ProxyError, RetryClass, Side};
 pub use outcome::Outcome;
 pub use outlier::{FailureKind, Outlier, OutlierSettings};
 pub use peak_ewma::{PeakEwmaSettings, RttEstimate};
+pub use rate::{RateLimit, TokenBucket};
 pub use route::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};

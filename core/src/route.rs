@@ -157,6 +157,9 @@ pub struct Route {
     pub timeout: Duration,
     /// When a request goes again, to another endpoint.
     pub retry: RetryPolicy,
+    /// Requests a second it takes (`rate_limit = { rps, burst }`); past it,
+    /// 429 `rate-limited`.
+    pub rate_limit: Option<crate::rate::RateLimit>,
     /// Line of the route in the configuration file, for messages.
     pub line: usize,
 }
@@ -256,7 +259,18 @@ impl RouteTable {
         method: &str,
         header: impl Fn(&str) -> Option<&'h [u8]>,
     ) -> Option<&Route> {
-        self.routes.iter().find(|r| {
+        self.find_indexed(host, path, method, header).map(|(_, r)| r)
+    }
+
+    /// As [`RouteTable::find`], with the route's index in the table.
+    pub fn find_indexed<'h>(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Option<(usize, &Route)> {
+        self.routes.iter().enumerate().find(|(_, r)| {
             let m = &r.matcher;
             m.host.matches(host)
                 && match &m.path {
@@ -319,6 +333,7 @@ mod tests {
             },
             target: Target::Cluster(c),
             retry: RetryPolicy::default(),
+            rate_limit: None,
             timeout: Duration::from_secs(15),
             line: 0,
         }

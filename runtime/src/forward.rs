@@ -242,9 +242,12 @@ pub(crate) async fn exchange<S: Stream>(
     };
     let picked = l
         .routes
-        .find(req.host(), req.path(), req.method(), |n| req.header(n))
+        .find_indexed(req.host(), req.path(), req.method(), |n| req.header(n))
         .ok_or(ErrorKind::NoRoute)
-        .and_then(|route| {
+        .and_then(|(ri, route)| {
+            if route.rate_limit.is_some() && !w.admit(l, ri, started) {
+                return Err(ErrorKind::RateLimited);
+            }
             let c = w.pick_cluster(&route.target);
             let (i, ep) = w.pick_endpoint(c).ok_or(ErrorKind::NoEndpoint)?;
             let cluster = &w.config.clusters[c];

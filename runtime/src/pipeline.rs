@@ -1107,3 +1107,31 @@ fn past_a_cluster_threshold_a_request_is_answered_503_overflow_at_once() {
         });
     }
 }
+
+#[test]
+fn past_a_route_s_rate_limit_requests_get_429() {
+    pipeline(
+        config("", "rate_limit = { rps = 1, burst = 3 }", ""),
+        |k| async move {
+            serve_up(&k);
+            let mut c = k.client();
+            let mut cb = Vec::new();
+            let mut statuses = Vec::new();
+            for _ in 0..5 {
+                send(&mut c, GET).await;
+                let res = read_message(&mut c, &mut cb).await;
+                statuses.push(res[9..12].to_string());
+                if res.starts_with("HTTP/1.1 429 ") {
+                    assert!(res.contains("weft-error: rate-limited"), "{res}");
+                }
+            }
+            assert_eq!(
+                statuses,
+                ["200", "200", "200", "429", "429"],
+                "the burst, then the rate"
+            );
+            let o = k.outcomes(5).await;
+            assert_eq!(o[4].side, Some(Side::Proxy));
+        },
+    );
+}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use weft_core::balance::pick_weighted;
 use weft_core::{
     least_loaded, BalancerKind, BudgetSettings, ClusterLimits, Config, Outcome, RetryBudget, Rng, RoundRobin,
-    Target,
+    Target, TokenBucket,
 };
 
 /// A cluster as this worker sees it.
@@ -49,6 +49,9 @@ pub(crate) struct Worker {
     pub gates: Vec<Gate>,
     /// Deadlines of this worker's waits.
     pub timers: Timers,
+    /// Per listener and route: this worker's share of the route's rate
+    /// limit, if it has one.
+    rate_limits: Vec<Vec<Option<RefCell<TokenBucket>>>>,
     /// Connections with a read posted in the hot window (at most
     /// [`HOT_READS`]).
     pub hot_reads: Cell<usize>,
@@ -190,6 +193,20 @@ impl Worker {
                 )),
             })
             .collect();
+        let rate_limits = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.routes
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        r.rate_limit
+                            .map(|rl| RefCell::new(TokenBucket::new(Instant::now(), rl.per_worker(workers))))
+                    })
+                    .collect()
+            })
+            .collect();
         Worker {
             config,
             clusters,
@@ -199,6 +216,7 @@ impl Worker {
             gates,
             timers: Timers::default(),
             hot_reads: Cell::new(0),
+            rate_limits,
             #[cfg(test)]
             net: None,
             #[cfg(test)]
@@ -277,6 +295,18 @@ impl Worker {
             let until = outlier.ejected_until().unwrap_or(now);
             let later = state.ejected_until.get().map_or(until, |u| u.max(until));
             state.ejected_until.set(Some(later));
+        }
+    }
+
+    /// Takes a token from the rate limit of route `ri` of listener `l`, if
+    /// it has one; false when the limit is spent.
+    pub fn admit(&self, l: &weft_core::Listener, ri: usize, now: Instant) -> bool {
+        let Some(li) = self.config.listeners.iter().position(|x| std::ptr::eq(x, l)) else {
+            return true;
+        };
+        match self.rate_limits.get(li).and_then(|r| r.get(ri)) {
+            Some(Some(bucket)) => bucket.borrow_mut().take(now),
+            _ => true,
         }
     }
 

@@ -59,7 +59,15 @@ fn multi_megabyte_chunked_bodies_both_ways() {
 
 fn a_thousand_concurrent_connections_each_get_their_answer() {
     let up = Upstream::echo("a");
-    let config = simple_config(&[up.addr], "", "").replace("workers = 1", "workers = 2");
+    // 1,000 requests in flight to one cluster: past the default thresholds
+    // (Envoy's 1,024, split across the two workers, and the kernel does not
+    // split the connections evenly), so the test raises them.
+    let config = simple_config(
+        &[up.addr],
+        "",
+        "limits = { max_requests = 4096, max_connections = 4096 }",
+    )
+    .replace("workers = 1", "workers = 2");
     let server = start(&config);
     let addr = server.addr("in").unwrap();
     let mut clients: Vec<Client> = (0..1000).map(|_| Client::connect(addr)).collect();
