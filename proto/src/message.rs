@@ -246,7 +246,10 @@ impl Request {
 
     /// True for HEAD: its response has no body, whatever its head says.
     pub fn is_head(&self) -> bool {
-        self.method() == "HEAD"
+        match self {
+            Request::H1(h) => h.is_head(),
+            Request::Fields(f) => f.parts.method == http::Method::HEAD,
+        }
     }
 
     /// The client waits for `100 Continue` before it sends the body.
