@@ -139,6 +139,9 @@ pub struct Listener {
     /// workers, spread evenly); past it weft stops accepting and the rest
     /// wait in the kernel's queue.
     pub max_connections: usize,
+    /// Most requests in flight on this listener (over all workers, split
+    /// evenly); past it, 503 `overflow` at once. None: no cap.
+    pub max_requests: Option<usize>,
     /// Merge runs of slashes in request paths before routing and forwarding
     /// (`//a///b` is `/a/b`).
     pub merge_slashes: bool,
@@ -317,6 +320,7 @@ struct RawListener {
     merge_slashes: bool,
     #[serde(default = "default_max_connections")]
     max_connections: Spanned<usize>,
+    max_requests: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -866,6 +870,11 @@ impl Config {
                     &lines,
                     field("max_connections"),
                 )?,
+                max_requests: l
+                    .max_requests
+                    .as_ref()
+                    .map(|m| within(m, 1..=10_000_000, &lines, field("max_requests")))
+                    .transpose()?,
                 routes: RouteTable::default(),
             });
         }

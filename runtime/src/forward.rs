@@ -142,6 +142,9 @@ struct Ctx<'a> {
     in_flight: Option<Counted<'a>>,
     /// Counts the request in its cluster's requests in flight.
     cluster_request: Option<Counted<'a>>,
+    /// Counts the request in its listener's requests in flight (when the
+    /// listener has a cap).
+    listener_request: Option<Counted<'a>>,
     /// Counts the request in its cluster's retries in flight, once it
     /// retries.
     retrying: Option<Counted<'a>>,
@@ -233,6 +236,7 @@ pub(crate) async fn exchange<S: Stream>(
         peer_ip,
         in_flight: None,
         cluster_request: None,
+        listener_request: None,
         retrying: None,
     };
     x.t.o.bytes_in = req.wire_len() as u64;
@@ -240,6 +244,15 @@ pub(crate) async fn exchange<S: Stream>(
         cbuf,
         reader: Body::new(req.framing()),
     };
+    match w.listener_slot(l) {
+        Ok(slot) => x.listener_request = slot.map(Counted::new),
+        Err(()) => {
+            // The listener is full: shed the request at once.
+            let close = !body.reader.done();
+            let after = Box::pin(x.fail(&mut client, ProxyError::new(ErrorKind::Overflow), close)).await;
+            return Next::after(after, client);
+        }
+    }
     let picked = l
         .routes
         .find_indexed(req.host(), req.path(), req.method(), |n| req.header(n))

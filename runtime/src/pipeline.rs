@@ -1075,8 +1075,14 @@ fn peak_ewma_moves_traffic_off_a_slow_endpoint_where_least_loaded_does_not() {
 
 #[test]
 fn past_a_cluster_threshold_a_request_is_answered_503_overflow_at_once() {
-    for limits in ["{ max_requests = 1 }", "{ max_connections = 1 }"] {
-        let config = config("", "", &format!("limits = {limits}"));
+    let cases = [
+        ("", "limits = { max_requests = 1 }"),
+        ("", "limits = { max_connections = 1 }"),
+        // The listener's cap on requests in flight sheds the same way.
+        ("max_requests = 1", ""),
+    ];
+    for (listener, cluster) in cases {
+        let config = config(listener, "", cluster);
         pipeline(config, |k| async move {
             let up = k.upstream();
             // The first request holds the cluster's one place.
@@ -1134,4 +1140,39 @@ fn past_a_route_s_rate_limit_requests_get_429() {
             assert_eq!(o[4].side, Some(Side::Proxy));
         },
     );
+}
+
+#[test]
+fn past_max_retries_a_request_that_could_retry_is_answered_as_it_failed() {
+    // R1 and R2 refuse, H accepts and holds; round robin; one retry in
+    // flight at most.
+    let src = format!(
+        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\nretry = {{ attempts = 3 }}\n\n\
+         [[cluster]]\nname = \"up\"\nbalancer = \"round-robin\"\nendpoints = [\"10.0.0.2:80\", \"10.0.0.3:80\", \"{UP}\"]\n\
+         breaker = {{ consecutive_failures = 0 }}\nlimits = {{ max_retries = 1 }}\n"
+    );
+    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
+    pipeline(config, |k| async move {
+        let hold = k.upstream();
+        // The first request: R1 refuses, it retries (taking the one retry
+        // place), R2 refuses, and H holds it.
+        let mut a = k.client();
+        send(&mut a, GET).await;
+        let mut h = hold.accept().await;
+        let mut hb = Vec::new();
+        read_message(&mut h, &mut hb).await;
+        // The second goes to R2 first: refused, and no retry place is free.
+        let mut b = k.client();
+        send(&mut b, GET).await;
+        let mut bb = Vec::new();
+        let res = read_message(&mut b, &mut bb).await;
+        assert!(
+            res.starts_with("HTTP/1.1 503 ") && res.contains("connect-refused"),
+            "{res}"
+        );
+        assert_eq!(hold.waiting(), 0, "the second request did not go on to H");
+        send(&mut h, &ok("held")).await;
+        let mut ab = Vec::new();
+        assert!(read_message(&mut a, &mut ab).await.ends_with("held"));
+    });
 }

@@ -49,6 +49,9 @@ pub(crate) struct Worker {
     pub gates: Vec<Gate>,
     /// Deadlines of this worker's waits.
     pub timers: Timers,
+    /// Per listener: requests in flight on this worker, and its share of
+    /// the listener's `max_requests`.
+    pub listener_requests: Vec<(Cell<u32>, Option<u32>)>,
     /// Per listener and route: this worker's share of the route's rate
     /// limit, if it has one.
     rate_limits: Vec<Vec<Option<RefCell<TokenBucket>>>>,
@@ -193,6 +196,14 @@ impl Worker {
                 )),
             })
             .collect();
+        let listener_requests = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let share = l.max_requests.map(|m| m.div_ceil(workers.max(1)).max(1) as u32);
+                (Cell::new(0), share)
+            })
+            .collect();
         let rate_limits = config
             .listeners
             .iter()
@@ -217,6 +228,7 @@ impl Worker {
             timers: Timers::default(),
             hot_reads: Cell::new(0),
             rate_limits,
+            listener_requests,
             #[cfg(test)]
             net: None,
             #[cfg(test)]
@@ -295,6 +307,23 @@ impl Worker {
             let until = outlier.ejected_until().unwrap_or(now);
             let later = state.ejected_until.get().map_or(until, |u| u.max(until));
             state.ejected_until.set(Some(later));
+        }
+    }
+
+    /// The counter of requests in flight on listener `l`, when it has a
+    /// cap and room under it; `Err(())` when it is full; `Ok(None)` when it
+    /// has no cap.
+    pub fn listener_slot(&self, l: &weft_core::Listener) -> Result<Option<&Cell<u32>>, ()> {
+        if l.max_requests.is_none() {
+            return Ok(None);
+        }
+        let Some(li) = self.config.listeners.iter().position(|x| std::ptr::eq(x, l)) else {
+            return Ok(None);
+        };
+        let (count, cap) = &self.listener_requests[li];
+        match cap {
+            Some(cap) if count.get() >= *cap => Err(()),
+            _ => Ok(Some(count)),
         }
     }
 
