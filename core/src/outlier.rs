@@ -92,6 +92,12 @@ impl Outlier {
         }
     }
 
+    /// Failures in a row so far: a signal for balancers too, so that an
+    /// endpoint that fails fast (nothing in flight) is not preferred.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
     /// True when the endpoint is out of rotation at `now`.
     pub fn ejected(&self, now: Instant) -> bool {
         matches!(self.state, State::Ejected { until } if now < until)
@@ -135,10 +141,11 @@ impl Outlier {
     /// take one more endpoint out ([`may_eject`]). Returns true when this
     /// failure ejected it.
     pub fn failure(&mut self, now: Instant, s: &OutlierSettings, room: bool) -> bool {
+        self.failures = self.failures.saturating_add(1);
         if s.consecutive_failures == 0 {
+            // Ejection is off; the count still tells the balancers.
             return false;
         }
-        self.failures = self.failures.saturating_add(1);
         let due = match self.state {
             // Probation: one failure decides.
             State::Ejected { until } => now >= until,

@@ -1176,3 +1176,27 @@ fn past_max_retries_a_request_that_could_retry_is_answered_as_it_failed() {
         assert!(read_message(&mut a, &mut ab).await.ends_with("held"));
     });
 }
+
+#[test]
+fn least_loaded_does_not_prefer_an_endpoint_that_fails_fast() {
+    // UP answers, DOWN refuses; no retries, no ejection: only the
+    // balancer's own signal keeps requests off DOWN.
+    let src = format!(
+        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\nretry = {{ attempts = 1 }}\n\n\
+         [[cluster]]\nname = \"up\"\nendpoints = [\"{UP}\", \"10.0.0.2:80\"]\nbreaker = {{ consecutive_failures = 0 }}\n"
+    );
+    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
+    pipeline(config, |k| async move {
+        serve_up(&k);
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        let mut failed = 0;
+        for _ in 0..20 {
+            send(&mut c, GET).await;
+            if !read_message(&mut c, &mut cb).await.starts_with("HTTP/1.1 200 ") {
+                failed += 1;
+            }
+        }
+        assert!(failed <= 1, "{failed} of 20 went to the endpoint that refuses");
+    });
+}

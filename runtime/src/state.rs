@@ -396,11 +396,14 @@ impl Worker {
         let out = |i: usize| ejections.is_some_and(|now| state.endpoints[i].outlier.borrow().ejected(now));
         let i = match self.config.clusters[c].balancer {
             BalancerKind::LeastLoaded => {
+                // Failures in a row count as load: an endpoint that fails
+                // fast has nothing in flight, and would otherwise win.
                 let load = |i: usize| {
                     if out(i) {
                         u32::MAX
                     } else {
-                        state.endpoints[i].in_flight.get()
+                        let e = &state.endpoints[i];
+                        e.in_flight.get().saturating_add(e.outlier.borrow().failures())
                     }
                 };
                 let i = least_loaded(n, load, &mut self.rng.borrow_mut());
