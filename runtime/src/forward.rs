@@ -345,16 +345,23 @@ struct Upstream<'a> {
 /// endpoint of the cluster (the request never left, so any method may go
 /// again). Afterwards `to` and the outcome name the endpoint used; the
 /// endpoints that failed are in the outcome. True when it is not the first
-/// one picked.
+/// one picked. `fresh`: a new connection, never a pooled one (after a
+/// pooled one turned out stale).
 async fn open<'a>(
     x: &mut Ctx<'a>,
     to: &mut Upstream<'a>,
     retry: RetryPolicy,
+    fresh: bool,
 ) -> Result<(Conn, bool), Failed> {
     let mut tries = 1;
     loop {
         let (w, c) = (x.w, to.c);
-        let e = match Conn::open(&x.w.dialer(), to.ep, to.cluster, || w.may_connect(c)).await {
+        let opened = if fresh {
+            Box::pin(Conn::connect(&x.w.dialer(), to.ep, to.cluster)).await
+        } else {
+            Conn::open(&x.w.dialer(), to.ep, to.cluster, || w.may_connect(c)).await
+        };
+        let e = match opened {
             Ok(conn) => return Ok((conn, tries > 1)),
             Err(e) => e,
         };
@@ -398,7 +405,7 @@ async fn attempts<'a, S: Stream>(
     mut head: Bytes,
     first: Bytes,
 ) -> Result<(Conn, ResponseHead), Failed> {
-    let (mut up, moved) = open(x, to, retry).await?;
+    let (mut up, moved) = open(x, to, retry, false).await?;
     if moved && x.req.authority().is_none() {
         head = x.head_for(to);
     }
@@ -426,10 +433,14 @@ async fn attempts<'a, S: Stream>(
                     && f.error.may_retry(idempotent(x.req.method())) =>
             {
                 // A pooled connection the upstream had already closed: the
-                // request got no answer, and repeating it cannot do harm.
-                up = Conn::connect(&x.w.dialer(), to.ep, to.cluster)
-                    .await
-                    .map_err(Failed::connect)?;
+                // request got no answer, and repeating it cannot do harm. On
+                // a new connection, to another endpoint if this one now
+                // refuses (it may have gone away for good).
+                let (conn, moved) = open(x, to, retry, true).await?;
+                up = conn;
+                if moved && x.req.authority().is_none() {
+                    head = x.head_for(to);
+                }
                 continue;
             }
             Err(f) => match f.error.kind {
@@ -470,7 +481,7 @@ async fn attempts<'a, S: Stream>(
         if !wait.is_zero() {
             x.w.timers.after(wait).await;
         }
-        let (conn, moved) = open(x, to, retry).await?;
+        let (conn, moved) = open(x, to, retry, false).await?;
         up = conn;
         if moved && x.req.authority().is_none() {
             head = x.head_for(to);
@@ -807,7 +818,7 @@ async fn full_duplex<'a, S: Stream>(
     let timers = &w.timers;
     // Connect, tell a waiting client to go on, send what is here.
     let opened = within(timers.at(deadline), async {
-        let (mut up, moved) = open(x, &mut to, retry).await?;
+        let (mut up, moved) = open(x, &mut to, retry, false).await?;
         if moved && x.req.authority().is_none() {
             head = x.head_for(&to);
         }

@@ -284,6 +284,11 @@ impl Net {
         l
     }
 
+    /// Stops accepting at `addr`: connects are refused from now on.
+    pub fn close(&self, addr: SocketAddr) {
+        self.listeners.borrow_mut().remove(&addr);
+    }
+
     /// Makes connects to `addr` hang (a host that drops SYNs).
     pub fn blackhole(&self, addr: SocketAddr) {
         self.blackholes.borrow_mut().insert(addr);

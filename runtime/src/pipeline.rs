@@ -1200,3 +1200,38 @@ fn least_loaded_does_not_prefer_an_endpoint_that_fails_fast() {
         assert!(failed <= 1, "{failed} of 20 went to the endpoint that refuses");
     });
 }
+
+#[test]
+fn a_stale_pooled_connection_to_an_endpoint_that_went_away_fails_over() {
+    pipeline(retrying("{ attempts = 2 }"), |k| async move {
+        let (gone, other) = (k.upstream(), k.upstream_at(UP2));
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        // The first request goes to UP and leaves a pooled connection.
+        send(&mut c, GET).await;
+        let first = answer_one(&gone, "up").await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("up"));
+        // The second goes to UP2 (round robin).
+        send(&mut c, GET).await;
+        let second = answer_one(&other, "up2").await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("up2"));
+        // UP goes away for good: its pooled connection is stale, and a new
+        // one is refused. The third request, UP's turn, goes to UP2.
+        drop(first);
+        k.net.close(UP.parse().expect("address"));
+        send(&mut c, GET).await;
+        // (On a new connection: after a stale one, weft connects afresh.)
+        let _third = answer_one(&other, "up2 again").await;
+        drop(second);
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(
+            res.starts_with("HTTP/1.1 200 ") && res.ends_with("up2 again"),
+            "{res}"
+        );
+        let o = k.outcomes(3).await;
+        assert_eq!(
+            (o[2].failed_attempts.as_slice(), o[2].target),
+            (&[0][..], Some((0, 1)))
+        );
+    });
+}
