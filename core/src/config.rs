@@ -10,7 +10,7 @@ use crate::duration;
 use crate::outlier::{FailureKind, OutlierSettings};
 use crate::peak_ewma::PeakEwmaSettings;
 use crate::rate::RateLimit;
-use crate::route::{HostMatch, PathMatch, RetryPolicy, RetryStatus, Route, RouteMatch, RouteTable, Target};
+use crate::route::{HostMatch, PathMatch, RetryPolicy, Route, RouteMatch, RouteTable, Target};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -1030,8 +1030,10 @@ impl Config {
                             "connect-failure" => p.connect_failure = true,
                             "reset" => p.reset = true,
                             "timeout" => p.timeout = true,
-                            "5xx" => p.status = RetryStatus::Any5xx,
-                            "gateway-error" if p.status != RetryStatus::Any5xx => p.status = RetryStatus::Gateway,
+                            "5xx" => p.status = Some(FailureKind::Any5xx),
+                            "gateway-error" if p.status != Some(FailureKind::Any5xx) => {
+                                p.status = Some(FailureKind::Gateway)
+                            }
                             "gateway-error" => {}
                             other => {
                                 return Err(err(

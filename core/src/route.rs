@@ -1,5 +1,6 @@
 //! The route table: ordered routes, first match wins.
 
+use crate::outlier::FailureKind;
 use std::time::Duration;
 
 /// How a route matches the request host (compared without port, ignoring case).
@@ -181,8 +182,9 @@ pub struct RetryPolicy {
     /// (idempotent methods only).
     pub timeout: bool,
     /// `5xx` or `gateway-error`: statuses that go again (idempotent methods
-    /// only); the answer is dropped unseen.
-    pub status: RetryStatus,
+    /// only; the classes outlier ejection counts as failures); the answer
+    /// is dropped unseen.
+    pub status: Option<FailureKind>,
     /// Bound of one attempt, below the route's `timeout` (which bounds all
     /// attempts together); none by default.
     pub per_try_timeout: Option<Duration>,
@@ -193,25 +195,10 @@ pub struct RetryPolicy {
     pub backoff_max: Duration,
 }
 
-/// Which response statuses a route retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryStatus {
-    /// None.
-    Never,
-    /// Any 5xx.
-    Any5xx,
-    /// 502, 503 and 504.
-    Gateway,
-}
-
 impl RetryPolicy {
     /// True when a response with `status` goes again.
     pub fn retries_status(&self, status: u16) -> bool {
-        match self.status {
-            RetryStatus::Never => false,
-            RetryStatus::Any5xx => status >= 500,
-            RetryStatus::Gateway => matches!(status, 502..=504),
-        }
+        self.status.is_some_and(|kind| kind.status_fails(status))
     }
 
     /// The most to wait before retry number `n` (1 for the first): the
@@ -234,7 +221,7 @@ impl Default for RetryPolicy {
             connect_failure: true,
             reset: false,
             timeout: false,
-            status: RetryStatus::Never,
+            status: None,
             per_try_timeout: None,
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),

@@ -184,6 +184,39 @@ impl<'a> Ctx<'a> {
         true
     }
 
+    /// Re-encodes `head` for `to` when the endpoint changed since it was
+    /// encoded (`at`: that endpoint's index) and the request names no host:
+    /// then its Host is the endpoint's authority.
+    fn rehead(&self, to: &Upstream<'_>, head: &mut Bytes, at: &mut usize) {
+        if *at != to.i && self.req.authority().is_none() {
+            *head = self.head_for(to);
+        }
+        *at = to.i;
+    }
+
+    /// Counts the attempt on `to` as failed and, within the cluster's retry
+    /// budget, points `to` at another usable endpoint (or, unless `other`
+    /// is required, leaves it where it is when there is none). False, and
+    /// nothing changed, when there is no retry to make.
+    fn next_endpoint(&mut self, to: &mut Upstream<'a>, other: bool) -> bool {
+        let failed = &self.t.o.failed_attempts;
+        let current = to.i;
+        let next = self.w.pick_other(to.c, |j| j == current || failed.contains(&j));
+        if other && next.is_none() {
+            return false;
+        }
+        // Retries may add only so much to the cluster's traffic.
+        if !self.w.clusters[to.c].budget.borrow_mut().withdraw(Instant::now()) {
+            return false;
+        }
+        self.t.o.failed_attempts.push(current);
+        if let Some((i, ep)) = next {
+            *to = Upstream { i, ep, ..*to };
+            self.aim(to);
+        }
+        true
+    }
+
     /// The request's head as it goes to `to` (an HTTP/1.0 request without
     /// Host gets the endpoint's authority).
     fn head_for(&self, to: &Upstream<'_>) -> Bytes {
@@ -344,15 +377,14 @@ struct Upstream<'a> {
 /// or, when connecting fails and the route allows it, to another usable
 /// endpoint of the cluster (the request never left, so any method may go
 /// again). Afterwards `to` and the outcome name the endpoint used; the
-/// endpoints that failed are in the outcome. True when it is not the first
-/// one picked. `fresh`: a new connection, never a pooled one (after a
-/// pooled one turned out stale).
+/// endpoints that failed are in the outcome. `fresh`: a new connection,
+/// never a pooled one (after a pooled one turned out stale).
 async fn open<'a>(
     x: &mut Ctx<'a>,
     to: &mut Upstream<'a>,
     retry: RetryPolicy,
     fresh: bool,
-) -> Result<(Conn, bool), Failed> {
+) -> Result<Conn, Failed> {
     let mut tries = 1;
     loop {
         let (w, c) = (x.w, to.c);
@@ -362,7 +394,7 @@ async fn open<'a>(
             Conn::open(&x.w.dialer(), to.ep, to.cluster, || w.may_connect(c)).await
         };
         let e = match opened {
-            Ok(conn) => return Ok((conn, tries > 1)),
+            Ok(conn) => return Ok(conn),
             Err(e) => e,
         };
         // A failed connect is an attempt (a successful one is counted when
@@ -372,21 +404,14 @@ async fn open<'a>(
             e.kind,
             ErrorKind::ConnectRefused | ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
         );
-        if !(connect_failure && retry.connect_failure && tries < retry.attempts && x.may_retry()) {
+        let again = connect_failure
+            && retry.connect_failure
+            && tries < retry.attempts
+            && x.may_retry()
+            && x.next_endpoint(to, true);
+        if !again {
             return Err(Failed::connect(e));
         }
-        let failed = &x.t.o.failed_attempts;
-        let current = to.i;
-        let Some((i, ep)) = x.w.pick_other(to.c, |j| j == current || failed.contains(&j)) else {
-            return Err(Failed::connect(e));
-        };
-        // Retries may add only so much to the cluster's traffic.
-        if !x.w.clusters[to.c].budget.borrow_mut().withdraw(Instant::now()) {
-            return Err(Failed::connect(e));
-        }
-        x.t.o.failed_attempts.push(current);
-        *to = Upstream { i, ep, ..*to };
-        x.aim(to);
         tries += 1;
     }
 }
@@ -405,13 +430,13 @@ async fn attempts<'a, S: Stream>(
     mut head: Bytes,
     first: Bytes,
 ) -> Result<(Conn, ResponseHead), Failed> {
-    let (mut up, moved) = open(x, to, retry, false).await?;
-    if moved && x.req.authority().is_none() {
-        head = x.head_for(to);
-    }
+    // The endpoint `head` was encoded for.
+    let mut head_at = to.i;
+    let mut up = open(x, to, retry, false).await?;
     let w: &Worker = x.w;
     let mut retries = 0;
     loop {
+        x.rehead(to, &mut head, &mut head_at);
         x.t.o.attempts += 1;
         let exchange = async {
             match write_two(&mut up.io, head.clone(), first.clone()).await {
@@ -436,11 +461,7 @@ async fn attempts<'a, S: Stream>(
                 // request got no answer, and repeating it cannot do harm. On
                 // a new connection, to another endpoint if this one now
                 // refuses (it may have gone away for good).
-                let (conn, moved) = open(x, to, retry, true).await?;
-                up = conn;
-                if moved && x.req.authority().is_none() {
-                    head = x.head_for(to);
-                }
+                up = open(x, to, retry, true).await?;
                 continue;
             }
             Err(f) => match f.error.kind {
@@ -449,43 +470,26 @@ async fn attempts<'a, S: Stream>(
                 _ => false,
             },
         };
-        if !again || !idempotent(x.req.method()) || x.t.o.attempts >= retry.attempts || !x.may_retry() {
-            return answer.map(|res| {
-                x.t.o.upstream_at = Some(Instant::now());
-                (up, res)
-            });
-        }
         // Another endpoint where one is usable, else the same one.
-        let failed = &x.t.o.failed_attempts;
-        let current = to.i;
-        let other = x.w.pick_other(to.c, |j| j == current || failed.contains(&j));
-        // Retries may add only so much to the cluster's traffic.
-        if !x.w.clusters[to.c].budget.borrow_mut().withdraw(Instant::now()) {
+        let again = again
+            && idempotent(x.req.method())
+            && x.t.o.attempts < retry.attempts
+            && x.may_retry()
+            && x.next_endpoint(to, false);
+        if !again {
             return answer.map(|res| {
                 x.t.o.upstream_at = Some(Instant::now());
                 (up, res)
             });
         }
         // This attempt's connection is dropped (its answer unread).
-        x.t.o.failed_attempts.push(current);
-        if let Some((i, ep)) = other {
-            *to = Upstream { i, ep, ..*to };
-            x.aim(to);
-            if x.req.authority().is_none() {
-                head = x.head_for(to);
-            }
-        }
         retries += 1;
         let cap = retry.backoff_cap(retries);
         let wait = x.w.jitter(cap);
         if !wait.is_zero() {
             x.w.timers.after(wait).await;
         }
-        let (conn, moved) = open(x, to, retry, false).await?;
-        up = conn;
-        if moved && x.req.authority().is_none() {
-            head = x.head_for(to);
-        }
+        up = open(x, to, retry, false).await?;
     }
 }
 
@@ -818,10 +822,9 @@ async fn full_duplex<'a, S: Stream>(
     let timers = &w.timers;
     // Connect, tell a waiting client to go on, send what is here.
     let opened = within(timers.at(deadline), async {
-        let (mut up, moved) = open(x, &mut to, retry, false).await?;
-        if moved && x.req.authority().is_none() {
-            head = x.head_for(&to);
-        }
+        let mut head_at = to.i;
+        let mut up = open(x, &mut to, retry, false).await?;
+        x.rehead(&to, &mut head, &mut head_at);
         const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
         if send_continue {
             if write_one(&mut client, Bytes::from_static(CONTINUE))

@@ -29,10 +29,20 @@ const TEST_BOUND: Duration = Duration::from_secs(10);
 /// A configuration with one listener, one route and one cluster (`UP`);
 /// the extra lines go into each section.
 fn config(listener: &str, route: &str, cluster: &str) -> Config {
+    configured(listener, route, cluster, &[UP])
+}
+
+/// As [`config`], with the cluster's `endpoints`.
+fn configured(listener: &str, route: &str, cluster: &str, endpoints: &[&str]) -> Config {
+    let endpoints = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let src = format!(
         "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{listener}\n\n\
          [[route]]\ncluster = \"up\"\n{route}\n\n\
-         [[cluster]]\nname = \"up\"\nendpoints = [\"{UP}\"]\n{cluster}\n"
+         [[cluster]]\nname = \"up\"\nendpoints = [{endpoints}]\n{cluster}\n"
     );
     Config::parse(&src, &literal_only).expect("the test configuration is valid")
 }
@@ -724,28 +734,15 @@ fn an_endpoint_that_keeps_failing_is_ejected_and_traffic_goes_to_the_others() {
     // Two endpoints, round robin: UP answers, DOWN refuses every connection.
     // No retries, so that each failure reaches the client.
     const DOWN: &str = "10.0.0.2:80";
-    let src = format!(
-        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\nretry = {{ attempts = 1 }}\n\n\
-         [[cluster]]\nname = \"up\"\nbalancer = \"round-robin\"\nendpoints = [\"{UP}\", \"{DOWN}\"]\n\
-         breaker = {{ consecutive_failures = 2, base_ejection = \"1h\", max_ejection = \"1h\", max_ejection_percent = 50 }}\n"
+    let config = configured(
+        "",
+        "retry = { attempts = 1 }",
+        "balancer = \"round-robin\"\n\
+         breaker = { consecutive_failures = 2, base_ejection = \"1h\", max_ejection = \"1h\", max_ejection_percent = 50 }",
+        &[UP, DOWN],
     );
-    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
     pipeline(config, |k| async move {
-        let up = k.upstream();
-        // Serves the pooled connection until the test ends.
-        let _serving = monoio::spawn(async move {
-            let mut u = up.accept().await;
-            let mut ub = Vec::new();
-            loop {
-                if find(&ub, b"\r\n\r\n").is_none() && read_some(&mut u, &mut ub).await == 0 {
-                    return;
-                }
-                if find(&ub, b"\r\n\r\n").is_some() {
-                    read_message(&mut u, &mut ub).await;
-                    send(&mut u, &ok("up")).await;
-                }
-            }
-        });
+        serve_up(&k);
         let mut c = k.client();
         let mut cb = Vec::new();
         let mut statuses = Vec::new();
@@ -769,34 +766,13 @@ fn an_endpoint_that_keeps_failing_is_ejected_and_traffic_goes_to_the_others() {
 
 /// Two endpoints, round robin, ejection off: UP answers, DOWN refuses.
 fn two_endpoints(route: &str) -> Config {
-    let src = format!(
-        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n{route}\n\n\
-         [[cluster]]\nname = \"up\"\nbalancer = \"round-robin\"\nendpoints = [\"{UP}\", \"10.0.0.2:80\"]\n\
-         breaker = {{ consecutive_failures = 0 }}\n"
-    );
-    Config::parse(&src, &literal_only).expect("the test configuration is valid")
+    let cluster = "balancer = \"round-robin\"\nbreaker = { consecutive_failures = 0 }";
+    configured("", route, cluster, &[UP, "10.0.0.2:80"])
 }
 
 /// Serves every request on every connection to UP with 200 `up`.
 fn serve_up(k: &Kit) {
-    let up = k.upstream();
-    monoio::spawn(async move {
-        loop {
-            let mut u = up.accept().await;
-            monoio::spawn(async move {
-                let mut ub = Vec::new();
-                loop {
-                    while find(&ub, b"\r\n\r\n").is_none() {
-                        if read_some(&mut u, &mut ub).await == 0 {
-                            return;
-                        }
-                    }
-                    read_message(&mut u, &mut ub).await;
-                    send(&mut u, &ok("up")).await;
-                }
-            });
-        }
-    });
+    serve_at(k, UP, "up", Duration::ZERO);
 }
 
 #[test]
@@ -846,11 +822,12 @@ fn without_retries_a_refused_connection_is_answered_503() {
 #[test]
 fn during_a_total_outage_retries_stay_within_the_budget() {
     // Both endpoints refuse; 20 % of the requests may be retried, no floor.
-    let src = "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n\n\
-         [[cluster]]\nname = \"up\"\nendpoints = [\"10.0.0.2:80\", \"10.0.0.3:80\"]\n\
-         breaker = { consecutive_failures = 0 }\n\
-         retry_budget = { ratio = 0.2, min_per_second = 0 }\n";
-    let config = Config::parse(src, &literal_only).expect("the test configuration is valid");
+    let config = configured(
+        "",
+        "",
+        "breaker = { consecutive_failures = 0 }\nretry_budget = { ratio = 0.2, min_per_second = 0 }",
+        &["10.0.0.2:80", "10.0.0.3:80"],
+    );
     pipeline(config, |k| async move {
         let mut c = k.client();
         let mut cb = Vec::new();
@@ -875,12 +852,8 @@ fn during_a_total_outage_retries_stay_within_the_budget() {
 /// Two endpoints, UP then UP2, round robin (the first request goes to UP),
 /// ejection off, with `retry` on the route.
 fn retrying(retry: &str) -> Config {
-    let src = format!(
-        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\nretry = {retry}\n\n\
-         [[cluster]]\nname = \"up\"\nbalancer = \"round-robin\"\nendpoints = [\"{UP}\", \"{UP2}\"]\n\
-         breaker = {{ consecutive_failures = 0 }}\n"
-    );
-    Config::parse(&src, &literal_only).expect("the test configuration is valid")
+    let cluster = "balancer = \"round-robin\"\nbreaker = { consecutive_failures = 0 }";
+    configured("", &format!("retry = {retry}"), cluster, &[UP, UP2])
 }
 
 const UP2: &str = "10.0.0.5:80";
@@ -1041,11 +1014,7 @@ fn serve_at(k: &Kit, addr: &str, name: &'static str, delay: Duration) {
 /// How many of 30 sequential requests the slow endpoint answers under
 /// `balancer`.
 fn slow_share(balancer: &str) -> usize {
-    let src = format!(
-        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n\n\
-         [[cluster]]\nname = \"up\"\nbalancer = \"{balancer}\"\nendpoints = [\"{UP}\", \"{UP2}\"]\n"
-    );
-    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
+    let config = configured("", "", &format!("balancer = \"{balancer}\""), &[UP, UP2]);
     let slow = std::rc::Rc::new(std::cell::Cell::new(0));
     let counted = slow.clone();
     pipeline(config, |k| async move {
@@ -1146,12 +1115,12 @@ fn past_a_route_s_rate_limit_requests_get_429() {
 fn past_max_retries_a_request_that_could_retry_is_answered_as_it_failed() {
     // R1 and R2 refuse, H accepts and holds; round robin; one retry in
     // flight at most.
-    let src = format!(
-        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\nretry = {{ attempts = 3 }}\n\n\
-         [[cluster]]\nname = \"up\"\nbalancer = \"round-robin\"\nendpoints = [\"10.0.0.2:80\", \"10.0.0.3:80\", \"{UP}\"]\n\
-         breaker = {{ consecutive_failures = 0 }}\nlimits = {{ max_retries = 1 }}\n"
+    let config = configured(
+        "",
+        "retry = { attempts = 3 }",
+        "balancer = \"round-robin\"\nbreaker = { consecutive_failures = 0 }\nlimits = { max_retries = 1 }",
+        &["10.0.0.2:80", "10.0.0.3:80", UP],
     );
-    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
     pipeline(config, |k| async move {
         let hold = k.upstream();
         // The first request: R1 refuses, it retries (taking the one retry
@@ -1181,11 +1150,12 @@ fn past_max_retries_a_request_that_could_retry_is_answered_as_it_failed() {
 fn least_loaded_does_not_prefer_an_endpoint_that_fails_fast() {
     // UP answers, DOWN refuses; no retries, no ejection: only the
     // balancer's own signal keeps requests off DOWN.
-    let src = format!(
-        "[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\nretry = {{ attempts = 1 }}\n\n\
-         [[cluster]]\nname = \"up\"\nendpoints = [\"{UP}\", \"10.0.0.2:80\"]\nbreaker = {{ consecutive_failures = 0 }}\n"
+    let config = configured(
+        "",
+        "retry = { attempts = 1 }",
+        "breaker = { consecutive_failures = 0 }",
+        &[UP, "10.0.0.2:80"],
     );
-    let config = Config::parse(&src, &literal_only).expect("the test configuration is valid");
     pipeline(config, |k| async move {
         serve_up(&k);
         let mut c = k.client();

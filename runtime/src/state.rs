@@ -310,6 +310,11 @@ impl Worker {
         }
     }
 
+    /// The index of listener `l` (one of this worker's configuration's).
+    fn listener_index(&self, l: &weft_core::Listener) -> Option<usize> {
+        self.config.listeners.iter().position(|x| std::ptr::eq(x, l))
+    }
+
     /// The counter of requests in flight on listener `l`, when it has a
     /// cap and room under it; `Err(())` when it is full; `Ok(None)` when it
     /// has no cap.
@@ -317,7 +322,7 @@ impl Worker {
         if l.max_requests.is_none() {
             return Ok(None);
         }
-        let Some(li) = self.config.listeners.iter().position(|x| std::ptr::eq(x, l)) else {
+        let Some(li) = self.listener_index(l) else {
             return Ok(None);
         };
         let (count, cap) = &self.listener_requests[li];
@@ -330,7 +335,7 @@ impl Worker {
     /// Takes a token from the rate limit of route `ri` of listener `l`, if
     /// it has one; false when the limit is spent.
     pub fn admit(&self, l: &weft_core::Listener, ri: usize, now: Instant) -> bool {
-        let Some(li) = self.config.listeners.iter().position(|x| std::ptr::eq(x, l)) else {
+        let Some(li) = self.listener_index(l) else {
             return true;
         };
         match self.rate_limits.get(li).and_then(|r| r.get(ri)) {
