@@ -7,6 +7,7 @@
 
 use crate::budget::BudgetSettings;
 use crate::duration;
+use crate::health::HealthSettings;
 use crate::outlier::{FailureKind, OutlierSettings};
 use crate::peak_ewma::PeakEwmaSettings;
 use crate::rate::RateLimit;
@@ -193,6 +194,24 @@ pub struct Cluster {
     /// (`retry_budget = { ... }`), for the whole process: each worker gets
     /// its share of `min_per_second`.
     pub retry_budget: BudgetSettings,
+    /// Active health check (`health_check = { ... }`); none by default.
+    pub health_check: Option<HealthSettings>,
+    /// What a request does when every endpoint is ejected or unhealthy
+    /// (`no_healthy`).
+    pub no_healthy: NoHealthy,
+}
+
+/// `no_healthy`: what a request does when every endpoint of its cluster is
+/// ejected or failing its health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoHealthy {
+    /// Go to one of them anyway (Envoy's panic mode): health checks and
+    /// ejection can be wrong, and an answer may still come.
+    #[default]
+    FailOpen,
+    /// Answer 503 `no-endpoint` at once.
+    FailFast,
 }
 
 /// A validated configuration: what every worker runs.
@@ -576,6 +595,41 @@ struct RawCluster {
     #[serde(default)]
     peak_ewma: RawPeakEwma,
     limits: Option<RawLimits>,
+    health_check: Option<Spanned<RawHealth>>,
+    #[serde(default)]
+    no_healthy: NoHealthy,
+}
+
+/// `health_check = { ... }`: Envoy's usual thresholds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default = "default_health_path")]
+    path: Spanned<String>,
+    #[serde(default = "default_health_interval")]
+    interval: Spanned<Dur>,
+    #[serde(default = "default_health_timeout")]
+    timeout: Spanned<Dur>,
+    #[serde(default = "default_health_healthy")]
+    healthy: Spanned<usize>,
+    #[serde(default = "default_health_unhealthy")]
+    unhealthy: Spanned<usize>,
+}
+
+fn default_health_path() -> Spanned<String> {
+    dflt(HealthSettings::default().path)
+}
+fn default_health_interval() -> Spanned<Dur> {
+    dflt(Dur(HealthSettings::default().interval))
+}
+fn default_health_timeout() -> Spanned<Dur> {
+    dflt(Dur(HealthSettings::default().timeout))
+}
+fn default_health_healthy() -> Spanned<usize> {
+    dflt(HealthSettings::default().healthy as usize)
+}
+fn default_health_unhealthy() -> Spanned<usize> {
+    dflt(HealthSettings::default().unhealthy as usize)
 }
 
 /// Resolves `host:port` to addresses; passed in by the runtime (DNS is IO).
@@ -796,6 +850,38 @@ impl Config {
                     "is shorter than base_ejection: make it at least as long",
                 ));
             }
+            let health_check = match &c.health_check {
+                None => None,
+                Some(h) => {
+                    let h = h.get_ref();
+                    let path = h.path.get_ref();
+                    let fine = path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic());
+                    if !fine {
+                        return Err(err(
+                            lines.at(h.path.span().start),
+                            field("health_check.path"),
+                            format!("`{path}` is not a request path: start it with `/`, with no spaces or control characters"),
+                        ));
+                    }
+                    let interval = positive(&h.interval, &lines, field("health_check.interval"))?;
+                    let timeout = positive(&h.timeout, &lines, field("health_check.timeout"))?;
+                    if timeout > interval {
+                        return Err(err(
+                            lines.at(h.timeout.span().start),
+                            field("health_check.timeout"),
+                            "is longer than the interval: make it at most as long",
+                        ));
+                    }
+                    Some(HealthSettings {
+                        path: path.clone(),
+                        interval,
+                        timeout,
+                        healthy: within(&h.healthy, 1..=100, &lines, field("health_check.healthy"))? as u32,
+                        unhealthy: within(&h.unhealthy, 1..=100, &lines, field("health_check.unhealthy"))?
+                            as u32,
+                    })
+                }
+            };
             let _ = line;
             clusters.push(Cluster {
                 name,
@@ -813,6 +899,8 @@ impl Config {
                 retry_budget,
                 peak_ewma,
                 limits,
+                health_check,
+                no_healthy: c.no_healthy,
             });
         }
 
@@ -1336,6 +1424,41 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         );
         let e = error_of(&format!("{base}retry_budget = {{ window = \"0s\" }}\n"));
         assert_eq!(e.field, "cluster[0].retry_budget.window", "{e}");
+    }
+
+    #[test]
+    fn health_check_defaults_and_mistakes() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        let c = parse(base).expect("valid");
+        assert_eq!(c.clusters[0].health_check, None, "off unless asked for");
+        assert_eq!(c.clusters[0].no_healthy, NoHealthy::FailOpen);
+        let c = parse(&format!(
+            "{base}health_check = {{}}\nno_healthy = \"fail-fast\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.clusters[0].health_check, Some(HealthSettings::default()));
+        assert_eq!(c.clusters[0].no_healthy, NoHealthy::FailFast);
+        let c = parse(&format!(
+            "{base}health_check = {{ path = \"/ready\", interval = \"2s\", timeout = \"500ms\", healthy = 1, unhealthy = 2 }}\n"
+        ))
+        .expect("valid");
+        let h = c.clusters[0].health_check.clone().expect("set");
+        assert_eq!(
+            (h.path.as_str(), h.interval, h.timeout, h.healthy, h.unhealthy),
+            ("/ready", Duration::from_secs(2), Duration::from_millis(500), 1, 2)
+        );
+        let e = error_of(&format!("{base}health_check = {{ path = \"ready now\" }}\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(9), "cluster[0].health_check.path"),
+            "{e}"
+        );
+        let e = error_of(&format!("{base}health_check = {{ timeout = \"10s\" }}\n"));
+        assert_eq!(e.field, "cluster[0].health_check.timeout", "{e}");
+        let e = error_of(&format!("{base}health_check = {{ unhealthy = 0 }}\n"));
+        assert_eq!(e.field, "cluster[0].health_check.unhealthy", "{e}");
+        let e = error_of(&format!("{base}health_check = {{ every = \"1s\" }}\n"));
+        assert!(e.message.contains("unknown field `every`"), "{e}");
     }
 
     #[test]

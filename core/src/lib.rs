@@ -1,7 +1,7 @@
 //! weft-core: the decisions of the proxy, with no IO.
 //!
 //! The configuration model and its validation, the route table, the load
-//! balancers, outlier ejection, the retry budget and the request-path error type. Nothing here opens a socket or
+//! balancers, outlier ejection, health-check standing, the retry budget and the request-path error type. Nothing here opens a socket or
 //! reads the clock: time and randomness come in as arguments, so every
 //! behaviour is testable deterministically.
 
@@ -12,6 +12,7 @@ pub mod budget;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod health;
 pub mod outcome;
 pub mod outlier;
 pub mod peak_ewma;
@@ -21,10 +22,11 @@ pub mod route;
 pub use balance::{least_loaded, Rng, RoundRobin};
 pub use budget::{BudgetSettings, RetryBudget};
 pub use config::{
-    BalancerKind, Cluster, ClusterLimits, Config, ConfigError, Driver, Listener, ListenerKind, RingSetup,
-    RuntimeSettings,
+    BalancerKind, Cluster, ClusterLimits, Config, ConfigError, Driver, Listener, ListenerKind, NoHealthy,
+    RingSetup, RuntimeSettings,
 };
 pub use error::{ErrorKind, ProxyError, RetryClass, Side};
+pub use health::{Health, HealthSettings};
 pub use outcome::Outcome;
 pub use outlier::{FailureKind, Outlier, OutlierSettings};
 pub use peak_ewma::{PeakEwmaSettings, RttEstimate};

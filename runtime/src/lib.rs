@@ -10,6 +10,7 @@ mod counters;
 pub mod demo;
 mod downstream;
 mod forward;
+mod health;
 mod io;
 pub mod load;
 pub mod log;

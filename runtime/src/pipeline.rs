@@ -56,7 +56,9 @@ struct Kit {
 impl Kit {
     fn new(config: Config) -> Kit {
         let net = Rc::new(Net::default());
-        let mut w = Worker::new(Arc::new(config), 7, Arc::new(WorkerCounters::default()), 1);
+        let config = Arc::new(config);
+        let health = Arc::new(crate::health::HealthTable::new(&config));
+        let mut w = Worker::new(config, health, 7, Arc::new(WorkerCounters::default()), 1);
         w.net = Some(net.clone());
         let w = Rc::new(w);
         let sweeper = w.clone();

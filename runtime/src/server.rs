@@ -1,6 +1,7 @@
 //! Starting and stopping the workers.
 
 pub use crate::counters::WorkerCounters;
+use crate::health::{self, HealthTable};
 use crate::log::log;
 use crate::shutdown::Shutdown;
 use crate::state::Worker;
@@ -242,6 +243,7 @@ impl Server {
             sockets.push(socks);
         }
         let shutdown = Shutdown::new();
+        let health = Arc::new(HealthTable::new(&config));
         let mut workers = Vec::new();
         let mut counters = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -256,6 +258,7 @@ impl Server {
         for i in (0..count).rev() {
             let mine: Vec<_> = sockets.iter_mut().map(|s| s.remove(i)).collect();
             let config = config.clone();
+            let health = health.clone();
             let stop = shutdown.clone();
             let pin = config.runtime.pin_cores.then_some(i % cores);
             let mine_counters = Arc::new(WorkerCounters::default());
@@ -272,7 +275,7 @@ impl Server {
                         pin_to_core(core);
                     }
                     let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9) ^ std::process::id() as u64;
-                    let worker = Rc::new(Worker::new(config.clone(), seed, mine_counters, count));
+                    let worker = Rc::new(Worker::new(config.clone(), health, seed, mine_counters, count));
                     match driver {
                         DriverInUse::IoUring => match uring_runtime(config.runtime.ring_setup) {
                             Ok((mut rt, tuned)) => {
@@ -309,6 +312,12 @@ impl Server {
                     return abort(workers, &shutdown, StartError::WorkerSetup { worker: 0, error });
                 }
             }
+        }
+        // Probes start once the workers run (and stop with them).
+        match health::start(&config, &health, shutdown.clone()) {
+            Ok(Some(prober)) => workers.push(prober),
+            Ok(None) => {}
+            Err(e) => return abort(workers, &shutdown, StartError::Worker(e)),
         }
         let io = match driver {
             DriverInUse::Epoll => IoSetup::Epoll,

@@ -5,6 +5,7 @@
 //! `worker`).
 
 use crate::counters::WorkerCounters;
+use crate::health::HealthTable;
 use crate::timer::Timers;
 use crate::upstream::{Dialer, Endpoint};
 use std::cell::{Cell, RefCell};
@@ -15,8 +16,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use weft_core::balance::pick_weighted;
 use weft_core::{
-    least_loaded, BalancerKind, BudgetSettings, ClusterLimits, Config, Outcome, RetryBudget, Rng, RoundRobin,
-    Target, TokenBucket,
+    least_loaded, BalancerKind, BudgetSettings, ClusterLimits, Config, NoHealthy, Outcome, RetryBudget, Rng,
+    RoundRobin, Target, TokenBucket,
 };
 
 /// A cluster as this worker sees it.
@@ -40,6 +41,9 @@ pub(crate) struct ClusterState {
 pub(crate) struct Worker {
     pub config: Arc<Config>,
     pub clusters: Vec<ClusterState>,
+    /// Every endpoint's standing with the health prober (shared by all
+    /// workers, written by the prober).
+    pub health: Arc<HealthTable>,
     rng: RefCell<Rng>,
     /// Set when shutdown began: answer in flight, then close.
     pub draining: Cell<bool>,
@@ -165,7 +169,13 @@ impl Drop for Admitted<'_> {
 impl Worker {
     /// `workers`: how many workers share the listeners (their connection
     /// limits are split evenly).
-    pub fn new(config: Arc<Config>, seed: u64, counters: Arc<WorkerCounters>, workers: usize) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        health: Arc<HealthTable>,
+        seed: u64,
+        counters: Arc<WorkerCounters>,
+        workers: usize,
+    ) -> Self {
         let gates = config
             .listeners
             .iter()
@@ -221,6 +231,7 @@ impl Worker {
         Worker {
             config,
             clusters,
+            health,
             rng: RefCell::new(Rng::new(seed)),
             draining: Cell::new(false),
             counters,
@@ -367,21 +378,26 @@ impl Worker {
     }
 
     /// Another endpoint of cluster `c` for a retry: not one that `tried`
-    /// names, not ejected, and the least loaded of those.
+    /// names, not ejected, passing its health check, and the least loaded
+    /// of those.
     pub fn pick_other(&self, c: usize, tried: impl Fn(usize) -> bool) -> Option<(usize, &Endpoint)> {
         let now = Instant::now();
+        let down = self.health.any_down(c);
         self.clusters[c]
             .endpoints
             .iter()
             .enumerate()
-            .filter(|(i, e)| !tried(*i) && !e.outlier.borrow().ejected(now))
+            .filter(|(i, e)| {
+                !tried(*i) && !e.outlier.borrow().ejected(now) && (!down || self.health.healthy(c, *i))
+            })
             .min_by_key(|(_, e)| e.in_flight.get())
     }
 
     /// The endpoint of cluster `c` the next request goes to (its index and
-    /// itself), if it has any. Ejected endpoints are skipped while another
-    /// is usable; when every one is ejected, the pick ignores ejection
-    /// (fail open, as Envoy does past its panic threshold).
+    /// itself), if it has any. Ejected endpoints and those failing their
+    /// health check are skipped while another is usable; when none is,
+    /// the pick ignores both (fail open, as Envoy does past its panic
+    /// threshold), or finds none (`no_healthy = "fail-fast"`).
     pub fn pick_endpoint(&self, c: usize) -> Option<(usize, &Endpoint)> {
         let state = &self.clusters[c];
         let n = state.endpoints.len();
@@ -398,7 +414,11 @@ impl Worker {
                 None
             }
         });
-        let out = |i: usize| ejections.is_some_and(|now| state.endpoints[i].outlier.borrow().ejected(now));
+        let down = self.health.any_down(c);
+        let out = |i: usize| {
+            ejections.is_some_and(|now| state.endpoints[i].outlier.borrow().ejected(now))
+                || (down && !self.health.healthy(c, i))
+        };
         let i = match self.config.clusters[c].balancer {
             BalancerKind::LeastLoaded => {
                 // Failures in a row count as load: an endpoint that fails
@@ -458,6 +478,10 @@ impl Worker {
                 }
             }
         };
+        if out(i) && self.config.clusters[c].no_healthy == NoHealthy::FailFast {
+            // Every endpoint is out.
+            return None;
+        }
         state.endpoints.get(i).map(|e| (i, e))
     }
 }

@@ -485,6 +485,11 @@ impl Upstream {
         lock(&self.received).len()
     }
 
+    /// Requests received so far for which `f` holds.
+    pub fn count_where(&self, f: impl Fn(&Received) -> bool) -> usize {
+        lock(&self.received).iter().filter(|r| f(r)).count()
+    }
+
     /// The `i`-th request received.
     pub fn request(&self, i: usize) -> Received {
         lock(&self.received)[i].clone()

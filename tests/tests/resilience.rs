@@ -2,6 +2,9 @@
 //! out of rotation, and the traffic goes to the ones that answer.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use weft_tests::*;
 
 /// An upstream that accepts, reads the request and never answers.
@@ -135,7 +138,135 @@ fn retries_hide_a_hanging_and_a_failing_endpoint() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// An upstream named `name` whose `/health` answers 200 while `healthy`
+/// holds and 503 otherwise; every other request gets 200 `hello from NAME`.
+fn health_switched(name: &str, healthy: Arc<AtomicBool>) -> Upstream {
+    let name = name.to_string();
+    Upstream::scripted(move |mut s, _, received| {
+        let mut buf = bytes::BytesMut::new();
+        while let Some((head, _, _)) = read_request(&mut s, &mut buf) {
+            received.lock().unwrap().push(Received::head(&head));
+            let (status, body) = if head.path() == "/health" {
+                let up = healthy.load(Ordering::SeqCst);
+                (if up { 200 } else { 503 }, String::new())
+            } else {
+                (200, format!("hello from {name}"))
+            };
+            let out = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(out.as_bytes()).is_err() || !head.keep_alive {
+                return;
+            }
+        }
+    })
+}
+
+fn is_probe(r: &Received) -> bool {
+    r.head.starts_with("GET /health ")
+}
+
+/// The names of the upstreams that answer `n` GETs.
+fn answered_by(c: &mut Client, n: usize) -> Vec<String> {
+    (0..n).map(|_| c.get("/x", "").text()).collect()
+}
+
+/// An endpoint whose health check fails is taken out of rotation (its
+/// requests would still succeed: only the check says so), and comes back
+/// once it passes again. The probes come from one prober, not one per
+/// worker: with two workers, each endpoint gets one probe per interval.
+fn a_failing_health_check_takes_an_endpoint_out_and_a_passing_one_brings_it_back() {
+    let b_up = Arc::new(AtomicBool::new(false));
+    let a = health_switched("a", Arc::new(AtomicBool::new(true)));
+    let b = health_switched("b", b_up.clone());
+    let mut config = simple_config(
+        &[a.addr, b.addr],
+        "",
+        "health_check = { interval = \"100ms\", timeout = \"100ms\", healthy = 2, unhealthy = 2 }\n",
+    );
+    config = config.replace("workers = 1", "workers = 2");
+    let started = std::time::Instant::now();
+    let weft = start(&config);
+    let addr = weft.addr("in").expect("listener `in`");
+    // The first probe decides: b is out as soon as it has answered one.
+    assert!(
+        eventually(Duration::from_secs(5), || b.count_where(is_probe) > 0),
+        "b was never probed"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            answered_by(&mut Client::connect(addr), 10)
+                .iter()
+                .all(|t| t == "hello from a")
+        }),
+        "b still takes requests"
+    );
+    let mut c = Client::connect(addr);
+    let texts = answered_by(&mut c, 40);
+    assert!(texts.iter().all(|t| t == "hello from a"), "{texts:?}");
+    // b passes again: after two passes in a row it is back.
+    b_up.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || answered_by(
+            &mut Client::connect(addr),
+            10
+        )
+        .iter()
+        .any(|t| t == "hello from b")),
+        "b never came back"
+    );
+    // One prober for the process: at most one probe per interval and
+    // endpoint (one per worker would make about twice as many).
+    let elapsed = started.elapsed();
+    let most = (elapsed.as_millis() / 100) as usize + 2;
+    let probes = a.count_where(is_probe);
+    assert!(
+        probes <= most,
+        "{probes} probes of a in {elapsed:?} with an interval of 100 ms"
+    );
+    let probe = (0..a.count())
+        .map(|i| a.request(i))
+        .find(is_probe)
+        .expect("a probe");
+    assert!(
+        probe
+            .head
+            .to_ascii_lowercase()
+            .contains("user-agent: weft-health-check"),
+        "{}",
+        probe.head
+    );
+    assert_eq!(weft.failures(), 0);
+}
+
+/// When every endpoint fails its health check, requests still go to one
+/// of them by default (fail open: the check may be wrong); with
+/// `no_healthy = "fail-fast"` they get 503 `no-endpoint` at once.
+fn when_no_endpoint_is_healthy_requests_fail_open_or_fast() {
+    let a = health_switched("a", Arc::new(AtomicBool::new(false)));
+    let check = "health_check = { interval = \"50ms\", timeout = \"50ms\" }\n";
+    let weft = start(&simple_config(&[a.addr], "", check));
+    let addr = weft.addr("in").expect("listener `in`");
+    assert!(eventually(Duration::from_secs(5), || a.count_where(is_probe) > 0));
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/x").text(), "hello from a", "fail open");
+    }
+    drop(weft);
+    let fast = format!("{check}no_healthy = \"fail-fast\"\n");
+    let weft = start(&simple_config(&[a.addr], "", &fast));
+    let addr = weft.addr("in").expect("listener `in`");
+    assert!(
+        eventually(Duration::from_secs(5), || get(addr, "/x").status == 503),
+        "never failed fast"
+    );
+    let r = get(addr, "/x");
+    assert_eq!((r.status, r.header("weft-error")), (503, Some("no-endpoint")));
+}
+
 on_both_drivers!(
+    a_failing_health_check_takes_an_endpoint_out_and_a_passing_one_brings_it_back,
+    when_no_endpoint_is_healthy_requests_fail_open_or_fast,
     bad_endpoints_are_ejected_and_the_rest_answer_everything,
     a_refusing_endpoint_costs_no_request,
     retries_hide_a_hanging_and_a_failing_endpoint

@@ -1,0 +1,231 @@
+//! Active health checks: one prober thread per process asks every endpoint
+//! of every cluster with `health_check = { ... }` for its health path, and
+//! publishes each endpoint's standing in a table every worker reads.
+//!
+//! One prober, not one per worker, so that probe traffic does not grow with
+//! the number of cores. The table is written only by the prober; workers
+//! read it with relaxed loads, and only for a cluster that has an endpoint
+//! down (one load per pick otherwise).
+
+use crate::io::read_more;
+use crate::log::log;
+use crate::shutdown::Shutdown;
+use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use weft_core::health::{status_passes, Health, HealthSettings};
+use weft_core::Config;
+use weft_proto::{parse_response, Limits};
+
+/// Every endpoint's standing with the prober, per cluster: written by the
+/// prober thread, read by every worker.
+#[derive(Default)]
+pub struct HealthTable {
+    clusters: Vec<ClusterHealth>,
+}
+
+#[derive(Default)]
+struct ClusterHealth {
+    /// Endpoints failing their health check now.
+    down: AtomicUsize,
+    /// Per endpoint: passes its health check (or has none).
+    up: Box<[AtomicBool]>,
+}
+
+impl HealthTable {
+    /// Every endpoint of `config` healthy.
+    pub fn new(config: &Config) -> Self {
+        HealthTable {
+            clusters: config
+                .clusters
+                .iter()
+                .map(|c| ClusterHealth {
+                    down: AtomicUsize::new(0),
+                    up: c.endpoints.iter().map(|_| AtomicBool::new(true)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// True when some endpoint of cluster `c` fails its health check.
+    pub fn any_down(&self, c: usize) -> bool {
+        self.clusters
+            .get(c)
+            .is_some_and(|h| h.down.load(Ordering::Relaxed) > 0)
+    }
+
+    /// True unless endpoint `i` of cluster `c` fails its health check.
+    pub fn healthy(&self, c: usize, i: usize) -> bool {
+        self.clusters
+            .get(c)
+            .and_then(|h| h.up.get(i))
+            .is_none_or(|u| u.load(Ordering::Relaxed))
+    }
+
+    /// Sets the standing of endpoint `i` of cluster `c` (the prober's
+    /// write; tests call it too).
+    pub fn set(&self, c: usize, i: usize, healthy: bool) {
+        let Some(h) = self.clusters.get(c) else {
+            return;
+        };
+        let Some(up) = h.up.get(i) else {
+            return;
+        };
+        if up.swap(healthy, Ordering::Relaxed) != healthy {
+            if healthy {
+                h.down.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                h.down.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Starts the prober thread when some cluster has a health check. It stops
+/// when `stop` fires.
+pub fn start(
+    config: &Arc<Config>,
+    table: &Arc<HealthTable>,
+    stop: Shutdown,
+) -> std::io::Result<Option<JoinHandle<()>>> {
+    if config.clusters.iter().all(|c| c.health_check.is_none()) {
+        return Ok(None);
+    }
+    let (config, table) = (config.clone(), table.clone());
+    let handle = std::thread::Builder::new()
+        .name("weft-health".into())
+        .spawn(move || {
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build();
+            let mut rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log!("health checks are off: cannot build the prober's runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                for (c, cluster) in config.clusters.iter().enumerate() {
+                    let Some(s) = &cluster.health_check else {
+                        continue;
+                    };
+                    for (i, (addr, authority)) in
+                        cluster.endpoints.iter().zip(&cluster.authorities).enumerate()
+                    {
+                        let target = Target {
+                            cluster: cluster.name.clone(),
+                            c,
+                            i,
+                            addr: *addr,
+                            request: request(s, authority),
+                        };
+                        monoio::spawn(watch(target, s.clone(), table.clone()));
+                    }
+                }
+                stop.wait().await;
+            });
+        })?;
+    Ok(Some(handle))
+}
+
+/// One endpoint the prober watches.
+struct Target {
+    cluster: String,
+    c: usize,
+    i: usize,
+    addr: SocketAddr,
+    request: Bytes,
+}
+
+/// The probe request: a GET of the health path that closes the connection.
+fn request(s: &HealthSettings, authority: &str) -> Bytes {
+    Bytes::from(format!(
+        "GET {} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: weft-health-check\r\nconnection: close\r\n\r\n",
+        s.path
+    ))
+}
+
+/// Probes one endpoint every interval, for as long as the prober runs.
+async fn watch(t: Target, s: HealthSettings, table: Arc<HealthTable>) {
+    let mut health = Health::new();
+    loop {
+        let result = match monoio::time::timeout(s.timeout, probe(t.addr, t.request.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", s.timeout)),
+        };
+        let passed = matches!(result, Ok(status) if status_passes(status));
+        if let Some(now) = health.probed(passed, &s) {
+            table.set(t.c, t.i, now);
+            let why = match &result {
+                Ok(status) => format!("status {status}"),
+                Err(e) => e.clone(),
+            };
+            let standing = if now { "healthy again" } else { "unhealthy" };
+            log!(
+                "cluster `{}` endpoint {} is {standing} (health check {}: {why})",
+                t.cluster,
+                t.addr,
+                s.path
+            );
+        }
+        monoio::time::sleep(s.interval).await;
+    }
+}
+
+/// Limits on a probe's response head.
+const LIMITS: Limits = Limits {
+    max_request_line: 8 * 1024,
+    max_head_bytes: 16 * 1024,
+    max_headers: 100,
+};
+
+/// One probe: the status of the endpoint's answer, or why there was none.
+async fn probe(addr: SocketAddr, request: Bytes) -> Result<u16, String> {
+    let mut s = TcpStream::connect_addr(addr)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let (sent, _) = s.write_all(request).await;
+    sent.map_err(|e| format!("cannot send the probe: {e}"))?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match parse_response(&mut buf, &LIMITS, false) {
+            Ok(Some(res)) if res.is_informational() => continue,
+            Ok(Some(res)) => return Ok(res.status),
+            Ok(None) => {}
+            Err(e) => return Err(format!("malformed answer: {e}")),
+        }
+        match read_more(&mut s, &mut buf).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) => return Err("the connection closed before an answer".into()),
+            Err(e) => return Err(format!("cannot read the answer: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_counts_endpoints_down() {
+        let config = weft_core::config::Config::parse(
+            "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\", \"127.0.0.1:3\"]\n",
+            &weft_core::config::literal_only,
+        )
+        .expect("valid");
+        let t = HealthTable::new(&config);
+        assert!(!t.any_down(0));
+        t.set(0, 1, false);
+        t.set(0, 1, false);
+        assert!(t.any_down(0));
+        assert!(t.healthy(0, 0) && !t.healthy(0, 1));
+        t.set(0, 1, true);
+        assert!(!t.any_down(0), "a repeated write counts once");
+        assert!(t.healthy(5, 5), "no such endpoint: no check");
+    }
+}
