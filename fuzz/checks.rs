@@ -12,6 +12,8 @@
 //!   HTTP/1.0 one that asked for keep-alive, so every input replays the same.
 //! - `check_chunked`: the first byte picks the piece sizes, the rest is the body.
 //! - `check_config`: the input as UTF-8 configuration text (other inputs are skipped).
+//! - `check_deadline`: the first byte picks the field (even: `grpc-timeout`,
+//!   odd: `weft-timeout-ms`), the rest is its value.
 //!
 //! The `*_verdict` functions say what the parser makes of an input (accepted,
 //! incomplete, refused and why); only the replay test uses them, to hold each
@@ -19,10 +21,12 @@
 
 use bytes::BytesMut;
 use std::ops::Range;
+use std::time::Duration;
 use weft_core::config::{literal_only, Config};
 use weft_core::Target;
 use weft_proto::body::{chunk_head, last_chunk, BodyReader, CHUNK_END};
 use weft_proto::chunked::{ChunkedDecoder, ChunkedError, Step};
+use weft_proto::deadline::DeadlineField;
 use weft_proto::encode::{encode_request, encode_response, RequestOptions, ResponseOptions};
 use weft_proto::head::{
     is_hop_by_hop, BodyFraming, ConnectionOptions, HeaderKind, HeaderRange, Limits, MAX_HEADERS_CAP,
@@ -322,6 +326,87 @@ pub fn config_verdict(data: &[u8]) -> Verdict {
     }
 }
 
+/// The verdict of `DeadlineField::parse` on a `deadline` input.
+pub fn deadline_verdict(data: &[u8]) -> Verdict {
+    let (field, value) = deadline_input(data);
+    match field.parse(value) {
+        Some(_) => Verdict::Accepted,
+        None => Verdict::Refused("not a deadline".into()),
+    }
+}
+
+// ---------------------------------------------------------------- deadlines
+
+fn deadline_input(data: &[u8]) -> (DeadlineField, &[u8]) {
+    match data.split_first() {
+        Some((b, rest)) if b % 2 == 1 => (DeadlineField::WeftMs, rest),
+        Some((_, rest)) => (DeadlineField::Grpc, rest),
+        None => (DeadlineField::Grpc, data),
+    }
+}
+
+fn put_deadline(field: DeadlineField, d: Duration) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    field.put(d, &mut out);
+    out.to_vec()
+}
+
+/// A deadline field's value parses without panicking; what parses is
+/// written back exactly (at least the smallest unit) and parses again to
+/// the same time. Any time written (the input's bytes read as one) parses
+/// back to at most that time, and close to it.
+pub fn check_deadline(data: &[u8]) {
+    let (field, value) = deadline_input(data);
+    let smallest = match field {
+        DeadlineField::Grpc => Duration::from_nanos(1),
+        DeadlineField::WeftMs => Duration::from_millis(1),
+    };
+    if let Some(d) = field.parse(value) {
+        assert!(value.len() <= 11, "{} parsed", show(value));
+        let again = put_deadline(field, d);
+        let back = field.parse(&again);
+        assert_eq!(
+            back,
+            Some(d.max(smallest)),
+            "{} became {}",
+            show(value),
+            show(&again)
+        );
+    }
+    // The input's bytes as a time: seconds from 8 bytes, nanoseconds from 4.
+    let mut b = [0u8; 12];
+    for (i, x) in data.iter().take(12).enumerate() {
+        b[i] = *x;
+    }
+    let secs = u64::from_le_bytes(b[..8].try_into().unwrap_or_default()) >> (data.len() % 64);
+    let nanos = u32::from_le_bytes(b[8..].try_into().unwrap_or_default()) % 1_000_000_000;
+    let d = Duration::new(secs, nanos);
+    let written = put_deadline(field, d);
+    let back = field
+        .parse(&written)
+        .unwrap_or_else(|| panic!("{d:?} written as {} does not parse", show(&written)));
+    let most = match field {
+        DeadlineField::Grpc => Duration::from_secs(99_999_999 * 3600),
+        DeadlineField::WeftMs => Duration::from_millis(9_999_999_999),
+    };
+    if d < most {
+        assert!(
+            back <= d.max(smallest),
+            "{d:?} written as {} is longer",
+            show(&written)
+        );
+        let lost = d.saturating_sub(back);
+        let bound = match field {
+            // The finest unit that fits 8 digits counts at least 100,000
+            // of them (units are 1000 or 60 times apart): it loses under
+            // a hundred-thousandth.
+            DeadlineField::Grpc => d / 100_000 + smallest,
+            DeadlineField::WeftMs => smallest,
+        };
+        assert!(lost <= bound, "{d:?} written as {} lost {lost:?}", show(&written));
+    }
+}
+
 // ---------------------------------------------------------------- requests
 
 type ReqOutcome = (Result<Option<RequestHead>, HeadError>, Vec<u8>);
@@ -413,6 +498,15 @@ fn request_invariants(input: &[u8], head: &RequestHead, rest: &[u8]) {
         "the buffer does not keep what follows the head"
     );
     assert!(raw.ends_with(b"\n"), "head does not end with a line end");
+    let deadline = head
+        .headers
+        .iter()
+        .filter_map(|h| DeadlineField::of(&raw[h.name.clone()])?.parse(&raw[h.value.clone()]))
+        .min();
+    assert_eq!(
+        head.deadline, deadline,
+        "the deadline is not the shortest field's"
+    );
     for r in [&head.method, &head.target, &head.path] {
         assert!(within(r, raw.len()), "range {r:?} outside the head");
     }
@@ -483,13 +577,19 @@ fn request_invariants(input: &[u8], head: &RequestHead, rest: &[u8]) {
 }
 
 const REQ_OPTS: RequestOptions<'static> = RequestOptions {
+    deadline: None,
     client_ip: "192.0.2.7",
     proto: "https",
     default_host: "upstream.test:8080",
 };
 
 /// Field kinds forwarded as they are (Host is checked on its own).
-const REQ_FORWARDED: &[HeaderKind] = &[HeaderKind::Other, HeaderKind::Expect];
+const REQ_FORWARDED: &[HeaderKind] = &[
+    HeaderKind::Other,
+    HeaderKind::Expect,
+    HeaderKind::Deadline(DeadlineField::Grpc),
+    HeaderKind::Deadline(DeadlineField::WeftMs),
+];
 
 /// What weft sends upstream is one well-formed request meaning the same thing.
 fn reencode_request(head: &RequestHead) {
@@ -696,6 +796,8 @@ fn response_invariants(input: &[u8], res: &ResponseHead, rest: &[u8], head_reque
 }
 
 const RES_FORWARDED: &[HeaderKind] = &[
+    HeaderKind::Deadline(DeadlineField::Grpc),
+    HeaderKind::Deadline(DeadlineField::WeftMs),
     HeaderKind::Host,
     HeaderKind::Other,
     HeaderKind::Expect,

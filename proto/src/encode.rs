@@ -9,6 +9,7 @@ use crate::request::RequestHead;
 use crate::response::ResponseHead;
 use bytes::{BufMut, BytesMut};
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// What the proxy adds to a request it forwards.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +20,10 @@ pub struct RequestOptions<'a> {
     pub proto: &'a str,
     /// Host to send when the request has none (HTTP/1.0 clients).
     pub default_host: &'a str,
+    /// The time the request has left, written into its deadline fields
+    /// (`grpc-timeout`, `weft-timeout-ms`) in place of theirs; None keeps
+    /// them as they came.
+    pub deadline: Option<Duration>,
 }
 
 fn put_num(out: &mut BytesMut, n: u64) {
@@ -107,6 +112,15 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
                     xff_first = false;
                 }
                 continue;
+            }
+            HeaderKind::Deadline(field) => {
+                if let Some(left) = opts.deadline {
+                    out.put_slice(&raw[h.name.clone()]);
+                    out.put_slice(b": ");
+                    field.put(left, out);
+                    out.put_slice(b"\r\n");
+                    continue;
+                }
             }
             HeaderKind::Host => {
                 saw_host = true;
@@ -269,6 +283,7 @@ mod tests {
     }
 
     const OPTS: RequestOptions<'static> = RequestOptions {
+        deadline: None,
         client_ip: "10.0.0.9",
         proto: "http",
         default_host: "up:80",

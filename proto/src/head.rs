@@ -1,8 +1,10 @@
 //! What request and response heads share: limits, header classification,
 //! framing headers and the hop-by-hop rules (RFC 9110 §7.6.1, RFC 9112 §6).
 
+use crate::deadline::DeadlineField;
 use crate::error::HeadError;
 use std::ops::Range;
+use std::time::Duration;
 
 /// Size limits applied while parsing a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,9 @@ pub enum HeaderKind {
     XForwardedFor,
     /// `X-Forwarded-Proto`.
     XForwardedProto,
+    /// `grpc-timeout` or `weft-timeout-ms`: how long the caller waits
+    /// (forwarded with the time left).
+    Deadline(DeadlineField),
     /// Anything else: forwarded unless `Connection` names it.
     Other,
 }
@@ -83,6 +88,8 @@ impl HeaderKind {
             6 if eq("expect") => HeaderKind::Expect,
             15 if eq("x-forwarded-for") => HeaderKind::XForwardedFor,
             17 if eq("x-forwarded-proto") => HeaderKind::XForwardedProto,
+            12 if eq("grpc-timeout") => HeaderKind::Deadline(DeadlineField::Grpc),
+            15 if eq("weft-timeout-ms") => HeaderKind::Deadline(DeadlineField::WeftMs),
             _ => HeaderKind::Other,
         }
     }
@@ -128,6 +135,8 @@ pub(crate) struct Scan {
     pub connection: ConnectionOptions,
     pub upgrade: bool,
     pub expect_continue: bool,
+    /// The shortest well-formed deadline field.
+    pub deadline: Option<Duration>,
 }
 
 fn offset_in(base: &[u8], part: &[u8]) -> Range<usize> {
@@ -276,6 +285,11 @@ pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan,
             }
             HeaderKind::Upgrade => s.upgrade = true,
             HeaderKind::Expect if value.eq_ignore_ascii_case(b"100-continue") => s.expect_continue = true,
+            HeaderKind::Deadline(field) => {
+                if let Some(d) = field.parse(value) {
+                    s.deadline = Some(s.deadline.map_or(d, |e| e.min(d)));
+                }
+            }
             _ => {}
         }
         s.headers.push(HeaderRange {
@@ -292,7 +306,7 @@ pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan,
 pub fn is_hop_by_hop(base: &[u8], h: &HeaderRange, connection: &ConnectionOptions) -> bool {
     match h.kind {
         HeaderKind::Connection | HeaderKind::HopByHop | HeaderKind::Upgrade => true,
-        HeaderKind::Other => {
+        HeaderKind::Other | HeaderKind::Deadline(_) => {
             let name = &base[h.name.clone()];
             connection
                 .others

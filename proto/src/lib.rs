@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod chunked;
+pub mod deadline;
 pub mod encode;
 pub mod error;
 pub mod head;

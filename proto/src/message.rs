@@ -10,6 +10,7 @@
 //! [`Request::encode_h1`] and [`Response::encode_h1`] write either as an
 //! HTTP/1.1 head for the next hop.
 
+use crate::deadline::DeadlineField;
 use crate::encode::{
     encode_request, encode_response, put_field, put_length, reason, RequestOptions, ResponseOptions,
 };
@@ -264,6 +265,20 @@ impl Request {
         }
     }
 
+    /// How long the client waits, from its shortest well-formed deadline
+    /// field (`grpc-timeout`, `weft-timeout-ms`).
+    pub fn deadline(&self) -> Option<std::time::Duration> {
+        match self {
+            Request::H1(h) => h.deadline,
+            Request::Fields(f) => f
+                .parts
+                .headers
+                .iter()
+                .filter_map(|(n, v)| DeadlineField::of(n.as_str().as_bytes())?.parse(v.as_bytes()))
+                .min(),
+        }
+    }
+
     /// Bytes of the head as received (HTTP/1), or of its fields' names and
     /// values (HTTP/2, whose compressed size the codec keeps to itself).
     pub fn wire_len(&self) -> usize {
@@ -311,6 +326,13 @@ impl Request {
             // `te` may only say `trailers` (RFC 9113 §8.2.2); HTTP/1 needs
             // `connection: te` with it, and weft forwards trailers anyway.
             if dropped_upstream(n) || n == "te" {
+                continue;
+            }
+            if let (Some(field), Some(left)) = (DeadlineField::of(n.as_bytes()), opts.deadline) {
+                out.put_slice(n.as_bytes());
+                out.put_slice(b": ");
+                field.put(left, out);
+                out.put_slice(b"\r\n");
                 continue;
             }
             put_field(out, n.as_bytes(), value.as_bytes());
@@ -437,6 +459,7 @@ mod tests {
 
     fn opts() -> RequestOptions<'static> {
         RequestOptions {
+            deadline: None,
             client_ip: "10.0.0.9",
             proto: "http",
             default_host: "up.test:80",

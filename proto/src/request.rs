@@ -33,6 +33,9 @@ pub struct RequestHead {
     pub upgrade: bool,
     /// The client waits for `100 Continue` before sending the body.
     pub expect_continue: bool,
+    /// How long the client waits, from its shortest well-formed deadline
+    /// field (`grpc-timeout`, `weft-timeout-ms`).
+    pub deadline: Option<std::time::Duration>,
     /// The path after normalisation ([`crate::path::normalize`]) when it
     /// differs from the raw one: routing and the upstream see this.
     pub normalized: Option<Box<[u8]>>,
@@ -348,6 +351,7 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
         keep_alive,
         upgrade,
         expect_continue,
+        deadline: s.deadline,
         normalized,
     }))
 }

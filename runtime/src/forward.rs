@@ -148,6 +148,10 @@ struct Ctx<'a> {
     /// Counts the request in its cluster's retries in flight, once it
     /// retries.
     retrying: Option<Counted<'a>>,
+    /// When the request carried a deadline (`grpc-timeout`,
+    /// `weft-timeout-ms`): when it ends (or the route's timeout, if that is
+    /// sooner). What is left of it goes upstream in the same fields.
+    deadline: Option<Instant>,
 }
 
 /// The request body, read from the client's buffer and stream.
@@ -187,8 +191,10 @@ impl<'a> Ctx<'a> {
     /// Re-encodes `head` for `to` when the endpoint changed since it was
     /// encoded (`at`: that endpoint's index) and the request names no host:
     /// then its Host is the endpoint's authority.
+    /// A request with a deadline is re-encoded for every attempt: the time
+    /// left goes with it.
     fn rehead(&self, to: &Upstream<'_>, head: &mut Bytes, at: &mut usize) {
-        if *at != to.i && self.req.authority().is_none() {
+        if (*at != to.i && self.req.authority().is_none()) || self.deadline.is_some() {
             *head = self.head_for(to);
         }
         *at = to.i;
@@ -225,6 +231,7 @@ impl<'a> Ctx<'a> {
             client_ip: self.peer_ip,
             proto: "http",
             default_host: &to.ep.authority,
+            deadline: self.deadline.map(|d| d.saturating_duration_since(Instant::now())),
         };
         self.req.encode_h1(&opts, &mut out);
         out.freeze()
@@ -271,6 +278,7 @@ pub(crate) async fn exchange<S: Stream>(
         cluster_request: None,
         listener_request: None,
         retrying: None,
+        deadline: None,
     };
     x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {
@@ -317,6 +325,12 @@ pub(crate) async fn exchange<S: Stream>(
     }
     x.cluster_request = Some(Counted::new(&state.requests));
     state.budget.borrow_mut().deposit(started);
+    // The route's timeout, shortened to the client's own deadline.
+    let mut deadline = started + route.timeout;
+    if let Some(wait) = req.deadline() {
+        deadline = started.checked_add(wait).map_or(deadline, |d| d.min(deadline));
+        x.deadline = Some(deadline);
+    }
     let send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
     let head = x.head_for(&to);
     let first = match body.reader.take(body.cbuf) {
@@ -328,7 +342,6 @@ pub(crate) async fn exchange<S: Stream>(
         }
     };
     x.t.o.bytes_in += first.len() as u64;
-    let deadline = started + route.timeout;
     if !body.reader.done() {
         return Box::pin(full_duplex(
             &mut x,

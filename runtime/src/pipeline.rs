@@ -1207,3 +1207,72 @@ fn a_stale_pooled_connection_to_an_endpoint_that_went_away_fails_over() {
         );
     });
 }
+
+/// The value of deadline field `name` in a request head weft sent upstream.
+fn deadline_in(head: &str, name: &str) -> Duration {
+    let field = weft_proto::deadline::DeadlineField::of(name.as_bytes()).expect("a deadline field");
+    let value = header(head, name).unwrap_or_else(|| panic!("no {name} in {head}"));
+    field
+        .parse(value.as_bytes())
+        .unwrap_or_else(|| panic!("{name}: {value} is not a deadline"))
+}
+
+#[test]
+fn a_client_deadline_shortens_the_route_timeout_and_goes_upstream_less_the_time_spent() {
+    pipeline(config("", "timeout = \"1h\"", ""), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(
+            &mut c,
+            "GET /x HTTP/1.1\r\nHost: a.test\r\ngrpc-timeout: 100m\r\nweft-timeout-ms: 5000\r\n\r\n",
+        )
+        .await;
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        let head = read_message(&mut u, &mut ub).await;
+        // The shorter of the two decides, and both fields carry what is left.
+        for name in ["grpc-timeout", "weft-timeout-ms"] {
+            let left = deadline_in(&head, name);
+            assert!(
+                left <= Duration::from_millis(100) && left >= Duration::from_millis(50),
+                "{name}: {left:?} in {head}"
+            );
+        }
+        // The upstream never answers: 504 at the client's deadline, not the
+        // route's hour.
+        let mut cb = Vec::new();
+        let res = read_message(&mut c, &mut cb).await;
+        assert!(res.starts_with("HTTP/1.1 504 "), "{res}");
+        let o = &k.outcomes(1).await[0];
+        assert_eq!((o.status, o.error), (Some(504), Some("upstream-timeout")));
+    });
+}
+
+#[test]
+fn each_attempt_carries_the_deadline_left_at_its_start() {
+    let retry = "{ attempts = 2, on = [\"timeout\"], per_try_timeout = \"50ms\", backoff_base = \"1ms\", backoff_max = \"1ms\" }";
+    pipeline(retrying(retry), |k| async move {
+        let (slow, quick) = (k.upstream(), k.upstream_at(UP2));
+        let mut c = k.client();
+        send(
+            &mut c,
+            "GET /x HTTP/1.1\r\nHost: a.test\r\ngrpc-timeout: 2S\r\n\r\n",
+        )
+        .await;
+        let mut s = slow.accept().await;
+        let mut sb = Vec::new();
+        let first = deadline_in(&read_message(&mut s, &mut sb).await, "grpc-timeout");
+        let mut q = quick.accept().await;
+        let mut qb = Vec::new();
+        let second = deadline_in(&read_message(&mut q, &mut qb).await, "grpc-timeout");
+        assert!(first <= Duration::from_secs(2), "{first:?}");
+        assert!(
+            second + Duration::from_millis(50) <= first,
+            "the retry after a 50 ms per-try timeout has less left: {first:?} then {second:?}"
+        );
+        send(&mut q, &ok("quick")).await;
+        let res = read_message(&mut c, &mut Vec::new()).await;
+        assert!(res.ends_with("quick"), "{res}");
+        assert_eq!(k.outcomes(1).await[0].attempts, 2);
+    });
+}

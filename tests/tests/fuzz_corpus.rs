@@ -290,6 +290,13 @@ fn config_corpus() {
     });
 }
 
+#[test]
+fn deadline_corpus() {
+    replay("deadline", checks::check_deadline, |_, data| {
+        checks::deadline_verdict(data)
+    });
+}
+
 /// The verdict convention itself: prefixes, SHA-1 names, names without a verdict.
 #[test]
 fn names_state_verdicts() {
