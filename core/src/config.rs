@@ -382,7 +382,8 @@ struct RawRateLimit {
     burst: Option<Spanned<usize>>,
 }
 
-/// `retry = { attempts, on, per_try_timeout, backoff_base, backoff_max }`.
+/// `retry = { attempts, on, per_try_timeout, backoff_base, backoff_max,
+/// statuses, max_replay_bytes }`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
@@ -393,6 +394,9 @@ struct RawRetry {
     per_try_timeout: Option<Spanned<Dur>>,
     backoff_base: Option<Spanned<Dur>>,
     backoff_max: Option<Spanned<Dur>>,
+    #[serde(default)]
+    statuses: Vec<Spanned<usize>>,
+    max_replay_bytes: Option<Spanned<usize>>,
 }
 
 fn default_attempts() -> Spanned<usize> {
@@ -1118,6 +1122,7 @@ impl Config {
                             "connect-failure" => p.connect_failure = true,
                             "reset" => p.reset = true,
                             "timeout" => p.timeout = true,
+                            "refused-stream" => p.refused_stream = true,
                             "5xx" => p.status = Some(FailureKind::Any5xx),
                             "gateway-error" if p.status != Some(FailureKind::Any5xx) => {
                                 p.status = Some(FailureKind::Gateway)
@@ -1128,11 +1133,19 @@ impl Config {
                                     lines.at(on.span().start),
                                     field("retry.on"),
                                     format!(
-                                        "unknown retry condition `{other}`: use connect-failure, reset, timeout, 5xx or gateway-error"
+                                        "unknown retry condition `{other}`: use connect-failure, refused-stream, reset, timeout, 5xx or gateway-error (list status codes in `statuses`)"
                                     ),
                                 ))
                             }
                         }
+                    }
+                    for code in &rr.statuses {
+                        let code = within(code, 400..=599, &lines, field("retry.statuses"))?;
+                        p.statuses.insert(code as u16);
+                    }
+                    if let Some(n) = &rr.max_replay_bytes {
+                        p.max_replay_bytes =
+                            within(n, 0..=16 * 1024 * 1024, &lines, field("retry.max_replay_bytes"))?;
                     }
                     if let Some(d) = &rr.per_try_timeout {
                         p.per_try_timeout = Some(positive(d, &lines, field("retry.per_try_timeout"))?);
@@ -1384,6 +1397,17 @@ pool = { max_idle = 4, idle_timeout = "5s" }
             (Some(9), "route[0].retry.attempts"),
             "{e}"
         );
+        let c = parse(&format!(
+            "{base}retry = {{ on = [\"refused-stream\"], statuses = [429, 409], max_replay_bytes = 1024 }}\n"
+        ))
+        .expect("valid");
+        let r = c.listeners[0].routes.routes[0].retry;
+        assert!(r.refused_stream && !r.connect_failure);
+        assert!(r.retries_status(429) && r.retries_status(409) && !r.retries_status(503));
+        assert_eq!(r.max_replay_bytes, 1024);
+        assert_eq!(RetryPolicy::default().max_replay_bytes, 64 * 1024);
+        let e = error_of(&format!("{base}retry = {{ statuses = [200] }}\n"));
+        assert_eq!(e.field, "route[0].retry.statuses", "{e}");
         let e = error_of(&format!("{base}retry = {{ on = [\"sometimes\"] }}\n"));
         assert!(e.message.contains("unknown retry condition `sometimes`"), "{e}");
         let e = error_of(&format!("{base}retry = {{ on = [\"timeout\"] }}\n"));

@@ -185,6 +185,17 @@ pub struct RetryPolicy {
     /// only; the classes outlier ejection counts as failures); the answer
     /// is dropped unseen.
     pub status: Option<FailureKind>,
+    /// `statuses = [...]`: more statuses that go again (400 to 599,
+    /// idempotent methods only), Envoy's `retriable_status_codes`.
+    pub statuses: StatusSet,
+    /// `refused-stream`: an HTTP/2 endpoint refused the stream
+    /// (REFUSED_STREAM: nothing was processed, so any method).
+    pub refused_stream: bool,
+    /// Largest request body kept for a retry (linkerd2-proxy's 64 KiB): an
+    /// idempotent request with a body up to this size is read whole before
+    /// it goes, so that a retry can send it again; a larger one streams and
+    /// is never retried after it was sent.
+    pub max_replay_bytes: usize,
     /// Bound of one attempt, below the route's `timeout` (which bounds all
     /// attempts together); none by default.
     pub per_try_timeout: Option<Duration>,
@@ -198,7 +209,14 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// True when a response with `status` goes again.
     pub fn retries_status(&self, status: u16) -> bool {
-        self.status.is_some_and(|kind| kind.status_fails(status))
+        self.status.is_some_and(|kind| kind.status_fails(status)) || self.statuses.contains(status)
+    }
+
+    /// True when an attempt that reached the endpoint may go again (for an
+    /// idempotent request): on a reset, a timeout or a status.
+    pub fn retries_after_sending(&self) -> bool {
+        self.attempts > 1
+            && (self.reset || self.timeout || self.status.is_some() || !self.statuses.is_empty())
     }
 
     /// The most to wait before retry number `n` (1 for the first): the
@@ -222,10 +240,39 @@ impl Default for RetryPolicy {
             reset: false,
             timeout: false,
             status: None,
+            statuses: StatusSet::default(),
+            refused_stream: false,
+            max_replay_bytes: 64 * 1024,
             per_try_timeout: None,
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
         }
+    }
+}
+
+/// A set of statuses from 400 to 599 (a bit each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusSet([u64; 4]);
+
+impl StatusSet {
+    /// Adds `status` (ignored outside 400..=599).
+    pub fn insert(&mut self, status: u16) {
+        if let Some(i) = status.checked_sub(400).filter(|i| *i < 200) {
+            self.0[usize::from(i / 64)] |= 1 << (i % 64);
+        }
+    }
+
+    /// True when `status` is in the set.
+    pub fn contains(&self, status: u16) -> bool {
+        status
+            .checked_sub(400)
+            .filter(|i| *i < 200)
+            .is_some_and(|i| self.0[usize::from(i / 64)] & (1 << (i % 64)) != 0)
+    }
+
+    /// True when no status is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
     }
 }
 

@@ -200,14 +200,16 @@ impl<'a> Ctx<'a> {
         *at = to.i;
     }
 
-    /// Counts the attempt on `to` as failed and, within the cluster's retry
-    /// budget, points `to` at another usable endpoint (or, unless `other`
-    /// is required, leaves it where it is when there is none). False, and
-    /// nothing changed, when there is no retry to make.
-    fn next_endpoint(&mut self, to: &mut Upstream<'a>, other: bool) -> bool {
-        let failed = &self.t.o.failed_attempts;
+    /// Within the cluster's retry budget, points `to` at another usable
+    /// endpoint (or, unless `other` is required, leaves it where it is when
+    /// there is none), and counts the attempt on the one it leaves as
+    /// failed unless `failed` is false (a status retried that outlier
+    /// ejection does not count, like a 429). False, and nothing changed,
+    /// when there is no retry to make.
+    fn next_endpoint(&mut self, to: &mut Upstream<'a>, other: bool, failed: bool) -> bool {
+        let tried = &self.t.o.failed_attempts;
         let current = to.i;
-        let next = self.w.pick_other(to.c, |j| j == current || failed.contains(&j));
+        let next = self.w.pick_other(to.c, |j| j == current || tried.contains(&j));
         if other && next.is_none() {
             return false;
         }
@@ -215,7 +217,9 @@ impl<'a> Ctx<'a> {
         if !self.w.clusters[to.c].budget.borrow_mut().withdraw(Instant::now()) {
             return false;
         }
-        self.t.o.failed_attempts.push(current);
+        if failed {
+            self.t.o.failed_attempts.push(current);
+        }
         if let Some((i, ep)) = next {
             *to = Upstream { i, ep, ..*to };
             self.aim(to);
@@ -342,6 +346,15 @@ pub(crate) async fn exchange<S: Stream>(
         }
     };
     x.t.o.bytes_in += first.len() as u64;
+    let (mut first, mut send_continue) = (first, send_continue);
+    if !body.reader.done() && replayable(req, &route.retry) {
+        // Kept whole for a retry, if it is small enough.
+        let how = (send_continue, route.retry.max_replay_bytes);
+        match Box::pin(gather(&mut x, &mut client, &mut body, first, how)).await {
+            Ok(kept) => (first, send_continue) = (kept, false),
+            Err(f) => return x.failed(client, f, false).await,
+        }
+    }
     if !body.reader.done() {
         return Box::pin(full_duplex(
             &mut x,
@@ -375,6 +388,66 @@ pub(crate) async fn exchange<S: Stream>(
         None => return x.failed(client, Failed::timeout(), true).await,
     };
     respond(&mut x, client, up, res, to).await
+}
+
+/// True when a request whose body is still arriving may be read whole
+/// first, so that an attempt that reached an endpoint can be repeated: an
+/// idempotent one, on a route that retries such attempts, with a body that
+/// may fit `max_replay_bytes` (chunked ones are tried).
+fn replayable(req: &Request, retry: &RetryPolicy) -> bool {
+    let fits = match req.framing() {
+        BodyFraming::Length(n) => n <= retry.max_replay_bytes as u64,
+        BodyFraming::Chunked => retry.max_replay_bytes > 0,
+        _ => false,
+    };
+    fits && idempotent(req.method()) && retry.retries_after_sending()
+}
+
+/// `100 Continue`, for a client that waits for it before its body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Reads the request body on from `first` until it is whole or longer than
+/// the route's `max_replay_bytes` (what was read goes first then, and the
+/// rest streams). Tells a waiting client to go on first. Each read waits at
+/// most the listener's idle timeout (408 past it).
+async fn gather<S: Stream>(
+    x: &mut Ctx<'_>,
+    client: &mut S,
+    body: &mut RequestBody<'_>,
+    first: Bytes,
+    (send_continue, limit): (bool, usize),
+) -> Result<Bytes, Failed> {
+    if send_continue {
+        let sent = within(
+            x.w.timers.after(x.l.write_timeout),
+            write_one(client, Bytes::from_static(CONTINUE)),
+        )
+        .await;
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(Failed::client_closed());
+        }
+        x.t.o.bytes_out += CONTINUE.len() as u64;
+    }
+    let expected = match x.req.framing() {
+        BodyFraming::Length(n) => n as usize,
+        _ => 0,
+    };
+    let mut kept = BytesMut::with_capacity(expected.max(first.len()));
+    kept.extend_from_slice(&first);
+    while !body.reader.done() && kept.len() <= limit {
+        match within(x.w.timers.after(x.l.idle_timeout), read_more(client, body.cbuf)).await {
+            Some(Ok(n)) if n > 0 => {}
+            Some(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
+            None => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
+        }
+        let piece = body
+            .reader
+            .take(body.cbuf)
+            .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))?;
+        x.t.o.bytes_in += piece.len() as u64;
+        kept.extend_from_slice(&piece);
+    }
+    Ok(kept.freeze())
 }
 
 /// Where a request goes: the endpoint and its cluster, with their indices.
@@ -421,7 +494,7 @@ async fn open<'a>(
             && retry.connect_failure
             && tries < retry.attempts
             && x.may_retry()
-            && x.next_endpoint(to, true);
+            && x.next_endpoint(to, true, true);
         if !again {
             return Err(Failed::connect(e));
         }
@@ -463,8 +536,13 @@ async fn attempts<'a, S: Stream>(
                 .unwrap_or_else(|| Err(Failed::timeout())),
             None => exchange.await,
         };
+        // Whether this attempt counts against its endpoint, if it goes again.
+        let mut failed = true;
         let again = match &answer {
-            Ok(res) => retry.retries_status(res.status),
+            Ok(res) => {
+                failed = to.cluster.breaker.failures.status_fails(res.status);
+                retry.retries_status(res.status)
+            }
             Err(f)
                 if up.reused
                     && f.error.retry == RetryClass::StaleConnection
@@ -488,7 +566,7 @@ async fn attempts<'a, S: Stream>(
             && idempotent(x.req.method())
             && x.t.o.attempts < retry.attempts
             && x.may_retry()
-            && x.next_endpoint(to, false);
+            && x.next_endpoint(to, false, failed);
         if !again {
             return answer.map(|res| {
                 x.t.o.upstream_at = Some(Instant::now());
@@ -838,7 +916,6 @@ async fn full_duplex<'a, S: Stream>(
         let mut head_at = to.i;
         let mut up = open(x, &mut to, retry, false).await?;
         x.rehead(&to, &mut head, &mut head_at);
-        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
         if send_continue {
             if write_one(&mut client, Bytes::from_static(CONTINUE))
                 .await

@@ -1276,3 +1276,93 @@ fn each_attempt_carries_the_deadline_left_at_its_start() {
         assert_eq!(k.outcomes(1).await[0].attempts, 2);
     });
 }
+
+/// A PUT whose body comes after weft's `100 Continue`, to a sick endpoint
+/// and then (when it is retried) a well one; returns what the client got
+/// and what each endpoint received.
+async fn put_after_continue(k: &Kit, body: &str, retried: bool) -> (String, String, Option<String>) {
+    let (sick, well) = (k.upstream(), k.upstream_at(UP2));
+    let mut c = k.client();
+    let mut cb = Vec::new();
+    let head = format!(
+        "PUT /p HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    send(&mut c, &head).await;
+    let interim = read_message(&mut c, &mut cb).await;
+    assert!(interim.starts_with("HTTP/1.1 100 "), "{interim}");
+    send(&mut c, body).await;
+    let mut s = sick.accept().await;
+    let mut sb = Vec::new();
+    let to_sick = read_message(&mut s, &mut sb).await;
+    send(
+        &mut s,
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick",
+    )
+    .await;
+    let to_well = if retried {
+        let mut w = well.accept().await;
+        let mut wb = Vec::new();
+        let got = read_message(&mut w, &mut wb).await;
+        send(&mut w, &ok("well")).await;
+        Some(got)
+    } else {
+        None
+    };
+    (read_message(&mut c, &mut cb).await, to_sick, to_well)
+}
+
+#[test]
+fn an_idempotent_request_body_that_came_later_is_kept_and_replayed_on_a_retry() {
+    let retry = "{ attempts = 2, on = [\"5xx\"], backoff_base = \"1ms\", backoff_max = \"2ms\" }";
+    pipeline(retrying(retry), |k| async move {
+        let (res, to_sick, to_well) = put_after_continue(&k, "twelve bytes", true).await;
+        assert!(res.starts_with("HTTP/1.1 200 ") && res.ends_with("well"), "{res}");
+        let to_well = to_well.expect("a retry");
+        assert!(to_sick.ends_with("\r\n\r\ntwelve bytes"), "{to_sick}");
+        assert!(
+            to_well.ends_with("\r\n\r\ntwelve bytes"),
+            "the retry carries the body: {to_well}"
+        );
+        assert!(!to_well.to_ascii_lowercase().contains("expect"), "{to_well}");
+        let o = &k.outcomes(1).await[0];
+        assert_eq!((o.status, o.attempts), (Some(200), 2));
+    });
+}
+
+#[test]
+fn a_body_over_max_replay_bytes_streams_and_is_not_retried() {
+    let retry = "{ attempts = 2, on = [\"5xx\"], max_replay_bytes = 4 }";
+    pipeline(retrying(retry), |k| async move {
+        let (res, to_sick, _) = put_after_continue(&k, "twelve bytes", false).await;
+        assert!(res.starts_with("HTTP/1.1 503 ") && res.ends_with("sick"), "{res}");
+        assert!(to_sick.ends_with("twelve bytes"), "{to_sick}");
+        assert_eq!(k.outcomes(1).await[0].attempts, 1);
+    });
+}
+
+#[test]
+fn a_listed_status_goes_again_without_counting_against_the_endpoint() {
+    let retry = "{ attempts = 2, on = [], statuses = [429], backoff_base = \"1ms\", backoff_max = \"2ms\" }";
+    pipeline(retrying(retry), |k| async move {
+        let (busy, well) = (k.upstream(), k.upstream_at(UP2));
+        let mut c = k.client();
+        send(&mut c, GET).await;
+        let mut b = busy.accept().await;
+        read_message(&mut b, &mut Vec::new()).await;
+        send(
+            &mut b,
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 4\r\n\r\nbusy",
+        )
+        .await;
+        let _w = answer_one(&well, "well").await;
+        let res = read_message(&mut c, &mut Vec::new()).await;
+        assert!(res.ends_with("well"), "{res}");
+        let o = &k.outcomes(1).await[0];
+        assert_eq!(
+            (o.attempts, o.failed_attempts.as_slice(), o.target),
+            (2, &[][..], Some((0, 1))),
+            "a 429 is no failure of its endpoint"
+        );
+    });
+}
