@@ -49,6 +49,14 @@
 #   OUT [bench-results/<UTC time>]
 #   OHA_VERSION [1.16.0]  the oha version installed when oha is missing
 #
+# SCENARIO [load]: `faults` runs the fault scenario instead (faults.py: weft,
+#   nginx and haproxy in front of three upstreams, one killed and then one
+#   blackholed under a fixed-rate load; success rate and latency per phase).
+#   Its settings: ROUNDS [3], PHASE [10s] (each of its six phases), FAULT_AT
+#   [2s] (into the phase), RATE [1000], LAT_CONNS [50], PER_TRY [200ms]
+#   (per-try and connect timeouts of every proxy), FAULT_TARGETS
+#   ["weft nginx haproxy"], PROXY_CORE, LOAD_CORE, SKIP_BUILD, OUT.
+#
 # Quick check while developing: ROUNDS=1 DURATION=2s WARMUP=1s IDLE_CONNS=1000 benches/load/run.sh
 # Summary of an earlier or interrupted run again: python3 benches/load/bench.py --summary bench-results/<time>
 #
@@ -183,7 +191,12 @@ fi
 
 # ------------------------------------------------------------ run
 
-python3 "$HERE/bench.py" &
+case "${SCENARIO:-load}" in
+    load) script=bench.py ;;
+    faults) script=faults.py ;;
+    *) die "SCENARIO=${SCENARIO} is unknown: use load (the default) or faults" ;;
+esac
+python3 "$HERE/$script" &
 BENCH_PID=$!
 set +e
 wait "$BENCH_PID"

@@ -64,6 +64,27 @@ pub fn least_loaded<L: PartialOrd>(n: usize, load: impl Fn(usize) -> L, rng: &mu
     }
 }
 
+/// Power of two random choices among the endpoints of `0..n` for which
+/// `usable` holds (the others are ejected or failing their health check):
+/// two distinct usable endpoints at random, the lower load wins. None when
+/// no endpoint is usable. An endpoint that is out never makes its partner
+/// in the draw win by default: a slow endpoint beside an ejected one is
+/// still weighed against the others.
+pub fn least_loaded_among<L: PartialOrd>(
+    n: usize,
+    usable: impl Fn(usize) -> bool,
+    load: impl Fn(usize) -> L,
+    rng: &mut Rng,
+) -> Option<usize> {
+    let m = (0..n).filter(|&i| usable(i)).count();
+    let nth = |k: usize| (0..n).filter(|&i| usable(i)).nth(k);
+    match m {
+        0 => None,
+        1 => nth(0),
+        _ => nth(least_loaded(m, |k| nth(k).map(&load), rng)),
+    }
+}
+
 /// Round-robin over the endpoints, per core.
 #[derive(Debug, Default, Clone)]
 pub struct RoundRobin {
@@ -95,6 +116,21 @@ pub fn pick_weighted(weights: &[u32], total: u64, rng: &mut Rng) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn among_the_usable_an_endpoint_beside_an_out_one_is_still_weighed() {
+        let mut rng = Rng::new(3);
+        // 0 is out; 1 is loaded (a hanging endpoint), 2 is idle.
+        let loads = [0u32, 50, 0];
+        let mut picks = [0usize; 3];
+        for _ in 0..1000 {
+            let i = least_loaded_among(3, |i| i != 0, |i| loads[i], &mut rng).expect("usable");
+            picks[i] += 1;
+        }
+        assert_eq!(picks, [0, 0, 1000], "the idle usable one wins every draw");
+        assert_eq!(least_loaded_among(3, |_| false, |i| loads[i], &mut rng), None);
+        assert_eq!(least_loaded_among(3, |i| i == 1, |i| loads[i], &mut rng), Some(1));
+    }
 
     #[test]
     fn least_loaded_prefers_fewer_in_flight() {

@@ -19,7 +19,7 @@ pub mod peak_ewma;
 pub mod rate;
 pub mod route;
 
-pub use balance::{least_loaded, Rng, RoundRobin};
+pub use balance::{least_loaded, least_loaded_among, Rng, RoundRobin};
 pub use budget::{BudgetSettings, RetryBudget};
 pub use config::{
     BalancerKind, Cluster, ClusterLimits, Config, ConfigError, Driver, Listener, ListenerKind, NoHealthy,

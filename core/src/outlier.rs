@@ -80,7 +80,15 @@ pub struct Outlier {
     /// Ejections so far (the next lasts one base longer); forgotten after
     /// `max_ejection` of health.
     times_ejected: u32,
+    /// When the last failure was counted.
+    last_failure: Option<Instant>,
 }
+
+/// How long failures in a row weigh as load for the balancers: long enough
+/// that an endpoint failing fast is not preferred, short enough that an
+/// endpoint that failed once is tried again soon, also when little traffic
+/// would otherwise always find a less loaded one.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(1);
 
 impl Outlier {
     /// A healthy endpoint, as of `now`.
@@ -89,13 +97,26 @@ impl Outlier {
             state: State::Healthy { since: now },
             failures: 0,
             times_ejected: 0,
+            last_failure: None,
         }
     }
 
-    /// Failures in a row so far: a signal for balancers too, so that an
-    /// endpoint that fails fast (nothing in flight) is not preferred.
+    /// Failures in a row so far.
     pub fn failures(&self) -> u32 {
         self.failures
+    }
+
+    /// What the failures in a row weigh as load for a balancer (so that an
+    /// endpoint that fails fast, with nothing in flight, is not preferred):
+    /// their number, for [`FAILURE_MEMORY`] after the last one. `now` is
+    /// asked only when there are some.
+    pub fn failure_load(&self, now: impl FnOnce() -> Instant) -> u32 {
+        match self.last_failure {
+            Some(at) if self.failures > 0 && now().saturating_duration_since(at) < FAILURE_MEMORY => {
+                self.failures
+            }
+            _ => 0,
+        }
     }
 
     /// True when the endpoint is out of rotation at `now`.
@@ -142,6 +163,7 @@ impl Outlier {
     /// failure ejected it.
     pub fn failure(&mut self, now: Instant, s: &OutlierSettings, room: bool) -> bool {
         self.failures = self.failures.saturating_add(1);
+        self.last_failure = Some(now);
         if s.consecutive_failures == 0 {
             // Ejection is off; the count still tells the balancers.
             return false;
@@ -185,6 +207,20 @@ mod tests {
             max_ejection_percent: 50,
             failures: FailureKind::Any5xx,
         }
+    }
+
+    #[test]
+    fn failures_weigh_as_load_for_a_second() {
+        let s = settings();
+        let t = Instant::now();
+        let mut o = Outlier::new(t);
+        assert_eq!(o.failure_load(|| unreachable!("no clock without failures")), 0);
+        o.failure(t, &s, true);
+        o.failure(t, &s, true);
+        assert_eq!(o.failure_load(|| t + Duration::from_millis(999)), 2);
+        assert_eq!(o.failure_load(|| t + FAILURE_MEMORY), 0);
+        o.success(t, &s);
+        assert_eq!(o.failure_load(|| t), 0);
     }
 
     #[test]

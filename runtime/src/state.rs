@@ -16,8 +16,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use weft_core::balance::pick_weighted;
 use weft_core::{
-    least_loaded, BalancerKind, BudgetSettings, ClusterLimits, Config, NoHealthy, Outcome, RetryBudget, Rng,
-    RoundRobin, Target, TokenBucket,
+    least_loaded, least_loaded_among, BalancerKind, BudgetSettings, ClusterLimits, Config, NoHealthy,
+    Outcome, RetryBudget, Rng, RoundRobin, Target, TokenBucket,
 };
 
 /// A cluster as this worker sees it.
@@ -419,46 +419,37 @@ impl Worker {
             ejections.is_some_and(|now| state.endpoints[i].outlier.borrow().ejected(now))
                 || (down && !self.health.healthy(c, i))
         };
+        // While some endpoint is out, the draw is among the others only.
+        let degraded = ejections.is_some() || down;
+        let rng = &mut self.rng.borrow_mut();
         let i = match self.config.clusters[c].balancer {
             BalancerKind::LeastLoaded => {
                 // Failures in a row count as load: an endpoint that fails
                 // fast has nothing in flight, and would otherwise win.
                 let load = |i: usize| {
-                    if out(i) {
-                        u32::MAX
-                    } else {
-                        let e = &state.endpoints[i];
-                        e.in_flight.get().saturating_add(e.outlier.borrow().failures())
-                    }
+                    let e = &state.endpoints[i];
+                    e.in_flight
+                        .get()
+                        .saturating_add(e.outlier.borrow().failure_load(Instant::now))
                 };
-                let i = least_loaded(n, load, &mut self.rng.borrow_mut());
-                if out(i) {
-                    // Both random choices were out: the least loaded usable
-                    // one, if any.
-                    (0..n).filter(|&j| !out(j)).min_by_key(|&j| load(j)).unwrap_or(i)
-                } else {
-                    i
+                match degraded {
+                    false => least_loaded(n, load, rng),
+                    // None usable: fail open, over all of them.
+                    true => least_loaded_among(n, |i| !out(i), load, rng)
+                        .unwrap_or_else(|| least_loaded(n, load, rng)),
                 }
             }
             BalancerKind::PeakEwma => {
                 let s = &self.config.clusters[c].peak_ewma;
                 let now = ejections.unwrap_or_else(Instant::now);
                 let cost = |i: usize| {
-                    if out(i) {
-                        f64::INFINITY
-                    } else {
-                        let e = &state.endpoints[i];
-                        e.rtt.get().cost(now, e.in_flight.get(), s)
-                    }
+                    let e = &state.endpoints[i];
+                    e.rtt.get().cost(now, e.in_flight.get(), s)
                 };
-                let i = least_loaded(n, cost, &mut self.rng.borrow_mut());
-                if out(i) {
-                    (0..n)
-                        .filter(|&j| !out(j))
-                        .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
-                        .unwrap_or(i)
-                } else {
-                    i
+                match degraded {
+                    false => least_loaded(n, cost, rng),
+                    true => least_loaded_among(n, |i| !out(i), cost, rng)
+                        .unwrap_or_else(|| least_loaded(n, cost, rng)),
                 }
             }
             BalancerKind::RoundRobin => {

@@ -35,11 +35,12 @@ fn failing() -> Upstream {
 }
 
 /// Three of four endpoints are bad: one refuses connections, one accepts and
-/// never answers, one answers 503. After two failures in a row each is
-/// ejected, and every request after that is answered by the good one. A
-/// refused connection never reaches the client (the request goes to another
-/// endpoint); the hanging and the failing endpoint's first answers do, as
-/// the cost of learning (retries on timeouts and 5xx are not there yet).
+/// never answers, one answers 503. A failure makes an endpoint weigh as
+/// loaded, and two in a row eject it, so every request after the first few
+/// is answered by the good one. A refused connection never reaches the
+/// client (the request goes to another endpoint); without retries on
+/// timeouts and 5xx (not configured here), the hanging and the failing
+/// endpoint's first answers do, as the cost of learning.
 fn bad_endpoints_are_ejected_and_the_rest_answer_everything() {
     let good = Upstream::echo("good");
     let (hang, sick) = (hanging(), failing());
@@ -70,7 +71,13 @@ fn bad_endpoints_are_ejected_and_the_rest_answer_everything() {
         statuses[30..].iter().all(|s| *s == 200),
         "all answered once the bad ones are out: {statuses:?}"
     );
-    assert_eq!(sick.count(), 2, "the 503 endpoint got two requests");
+    // After its first 503 the failing endpoint weighs as loaded for a
+    // second, so it may not be tried again before the end.
+    assert!(
+        (1..=2).contains(&sick.count()),
+        "the 503 endpoint got {} requests",
+        sick.count()
+    );
     assert!(
         hang.count() <= 2,
         "the hanging endpoint got {} requests",
@@ -264,7 +271,160 @@ fn when_no_endpoint_is_healthy_requests_fail_open_or_fast() {
     assert_eq!((r.status, r.header("weft-error")), (503, Some("no-endpoint")));
 }
 
+/// An upstream named `name` that answers `hello from NAME` while `hang` is
+/// false, and reads requests without ever answering while it is true.
+fn hang_switched(name: &str, hang: Arc<AtomicBool>) -> Upstream {
+    let name = name.to_string();
+    Upstream::scripted(move |mut s, _, received| {
+        let mut buf = bytes::BytesMut::new();
+        while let Some((head, _, _)) = read_request(&mut s, &mut buf) {
+            received.lock().unwrap().push(Received::head(&head));
+            if hang.load(Ordering::SeqCst) {
+                let mut b = [0u8; 64];
+                while matches!(std::io::Read::read(&mut s, &mut b), Ok(n) if n > 0) {}
+                return;
+            }
+            let body = format!("hello from {name}");
+            let out = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            if s.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// An endpoint that accepts and never answers costs no request (the
+/// per-try timeout sends each one on), is ejected, and takes traffic again
+/// once it answers: after its ejection, the request on probation decides.
+fn a_hanging_endpoint_is_ejected_and_back_once_it_answers() {
+    let hang = Arc::new(AtomicBool::new(true));
+    let good = Upstream::echo("good");
+    let flaky = hang_switched("flaky", hang.clone());
+    let config = simple_config(
+        &[good.addr, flaky.addr],
+        "",
+        "breaker = { consecutive_failures = 2, base_ejection = \"200ms\", max_ejection = \"200ms\", max_ejection_percent = 50 }\n",
+    )
+    .replace(
+        "[[route]]\ncluster = \"up\"\n",
+        "[[route]]\ncluster = \"up\"\nretry = { attempts = 2, on = [\"timeout\"], per_try_timeout = \"100ms\" }\n",
+    );
+    let weft = start(&config);
+    let addr = weft.addr("in").expect("listener `in`");
+    let mut c = Client::connect(addr);
+    for i in 0..30 {
+        let r = c.get("/x", "");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello from good"),
+            "request {i}"
+        );
+    }
+    let hung = flaky.count();
+    // One hang, and the endpoint weighs as loaded for a second; once it is
+    // tried again (and hangs again) it is ejected.
+    assert!((1..=6).contains(&hung), "flaky got {hung} requests while it hung");
+    hang.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || c.get("/x", "").text()
+            == "hello from flaky"),
+        "the endpoint never came back"
+    );
+    assert_eq!(weft.failures(), 0);
+}
+
+/// An endpoint that goes away and comes back every 150 ms (connections
+/// refused, and those it had accepted closed): with the defaults (retry on
+/// connect failure, stale connections retried for GETs, ejection), every
+/// GET is answered.
+fn a_flapping_endpoint_costs_no_get() {
+    let stable = Upstream::echo("stable");
+    let addr = dead_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flapper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut flaps = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(l) = std::net::TcpListener::bind(addr) else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                l.set_nonblocking(true).expect("nonblocking");
+                let up = Arc::new(AtomicBool::new(true));
+                let until = std::time::Instant::now() + Duration::from_millis(150);
+                let mut served = Vec::new();
+                while std::time::Instant::now() < until {
+                    match l.accept() {
+                        Ok((s, _)) => {
+                            let up = up.clone();
+                            served.push(std::thread::spawn(move || serve_while(s, &up)));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+                // Down: refuse new connections, close the accepted ones.
+                drop(l);
+                up.store(false, Ordering::SeqCst);
+                for t in served {
+                    let _ = t.join();
+                }
+                flaps += 1;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            flaps
+        })
+    };
+    let weft = start(&simple_config(&[stable.addr, addr], "", ""));
+    let proxy = weft.addr("in").expect("listener `in`");
+    let mut c = Client::connect(proxy);
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let r = c.get("/x", "");
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+        n += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let flaps = flapper.join().expect("flapper");
+    assert!(flaps >= 3, "the endpoint flapped {flaps} times");
+    assert!(n > 100, "{n} requests");
+    assert_eq!(weft.failures(), 0);
+}
+
+/// Serves `hello` on `s` while `up` holds; closes it once `up` is false.
+fn serve_while(mut s: std::net::TcpStream, up: &AtomicBool) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    while up.load(Ordering::SeqCst) {
+        match std::io::Read::read(&mut s, &mut b) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        }
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 on_both_drivers!(
+    a_hanging_endpoint_is_ejected_and_back_once_it_answers,
+    a_flapping_endpoint_costs_no_get,
     a_failing_health_check_takes_an_endpoint_out_and_a_passing_one_brings_it_back,
     when_no_endpoint_is_healthy_requests_fail_open_or_fast,
     bad_endpoints_are_ejected_and_the_rest_answer_everything,
