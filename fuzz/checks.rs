@@ -592,7 +592,44 @@ const REQ_FORWARDED: &[HeaderKind] = &[
 ];
 
 /// What weft sends upstream is one well-formed request meaning the same thing.
+/// With a time left to pass on, the re-encoded request has each deadline
+/// field once, carrying that time, exactly when the original had it as an
+/// end-to-end field.
+fn reencode_request_with_deadline(head: &RequestHead, left: Duration) {
+    let raw = &head.raw[..];
+    let opts = RequestOptions {
+        deadline: Some(left),
+        ..REQ_OPTS
+    };
+    let mut out = BytesMut::new();
+    encode_request(head, &opts, &mut out);
+    let encoded = out.to_vec();
+    let again = match parse_request(&mut out, &GENEROUS) {
+        Ok(Some(again)) => again,
+        other => panic!("re-encoded request does not parse: {other:?}\n{}", show(&encoded)),
+    };
+    for field in [DeadlineField::Grpc, DeadlineField::WeftMs] {
+        let is = |r: &[u8], h: &HeaderRange| DeadlineField::of(&r[h.name.clone()]) == Some(field);
+        let had = head
+            .headers
+            .iter()
+            .any(|h| is(raw, h) && !is_hop_by_hop(raw, h, &head.connection));
+        let sent: Vec<&[u8]> = again
+            .headers
+            .iter()
+            .filter(|h| is(&again.raw, h))
+            .map(|h| &again.raw[h.value.clone()])
+            .collect();
+        let mut want = BytesMut::new();
+        field.put(left, &mut want);
+        let want: Vec<&[u8]> = if had { vec![&want[..]] } else { vec![] };
+        assert_eq!(sent, want, "{field:?} with {left:?} left: {}", show(&encoded));
+    }
+}
+
 fn reencode_request(head: &RequestHead) {
+    let left = Duration::from_micros(fnv(&head.raw) % 10_000_000_000);
+    reencode_request_with_deadline(head, left);
     let raw = &head.raw[..];
     let mut out = BytesMut::new();
     encode_request(head, &REQ_OPTS, &mut out);

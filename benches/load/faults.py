@@ -372,7 +372,7 @@ def main():
     (OUT / "raw").mkdir(exist_ok=True)
     command = (f"SCENARIO=faults ROUNDS={ROUNDS} PHASE={PHASE} FAULT_AT={FAULT_AT:g}s RATE={RATE} "
                f"LAT_CONNS={CONNS} PER_TRY={PER_TRY} FAULT_TARGETS={shlex.quote(' '.join(TARGETS))} benches/load/run.sh")
-    machine = {k: v for k, v in bench.machine_info().items() if k != "wrk"}
+    machine = {k: v for k, v in bench.machine_info().items() if k not in ("wrk", "upstream")}
     machine["upstreams"] = "three nginx, 1 worker each, `return 200`, on the load core"
     log(f"results in {OUT}")
     for k, v in machine.items():

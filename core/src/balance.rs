@@ -64,24 +64,21 @@ pub fn least_loaded<L: PartialOrd>(n: usize, load: impl Fn(usize) -> L, rng: &mu
     }
 }
 
-/// Power of two random choices among the endpoints of `0..n` for which
-/// `usable` holds (the others are ejected or failing their health check):
-/// two distinct usable endpoints at random, the lower load wins. None when
-/// no endpoint is usable. An endpoint that is out never makes its partner
-/// in the draw win by default: a slow endpoint beside an ejected one is
-/// still weighed against the others.
+/// Power of two random choices among the `usable` endpoints (indices; the
+/// others are ejected or failing their health check): two distinct usable
+/// endpoints at random, the lower load wins. None when none is usable. An
+/// endpoint that is out never makes its partner in the draw win by
+/// default: a slow endpoint beside an ejected one is still weighed against
+/// the others.
 pub fn least_loaded_among<L: PartialOrd>(
-    n: usize,
-    usable: impl Fn(usize) -> bool,
+    usable: &[usize],
     load: impl Fn(usize) -> L,
     rng: &mut Rng,
 ) -> Option<usize> {
-    let m = (0..n).filter(|&i| usable(i)).count();
-    let nth = |k: usize| (0..n).filter(|&i| usable(i)).nth(k);
-    match m {
+    match usable.len() {
         0 => None,
-        1 => nth(0),
-        _ => nth(least_loaded(m, |k| nth(k).map(&load), rng)),
+        1 => Some(usable[0]),
+        m => Some(usable[least_loaded(m, |k| load(usable[k]), rng)]),
     }
 }
 
@@ -124,12 +121,12 @@ mod tests {
         let loads = [0u32, 50, 0];
         let mut picks = [0usize; 3];
         for _ in 0..1000 {
-            let i = least_loaded_among(3, |i| i != 0, |i| loads[i], &mut rng).expect("usable");
+            let i = least_loaded_among(&[1, 2], |i| loads[i], &mut rng).expect("usable");
             picks[i] += 1;
         }
         assert_eq!(picks, [0, 0, 1000], "the idle usable one wins every draw");
-        assert_eq!(least_loaded_among(3, |_| false, |i| loads[i], &mut rng), None);
-        assert_eq!(least_loaded_among(3, |i| i == 1, |i| loads[i], &mut rng), Some(1));
+        assert_eq!(least_loaded_among(&[], |i| loads[i], &mut rng), None);
+        assert_eq!(least_loaded_among(&[1], |i| loads[i], &mut rng), Some(1));
     }
 
     #[test]

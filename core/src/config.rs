@@ -868,6 +868,13 @@ impl Config {
                         ));
                     }
                     let interval = positive(&h.interval, &lines, field("health_check.interval"))?;
+                    if interval < Duration::from_millis(10) {
+                        return Err(err(
+                            lines.at(h.interval.span().start),
+                            field("health_check.interval"),
+                            "is shorter than 10ms: probes that often would load every endpoint; make it longer",
+                        ));
+                    }
                     let timeout = positive(&h.timeout, &lines, field("health_check.timeout"))?;
                     if timeout > interval {
                         return Err(err(
@@ -1479,6 +1486,10 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         );
         let e = error_of(&format!("{base}health_check = {{ timeout = \"10s\" }}\n"));
         assert_eq!(e.field, "cluster[0].health_check.timeout", "{e}");
+        let e = error_of(&format!(
+            "{base}health_check = {{ interval = \"1us\", timeout = \"1us\" }}\n"
+        ));
+        assert_eq!(e.field, "cluster[0].health_check.interval", "{e}");
         let e = error_of(&format!("{base}health_check = {{ unhealthy = 0 }}\n"));
         assert_eq!(e.field, "cluster[0].health_check.unhealthy", "{e}");
         let e = error_of(&format!("{base}health_check = {{ every = \"1s\" }}\n"));

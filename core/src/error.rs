@@ -51,6 +51,10 @@ pub enum ErrorKind {
     DownstreamBodyTimeout,
     /// The upstream did not answer within the route's timeout.
     UpstreamTimeout,
+    /// The request's own deadline (`grpc-timeout`, `weft-timeout-ms`),
+    /// shorter than the route's timeout, passed before the upstream's
+    /// answer: the client's choice, not counted against the endpoint.
+    DeadlineExceeded,
     /// The client closed its connection before the response (nothing is
     /// sent; logs say 499, as nginx does).
     DownstreamClosed,
@@ -161,6 +165,7 @@ impl ProxyError {
             | ErrorKind::DownstreamClosed
             | ErrorKind::DownstreamWriteTimeout
             | ErrorKind::HeaderTimeout
+            | ErrorKind::DeadlineExceeded
             | ErrorKind::BadRequest { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
@@ -176,7 +181,10 @@ impl ProxyError {
             | ErrorKind::ConnectFailed
             | ErrorKind::LocalResources
             | ErrorKind::Overflow => 503,
-            ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout | ErrorKind::UpstreamReadTimeout => 504,
+            ErrorKind::ConnectTimeout
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamReadTimeout
+            | ErrorKind::DeadlineExceeded => 504,
             ErrorKind::DownstreamWriteTimeout | ErrorKind::HeaderTimeout => 408,
             ErrorKind::BadRequest { status, .. } => status,
             ErrorKind::DownstreamClosed => 499,
@@ -203,6 +211,7 @@ impl ProxyError {
             ErrorKind::DownstreamBodyError => "downstream-body-error",
             ErrorKind::DownstreamBodyTimeout => "body-timeout",
             ErrorKind::UpstreamTimeout => "upstream-timeout",
+            ErrorKind::DeadlineExceeded => "deadline-exceeded",
             ErrorKind::DownstreamClosed => "client-closed",
             ErrorKind::UpstreamReadTimeout => "upstream-read-timeout",
             ErrorKind::DownstreamWriteTimeout => "client-write-timeout",
@@ -233,6 +242,9 @@ impl fmt::Display for ProxyError {
                 "the request body stalled: nothing arrived within the listener's idle_timeout"
             }
             ErrorKind::UpstreamTimeout => "the upstream did not answer within the route's timeout",
+            ErrorKind::DeadlineExceeded => {
+                "the upstream did not answer within the request's own deadline (grpc-timeout or weft-timeout-ms)"
+            }
             ErrorKind::DownstreamClosed => "the client closed the connection before the response",
             ErrorKind::UpstreamReadTimeout => "the upstream went silent in the middle of the response body",
             ErrorKind::DownstreamWriteTimeout => {
@@ -283,6 +295,12 @@ mod tests {
             (local.status(), local.code(), local.side()),
             (503, "local-resources", Side::Proxy),
             "weft's own shortage blames no endpoint"
+        );
+        let late = ProxyError::new(ErrorKind::DeadlineExceeded);
+        assert_eq!(
+            (late.status(), late.code(), late.side()),
+            (504, "deadline-exceeded", Side::Downstream),
+            "a client's own deadline blames no endpoint"
         );
         let stalled = ProxyError::new(ErrorKind::DownstreamBodyTimeout);
         assert_eq!(

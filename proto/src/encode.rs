@@ -79,6 +79,7 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
     let mut had_content_length = false;
     let mut xff_first = true;
     let mut saw_host = false;
+    let mut deadlines_written = [false; 2];
     // RFC 9112 3.2.2: with an absolute-form target, Host is the target's authority.
     let uri_authority = req
         .authority
@@ -115,6 +116,13 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
             }
             HeaderKind::Deadline(field) => {
                 if let Some(left) = opts.deadline {
+                    // Each field once, with the time left (unless the
+                    // client's `Connection` made it hop-by-hop).
+                    let once = &mut deadlines_written[field as usize];
+                    if *once || is_hop_by_hop(raw, h, &req.connection) {
+                        continue;
+                    }
+                    *once = true;
                     out.put_slice(&raw[h.name.clone()]);
                     out.put_slice(b": ");
                     field.put(left, out);
@@ -301,6 +309,31 @@ mod tests {
             "GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nX-Secret: 1\r\nTE: trailers\r\nTrailer: x\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nX-Keep: yes\r\nX-Forwarded-Proto: https\r\n\r\n",
         );
         assert_eq!(out, "GET /x HTTP/1.1\r\nHost: a\r\nX-Keep: yes\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n");
+    }
+
+    #[test]
+    fn deadline_fields_carry_the_time_left_once_and_respect_connection() {
+        let r = req("GET / HTTP/1.1\r\nHost: a\r\ngrpc-timeout: 5S\r\nConnection: weft-timeout-ms\r\nweft-timeout-ms: 9\r\nGRPC-Timeout: 7S\r\n\r\n");
+        let opts = RequestOptions {
+            deadline: Some(Duration::from_millis(250)),
+            ..OPTS
+        };
+        let mut out = BytesMut::new();
+        encode_request(&r, &opts, &mut out);
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        assert!(out.contains("\r\ngrpc-timeout: 250000u\r\n"), "{out}");
+        assert_eq!(
+            out.to_ascii_lowercase().matches("grpc-timeout").count(),
+            1,
+            "{out}"
+        );
+        assert!(
+            !out.contains("weft-timeout-ms"),
+            "hop-by-hop by Connection: {out}"
+        );
+        // Without a time left, the fields go as they came.
+        let plain = enc("GET / HTTP/1.1\r\nHost: a\r\ngrpc-timeout: 5S\r\n\r\n");
+        assert!(plain.contains("grpc-timeout: 5S\r\n"), "{plain}");
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl Request {
         put_field(out, b"host", host.as_bytes());
         let mut cookies: Vec<&[u8]> = Vec::new();
         let mut xff = Vec::new();
+        let mut deadlines_written = [false; 2];
         for (name, value) in &f.parts.headers {
             let n = name.as_str();
             if n == "cookie" {
@@ -329,6 +330,11 @@ impl Request {
                 continue;
             }
             if let (Some(field), Some(left)) = (DeadlineField::of(n.as_bytes()), opts.deadline) {
+                // Each field once, with the time left.
+                let once = &mut deadlines_written[field as usize];
+                if std::mem::replace(once, true) {
+                    continue;
+                }
                 out.put_slice(n.as_bytes());
                 out.put_slice(b": ");
                 field.put(left, out);

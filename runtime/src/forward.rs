@@ -152,6 +152,15 @@ struct Ctx<'a> {
     /// `weft-timeout-ms`): when it ends (or the route's timeout, if that is
     /// sooner). What is left of it goes upstream in the same fields.
     deadline: Option<Instant>,
+    /// The deadline in force is the client's own (shorter than the
+    /// route's timeout): passing it is no fault of the endpoint's.
+    client_deadline: bool,
+    /// The route's per-try timeout, when the request carried a deadline:
+    /// an attempt is told at most this much.
+    per_try: Option<Duration>,
+    /// weft sent the client its own `100 Continue`: the upstream's is
+    /// dropped.
+    continued: bool,
 }
 
 /// The request body, read from the client's buffer and stream.
@@ -227,6 +236,20 @@ impl<'a> Ctx<'a> {
         true
     }
 
+    /// The failure when the deadline in force passed before the answer: the
+    /// client's own (504 `deadline-exceeded`, not the endpoint's fault) or
+    /// the route's timeout (504 `upstream-timeout`).
+    fn timed_out(&self) -> Failed {
+        if self.client_deadline {
+            Failed {
+                error: ProxyError::new(ErrorKind::DeadlineExceeded),
+                close: false,
+            }
+        } else {
+            Failed::timeout()
+        }
+    }
+
     /// The request's head as it goes to `to` (an HTTP/1.0 request without
     /// Host gets the endpoint's authority).
     fn head_for(&self, to: &Upstream<'_>) -> Bytes {
@@ -235,7 +258,10 @@ impl<'a> Ctx<'a> {
             client_ip: self.peer_ip,
             proto: "http",
             default_host: &to.ep.authority,
-            deadline: self.deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            deadline: self.deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                self.per_try.map_or(left, |t| t.min(left))
+            }),
         };
         self.req.encode_h1(&opts, &mut out);
         out.freeze()
@@ -283,6 +309,9 @@ pub(crate) async fn exchange<S: Stream>(
         listener_request: None,
         retrying: None,
         deadline: None,
+        client_deadline: false,
+        per_try: None,
+        continued: false,
     };
     x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {
@@ -298,7 +327,7 @@ pub(crate) async fn exchange<S: Stream>(
             return Next::after(after, client);
         }
     }
-    let picked = l
+    let routed = l
         .routes
         .find_indexed(req.host(), req.path(), req.method(), |n| req.header(n))
         .ok_or(ErrorKind::NoRoute)
@@ -306,37 +335,26 @@ pub(crate) async fn exchange<S: Stream>(
             if route.rate_limit.is_some() && !w.admit(l, ri, started) {
                 return Err(ErrorKind::RateLimited);
             }
-            let c = w.pick_cluster(&route.target);
-            let (i, ep) = w.pick_endpoint(c).ok_or(ErrorKind::NoEndpoint)?;
-            let cluster = &w.config.clusters[c];
-            Ok((route, Upstream { c, i, ep, cluster }))
+            Ok((route, w.pick_cluster(&route.target)))
         });
-    let (route, mut to) = match picked {
-        Ok(picked) => picked,
+    let (route, c) = match routed {
+        Ok(routed) => routed,
         Err(kind) => {
             let close = !body.reader.done();
             let after = Box::pin(x.fail(&mut client, ProxyError::new(kind), close)).await;
             return Next::after(after, client);
         }
     };
-    x.aim(&to);
-    let state = &w.clusters[to.c];
-    if state.requests.get() >= state.limits.max_requests {
-        // The cluster is full: answer at once rather than queue.
-        let close = !body.reader.done();
-        let after = Box::pin(x.fail(&mut client, ProxyError::new(ErrorKind::Overflow), close)).await;
-        return Next::after(after, client);
-    }
-    x.cluster_request = Some(Counted::new(&state.requests));
-    state.budget.borrow_mut().deposit(started);
     // The route's timeout, shortened to the client's own deadline.
     let mut deadline = started + route.timeout;
     if let Some(wait) = req.deadline() {
-        deadline = started.checked_add(wait).map_or(deadline, |d| d.min(deadline));
+        if let Some(theirs) = started.checked_add(wait).filter(|d| *d < deadline) {
+            deadline = theirs;
+            x.client_deadline = true;
+        }
         x.deadline = Some(deadline);
+        x.per_try = route.retry.per_try_timeout;
     }
-    let send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
-    let head = x.head_for(&to);
     let first = match body.reader.take(body.cbuf) {
         Ok(b) => b,
         Err(_) => {
@@ -346,15 +364,53 @@ pub(crate) async fn exchange<S: Stream>(
         }
     };
     x.t.o.bytes_in += first.len() as u64;
-    let (mut first, mut send_continue) = (first, send_continue);
+    let mut send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
+    let mut first = first;
     if !body.reader.done() && replayable(req, &route.retry) {
-        // Kept whole for a retry, if it is small enough.
+        // Kept whole for a retry, if it is small enough; no endpoint is
+        // held meanwhile.
         let how = (send_continue, route.retry.max_replay_bytes);
-        match Box::pin(gather(&mut x, &mut client, &mut body, first, how)).await {
-            Ok(kept) => (first, send_continue) = (kept, false),
-            Err(f) => return x.failed(client, f, false).await,
+        let gathered = within(
+            w.timers.at(deadline),
+            Box::pin(gather(&mut x, &mut client, &mut body, first, how)),
+        )
+        .await;
+        match gathered {
+            Some(Ok(kept)) => {
+                first = kept;
+                x.continued = send_continue;
+                send_continue = false;
+            }
+            Some(Err(f)) => return x.failed(client, f, false).await,
+            // Too slow an upload for the request's time.
+            None => {
+                let f = Failed::downstream_body(ErrorKind::DownstreamBodyTimeout);
+                return x.failed(client, f, false).await;
+            }
         }
     }
+    let Some((i, ep)) = w.pick_endpoint(c) else {
+        let close = !body.reader.done();
+        let after = Box::pin(x.fail(&mut client, ProxyError::new(ErrorKind::NoEndpoint), close)).await;
+        return Next::after(after, client);
+    };
+    let mut to = Upstream {
+        c,
+        i,
+        ep,
+        cluster: &w.config.clusters[c],
+    };
+    x.aim(&to);
+    let state = &w.clusters[c];
+    if state.requests.get() >= state.limits.max_requests {
+        // The cluster is full: answer at once rather than queue.
+        let close = !body.reader.done();
+        let after = Box::pin(x.fail(&mut client, ProxyError::new(ErrorKind::Overflow), close)).await;
+        return Next::after(after, client);
+    }
+    x.cluster_request = Some(Counted::new(&state.requests));
+    state.budget.borrow_mut().deposit(started);
+    let head = x.head_for(&to);
     if !body.reader.done() {
         return Box::pin(full_duplex(
             &mut x,
@@ -385,7 +441,7 @@ pub(crate) async fn exchange<S: Stream>(
     let (up, res) = match forwarded {
         Some(Ok(answer)) => answer,
         Some(Err(f)) => return x.failed(client, f, true).await,
-        None => return x.failed(client, Failed::timeout(), true).await,
+        None => return x.failed(client, x.timed_out(), true).await,
     };
     respond(&mut x, client, up, res, to).await
 }
@@ -598,7 +654,9 @@ async fn response_head<S: Stream>(
         match parse_response(&mut up.buf, &RESPONSE_LIMITS, x.req.is_head()) {
             Ok(Some(res)) if res.is_informational() && res.status != 101 => {
                 informational = true;
-                forward_interim(x, client, &res).await?;
+                if !(res.status == 100 && x.continued) {
+                    forward_interim(x, client, &res).await?;
+                }
                 continue;
             }
             Ok(Some(res)) => return Ok(res),
@@ -935,7 +993,7 @@ async fn full_duplex<'a, S: Stream>(
     let up = match opened {
         Some(Ok(up)) => up,
         Some(Err(f)) => return x.failed(client, f, false).await,
-        None => return x.failed(client, Failed::timeout(), false).await,
+        None => return x.failed(client, x.timed_out(), false).await,
     };
     let Conn {
         io, buf: mut ubuf, ..
@@ -956,7 +1014,7 @@ async fn full_duplex<'a, S: Stream>(
             let res = match within(timers.at(deadline), final_head(x, &mut cw, &mut ur, &mut ubuf)).await {
                 Some(Ok(res)) => res,
                 Some(Err(f)) => return Answer::Failed(f),
-                None => return Answer::Failed(Failed::timeout()),
+                None => return Answer::Failed(x.timed_out()),
             };
             x.t.o.upstream_at = Some(Instant::now());
             if res.status == 101 {

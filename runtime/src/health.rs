@@ -96,6 +96,9 @@ pub fn start(
         return Ok(None);
     }
     let (config, table) = (config.clone(), table.clone());
+    // The thread says whether its runtime runs: without it, checks that
+    // were asked for would silently be off.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("weft-health".into())
         .spawn(move || {
@@ -103,9 +106,12 @@ pub fn start(
                 .enable_timer()
                 .build();
             let mut rt = match rt {
-                Ok(rt) => rt,
+                Ok(rt) => {
+                    let _ = ready_tx.send(Ok(()));
+                    rt
+                }
                 Err(e) => {
-                    log!("health checks are off: cannot build the prober's runtime: {e}");
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
@@ -130,7 +136,20 @@ pub fn start(
                 stop.wait().await;
             });
         })?;
-    Ok(Some(handle))
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(Some(handle)),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("the health-check prober cannot build its runtime: {e}"),
+            ))
+        }
+        Err(_) => {
+            let _ = handle.join();
+            Err(std::io::Error::other("the health-check prober stopped at start"))
+        }
+    }
 }
 
 /// One endpoint the prober watches.

@@ -1239,18 +1239,21 @@ fn a_client_deadline_shortens_the_route_timeout_and_goes_upstream_less_the_time_
             );
         }
         // The upstream never answers: 504 at the client's deadline, not the
-        // route's hour.
+        // route's hour, and the endpoint is not blamed for the client's
+        // choice.
         let mut cb = Vec::new();
         let res = read_message(&mut c, &mut cb).await;
         assert!(res.starts_with("HTTP/1.1 504 "), "{res}");
+        assert!(res.contains("weft-error: deadline-exceeded"), "{res}");
         let o = &k.outcomes(1).await[0];
-        assert_eq!((o.status, o.error), (Some(504), Some("upstream-timeout")));
+        assert_eq!((o.status, o.error), (Some(504), Some("deadline-exceeded")));
+        assert_eq!(o.endpoint_verdict(weft_core::FailureKind::Any5xx), None);
     });
 }
 
 #[test]
 fn each_attempt_carries_the_deadline_left_at_its_start() {
-    let retry = "{ attempts = 2, on = [\"timeout\"], per_try_timeout = \"50ms\", backoff_base = \"1ms\", backoff_max = \"1ms\" }";
+    let retry = "{ attempts = 2, on = [\"5xx\"], backoff_base = \"1ms\", backoff_max = \"1ms\" }";
     pipeline(retrying(retry), |k| async move {
         let (slow, quick) = (k.upstream(), k.upstream_at(UP2));
         let mut c = k.client();
@@ -1262,18 +1265,41 @@ fn each_attempt_carries_the_deadline_left_at_its_start() {
         let mut s = slow.accept().await;
         let mut sb = Vec::new();
         let first = deadline_in(&read_message(&mut s, &mut sb).await, "grpc-timeout");
+        // A slow 503: the retry has 60 ms less.
+        monoio::time::sleep(Duration::from_millis(60)).await;
+        send(&mut s, "HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n").await;
         let mut q = quick.accept().await;
         let mut qb = Vec::new();
         let second = deadline_in(&read_message(&mut q, &mut qb).await, "grpc-timeout");
         assert!(first <= Duration::from_secs(2), "{first:?}");
         assert!(
-            second + Duration::from_millis(50) <= first,
-            "the retry after a 50 ms per-try timeout has less left: {first:?} then {second:?}"
+            second + Duration::from_millis(60) <= first,
+            "the retry after 60 ms has less left: {first:?} then {second:?}"
         );
         send(&mut q, &ok("quick")).await;
         let res = read_message(&mut c, &mut Vec::new()).await;
         assert!(res.ends_with("quick"), "{res}");
         assert_eq!(k.outcomes(1).await[0].attempts, 2);
+    });
+}
+
+#[test]
+fn an_attempt_is_told_no_more_than_its_per_try_timeout() {
+    let retry = "{ attempts = 2, on = [\"timeout\"], per_try_timeout = \"50ms\" }";
+    pipeline(retrying(retry), |k| async move {
+        let up = k.upstream();
+        let mut c = k.client();
+        send(
+            &mut c,
+            "GET /x HTTP/1.1\r\nHost: a.test\r\nweft-timeout-ms: 2000\r\n\r\n",
+        )
+        .await;
+        let mut u = up.accept().await;
+        let told = deadline_in(&read_message(&mut u, &mut Vec::new()).await, "weft-timeout-ms");
+        assert_eq!(told, Duration::from_millis(50));
+        send(&mut u, &ok("in time")).await;
+        let res = read_message(&mut c, &mut Vec::new()).await;
+        assert!(res.ends_with("in time"), "{res}");
     });
 }
 
@@ -1304,7 +1330,8 @@ async fn put_after_continue(k: &Kit, body: &str, retried: bool) -> (String, Stri
         let mut w = well.accept().await;
         let mut wb = Vec::new();
         let got = read_message(&mut w, &mut wb).await;
-        send(&mut w, &ok("well")).await;
+        // Its own 100 is dropped: the client had weft's.
+        send(&mut w, &format!("HTTP/1.1 100 Continue\r\n\r\n{}", ok("well"))).await;
         Some(got)
     } else {
         None

@@ -64,6 +64,8 @@ pub enum StartError {
     NoIoUring,
     /// A worker thread could not be created.
     Worker(std::io::Error),
+    /// The health-check prober could not start.
+    HealthChecks(std::io::Error),
     /// A worker could not build its runtime or register its listeners.
     WorkerSetup {
         /// The worker's index.
@@ -84,6 +86,10 @@ impl fmt::Display for StartError {
                 "runtime.driver = \"io-uring\" but io_uring is unavailable here (old kernel, sysctl or seccomp); use driver = \"auto\" or \"epoll\"",
             ),
             StartError::Worker(e) => write!(f, "cannot start a worker thread: {e}"),
+            StartError::HealthChecks(e) => write!(
+                f,
+                "health checks are configured but cannot run: {e} (check the open-file and thread limits, or remove `health_check`)"
+            ),
             StartError::WorkerSetup { worker, error } => write!(
                 f,
                 "worker {worker} cannot start: {error} (check the open-file limit, `ulimit -n`; with io_uring also `ulimit -l` and the kernel's io_uring settings, or use driver = \"epoll\")"
@@ -317,7 +323,7 @@ impl Server {
         match health::start(&config, &health, shutdown.clone()) {
             Ok(Some(prober)) => workers.push(prober),
             Ok(None) => {}
-            Err(e) => return abort(workers, &shutdown, StartError::Worker(e)),
+            Err(e) => return abort(workers, &shutdown, StartError::HealthChecks(e)),
         }
         let io = match driver {
             DriverInUse::Epoll => IoSetup::Epoll,

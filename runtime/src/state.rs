@@ -45,6 +45,9 @@ pub(crate) struct Worker {
     /// workers, written by the prober).
     pub health: Arc<HealthTable>,
     rng: RefCell<Rng>,
+    /// The usable endpoints of a pick while some are out (kept to reuse
+    /// its memory).
+    usable: RefCell<Vec<usize>>,
     /// Set when shutdown began: answer in flight, then close.
     pub draining: Cell<bool>,
     /// This worker's counters, readable from other threads.
@@ -233,6 +236,7 @@ impl Worker {
             clusters,
             health,
             rng: RefCell::new(Rng::new(seed)),
+            usable: RefCell::new(Vec::new()),
             draining: Cell::new(false),
             counters,
             gates,
@@ -415,12 +419,20 @@ impl Worker {
             }
         });
         let down = self.health.any_down(c);
-        let out = |i: usize| {
-            ejections.is_some_and(|now| state.endpoints[i].outlier.borrow().ejected(now))
-                || (down && !self.health.healthy(c, i))
-        };
-        // While some endpoint is out, the draw is among the others only.
+        // While some endpoint is out, the draw is among the others only,
+        // read once (the prober may change its table meanwhile).
         let degraded = ejections.is_some() || down;
+        let mut usable = self.usable.borrow_mut();
+        usable.clear();
+        if degraded {
+            usable.extend((0..n).filter(|&i| {
+                !ejections.is_some_and(|now| state.endpoints[i].outlier.borrow().ejected(now))
+                    && (!down || self.health.healthy(c, i))
+            }));
+            if usable.is_empty() && self.config.clusters[c].no_healthy == NoHealthy::FailFast {
+                return None;
+            }
+        }
         let rng = &mut self.rng.borrow_mut();
         let i = match self.config.clusters[c].balancer {
             BalancerKind::LeastLoaded => {
@@ -432,12 +444,8 @@ impl Worker {
                         .get()
                         .saturating_add(e.outlier.borrow().failure_load(Instant::now))
                 };
-                match degraded {
-                    false => least_loaded(n, load, rng),
-                    // None usable: fail open, over all of them.
-                    true => least_loaded_among(n, |i| !out(i), load, rng)
-                        .unwrap_or_else(|| least_loaded(n, load, rng)),
-                }
+                // None usable: fail open, over all of them.
+                least_loaded_among(&usable, load, rng).unwrap_or_else(|| least_loaded(n, load, rng))
             }
             BalancerKind::PeakEwma => {
                 let s = &self.config.clusters[c].peak_ewma;
@@ -446,33 +454,20 @@ impl Worker {
                     let e = &state.endpoints[i];
                     e.rtt.get().cost(now, e.in_flight.get(), s)
                 };
-                match degraded {
-                    false => least_loaded(n, cost, rng),
-                    true => least_loaded_among(n, |i| !out(i), cost, rng)
-                        .unwrap_or_else(|| least_loaded(n, cost, rng)),
-                }
+                least_loaded_among(&usable, cost, rng).unwrap_or_else(|| least_loaded(n, cost, rng))
             }
             BalancerKind::RoundRobin => {
                 let mut rr = state.rr.borrow_mut();
                 let first = rr.pick(n);
                 let mut i = first;
-                for _ in 1..n {
-                    if !out(i) {
-                        break;
+                if !usable.is_empty() {
+                    while !usable.contains(&i) {
+                        i = rr.pick(n);
                     }
-                    i = rr.pick(n);
                 }
-                if out(i) {
-                    first
-                } else {
-                    i
-                }
+                i
             }
         };
-        if out(i) && self.config.clusters[c].no_healthy == NoHealthy::FailFast {
-            // Every endpoint is out.
-            return None;
-        }
         state.endpoints.get(i).map(|e| (i, e))
     }
 }
