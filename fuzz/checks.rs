@@ -587,8 +587,8 @@ const REQ_OPTS: RequestOptions<'static> = RequestOptions {
 const REQ_FORWARDED: &[HeaderKind] = &[
     HeaderKind::Other,
     HeaderKind::Expect,
-    HeaderKind::Deadline(DeadlineField::Grpc),
-    HeaderKind::Deadline(DeadlineField::WeftMs),
+    HeaderKind::GrpcTimeout,
+    HeaderKind::WeftTimeout,
 ];
 
 /// What weft sends upstream is one well-formed request meaning the same thing.
@@ -833,8 +833,8 @@ fn response_invariants(input: &[u8], res: &ResponseHead, rest: &[u8], head_reque
 }
 
 const RES_FORWARDED: &[HeaderKind] = &[
-    HeaderKind::Deadline(DeadlineField::Grpc),
-    HeaderKind::Deadline(DeadlineField::WeftMs),
+    HeaderKind::GrpcTimeout,
+    HeaderKind::WeftTimeout,
     HeaderKind::Host,
     HeaderKind::Other,
     HeaderKind::Expect,

@@ -114,8 +114,8 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
                 }
                 continue;
             }
-            HeaderKind::Deadline(field) => {
-                if let Some(left) = opts.deadline {
+            HeaderKind::GrpcTimeout | HeaderKind::WeftTimeout => {
+                if let (Some(left), Some(field)) = (opts.deadline, h.kind.deadline()) {
                     // Each field once, with the time left (unless the
                     // client's `Connection` made it hop-by-hop).
                     let once = &mut deadlines_written[field as usize];

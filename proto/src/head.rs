@@ -64,14 +64,26 @@ pub enum HeaderKind {
     XForwardedFor,
     /// `X-Forwarded-Proto`.
     XForwardedProto,
-    /// `grpc-timeout` or `weft-timeout-ms`: how long the caller waits
-    /// (forwarded with the time left).
-    Deadline(DeadlineField),
+    /// `grpc-timeout`: how long the caller waits (forwarded with the time
+    /// left).
+    GrpcTimeout,
+    /// `weft-timeout-ms`: how long the caller waits (forwarded with the
+    /// time left).
+    WeftTimeout,
     /// Anything else: forwarded unless `Connection` names it.
     Other,
 }
 
 impl HeaderKind {
+    /// The deadline field this kind is, if it is one.
+    pub fn deadline(self) -> Option<DeadlineField> {
+        match self {
+            HeaderKind::GrpcTimeout => Some(DeadlineField::Grpc),
+            HeaderKind::WeftTimeout => Some(DeadlineField::WeftMs),
+            _ => None,
+        }
+    }
+
     /// Classifies a header field name (case-insensitive).
     pub fn of(name: &[u8]) -> HeaderKind {
         let eq = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
@@ -88,8 +100,10 @@ impl HeaderKind {
             6 if eq("expect") => HeaderKind::Expect,
             15 if eq("x-forwarded-for") => HeaderKind::XForwardedFor,
             17 if eq("x-forwarded-proto") => HeaderKind::XForwardedProto,
-            12 if eq("grpc-timeout") => HeaderKind::Deadline(DeadlineField::Grpc),
-            15 if eq("weft-timeout-ms") => HeaderKind::Deadline(DeadlineField::WeftMs),
+            // First bytes first: `accept-encoding` and `accept-language`
+            // are as long and far more common.
+            12 if name[0] | 0x20 == b'g' && eq("grpc-timeout") => HeaderKind::GrpcTimeout,
+            15 if name[0] | 0x20 == b'w' && eq("weft-timeout-ms") => HeaderKind::WeftTimeout,
             _ => HeaderKind::Other,
         }
     }
@@ -285,7 +299,8 @@ pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan,
             }
             HeaderKind::Upgrade => s.upgrade = true,
             HeaderKind::Expect if value.eq_ignore_ascii_case(b"100-continue") => s.expect_continue = true,
-            HeaderKind::Deadline(field) => {
+            HeaderKind::GrpcTimeout | HeaderKind::WeftTimeout => {
+                let field = kind.deadline().unwrap_or(DeadlineField::Grpc);
                 if let Some(d) = field.parse(value) {
                     s.deadline = Some(s.deadline.map_or(d, |e| e.min(d)));
                 }
@@ -306,7 +321,7 @@ pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan,
 pub fn is_hop_by_hop(base: &[u8], h: &HeaderRange, connection: &ConnectionOptions) -> bool {
     match h.kind {
         HeaderKind::Connection | HeaderKind::HopByHop | HeaderKind::Upgrade => true,
-        HeaderKind::Other | HeaderKind::Deadline(_) => {
+        HeaderKind::Other | HeaderKind::GrpcTimeout | HeaderKind::WeftTimeout => {
             let name = &base[h.name.clone()];
             connection
                 .others

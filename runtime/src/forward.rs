@@ -174,6 +174,7 @@ struct RequestBody<'a> {
 impl<'a> Ctx<'a> {
     /// Makes `to` the request's endpoint: in the outcome, and in its
     /// requests in flight.
+    #[inline]
     fn aim(&mut self, to: &Upstream<'a>) {
         self.t.o.endpoint = Some(to.ep.addr);
         self.t.o.target = Some((to.c, to.i));
@@ -416,7 +417,7 @@ pub(crate) async fn exchange<S: Stream>(
             &mut x,
             client,
             &mut body,
-            (to, route.retry),
+            (to, &route.retry),
             (head, first),
             send_continue,
             deadline,
@@ -426,18 +427,18 @@ pub(crate) async fn exchange<S: Stream>(
     // The whole request is here. Everything up to the response head, within
     // the route's timeout; on timeout the upstream connection is dropped,
     // never pooled.
-    let forwarded = within(
-        w.timers.at(deadline),
-        attempts(
+    let forwarded = {
+        // Pinned where it is made: moving a future this large costs copies.
+        let tries = pin!(attempts(
             &mut x,
             &mut client,
             body.cbuf,
-            (&mut to, route.retry),
+            (&mut to, &route.retry),
             head,
             first,
-        ),
-    )
-    .await;
+        ));
+        within(w.timers.at(deadline), tries).await
+    };
     let (up, res) = match forwarded {
         Some(Ok(answer)) => answer,
         Some(Err(f)) => return x.failed(client, f, true).await,
@@ -524,7 +525,7 @@ struct Upstream<'a> {
 async fn open<'a>(
     x: &mut Ctx<'a>,
     to: &mut Upstream<'a>,
-    retry: RetryPolicy,
+    retry: &RetryPolicy,
     fresh: bool,
 ) -> Result<Conn, Failed> {
     let mut tries = 1;
@@ -568,7 +569,7 @@ async fn attempts<'a, S: Stream>(
     x: &mut Ctx<'a>,
     client: &mut S,
     cbuf: &BytesMut,
-    (to, retry): (&mut Upstream<'a>, RetryPolicy),
+    (to, retry): (&mut Upstream<'a>, &RetryPolicy),
     mut head: Bytes,
     first: Bytes,
 ) -> Result<(Conn, ResponseHead), Failed> {
@@ -962,7 +963,7 @@ async fn full_duplex<'a, S: Stream>(
     x: &mut Ctx<'a>,
     mut client: S,
     body: &mut RequestBody<'_>,
-    (mut to, retry): (Upstream<'a>, RetryPolicy),
+    (mut to, retry): (Upstream<'a>, &RetryPolicy),
     (mut head, first): (Bytes, Bytes),
     send_continue: bool,
     deadline: Instant,
