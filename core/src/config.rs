@@ -149,8 +149,23 @@ pub struct Listener {
     /// Time a client may take to read: a write to it that makes no progress
     /// for this long closes the connection (nginx's send_timeout).
     pub write_timeout: Duration,
+    /// TLS termination (`tls = { ... }`): none by default (plain HTTP).
+    pub tls: Option<ListenerTls>,
     /// The listener's routes, in order.
     pub routes: RouteTable,
+}
+
+/// `tls = { cert, key, handshake_timeout }` on a listener: TLS 1.2 and
+/// 1.3 with one certificate chain, ALPN `http/1.1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// PEM file with the certificate chain, leaf first (relative paths are
+    /// resolved against the configuration file's directory at load).
+    pub cert: std::path::PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// Time a client has to complete its handshake (default 10 s).
+    pub handshake_timeout: Duration,
 }
 
 /// Keep-alive pool settings of a cluster, per worker and endpoint.
@@ -340,6 +355,21 @@ struct RawListener {
     #[serde(default = "default_max_connections")]
     max_connections: Spanned<usize>,
     max_requests: Option<Spanned<usize>>,
+    tls: Option<Spanned<RawListenerTls>>,
+}
+
+/// `tls = { cert, key, handshake_timeout }` on a listener.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenerTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    #[serde(default = "default_handshake_timeout")]
+    handshake_timeout: Spanned<Dur>,
+}
+
+fn default_handshake_timeout() -> Spanned<Dur> {
+    dflt(secs(10))
 }
 
 #[derive(Deserialize, Default)]
@@ -974,6 +1004,31 @@ impl Config {
                     .as_ref()
                     .map(|m| within(m, 1..=10_000_000, &lines, field("max_requests")))
                     .transpose()?,
+                tls: match &l.tls {
+                    None => None,
+                    Some(t) => {
+                        let t = t.get_ref();
+                        let path = |p: &Spanned<String>, name: &str| {
+                            if p.get_ref().trim().is_empty() {
+                                return Err(err(
+                                    lines.at(p.span().start),
+                                    field(&format!("tls.{name}")),
+                                    "is empty: give the path of a PEM file",
+                                ));
+                            }
+                            Ok(std::path::PathBuf::from(p.get_ref()))
+                        };
+                        Some(ListenerTls {
+                            cert: path(&t.cert, "cert")?,
+                            key: path(&t.key, "key")?,
+                            handshake_timeout: positive(
+                                &t.handshake_timeout,
+                                &lines,
+                                field("tls.handshake_timeout"),
+                            )?,
+                        })
+                    }
+                },
                 routes: RouteTable::default(),
             });
         }
@@ -1257,10 +1312,11 @@ impl Config {
         for l in &self.listeners {
             let _ = writeln!(
                 s,
-                "listener {} on {} ({} routes)",
+                "listener {} on {} ({} routes{})",
                 l.name,
                 l.addr,
-                l.routes.routes.len()
+                l.routes.routes.len(),
+                if l.tls.is_some() { ", TLS" } else { "" }
             );
             for r in &l.routes.routes {
                 let target = match &r.target {

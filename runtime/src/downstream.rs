@@ -227,7 +227,7 @@ async fn read_head<S: Stream>(
         }
         if let Some(until) = hot_until.take() {
             // A drain ends this wait too (an idle wait).
-            let read = client.read_before(buf, w.timers.idle_until(until)).await;
+            let read = client.read_before(buf, &mut w.timers.idle_until(until)).await;
             // The hot place is for the posted read only.
             slot.take();
             match read {

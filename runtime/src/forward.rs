@@ -257,7 +257,7 @@ impl<'a> Ctx<'a> {
         let mut out = BytesMut::new();
         let opts = RequestOptions {
             client_ip: self.peer_ip,
-            proto: "http",
+            proto: if self.l.tls.is_some() { "https" } else { "http" },
             default_host: &to.ep.authority,
             deadline: self.deadline.map(|d| {
                 let left = d.saturating_duration_since(Instant::now());

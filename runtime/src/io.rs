@@ -35,7 +35,7 @@ pub(crate) trait Stream: AsyncReadRent + AsyncWriteRent + Split + 'static {
     fn read_before(
         &mut self,
         buf: &mut BytesMut,
-        until: Deadline<'_>,
+        until: &mut Deadline<'_>,
     ) -> impl Future<Output = Option<io::Result<usize>>>;
 }
 
@@ -76,11 +76,18 @@ impl Stream for TcpStream {
         }
     }
 
-    async fn read_before(&mut self, buf: &mut BytesMut, until: Deadline<'_>) -> Option<io::Result<usize>> {
+    async fn read_before(
+        &mut self,
+        buf: &mut BytesMut,
+        until: &mut Deadline<'_>,
+    ) -> Option<io::Result<usize>> {
         if monoio::utils::is_legacy() {
             // epoll: a read takes bytes only when it returns; dropping one
             // that waits loses nothing.
-            return crate::timer::within(until, read_more(self, buf)).await;
+            return monoio::select! {
+                r = read_more(self, buf) => Some(r),
+                _ = &mut *until => None,
+            };
         }
         // io_uring: a cancelable read, whose cancellation is awaited. (Its
         // cost is monoio's: each cancelable operation is put in and taken out
@@ -92,7 +99,7 @@ impl Stream for TcpStream {
         let mut read = std::pin::pin!(self.cancelable_read(owned.slice_mut(len..cap), canceller.handle()));
         let first = monoio::select! {
             r = &mut read => Some(r),
-            _ = until => None,
+            _ = &mut *until => None,
         };
         let timed_out = first.is_none();
         let (res, slice) = match first {

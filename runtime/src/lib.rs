@@ -23,6 +23,7 @@ mod server;
 mod shutdown;
 mod state;
 mod timer;
+pub mod tls;
 mod upstream;
 mod worker;
 

@@ -34,5 +34,17 @@ pub fn from_file(path: &Path) -> Result<Config, String> {
             path.display()
         )
     })?;
-    parse(&src).map_err(|e| format!("{}: {e}", path.display()))
+    let mut config = parse(&src).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Certificate and key paths are relative to the file's directory.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for l in &mut config.listeners {
+        if let Some(t) = &mut l.tls {
+            for p in [&mut t.cert, &mut t.key] {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+    }
+    Ok(config)
 }

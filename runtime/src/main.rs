@@ -72,6 +72,10 @@ fn signals() -> Result<Signals, ExitCode> {
 fn check(file: &str) -> ExitCode {
     match load::from_file(&PathBuf::from(file)) {
         Ok(config) => {
+            // Certificates and keys are read and checked as at start.
+            if let Err(e) = weft::tls::load(&config) {
+                return fail(&format!("{file}: {e}"));
+            }
             out!("{file}: ok");
             for w in config.warnings() {
                 weft::log::write_now(&format!("{file}: warning: {w}"));

@@ -220,11 +220,14 @@ impl Stream for MemStream {
     async fn read_before(
         &mut self,
         buf: &mut bytes::BytesMut,
-        until: crate::timer::Deadline<'_>,
+        until: &mut crate::timer::Deadline<'_>,
     ) -> Option<io::Result<usize>> {
         // An in-memory read takes bytes only when it completes: dropping
         // one in flight loses nothing.
-        crate::timer::within(until, crate::io::read_more(self, buf)).await
+        monoio::select! {
+            r = crate::io::read_more(self, buf) => Some(r),
+            _ = &mut *until => None,
+        }
     }
 
     fn peek(&self) -> Peek {

@@ -5,6 +5,7 @@ use crate::health::{self, HealthTable};
 use crate::log::log;
 use crate::shutdown::Shutdown;
 use crate::state::Worker;
+use crate::tls;
 use crate::worker::{self, Ready};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
@@ -66,6 +67,8 @@ pub enum StartError {
     Worker(std::io::Error),
     /// The health-check prober could not start.
     HealthChecks(std::io::Error),
+    /// A TLS listener's certificate or key cannot be used.
+    Tls(String),
     /// A worker could not build its runtime or register its listeners.
     WorkerSetup {
         /// The worker's index.
@@ -86,6 +89,7 @@ impl fmt::Display for StartError {
                 "runtime.driver = \"io-uring\" but io_uring is unavailable here (old kernel, sysctl or seccomp); use driver = \"auto\" or \"epoll\"",
             ),
             StartError::Worker(e) => write!(f, "cannot start a worker thread: {e}"),
+            StartError::Tls(e) => write!(f, "{e}"),
             StartError::HealthChecks(e) => write!(
                 f,
                 "health checks are configured but cannot run: {e} (check the open-file and thread limits, or remove `health_check`)"
@@ -234,6 +238,7 @@ impl Server {
             config.runtime.workers
         };
         let driver = choose_driver(config.runtime.driver)?;
+        let tls = tls::load(&config).map_err(StartError::Tls)?;
 
         // sockets[listener][worker]
         let mut sockets = Vec::new();
@@ -265,6 +270,7 @@ impl Server {
             let mine: Vec<_> = sockets.iter_mut().map(|s| s.remove(i)).collect();
             let config = config.clone();
             let health = health.clone();
+            let tls = tls.clone();
             let stop = shutdown.clone();
             let pin = config.runtime.pin_cores.then_some(i % cores);
             let mine_counters = Arc::new(WorkerCounters::default());
@@ -281,7 +287,14 @@ impl Server {
                         pin_to_core(core);
                     }
                     let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9) ^ std::process::id() as u64;
-                    let worker = Rc::new(Worker::new(config.clone(), health, seed, mine_counters, count));
+                    let mut worker = Worker::new(config.clone(), health, seed, mine_counters, count);
+                    // Each worker its own TLS configurations: no state
+                    // shared with another core per connection.
+                    worker.tls = tls
+                        .iter()
+                        .map(|m| m.as_ref().and_then(|m| tls::server_config(m).ok()))
+                        .collect();
+                    let worker = Rc::new(worker);
                     match driver {
                         DriverInUse::IoUring => match uring_runtime(config.runtime.ring_setup) {
                             Ok((mut rt, tuned)) => {

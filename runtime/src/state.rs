@@ -44,6 +44,8 @@ pub(crate) struct Worker {
     /// Every endpoint's standing with the health prober (shared by all
     /// workers, written by the prober).
     pub health: Arc<HealthTable>,
+    /// Per listener: this worker's own TLS configuration, for a TLS one.
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     rng: RefCell<Rng>,
     /// The usable endpoints of a pick while some are out (kept to reuse
     /// its memory).
@@ -235,6 +237,7 @@ impl Worker {
             config,
             clusters,
             health,
+            tls: Vec::new(),
             rng: RefCell::new(Rng::new(seed)),
             usable: RefCell::new(Vec::new()),
             draining: Cell::new(false),

@@ -6,13 +6,47 @@ use crate::downstream;
 use crate::io::nodelay;
 use crate::log::log;
 use crate::shutdown::Shutdown;
-use crate::state::Worker;
+use crate::state::{Admitted, Worker};
+use crate::timer::within;
+use crate::tls;
 use monoio::io::Canceller;
-use monoio::net::TcpListener;
+use monoio::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_core::ListenerKind;
+
+/// Serves a connection of a TLS listener: the handshake within the
+/// listener's `handshake_timeout`, then HTTP/1.1 as on any other. A failed
+/// handshake ends only this connection, with one line in the log.
+async fn serve_tls(
+    w: Rc<Worker>,
+    li: usize,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    cfg: Arc<rustls::ServerConfig>,
+) {
+    let l = &w.config.listeners[li];
+    let timeout = l
+        .tls
+        .as_ref()
+        .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+    // The connection's place at the gate, until `serve` takes it over.
+    let admitted = Admitted(&w.gates[li]);
+    match within(w.timers.after(timeout), tls::accept(tcp, cfg)).await {
+        Some(Ok(stream)) => {
+            std::mem::forget(admitted);
+            downstream::serve(w.clone(), li, stream, peer).await
+        }
+        Some(Err(e)) => log!("listener `{}`: TLS handshake with {peer} failed: {e}", l.name),
+        None => log!(
+            "listener `{}`: {peer} did not complete its TLS handshake within {timeout:?}",
+            l.name
+        ),
+    }
+}
 
 /// A worker's one report to `Server::start`: ready (with whether the ring
 /// flags took effect), or why it cannot run.
@@ -76,7 +110,14 @@ pub(crate) async fn run(
                         match w.config.listeners[li].kind {
                             ListenerKind::Proxy => {
                                 nodelay(&stream);
-                                monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
+                                match w.tls.get(li).cloned().flatten() {
+                                    None => {
+                                        monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
+                                    }
+                                    Some(cfg) => {
+                                        monoio::spawn(serve_tls(w.clone(), li, stream, peer, cfg));
+                                    }
+                                }
                             }
                         }
                     }

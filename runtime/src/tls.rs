@@ -1,0 +1,423 @@
+//! TLS termination on a listener: rustls's connection state machine (no
+//! IO of its own) driven over a monoio TCP stream with owned buffers.
+//!
+//! The certificate and key are read once at start ([`load`]); each worker
+//! builds its own rustls configuration from them, so no connection touches
+//! state shared with another core. A [`TlsStream`] is a [`Stream`] like
+//! TCP: the session serves HTTP/1.1 on it unchanged, its idle wait counts
+//! decrypted bytes already held, and its cancelable read keeps ciphertext
+//! that arrived while the read was being cancelled.
+
+use crate::io::{read_more, Peek, Stream};
+use crate::timer::Deadline;
+use bytes::{Buf, BytesMut};
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
+use monoio::net::TcpStream;
+use monoio::BufResult;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use weft_core::{Config, ListenerTls};
+
+/// A listener's certificate chain and key, read from their PEM files.
+pub struct TlsMaterial {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for TlsMaterial {
+    fn clone(&self) -> Self {
+        TlsMaterial {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// Reads the certificate and key of every TLS listener and checks that
+/// rustls takes them; per listener, `None` for a plain one. The error
+/// names the listener, the file and what is wrong.
+pub fn load(config: &Config) -> Result<Vec<Option<TlsMaterial>>, String> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let Some(t) = &l.tls else {
+                return Ok(None);
+            };
+            let m = read(t).map_err(|e| format!("listener `{}`: {e}", l.name))?;
+            server_config(&m).map_err(|e| format!("listener `{}`: {e}", l.name))?;
+            Ok(Some(m))
+        })
+        .collect()
+}
+
+fn read(t: &ListenerTls) -> Result<TlsMaterial, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .and_then(|it| it.collect())
+        .map_err(|e| format!("tls.cert {}: {e}", t.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls.cert {}: no certificate in the file (expected PEM `BEGIN CERTIFICATE` blocks, leaf first)",
+            t.cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key)
+        .map_err(|e| format!("tls.key {}: {e} (expected a PEM private key)", t.key.display()))?;
+    Ok(TlsMaterial { certs, key })
+}
+
+/// A rustls server configuration from `m`: TLS 1.3 and 1.2, ALPN
+/// `http/1.1`, no client certificates.
+pub(crate) fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(m.certs.clone(), m.key.clone_key())
+        .map_err(|e| {
+            format!("the key does not fit the certificate, or is of a kind rustls does not take: {e}")
+        })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A TLS server connection over TCP.
+pub(crate) struct TlsStream {
+    tcp: TcpStream,
+    /// rustls's state; borrowed only between awaits.
+    tls: RefCell<ServerConnection>,
+    /// Ciphertext read from the socket, not yet taken by rustls.
+    cipher: BytesMut,
+    /// Ciphertext to send (kept to reuse its memory).
+    out: Vec<u8>,
+    /// A write of ciphertext is in flight (a split stream's read half then
+    /// leaves what rustls has to send to the write half).
+    writing: Cell<bool>,
+    /// The peer closed its side of the TCP connection.
+    eof: bool,
+}
+
+/// Completes a server handshake on `tcp` (the caller bounds the time).
+pub(crate) async fn accept(tcp: TcpStream, cfg: Arc<ServerConfig>) -> io::Result<TlsStream> {
+    let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
+    let mut s = TlsStream {
+        tcp,
+        tls: RefCell::new(conn),
+        cipher: BytesMut::new(),
+        out: Vec::new(),
+        writing: Cell::new(false),
+        eof: false,
+    };
+    while s.tls.get_mut().is_handshaking() {
+        s.flush_tls().await?;
+        if !s.tls.get_mut().is_handshaking() {
+            break;
+        }
+        if read_more(&mut s.tcp, &mut s.cipher).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the client closed the connection during the handshake",
+            ));
+        }
+        if let Err(e) = s.feed(false) {
+            // Tell the client why (rustls queued an alert).
+            let _ = s.flush_tls().await;
+            return Err(e);
+        }
+    }
+    // The last flight (and TLS 1.3 session tickets).
+    s.flush_tls().await?;
+    Ok(s)
+}
+
+impl TlsStream {
+    /// Hands the ciphertext read so far to rustls and lets it process it;
+    /// `eof`: the peer closed its side.
+    fn feed(&mut self, eof: bool) -> io::Result<()> {
+        let tls = self.tls.get_mut();
+        let mut rd = &self.cipher[..];
+        while !rd.is_empty() {
+            match tls.read_tls(&mut rd) {
+                Ok(0) => break,
+                Ok(_) => {}
+                // rustls's buffer is full: it takes the rest once its
+                // plaintext is read.
+                Err(_) => break,
+            }
+        }
+        let used = self.cipher.len() - rd.len();
+        self.cipher.advance(used);
+        if eof {
+            let _ = tls.read_tls(&mut &[][..]);
+            self.eof = true;
+        }
+        tls.process_new_packets()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Hands rustls ciphertext it could not take before (its buffer was
+    /// full); true when it took some.
+    fn feed_held(&mut self) -> io::Result<bool> {
+        if self.cipher.is_empty() {
+            return Ok(false);
+        }
+        let before = self.cipher.len();
+        self.feed(false)?;
+        Ok(self.cipher.len() < before)
+    }
+
+    /// Decrypted bytes rustls holds: `Some(n)`, `Some(0)` at the end of
+    /// the stream, `None` when more ciphertext is needed.
+    fn plain_available(&mut self) -> io::Result<Option<usize>> {
+        let st = self
+            .tls
+            .get_mut()
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(match st.plaintext_bytes_to_read() {
+            // Closed with close_notify, or (for HTTP/1, framed by its own
+            // lengths) without: the end of the stream either way.
+            0 if st.peer_has_closed() || self.eof => Some(0),
+            0 => None,
+            n => Some(n),
+        })
+    }
+
+    /// Decrypted bytes into the `room` bytes at `ptr`: `Some(n)`, `Some(0)`
+    /// at the end of the stream, `None` when more ciphertext is needed.
+    fn take_plain(&mut self, ptr: *mut u8, room: usize) -> io::Result<Option<usize>> {
+        let want = match self.plain_available()? {
+            Some(0) => return Ok(Some(0)),
+            Some(n) => n.min(room),
+            None => return Ok(None),
+        };
+        // SAFETY: `ptr` points at `room` writable bytes of the caller's
+        // owned buffer, alive for this call; the `want` of them used are
+        // zeroed before a slice is made, so the slice is initialised.
+        let dst = unsafe {
+            std::ptr::write_bytes(ptr, 0, want);
+            std::slice::from_raw_parts_mut(ptr, want)
+        };
+        match self.tls.get_mut().reader().read(dst) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when rustls holds decrypted bytes (or the end of the stream).
+    fn has_plain(&self) -> bool {
+        match self.tls.try_borrow_mut() {
+            Ok(mut tls) => tls
+                .process_new_packets()
+                .map(|s| s.plaintext_bytes_to_read() > 0 || s.peer_has_closed() || self.eof)
+                .unwrap_or(true),
+            Err(_) => false,
+        }
+    }
+
+    /// Sends what rustls has to send.
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        loop {
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            {
+                let tls = self.tls.get_mut();
+                while tls.wants_write() {
+                    tls.write_tls(&mut out)?;
+                }
+            }
+            if out.is_empty() {
+                self.out = out;
+                return Ok(());
+            }
+            self.writing.set(true);
+            let (res, out) = self.tcp.write_all(out).await;
+            self.writing.set(false);
+            self.out = out;
+            res?;
+        }
+    }
+
+    /// Reads into the `room` bytes at `ptr`: decrypted bytes held first,
+    /// else ciphertext from the socket until a record opens.
+    async fn read_into(&mut self, ptr: *mut u8, room: usize) -> io::Result<usize> {
+        loop {
+            if let Some(n) = self.take_plain(ptr, room)? {
+                return Ok(n);
+            }
+            if self.feed_held()? {
+                continue;
+            }
+            if !self.writing.get() {
+                self.flush_tls().await?;
+            }
+            let n = read_more(&mut self.tcp, &mut self.cipher).await?;
+            if let Err(e) = self.feed(n == 0) {
+                let _ = self.flush_tls().await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl AsyncReadRent for TlsStream {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let (ptr, room) = (buf.write_ptr(), buf.bytes_total());
+        match self.read_into(ptr, room).await {
+            Ok(n) => {
+                // SAFETY: `read_into` wrote `n` bytes at the buffer's start.
+                unsafe { buf.set_init(n) };
+                (Ok(n), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // The first iovec with room: a TLS read never fills more than one.
+        let (ptr, len) = (buf.write_iovec_ptr(), buf.write_iovec_len());
+        // SAFETY: the buffer owns `len` iovecs at `ptr` while we hold it.
+        let iovs = unsafe { std::slice::from_raw_parts(ptr, len) };
+        let Some(iov) = iovs.iter().find(|v| v.iov_len > 0).copied() else {
+            return (Ok(0), buf);
+        };
+        match self.read_into(iov.iov_base.cast(), iov.iov_len).await {
+            Ok(n) => {
+                // SAFETY: `n` bytes were written into the iovecs, in order
+                // (all in the first with room).
+                unsafe { buf.set_init(n) };
+                (Ok(n), buf)
+            }
+            Err(e) => (Err(e), buf),
+        }
+    }
+}
+
+impl AsyncWriteRent for TlsStream {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: the buffer owns `bytes_init` initialised bytes at
+        // `read_ptr` while we hold it.
+        let src = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let n = match self.tls.get_mut().writer().write(src) {
+            Ok(n) => n,
+            Err(e) => return (Err(e), buf),
+        };
+        match self.flush_tls().await {
+            Ok(()) => (Ok(n), buf),
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: the buffer owns its iovecs and the bytes they point at
+        // while we hold it.
+        let iovs = unsafe { std::slice::from_raw_parts(buf.read_iovec_ptr(), buf.read_iovec_len()) };
+        let mut n = 0;
+        {
+            let tls = self.tls.get_mut();
+            for v in iovs {
+                // SAFETY: as above.
+                let src = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+                match tls.writer().write(src) {
+                    Ok(k) => {
+                        n += k;
+                        if k < src.len() {
+                            break;
+                        }
+                    }
+                    Err(e) => return (Err(e), buf),
+                }
+            }
+        }
+        match self.flush_tls().await {
+            Ok(()) => (Ok(n), buf),
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.flush_tls().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.tls.get_mut().send_close_notify();
+        let _ = self.flush_tls().await;
+        self.tcp.shutdown().await
+    }
+}
+
+// SAFETY: the halves share the TCP stream as monoio's own halves do, and
+// rustls's state is only borrowed between awaits; a read half leaves what
+// rustls has to send to the write half while a write is in flight.
+unsafe impl Split for TlsStream {}
+
+impl Stream for TlsStream {
+    async fn readable(&self, relaxed: bool) -> io::Result<()> {
+        if self.has_plain() || !self.cipher.is_empty() {
+            return Ok(());
+        }
+        self.tcp.readable(relaxed).await
+    }
+
+    fn peek(&self) -> Peek {
+        if self.has_plain() {
+            return Peek::Data;
+        }
+        Stream::peek(&self.tcp)
+    }
+
+    async fn read_before(
+        &mut self,
+        buf: &mut BytesMut,
+        until: &mut Deadline<'_>,
+    ) -> Option<io::Result<usize>> {
+        loop {
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(crate::io::READ_CHUNK);
+            }
+            let len = buf.len();
+            let room = buf.capacity() - len;
+            // SAFETY: the spare capacity of `buf` is `room` writable
+            // bytes; `take_plain` writes at most that many.
+            let ptr = unsafe { buf.as_mut_ptr().add(len) };
+            match self.take_plain(ptr, room) {
+                Ok(Some(n)) => {
+                    // SAFETY: `n` bytes after `len` were written.
+                    unsafe { buf.set_len(len + n) };
+                    return Some(Ok(n));
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            match self.feed_held() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if !self.writing.get() {
+                if let Err(e) = self.flush_tls().await {
+                    return Some(Err(e));
+                }
+            }
+            // A cancelable read of ciphertext: what arrives while it is
+            // cancelled stays in `cipher`.
+            let n = match self.tcp.read_before(&mut self.cipher, until).await? {
+                Ok(n) => n,
+                Err(e) => return Some(Err(e)),
+            };
+            if let Err(e) = self.feed(n == 0) {
+                let _ = self.flush_tls().await;
+                return Some(Err(e));
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! TLS termination on real sockets: a rustls client against a weft
+//! listener with `tls = { cert, key }`, certificates made at test time.
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_tests::*;
+
+/// A CA, and a certificate it signed for `localhost` and 127.0.0.1, written
+/// as PEM files into a fresh directory.
+struct Certs {
+    dir: PathBuf,
+    ca: CertificateDer<'static>,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-tls-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("params");
+        let leaf_key = rcgen::KeyPair::generate().expect("key");
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).expect("leaf");
+        std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write cert");
+        std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).expect("write key");
+        Certs {
+            ca: ca.der().clone(),
+            dir,
+        }
+    }
+
+    /// The listener's `tls = { ... }` line.
+    fn listener_tls(&self, extra: &str) -> String {
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\"{extra} }}",
+            self.dir.join("cert.pem").display(),
+            self.dir.join("key.pem").display()
+        )
+    }
+
+    /// A client configuration that trusts this CA, offering `alpn`.
+    fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> Tls {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").expect("name")).expect("client");
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Reads one response with a `content-length` body: (status, head, body).
+fn response(s: &mut Tls) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 16 * 1024];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut b).expect("read a response");
+        assert!(
+            n > 0,
+            "closed before a response head: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&b[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head[9..12].parse().expect("status");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = buf[end..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut b).expect("read the body");
+        assert!(n > 0, "closed in the body");
+        body.extend_from_slice(&b[..n]);
+    }
+    (status, head, body)
+}
+
+fn tls_config(certs: &Certs, up: SocketAddr, extra: &str) -> String {
+    simple_config(&[up], &certs.listener_tls(extra), "")
+}
+
+/// GETs and a large POST over TLS on one keep-alive connection: ALPN
+/// `http/1.1`, bodies byte for byte both ways, and the upstream told the
+/// client came over https.
+fn requests_over_tls_keep_alive_and_carry_large_bodies() {
+    let certs = Certs::new();
+    let up = Upstream::echo("up");
+    let weft = start(&tls_config(&certs, up.addr, ""));
+    let addr = weft.addr("in").expect("listener `in`");
+    let mut s = connect(addr, certs.client(&[b"h2", b"http/1.1"]));
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let (status, _, body) = response(&mut s);
+    assert_eq!((status, body.as_slice()), (200, &b"hello from up"[..]));
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let head = format!(
+        "POST /b HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    s.write_all(head.as_bytes()).expect("send head");
+    s.write_all(&big).expect("send body");
+    let (status, _, body) = response(&mut s);
+    assert_eq!(status, 200);
+    assert!(body == big, "the echoed body differs ({} bytes back)", body.len());
+    s.write_all(b"GET /c HTTP/1.1\r\nHost: localhost\r\nx-response-bytes: 2000000\r\n\r\n")
+        .expect("send");
+    let (status, _, body) = response(&mut s);
+    assert_eq!((status, body.len()), (200, 2_000_000));
+    assert_eq!(up.count(), 3);
+    assert!(
+        up.request(0).head.contains("x-forwarded-proto: https\r\n"),
+        "{}",
+        up.request(0).head
+    );
+    assert_eq!(up.request(1).body, big);
+    assert_eq!(weft.failures(), 0);
+}
+
+/// Bad TLS input ends that connection only: plain HTTP on the TLS port, a
+/// client that never starts its handshake (closed at the handshake
+/// timeout), a client that does not trust the certificate. A good client
+/// is served meanwhile and after.
+fn bad_tls_clients_end_only_their_own_connection() {
+    let certs = Certs::new();
+    let up = Upstream::echo("up");
+    let weft = start(&tls_config(&certs, up.addr, ", handshake_timeout = \"200ms\""));
+    let addr = weft.addr("in").expect("listener `in`");
+    // Plain HTTP: weft answers with an alert (or nothing) and closes.
+    let mut plain = TcpStream::connect(addr).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("send");
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(!got.starts_with(b"HTTP/"), "plain HTTP answered on a TLS port");
+    // Silent: closed once the handshake timeout passed.
+    let mut silent = TcpStream::connect(addr).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let begun = Instant::now();
+    let n = silent.read(&mut [0u8; 16]).unwrap_or(0);
+    assert_eq!(n, 0, "weft sent something to a client that said nothing");
+    assert!(
+        begun.elapsed() < Duration::from_secs(5),
+        "not closed at the handshake timeout"
+    );
+    // Distrust: the client refuses weft's certificate.
+    let stranger = Certs::new();
+    let mut wary = connect(addr, stranger.client(&[]));
+    assert!(
+        wary.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .and_then(|_| wary.flush())
+            .is_err()
+            || wary.read(&mut [0u8; 16]).is_err(),
+        "a client that does not trust the certificate got through"
+    );
+    // A good client, after all that.
+    let mut s = connect(addr, certs.client(&[]));
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(response(&mut s).0, 200);
+    assert_eq!(up.count(), 1, "only the good client's request went upstream");
+    assert_eq!(weft.failures(), 0);
+}
+
+/// A certificate file that is not one, or a key file that is missing,
+/// stops the start with a message naming the listener and the file.
+#[test]
+fn bad_certificate_files_are_refused_at_start() {
+    let certs = Certs::new();
+    let up = dead_addr();
+    std::fs::write(certs.dir.join("junk.pem"), "not a certificate\n").expect("write");
+    let config = simple_config(
+        &[up],
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            certs.dir.join("junk.pem").display(),
+            certs.dir.join("key.pem").display()
+        ),
+        "",
+    );
+    let parsed = weft::load::parse(&config).expect("the file itself is valid");
+    let e = weft::Server::start(parsed).err().expect("refused").to_string();
+    assert!(
+        e.contains("listener `in`") && e.contains("junk.pem") && e.contains("no certificate"),
+        "{e}"
+    );
+    let config = simple_config(
+        &[up],
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            certs.dir.join("cert.pem").display(),
+            certs.dir.join("missing.pem").display()
+        ),
+        "",
+    );
+    let e = weft::Server::start(weft::load::parse(&config).expect("valid"))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("listener `in`") && e.contains("tls.key") && e.contains("missing.pem"),
+        "{e}"
+    );
+}
+
+on_both_drivers!(
+    requests_over_tls_keep_alive_and_carry_large_bodies,
+    bad_tls_clients_end_only_their_own_connection
+);
