@@ -22,8 +22,12 @@ use weft_proto::{parse_request, HeadError, Limits, Request, RequestHead};
 
 enum HeadRead {
     Head(Box<RequestHead>),
-    /// Clean end: the client closed, or idled out, between requests.
+    /// Clean end: the client closed (or its connection failed) between
+    /// requests.
     Closed,
+    /// The idle timeout passed between requests, or the worker drains:
+    /// weft closes.
+    Idle,
     /// Nothing came within the hot window: wait for readiness instead.
     Quiet,
     Reject(HeadError),
@@ -61,8 +65,11 @@ pub(crate) fn serve<S: Stream>(
                 // the last read left the socket marked readable, and the
                 // read after it would then wait holding a buffer.
                 let ready = within(w.timers.idle_until(idle_until), client.readable(false)).await;
-                if !matches!(ready, Some(Ok(()))) {
-                    return;
+                match ready {
+                    Some(Ok(())) => {}
+                    // Idle for too long, or draining: weft closes.
+                    None => return farewell(&w, client),
+                    Some(Err(_)) => return,
                 }
             }
             // Boxed: what a request needs lives on the heap while it is
@@ -97,7 +104,7 @@ enum Step<S> {
 
 /// Reads one request head and serves it: the exchange, or weft's refusal.
 async fn request<S: Stream>(
-    w: &Worker,
+    w: &Rc<Worker>,
     l: &Listener,
     mut client: S,
     buf: &mut BytesMut,
@@ -135,6 +142,10 @@ async fn request<S: Stream>(
             };
         }
         HeadRead::Closed => return Step::Done,
+        HeadRead::Idle => {
+            farewell(w, client);
+            return Step::Done;
+        }
         HeadRead::Quiet => return Step::Quiet(client),
         // The refusal names the head's own fault.
         HeadRead::Reject(e) => {
@@ -166,13 +177,33 @@ async fn refuse_and_close<S: Stream>(w: &Worker, l: &Listener, mut client: S, e:
 /// tunnel after a `101`.
 async fn finish<S: Stream>(timers: &Timers, end: Next<S>, buf: BytesMut) {
     match end {
-        Next::KeepAlive(_) | Next::Close => {}
+        // Kept alive, but the worker drains: weft closes.
+        Next::KeepAlive(mut c) if S::GOODBYE => goodbye(timers, &mut c).await,
+        Next::KeepAlive(_) => {}
+        Next::Close => {}
         Next::Linger(mut c) => linger(&mut c, timers).await,
         Next::Tunnel(t) => {
             let (c, up, up_buf) = *t;
             tunnel(c, buf, up, up_buf).await;
         }
     }
+}
+
+/// Closes a connection weft ends on its own (idle, draining): a stream
+/// that says goodbye does so in a task of its own, so that the idle
+/// connection's task holds no state for it.
+fn farewell<S: Stream>(w: &Rc<Worker>, client: S) {
+    if S::GOODBYE {
+        let w = w.clone();
+        let mut client = client;
+        monoio::spawn(async move { goodbye(&w.timers, &mut client).await });
+    }
+}
+
+/// Tells the client weft closes (TLS's close_notify), waiting at most a
+/// second for the write.
+async fn goodbye<S: Stream>(timers: &Timers, client: &mut S) {
+    let _ = within(timers.after(Duration::from_secs(1)), client.goodbye()).await;
 }
 
 /// How long a connection keeps a read posted after a response (or after
@@ -238,7 +269,7 @@ async fn read_head<S: Stream>(
                     continue;
                 }
                 // The idle timeout itself passed, or the worker drains.
-                None if until >= idle_until || w.draining.get() => return HeadRead::Closed,
+                None if until >= idle_until || w.draining.get() => return HeadRead::Idle,
                 None => return HeadRead::Quiet,
             }
         }
@@ -257,7 +288,7 @@ async fn read_head<S: Stream>(
                 }
             }
             None if started => return HeadRead::Timeout,
-            None => return HeadRead::Closed,
+            None => return HeadRead::Idle,
         }
     }
 }

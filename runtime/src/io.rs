@@ -37,6 +37,16 @@ pub(crate) trait Stream: AsyncReadRent + AsyncWriteRent + Split + 'static {
         buf: &mut BytesMut,
         until: &mut Deadline<'_>,
     ) -> impl Future<Output = Option<io::Result<usize>>>;
+
+    /// True for a stream that says goodbye before weft closes it on its
+    /// own (TLS's close_notify); plain TCP just closes.
+    const GOODBYE: bool = false;
+
+    /// Says goodbye before weft closes the connection on its own (idle,
+    /// draining); the caller bounds the time.
+    fn goodbye(&mut self) -> impl Future<Output = ()> {
+        async {}
+    }
 }
 
 /// What a stream holds, looked at without taking it.

@@ -90,8 +90,9 @@ pub(crate) fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, String
 /// A TLS server connection over TCP.
 pub(crate) struct TlsStream {
     tcp: TcpStream,
-    /// rustls's state; borrowed only between awaits.
-    tls: RefCell<ServerConnection>,
+    /// rustls's state (boxed: over a kilobyte, and the stream is moved
+    /// with every exchange); borrowed only between awaits.
+    tls: RefCell<Box<ServerConnection>>,
     /// Ciphertext read from the socket, not yet taken by rustls.
     cipher: BytesMut,
     /// Ciphertext to send (kept to reuse its memory).
@@ -108,7 +109,7 @@ pub(crate) async fn accept(tcp: TcpStream, cfg: Arc<ServerConfig>) -> io::Result
     let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
     let mut s = TlsStream {
         tcp,
-        tls: RefCell::new(conn),
+        tls: RefCell::new(Box::new(conn)),
         cipher: BytesMut::new(),
         out: Vec::new(),
         writing: Cell::new(false),
@@ -361,11 +362,18 @@ impl AsyncWriteRent for TlsStream {
 unsafe impl Split for TlsStream {}
 
 impl Stream for TlsStream {
+    const GOODBYE: bool = true;
+
     async fn readable(&self, relaxed: bool) -> io::Result<()> {
         if self.has_plain() || !self.cipher.is_empty() {
             return Ok(());
         }
         self.tcp.readable(relaxed).await
+    }
+
+    async fn goodbye(&mut self) {
+        self.tls.get_mut().send_close_notify();
+        let _ = self.flush_tls().await;
     }
 
     fn peek(&self) -> Peek {

@@ -210,6 +210,30 @@ fn bad_tls_clients_end_only_their_own_connection() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// weft closing an idle TLS connection says so with close_notify: the
+/// client sees a clean end of stream, not a truncation.
+fn an_idle_tls_connection_is_closed_with_close_notify() {
+    let certs = Certs::new();
+    let up = Upstream::echo("up");
+    let config = simple_config(
+        &[up.addr],
+        &format!("idle_timeout = \"200ms\"\n{}", certs.listener_tls("")),
+        "",
+    );
+    let weft = start(&config);
+    let addr = weft.addr("in").expect("listener `in`");
+    let mut s = connect(addr, certs.client(&[]));
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(response(&mut s).0, 200);
+    // Idle past the timeout: weft closes, cleanly.
+    let n = s
+        .read(&mut [0u8; 64])
+        .expect("a clean end of stream, not an error");
+    assert_eq!(n, 0);
+    assert_eq!(weft.failures(), 0);
+}
+
 /// A certificate file that is not one, or a key file that is missing,
 /// stops the start with a message naming the listener and the file.
 #[test]
@@ -253,5 +277,6 @@ fn bad_certificate_files_are_refused_at_start() {
 
 on_both_drivers!(
     requests_over_tls_keep_alive_and_carry_large_bodies,
-    bad_tls_clients_end_only_their_own_connection
+    bad_tls_clients_end_only_their_own_connection,
+    an_idle_tls_connection_is_closed_with_close_notify
 );
