@@ -578,6 +578,7 @@ fn request_invariants(input: &[u8], head: &RequestHead, rest: &[u8]) {
 
 const REQ_OPTS: RequestOptions<'static> = RequestOptions {
     deadline: None,
+    identity: None,
     client_ip: "192.0.2.7",
     proto: "https",
     default_host: "upstream.test:8080",
@@ -702,6 +703,7 @@ fn reencode_request(head: &RequestHead) {
     for h in &again.headers {
         match h.kind {
             HeaderKind::HopByHop => panic!("hop-by-hop field forwarded: {}", ctx()),
+            HeaderKind::ClientIdentity => panic!("a client's own weft-client-identity forwarded: {}", ctx()),
             HeaderKind::Connection | HeaderKind::Upgrade => {
                 assert!(head.upgrade, "Connection/Upgrade forwarded: {}", ctx())
             }
@@ -833,6 +835,7 @@ fn response_invariants(input: &[u8], res: &ResponseHead, rest: &[u8], head_reque
 }
 
 const RES_FORWARDED: &[HeaderKind] = &[
+    HeaderKind::ClientIdentity,
     HeaderKind::GrpcTimeout,
     HeaderKind::WeftTimeout,
     HeaderKind::Host,

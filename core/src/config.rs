@@ -155,8 +155,9 @@ pub struct Listener {
     pub routes: RouteTable,
 }
 
-/// `tls = { cert, key, handshake_timeout }` on a listener: TLS 1.2 and
-/// 1.3 with one certificate chain, ALPN `http/1.1`.
+/// `tls = { cert, key, handshake_timeout, client_ca }` on a listener: TLS
+/// 1.2 and 1.3 with one certificate chain, ALPN `http/1.1`, and mutual TLS
+/// when `client_ca` is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTls {
     /// PEM file with the certificate chain, leaf first (relative paths are
@@ -166,6 +167,10 @@ pub struct ListenerTls {
     pub key: std::path::PathBuf,
     /// Time a client has to complete its handshake (default 10 s).
     pub handshake_timeout: Duration,
+    /// PEM file of the CAs whose client certificates are accepted: when
+    /// set, every client must present one (mutual TLS), and its identity
+    /// goes upstream in `weft-client-identity`.
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// Keep-alive pool settings of a cluster, per worker and endpoint.
@@ -366,6 +371,7 @@ struct RawListenerTls {
     key: Spanned<String>,
     #[serde(default = "default_handshake_timeout")]
     handshake_timeout: Spanned<Dur>,
+    client_ca: Option<Spanned<String>>,
 }
 
 fn default_handshake_timeout() -> Spanned<Dur> {
@@ -1026,6 +1032,7 @@ impl Config {
                                 &lines,
                                 field("tls.handshake_timeout"),
                             )?,
+                            client_ca: t.client_ca.as_ref().map(|c| path(c, "client_ca")).transpose()?,
                         })
                     }
                 },

@@ -24,6 +24,10 @@ pub struct RequestOptions<'a> {
     /// (`grpc-timeout`, `weft-timeout-ms`) in place of theirs; None keeps
     /// them as they came.
     pub deadline: Option<Duration>,
+    /// The client's verified identity (mutual TLS): sent as
+    /// `weft-client-identity`. A client's own field of that name is never
+    /// forwarded.
+    pub identity: Option<&'a str>,
 }
 
 fn put_num(out: &mut BytesMut, n: u64) {
@@ -92,7 +96,9 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
                 had_content_length = true;
                 continue;
             }
-            HeaderKind::TransferEncoding | HeaderKind::XForwardedProto => continue,
+            HeaderKind::TransferEncoding | HeaderKind::XForwardedProto | HeaderKind::ClientIdentity => {
+                continue
+            }
             // An HTTP/1.0 client's 100-continue is ignored (RFC 9110 10.1.1), not forwarded as 1.1.
             HeaderKind::Expect
                 if req.expect_continue || raw[h.value.clone()].eq_ignore_ascii_case(b"100-continue") =>
@@ -148,6 +154,9 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
         put_field(out, b"x-forwarded-for", opts.client_ip.as_bytes());
     }
     put_field(out, b"x-forwarded-proto", opts.proto.as_bytes());
+    if let Some(id) = opts.identity {
+        put_field(out, b"weft-client-identity", id.as_bytes());
+    }
     if !saw_host {
         put_field(
             out,
@@ -292,6 +301,7 @@ mod tests {
 
     const OPTS: RequestOptions<'static> = RequestOptions {
         deadline: None,
+        identity: None,
         client_ip: "10.0.0.9",
         proto: "http",
         default_host: "up:80",

@@ -70,6 +70,9 @@ pub enum HeaderKind {
     /// `weft-timeout-ms`: how long the caller waits (forwarded with the
     /// time left).
     WeftTimeout,
+    /// `weft-client-identity`: the verified identity of a mutual-TLS
+    /// client, which only weft writes (a client's own copy is dropped).
+    ClientIdentity,
     /// Anything else: forwarded unless `Connection` names it.
     Other,
 }
@@ -104,6 +107,7 @@ impl HeaderKind {
             // are as long and far more common.
             12 if name[0] | 0x20 == b'g' && eq("grpc-timeout") => HeaderKind::GrpcTimeout,
             15 if name[0] | 0x20 == b'w' && eq("weft-timeout-ms") => HeaderKind::WeftTimeout,
+            20 if eq("weft-client-identity") => HeaderKind::ClientIdentity,
             _ => HeaderKind::Other,
         }
     }

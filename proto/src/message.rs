@@ -326,7 +326,7 @@ impl Request {
             }
             // `te` may only say `trailers` (RFC 9113 §8.2.2); HTTP/1 needs
             // `connection: te` with it, and weft forwards trailers anyway.
-            if dropped_upstream(n) || n == "te" {
+            if dropped_upstream(n) || n == "te" || n == "weft-client-identity" {
                 continue;
             }
             if let (Some(field), Some(left)) = (DeadlineField::of(n.as_bytes()), opts.deadline) {
@@ -349,6 +349,9 @@ impl Request {
         xff.push(opts.client_ip.as_bytes());
         put_field(out, b"x-forwarded-for", &xff.join(&b", "[..]));
         put_field(out, b"x-forwarded-proto", opts.proto.as_bytes());
+        if let Some(id) = opts.identity {
+            put_field(out, b"weft-client-identity", id.as_bytes());
+        }
         match f.body {
             BodyLength::Exact(n) => put_length(out, n),
             BodyLength::Unknown => out.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -466,6 +469,7 @@ mod tests {
     fn opts() -> RequestOptions<'static> {
         RequestOptions {
             deadline: None,
+            identity: None,
             client_ip: "10.0.0.9",
             proto: "http",
             default_host: "up.test:80",

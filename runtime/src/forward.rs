@@ -161,6 +161,8 @@ struct Ctx<'a> {
     /// weft sent the client its own `100 Continue`: the upstream's is
     /// dropped.
     continued: bool,
+    /// The client's verified identity (mutual TLS), sent upstream.
+    identity: Option<std::rc::Rc<str>>,
 }
 
 /// The request body, read from the client's buffer and stream.
@@ -259,6 +261,7 @@ impl<'a> Ctx<'a> {
             client_ip: self.peer_ip,
             proto: if self.l.tls.is_some() { "https" } else { "http" },
             default_host: &to.ep.authority,
+            identity: self.identity.as_deref(),
             deadline: self.deadline.map(|d| {
                 let left = d.saturating_duration_since(Instant::now());
                 self.per_try.map_or(left, |t| t.min(left))
@@ -313,6 +316,7 @@ pub(crate) async fn exchange<S: Stream>(
         client_deadline: false,
         per_try: None,
         continued: false,
+        identity: client.identity(),
     };
     x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {
@@ -330,7 +334,15 @@ pub(crate) async fn exchange<S: Stream>(
     }
     let routed = l
         .routes
-        .find_indexed(req.host(), req.path(), req.method(), |n| req.header(n))
+        .find_indexed(req.host(), req.path(), req.method(), |n| {
+            // Routes match `weft-client-identity` against the verified
+            // identity only, never a client's own field of that name.
+            if n.eq_ignore_ascii_case("weft-client-identity") {
+                x.identity.as_deref().map(str::as_bytes)
+            } else {
+                req.header(n)
+            }
+        })
         .ok_or(ErrorKind::NoRoute)
         .and_then(|(ri, route)| {
             if route.rate_limit.is_some() && !w.admit(l, ri, started) {

@@ -38,6 +38,13 @@ pub(crate) trait Stream: AsyncReadRent + AsyncWriteRent + Split + 'static {
         until: &mut Deadline<'_>,
     ) -> impl Future<Output = Option<io::Result<usize>>>;
 
+    /// The client's verified identity (a mutual-TLS client certificate's
+    /// URI name, such as a SPIFFE id, else its DNS name); none for plain
+    /// TCP.
+    fn identity(&self) -> Option<std::rc::Rc<str>> {
+        None
+    }
+
     /// True for a stream that says goodbye before weft closes it on its
     /// own (TLS's close_notify); plain TCP just closes.
     const GOODBYE: bool = false;

@@ -27,6 +27,8 @@ use weft_core::{Config, ListenerTls};
 pub struct TlsMaterial {
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    /// The CAs of accepted client certificates (mutual TLS).
+    client_cas: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl Clone for TlsMaterial {
@@ -34,6 +36,7 @@ impl Clone for TlsMaterial {
         TlsMaterial {
             certs: self.certs.clone(),
             key: self.key.clone_key(),
+            client_cas: self.client_cas.clone(),
         }
     }
 }
@@ -68,17 +71,53 @@ fn read(t: &ListenerTls) -> Result<TlsMaterial, String> {
     }
     let key = PrivateKeyDer::from_pem_file(&t.key)
         .map_err(|e| format!("tls.key {}: {e} (expected a PEM private key)", t.key.display()))?;
-    Ok(TlsMaterial { certs, key })
+    let client_cas = match &t.client_ca {
+        None => None,
+        Some(path) => {
+            let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect())
+                .map_err(|e| format!("tls.client_ca {}: {e}", path.display()))?;
+            if cas.is_empty() {
+                return Err(format!(
+                    "tls.client_ca {}: no certificate in the file (expected the PEM certificates of the client CAs)",
+                    path.display()
+                ));
+            }
+            Some(cas)
+        }
+    };
+    Ok(TlsMaterial {
+        certs,
+        key,
+        client_cas,
+    })
 }
 
 /// A rustls server configuration from `m`: TLS 1.3 and 1.2, ALPN
-/// `http/1.1`, no client certificates.
+/// `http/1.1`, and client certificates required and verified when `m` has
+/// client CAs.
 pub(crate) fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match &m.client_cas {
+        None => builder.with_no_client_auth(),
+        Some(cas) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in cas {
+                roots
+                    .add(ca.clone())
+                    .map_err(|e| format!("tls.client_ca: a certificate rustls cannot use as a CA: {e}"))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| format!("tls.client_ca: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder
         .with_single_cert(m.certs.clone(), m.key.clone_key())
         .map_err(|e| {
             format!("the key does not fit the certificate, or is of a kind rustls does not take: {e}")
@@ -102,6 +141,8 @@ pub(crate) struct TlsStream {
     writing: Cell<bool>,
     /// The peer closed its side of the TCP connection.
     eof: bool,
+    /// The client's verified identity (mutual TLS).
+    identity: Option<std::rc::Rc<str>>,
 }
 
 /// Completes a server handshake on `tcp` (the caller bounds the time).
@@ -114,6 +155,7 @@ pub(crate) async fn accept(tcp: TcpStream, cfg: Arc<ServerConfig>) -> io::Result
         out: Vec::new(),
         writing: Cell::new(false),
         eof: false,
+        identity: None,
     };
     while s.tls.get_mut().is_handshaking() {
         s.flush_tls().await?;
@@ -134,7 +176,24 @@ pub(crate) async fn accept(tcp: TcpStream, cfg: Arc<ServerConfig>) -> io::Result
     }
     // The last flight (and TLS 1.3 session tickets).
     s.flush_tls().await?;
+    s.identity = s
+        .tls
+        .get_mut()
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(identity_of);
     Ok(s)
+}
+
+/// A verified client certificate's identity: its first URI name (a SPIFFE
+/// id, as meshes use), else its first DNS name.
+fn identity_of(cert: &CertificateDer<'_>) -> Option<std::rc::Rc<str>> {
+    let cert = webpki::EndEntityCert::try_from(cert).ok()?;
+    let name = cert
+        .valid_uri_names()
+        .next()
+        .or_else(|| cert.valid_dns_names().next())?;
+    Some(name.into())
 }
 
 impl TlsStream {
@@ -363,6 +422,10 @@ unsafe impl Split for TlsStream {}
 
 impl Stream for TlsStream {
     const GOODBYE: bool = true;
+
+    fn identity(&self) -> Option<std::rc::Rc<str>> {
+        self.identity.clone()
+    }
 
     async fn readable(&self, relaxed: bool) -> io::Result<()> {
         if self.has_plain() || !self.cipher.is_empty() {

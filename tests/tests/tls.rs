@@ -14,6 +14,8 @@ use weft_tests::*;
 struct Certs {
     dir: PathBuf,
     ca: CertificateDer<'static>,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
 }
 
 impl Certs {
@@ -35,10 +37,42 @@ impl Certs {
         let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).expect("leaf");
         std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write cert");
         std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).expect("write key");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write ca");
         Certs {
             ca: ca.der().clone(),
+            ca_cert: ca,
+            ca_key,
             dir,
         }
+    }
+
+    /// A client certificate this CA signed, with URI name `uri`, and its
+    /// key.
+    fn client_cert(&self, uri: &str) -> (CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.to_string().try_into().expect("uri"))];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("client cert");
+        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+        (cert.der().clone(), der)
+    }
+
+    /// A client configuration that trusts this CA and presents a client
+    /// certificate with URI name `uri`.
+    fn client_with_cert(&self, uri: &str) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        let (cert, key) = self.client_cert(uri);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![cert], key)
+            .expect("client auth");
+        Arc::new(cfg)
     }
 
     /// The listener's `tls = { ... }` line.
@@ -234,6 +268,94 @@ fn an_idle_tls_connection_is_closed_with_close_notify() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// Mutual TLS: with `client_ca`, a client without a certificate is
+/// refused at the handshake; one with a certificate the CA signed is
+/// served, its identity (the URI name) goes upstream in
+/// `weft-client-identity` in place of any copy the client sent, and routes
+/// can match it (a client's own field of that name never matches).
+fn mutual_tls_verifies_clients_and_passes_their_identity_on() {
+    let certs = Certs::new();
+    let (trusted, other) = (Upstream::echo("trusted"), Upstream::echo("other"));
+    let tls = certs.listener_tls(&format!(
+        ", client_ca = \"{}\"",
+        certs.dir.join("ca.pem").display()
+    ));
+    let config = format!(
+        "{}\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{tls}\n\n\
+         [[route]]\ncluster = \"trusted\"\nmatch = {{ headers = {{ weft-client-identity = \"spiffe://mesh/sa/web\" }} }}\n\n\
+         [[route]]\ncluster = \"other\"\n\n\
+         [[cluster]]\nname = \"trusted\"\nendpoints = [\"{}\"]\n\n\
+         [[cluster]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
+        runtime_section(1),
+        trusted.addr,
+        other.addr
+    );
+    let weft = start(&config);
+    let addr = weft.addr("in").expect("listener `in`");
+    // The web client: its identity routes it, and goes upstream once.
+    let mut s = connect(addr, certs.client_with_cert("spiffe://mesh/sa/web"));
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\nweft-client-identity: spiffe://forged\r\n\r\n")
+        .expect("send");
+    let (status, _, body) = response(&mut s);
+    assert_eq!((status, body.as_slice()), (200, &b"hello from trusted"[..]));
+    let head = trusted.request(0).head.to_ascii_lowercase();
+    assert_eq!(head.matches("weft-client-identity").count(), 1, "{head}");
+    assert!(
+        head.contains("weft-client-identity: spiffe://mesh/sa/web\r\n"),
+        "{head}"
+    );
+    // Another client claiming the web identity in a header: not matched.
+    let mut s = connect(addr, certs.client_with_cert("spiffe://mesh/sa/batch"));
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: localhost\r\nweft-client-identity: spiffe://mesh/sa/web\r\n\r\n")
+        .expect("send");
+    let (status, _, body) = response(&mut s);
+    assert_eq!((status, body.as_slice()), (200, &b"hello from other"[..]));
+    assert!(
+        other
+            .request(0)
+            .head
+            .contains("weft-client-identity: spiffe://mesh/sa/batch\r\n"),
+        "{}",
+        other.request(0).head
+    );
+    // No certificate: refused at the handshake, nothing goes upstream.
+    let mut anon = connect(addr, certs.client(&[]));
+    let refused = anon
+        .write_all(b"GET /c HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .and_then(|_| anon.flush())
+        .and_then(|_| anon.read(&mut [0u8; 64]));
+    assert!(
+        !matches!(refused, Ok(n) if n > 0),
+        "a client without a certificate was served"
+    );
+    // A certificate from another CA: refused too.
+    let stranger = Certs::new();
+    let mut alien = connect(addr, {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certs.ca.clone()).expect("root");
+        let (cert, key) = stranger.client_cert("spiffe://mesh/sa/web");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![cert], key)
+                .expect("auth"),
+        )
+    });
+    let refused = alien
+        .write_all(b"GET /d HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .and_then(|_| alien.flush())
+        .and_then(|_| alien.read(&mut [0u8; 64]));
+    assert!(
+        !matches!(refused, Ok(n) if n > 0),
+        "a certificate of another CA was taken"
+    );
+    assert_eq!((trusted.count(), other.count()), (1, 1));
+    assert_eq!(weft.failures(), 0);
+}
+
 /// A certificate file that is not one, or a key file that is missing,
 /// stops the start with a message naming the listener and the file.
 #[test]
@@ -278,5 +400,6 @@ fn bad_certificate_files_are_refused_at_start() {
 on_both_drivers!(
     requests_over_tls_keep_alive_and_carry_large_bodies,
     bad_tls_clients_end_only_their_own_connection,
-    an_idle_tls_connection_is_closed_with_close_notify
+    an_idle_tls_connection_is_closed_with_close_notify,
+    mutual_tls_verifies_clients_and_passes_their_identity_on
 );
