@@ -110,13 +110,15 @@ pub(crate) async fn run(
                         match w.config.listeners[li].kind {
                             ListenerKind::Proxy => {
                                 nodelay(&stream);
-                                match w.tls.get(li).cloned().flatten() {
-                                    None => {
-                                        monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
-                                    }
-                                    Some(cfg) => {
-                                        monoio::spawn(serve_tls(w.clone(), li, stream, peer, cfg));
-                                    }
+                                if w.config.listeners[li].tls.is_none() {
+                                    monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
+                                } else if let Some(cfg) = w.tls.get(li).cloned().flatten() {
+                                    monoio::spawn(serve_tls(w.clone(), li, stream, peer, cfg));
+                                } else {
+                                    // Never plain text on a TLS listener
+                                    // (its configuration was checked at
+                                    // start, so this does not happen).
+                                    w.gates[li].leave();
                                 }
                             }
                         }

@@ -20,11 +20,9 @@ struct Certs {
 
 impl Certs {
     fn new() -> Certs {
-        let dir = std::env::temp_dir().join(format!(
-            "weft-tls-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("weft-tls-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -356,8 +354,9 @@ fn mutual_tls_verifies_clients_and_passes_their_identity_on() {
     assert_eq!(weft.failures(), 0);
 }
 
-/// A certificate file that is not one, or a key file that is missing,
-/// stops the start with a message naming the listener and the file.
+/// A certificate file that is not one, a key file that is missing, or a
+/// key that does not fit the certificate stops the start with a message
+/// naming the listener and the file.
 #[test]
 fn bad_certificate_files_are_refused_at_start() {
     let certs = Certs::new();
@@ -395,6 +394,22 @@ fn bad_certificate_files_are_refused_at_start() {
         e.contains("listener `in`") && e.contains("tls.key") && e.contains("missing.pem"),
         "{e}"
     );
+    // Another certificate's key.
+    let other = Certs::new();
+    let config = simple_config(
+        &[up],
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}",
+            certs.dir.join("cert.pem").display(),
+            other.dir.join("key.pem").display()
+        ),
+        "",
+    );
+    let e = weft::Server::start(weft::load::parse(&config).expect("valid"))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("does not fit"), "{e}");
 }
 
 on_both_drivers!(
