@@ -155,9 +155,9 @@ pub struct Listener {
     pub routes: RouteTable,
 }
 
-/// `tls = { cert, key, handshake_timeout, client_ca }` on a listener: TLS
-/// 1.2 and 1.3 with one certificate chain, ALPN `http/1.1`, and mutual TLS
-/// when `client_ca` is given.
+/// `tls = { cert, key, sni, handshake_timeout, client_ca }` on a listener:
+/// TLS 1.2 and 1.3, ALPN `http/1.1`, certificates chosen by SNI, and
+/// mutual TLS when `client_ca` is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTls {
     /// PEM file with the certificate chain, leaf first (relative paths are
@@ -165,6 +165,10 @@ pub struct ListenerTls {
     pub cert: std::path::PathBuf,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
     pub key: std::path::PathBuf,
+    /// More certificate chains and keys (`sni = [{ cert, key }, ...]`),
+    /// each chosen for the server names (SNI) its certificate carries;
+    /// `cert`/`key` serve the names none of them carries.
+    pub sni: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     /// Time a client has to complete its handshake (default 10 s).
     pub handshake_timeout: Duration,
     /// PEM file of the CAs whose client certificates are accepted: when
@@ -372,6 +376,16 @@ struct RawListenerTls {
     #[serde(default = "default_handshake_timeout")]
     handshake_timeout: Spanned<Dur>,
     client_ca: Option<Spanned<String>>,
+    #[serde(default)]
+    sni: Vec<RawCertPair>,
+}
+
+/// One entry of `tls.sni`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertPair {
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 fn default_handshake_timeout() -> Spanned<Dur> {
@@ -1033,6 +1047,11 @@ impl Config {
                                 field("tls.handshake_timeout"),
                             )?,
                             client_ca: t.client_ca.as_ref().map(|c| path(c, "client_ca")).transpose()?,
+                            sni: t
+                                .sni
+                                .iter()
+                                .map(|p| Ok((path(&p.cert, "sni.cert")?, path(&p.key, "sni.key")?)))
+                                .collect::<Result<_, ConfigError>>()?,
                         })
                     }
                 },

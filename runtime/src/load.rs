@@ -39,7 +39,12 @@ pub fn from_file(path: &Path) -> Result<Config, String> {
     let dir = path.parent().unwrap_or(Path::new("."));
     for l in &mut config.listeners {
         if let Some(t) = &mut l.tls {
-            for p in [&mut t.cert, &mut t.key] {
+            let pairs = t.sni.iter_mut().flat_map(|(c, k)| [c, k]);
+            for p in [&mut t.cert, &mut t.key]
+                .into_iter()
+                .chain(pairs)
+                .chain(t.client_ca.as_mut())
+            {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }

@@ -29,6 +29,9 @@ pub struct TlsMaterial {
     key: PrivateKeyDer<'static>,
     /// The CAs of accepted client certificates (mutual TLS).
     client_cas: Option<Vec<CertificateDer<'static>>>,
+    /// More chains and keys, chosen by SNI: (the DNS names of the leaf,
+    /// chain, key).
+    sni: Vec<(Vec<String>, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 }
 
 impl Clone for TlsMaterial {
@@ -37,6 +40,11 @@ impl Clone for TlsMaterial {
             certs: self.certs.clone(),
             key: self.key.clone_key(),
             client_cas: self.client_cas.clone(),
+            sni: self
+                .sni
+                .iter()
+                .map(|(names, chain, key)| (names.clone(), chain.clone(), key.clone_key()))
+                .collect(),
         }
     }
 }
@@ -59,18 +67,43 @@ pub fn load(config: &Config) -> Result<Vec<Option<TlsMaterial>>, String> {
         .collect()
 }
 
-fn read(t: &ListenerTls) -> Result<TlsMaterial, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+/// A certificate chain and its key from their PEM files; `what`: the
+/// field names (`tls`, `tls.sni`) for errors.
+fn read_pair(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    what: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect())
-        .map_err(|e| format!("tls.cert {}: {e}", t.cert.display()))?;
+        .map_err(|e| format!("{what}.cert {}: {e}", cert.display()))?;
     if certs.is_empty() {
         return Err(format!(
-            "tls.cert {}: no certificate in the file (expected PEM `BEGIN CERTIFICATE` blocks, leaf first)",
-            t.cert.display()
+            "{what}.cert {}: no certificate in the file (expected PEM `BEGIN CERTIFICATE` blocks, leaf first)",
+            cert.display()
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(&t.key)
-        .map_err(|e| format!("tls.key {}: {e} (expected a PEM private key)", t.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{what}.key {}: {e} (expected a PEM private key)", key.display()))?;
+    Ok((certs, key))
+}
+
+fn read(t: &ListenerTls) -> Result<TlsMaterial, String> {
+    let (certs, key) = read_pair(&t.cert, &t.key, "tls")?;
+    let mut sni = Vec::new();
+    for (cert, key) in &t.sni {
+        let (chain, key) = read_pair(cert, key, "tls.sni")?;
+        let leaf = webpki::EndEntityCert::try_from(&chain[0])
+            .map_err(|e| format!("tls.sni.cert {}: {e}", cert.display()))?;
+        let names: Vec<String> = leaf.valid_dns_names().map(str::to_ascii_lowercase).collect();
+        if names.is_empty() {
+            return Err(format!(
+                "tls.sni.cert {}: the certificate names no DNS name, so no server name can choose it",
+                cert.display()
+            ));
+        }
+        sni.push((names, chain, key));
+    }
     let client_cas = match &t.client_ca {
         None => None,
         Some(path) => {
@@ -90,6 +123,7 @@ fn read(t: &ListenerTls) -> Result<TlsMaterial, String> {
         certs,
         key,
         client_cas,
+        sni,
     })
 }
 
@@ -110,20 +144,64 @@ pub(crate) fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, String
                     .add(ca.clone())
                     .map_err(|e| format!("tls.client_ca: a certificate rustls cannot use as a CA: {e}"))?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| format!("tls.client_ca: {e}"))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| format!("tls.client_ca: {e}"))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut cfg = builder
-        .with_single_cert(m.certs.clone(), m.key.clone_key())
-        .map_err(|e| {
-            format!("the key does not fit the certificate, or is of a kind rustls does not take: {e}")
-        })?;
+    let certified = |chain: &[CertificateDer<'static>], key: &PrivateKeyDer<'static>, what: &str| {
+        rustls::sign::CertifiedKey::from_der(chain.to_vec(), key.clone_key(), &provider)
+            .map(Arc::new)
+            .map_err(|e| {
+                format!(
+                    "{what}: the key does not fit the certificate, or is of a kind rustls does not take: {e}"
+                )
+            })
+    };
+    let default = certified(&m.certs, &m.key, "tls")?;
+    let named = m
+        .sni
+        .iter()
+        .map(|(names, chain, key)| Ok((names.clone(), certified(chain, key, "tls.sni")?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut cfg = builder.with_cert_resolver(Arc::new(BySni { default, named }));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// Chooses a certificate by the server name the client asked for (SNI):
+/// the first whose DNS names match it (`*.example.com` matches one
+/// label), else the default.
+#[derive(Debug)]
+struct BySni {
+    default: Arc<rustls::sign::CertifiedKey>,
+    named: Vec<(Vec<String>, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let chosen = hello.server_name().and_then(|name| {
+            self.named
+                .iter()
+                .find(|(names, _)| names.iter().any(|n| name_matches(n, name)))
+        });
+        Some(chosen.map_or(&self.default, |(_, key)| key).clone())
+    }
+}
+
+/// True when DNS name `pattern` (lower case; maybe `*.suffix`) covers
+/// server name `name`.
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(suffix)),
+        None => pattern.eq_ignore_ascii_case(name),
+    }
 }
 
 /// A TLS server connection over TCP.
@@ -490,5 +568,19 @@ impl Stream for TlsStream {
                 return Some(Err(e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_matches;
+
+    #[test]
+    fn server_names_match_exactly_or_by_one_wildcard_label() {
+        assert!(name_matches("a.test", "A.Test"));
+        assert!(name_matches("*.test", "b.test"));
+        assert!(!name_matches("*.test", "x.b.test"));
+        assert!(!name_matches("*.test", "test"));
+        assert!(!name_matches("a.test", "b.test"));
     }
 }

@@ -44,6 +44,22 @@ impl Certs {
         }
     }
 
+    /// A server certificate this CA signed for `names`, written as
+    /// `FILE.pem` and `FILE.key`; returns the listener's `{ cert, key }`.
+    fn server_pair(&self, file: &str, names: &[&str]) -> String {
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).expect("cert");
+        let (c, k) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        format!("{{ cert = \"{}\", key = \"{}\" }}", c.display(), k.display())
+    }
+
     /// A client certificate this CA signed, with URI name `uri`, and its
     /// key.
     fn client_cert(&self, uri: &str) -> (CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
@@ -354,6 +370,38 @@ fn mutual_tls_verifies_clients_and_passes_their_identity_on() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// Certificates chosen by SNI: each client that names a server gets the
+/// certificate for that name (its verification of the name passes), a
+/// wildcard covers one label, and other names get the default.
+fn certificates_are_chosen_by_server_name() {
+    let certs = Certs::new();
+    let up = Upstream::echo("up");
+    let a = certs.server_pair("a", &["a.test"]);
+    let b = certs.server_pair("b", &["*.b.test"]);
+    let weft = start(&tls_config(&certs, up.addr, &format!(", sni = [{a}, {b}]")));
+    let addr = weft.addr("in").expect("listener `in`");
+    for name in ["a.test", "x.b.test", "localhost"] {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let server = ServerName::try_from(name.to_string()).expect("name");
+        let conn = rustls::ClientConnection::new(certs.client(&[]), server).expect("client");
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {name}\r\n\r\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(response(&mut s).0, 200, "{name}");
+    }
+    // A name no certificate carries gets the default, which does not
+    // carry it either: the client refuses.
+    let tcp = TcpStream::connect(addr).expect("connect");
+    let conn =
+        rustls::ClientConnection::new(certs.client(&[]), ServerName::try_from("c.test").expect("name"))
+            .expect("client");
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    assert!(s.write_all(b"GET / HTTP/1.1\r\nHost: c.test\r\n\r\n").is_err());
+    assert_eq!(up.count(), 3);
+}
+
 /// A certificate file that is not one, a key file that is missing, or a
 /// key that does not fit the certificate stops the start with a message
 /// naming the listener and the file.
@@ -416,5 +464,6 @@ on_both_drivers!(
     requests_over_tls_keep_alive_and_carry_large_bodies,
     bad_tls_clients_end_only_their_own_connection,
     an_idle_tls_connection_is_closed_with_close_notify,
-    mutual_tls_verifies_clients_and_passes_their_identity_on
+    mutual_tls_verifies_clients_and_passes_their_identity_on,
+    certificates_are_chosen_by_server_name
 );
