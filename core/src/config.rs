@@ -223,6 +223,23 @@ pub struct Cluster {
     /// What a request does when every endpoint is ejected or unhealthy
     /// (`no_healthy`).
     pub no_healthy: NoHealthy,
+    /// TLS to the endpoints (`tls = { ... }`); none by default.
+    pub tls: Option<ClusterTls>,
+}
+
+/// `tls = { ca, sni, cert, key }` on a cluster: weft speaks TLS to its
+/// endpoints, verifying them against `ca`, and presents `cert` when given
+/// (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// PEM file of the CAs an endpoint's certificate must chain to.
+    pub ca: std::path::PathBuf,
+    /// The server name asked for and verified; by default each endpoint's
+    /// host as written.
+    pub sni: Option<String>,
+    /// weft's client certificate chain and key (PEM), for endpoints that
+    /// require one.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// `no_healthy`: what a request does when every endpoint of its cluster is
@@ -652,6 +669,17 @@ struct RawCluster {
     health_check: Option<Spanned<RawHealth>>,
     #[serde(default)]
     no_healthy: NoHealthy,
+    tls: Option<Spanned<RawClusterTls>>,
+}
+
+/// `tls = { ca, sni, cert, key }` on a cluster.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClusterTls {
+    ca: Spanned<String>,
+    sni: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
 }
 
 /// `health_check = { ... }`: Envoy's usual thresholds.
@@ -962,6 +990,38 @@ impl Config {
                 limits,
                 health_check,
                 no_healthy: c.no_healthy,
+                tls: match &c.tls {
+                    None => None,
+                    Some(t) => {
+                        let t = t.get_ref();
+                        let path = |p: &Spanned<String>, name: &str| {
+                            if p.get_ref().trim().is_empty() {
+                                return Err(err(
+                                    lines.at(p.span().start),
+                                    field(&format!("tls.{name}")),
+                                    "is empty: give the path of a PEM file",
+                                ));
+                            }
+                            Ok(std::path::PathBuf::from(p.get_ref()))
+                        };
+                        let client_cert = match (&t.cert, &t.key) {
+                            (None, None) => None,
+                            (Some(c), Some(k)) => Some((path(c, "cert")?, path(k, "key")?)),
+                            (Some(c), None) | (None, Some(c)) => {
+                                return Err(err(
+                                    lines.at(c.span().start),
+                                    field("tls"),
+                                    "give both `cert` and `key` (weft's client certificate), or neither",
+                                ))
+                            }
+                        };
+                        Some(ClusterTls {
+                            ca: path(&t.ca, "ca")?,
+                            sni: t.sni.as_ref().map(|s| s.get_ref().clone()),
+                            client_cert,
+                        })
+                    }
+                },
             });
         }
 

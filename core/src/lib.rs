@@ -22,8 +22,8 @@ pub mod route;
 pub use balance::{least_loaded, least_loaded_among, Rng, RoundRobin};
 pub use budget::{BudgetSettings, RetryBudget};
 pub use config::{
-    BalancerKind, Cluster, ClusterLimits, Config, ConfigError, Driver, Listener, ListenerKind, ListenerTls,
-    NoHealthy, RingSetup, RuntimeSettings,
+    BalancerKind, Cluster, ClusterLimits, ClusterTls, Config, ConfigError, Driver, Listener, ListenerKind,
+    ListenerTls, NoHealthy, RingSetup, RuntimeSettings,
 };
 pub use error::{ErrorKind, ProxyError, RetryClass, Side};
 pub use health::{Health, HealthSettings};

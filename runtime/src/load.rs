@@ -51,5 +51,15 @@ pub fn from_file(path: &Path) -> Result<Config, String> {
             }
         }
     }
+    for c in &mut config.clusters {
+        if let Some(t) = &mut c.tls {
+            let pair = t.client_cert.iter_mut().flat_map(|(c, k)| [c, k]);
+            for p in std::iter::once(&mut t.ca).chain(pair) {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+    }
     Ok(config)
 }

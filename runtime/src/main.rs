@@ -73,7 +73,7 @@ fn check(file: &str) -> ExitCode {
     match load::from_file(&PathBuf::from(file)) {
         Ok(config) => {
             // Certificates and keys are read and checked as at start.
-            if let Err(e) = weft::tls::load(&config) {
+            if let Err(e) = weft::tls::load(&config).and_then(|_| weft::tls::load_clusters(&config)) {
                 return fail(&format!("{file}: {e}"));
             }
             out!("{file}: ok");

@@ -239,6 +239,7 @@ impl Server {
         };
         let driver = choose_driver(config.runtime.driver)?;
         let tls = tls::load(&config).map_err(StartError::Tls)?;
+        let cluster_tls = tls::load_clusters(&config).map_err(StartError::Tls)?;
 
         // sockets[listener][worker]
         let mut sockets = Vec::new();
@@ -271,6 +272,7 @@ impl Server {
             let config = config.clone();
             let health = health.clone();
             let tls = tls.clone();
+            let cluster_tls = cluster_tls.clone();
             let stop = shutdown.clone();
             let pin = config.runtime.pin_cores.then_some(i % cores);
             let mine_counters = Arc::new(WorkerCounters::default());
@@ -294,6 +296,21 @@ impl Server {
                         .iter()
                         .map(|m| m.as_ref().and_then(|m| tls::server_config(m).ok()))
                         .collect();
+                    for (c, m) in cluster_tls.iter().enumerate() {
+                        let Some(m) = m else { continue };
+                        // Checked at start: these do not fail here.
+                        let Ok(cfg) = tls::client_config(m) else { continue };
+                        let sni = config.clusters[c].tls.as_ref().and_then(|t| t.sni.as_deref());
+                        for (ep, authority) in worker.clusters[c]
+                            .endpoints
+                            .iter_mut()
+                            .zip(&config.clusters[c].authorities)
+                        {
+                            ep.tls = tls::server_name(sni, authority)
+                                .ok()
+                                .map(|name| (cfg.clone(), name));
+                        }
+                    }
                     let worker = Rc::new(worker);
                     match driver {
                         DriverInUse::IoUring => match uring_runtime(config.runtime.ring_setup) {

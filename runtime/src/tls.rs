@@ -16,8 +16,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -127,6 +128,97 @@ fn read(t: &ListenerTls) -> Result<TlsMaterial, String> {
     })
 }
 
+/// A cluster's TLS material: the CAs its endpoints chain to, and weft's
+/// client certificate when it has one.
+pub struct ClientMaterial {
+    cas: Vec<CertificateDer<'static>>,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+}
+
+impl Clone for ClientMaterial {
+    fn clone(&self) -> Self {
+        ClientMaterial {
+            cas: self.cas.clone(),
+            client: self.client.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
+        }
+    }
+}
+
+/// Reads the CA and client certificate of every cluster with `tls` and
+/// checks that rustls takes them and every endpoint has a server name;
+/// per cluster, `None` for a plain one.
+pub fn load_clusters(config: &Config) -> Result<Vec<Option<ClientMaterial>>, String> {
+    config
+        .clusters
+        .iter()
+        .map(|c| {
+            let Some(t) = &c.tls else {
+                return Ok(None);
+            };
+            let named = |e: String| format!("cluster `{}`: {e}", c.name);
+            let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.ca)
+                .and_then(|it| it.collect())
+                .map_err(|e| named(format!("tls.ca {}: {e}", t.ca.display())))?;
+            if cas.is_empty() {
+                return Err(named(format!(
+                    "tls.ca {}: no certificate in the file",
+                    t.ca.display()
+                )));
+            }
+            let client = match &t.client_cert {
+                None => None,
+                Some((cert, key)) => Some(read_pair(cert, key, "tls").map_err(named)?),
+            };
+            let m = ClientMaterial { cas, client };
+            client_config(&m).map_err(named)?;
+            for authority in &c.authorities {
+                server_name(t.sni.as_deref(), authority).map_err(named)?;
+            }
+            Ok(Some(m))
+        })
+        .collect()
+}
+
+/// The server name weft asks an endpoint for and verifies: `sni`, else
+/// the host of its `host:port` as written.
+pub(crate) fn server_name(sni: Option<&str>, authority: &str) -> Result<ServerName<'static>, String> {
+    let host = sni.unwrap_or_else(|| {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    });
+    ServerName::try_from(host.to_string())
+        .map_err(|_| format!("tls: `{host}` is not a server name (a DNS name or an IP address): set tls.sni"))
+}
+
+/// A rustls client configuration from `m`: TLS 1.3 and 1.2, ALPN
+/// `http/1.1`, the endpoints verified against the cluster's CAs.
+pub(crate) fn client_config(m: &ClientMaterial) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in &m.cas {
+        roots
+            .add(ca.clone())
+            .map_err(|e| format!("tls.ca: a certificate rustls cannot use as a CA: {e}"))?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots);
+    let mut cfg = match &m.client {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(|e| {
+                format!("tls.key does not fit tls.cert, or is of a kind rustls does not take: {e}")
+            })?,
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// A rustls server configuration from `m`: TLS 1.3 and 1.2, ALPN
 /// `http/1.1`, and client certificates required and verified when `m` has
 /// client CAs.
@@ -204,12 +296,13 @@ fn name_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// A TLS server connection over TCP.
+/// A TLS connection over TCP: a client's to a listener, or weft's own to
+/// an upstream.
 pub(crate) struct TlsStream {
     tcp: TcpStream,
     /// rustls's state (boxed: over a kilobyte, and the stream is moved
     /// with every exchange); borrowed only between awaits.
-    tls: RefCell<Box<ServerConnection>>,
+    tls: RefCell<Box<Connection>>,
     /// Ciphertext read from the socket, not yet taken by rustls.
     cipher: BytesMut,
     /// Ciphertext to send (kept to reuse its memory).
@@ -226,6 +319,29 @@ pub(crate) struct TlsStream {
 /// Completes a server handshake on `tcp` (the caller bounds the time).
 pub(crate) async fn accept(tcp: TcpStream, cfg: Arc<ServerConfig>) -> io::Result<TlsStream> {
     let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
+    let mut s = handshake(tcp, Connection::Server(conn), "the client").await?;
+    s.identity = s
+        .tls
+        .get_mut()
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(identity_of);
+    Ok(s)
+}
+
+/// Completes a client handshake with an upstream on `tcp`, verifying that
+/// it is `name` (the caller bounds the time).
+pub(crate) async fn connect(
+    tcp: TcpStream,
+    cfg: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<TlsStream> {
+    let conn = ClientConnection::new(cfg, name).map_err(io::Error::other)?;
+    handshake(tcp, Connection::Client(conn), "the upstream").await
+}
+
+/// Drives a handshake to its end; `peer` names the other side in errors.
+async fn handshake(tcp: TcpStream, conn: Connection, peer: &str) -> io::Result<TlsStream> {
     let mut s = TlsStream {
         tcp,
         tls: RefCell::new(Box::new(conn)),
@@ -243,23 +359,17 @@ pub(crate) async fn accept(tcp: TcpStream, cfg: Arc<ServerConfig>) -> io::Result
         if read_more(&mut s.tcp, &mut s.cipher).await? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "the client closed the connection during the handshake",
+                format!("{peer} closed the connection during the handshake"),
             ));
         }
         if let Err(e) = s.feed(false) {
-            // Tell the client why (rustls queued an alert).
+            // Tell the peer why (rustls queued an alert).
             let _ = s.flush_tls().await;
             return Err(e);
         }
     }
     // The last flight (and TLS 1.3 session tickets).
     s.flush_tls().await?;
-    s.identity = s
-        .tls
-        .get_mut()
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(identity_of);
     Ok(s)
 }
 

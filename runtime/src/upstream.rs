@@ -28,6 +28,12 @@ pub(crate) struct Endpoint {
     pub outlier: RefCell<Outlier>,
     /// Its round-trip estimate on this worker (Peak-EWMA).
     pub rtt: Cell<RttEstimate>,
+    /// TLS to it: this worker's client configuration and the server name
+    /// to verify (a cluster with `tls`).
+    pub tls: Option<(
+        std::sync::Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     idle: RefCell<VecDeque<(UpIo, Instant)>>,
 }
 
@@ -41,6 +47,7 @@ impl Endpoint {
             in_flight: Cell::new(0),
             outlier: RefCell::new(Outlier::new(now)),
             idle: RefCell::new(VecDeque::new()),
+            tls: None,
         }
     }
 
@@ -93,6 +100,9 @@ impl Endpoint {
 /// kind), or an in-memory stream in the pipeline tests.
 pub(crate) enum UpIo {
     Tcp(TcpStream),
+    /// Boxed: most clusters speak plain TCP, and the stream is moved with
+    /// every exchange.
+    Tls(Box<crate::tls::TlsStream>),
     #[cfg(test)]
     Mem(crate::mem::MemStream),
 }
@@ -101,6 +111,7 @@ impl AsyncReadRent for UpIo {
     async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpIo::Tcp(s) => s.read(buf).await,
+            UpIo::Tls(s) => s.read(buf).await,
             #[cfg(test)]
             UpIo::Mem(s) => s.read(buf).await,
         }
@@ -109,6 +120,7 @@ impl AsyncReadRent for UpIo {
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpIo::Tcp(s) => s.readv(buf).await,
+            UpIo::Tls(s) => s.readv(buf).await,
             #[cfg(test)]
             UpIo::Mem(s) => s.readv(buf).await,
         }
@@ -119,6 +131,7 @@ impl AsyncWriteRent for UpIo {
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpIo::Tcp(s) => s.write(buf).await,
+            UpIo::Tls(s) => s.write(buf).await,
             #[cfg(test)]
             UpIo::Mem(s) => s.write(buf).await,
         }
@@ -127,6 +140,7 @@ impl AsyncWriteRent for UpIo {
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             UpIo::Tcp(s) => s.writev(buf).await,
+            UpIo::Tls(s) => s.writev(buf).await,
             #[cfg(test)]
             UpIo::Mem(s) => s.writev(buf).await,
         }
@@ -135,6 +149,7 @@ impl AsyncWriteRent for UpIo {
     async fn flush(&mut self) -> io::Result<()> {
         match self {
             UpIo::Tcp(s) => s.flush().await,
+            UpIo::Tls(s) => s.flush().await,
             #[cfg(test)]
             UpIo::Mem(s) => s.flush().await,
         }
@@ -143,6 +158,7 @@ impl AsyncWriteRent for UpIo {
     async fn shutdown(&mut self) -> io::Result<()> {
         match self {
             UpIo::Tcp(s) => s.shutdown().await,
+            UpIo::Tls(s) => s.shutdown().await,
             #[cfg(test)]
             UpIo::Mem(s) => s.shutdown().await,
         }
@@ -160,8 +176,10 @@ pub(crate) struct Dialer<'a> {
     pub net: Option<&'a crate::mem::Net>,
 }
 
-/// Opens a new connection to `addr` within `timeout`.
-async fn connect(d: &Dialer<'_>, addr: SocketAddr, timeout: Duration) -> Result<UpIo, ProxyError> {
+/// Opens a new connection to `ep` within `timeout`: TCP, and the TLS
+/// handshake for an endpoint of a cluster with `tls`.
+async fn connect(d: &Dialer<'_>, ep: &Endpoint, timeout: Duration) -> Result<UpIo, ProxyError> {
+    let addr = ep.addr;
     let opened = async {
         #[cfg(test)]
         if let Some(net) = d.net {
@@ -169,7 +187,13 @@ async fn connect(d: &Dialer<'_>, addr: SocketAddr, timeout: Duration) -> Result<
         }
         let s = TcpStream::connect_addr(addr).await?;
         nodelay(&s);
-        Ok::<_, io::Error>(UpIo::Tcp(s))
+        match &ep.tls {
+            None => Ok::<_, io::Error>(UpIo::Tcp(s)),
+            Some((cfg, name)) => {
+                let s = crate::tls::connect(s, cfg.clone(), name.clone()).await?;
+                Ok(UpIo::Tls(Box::new(s)))
+            }
+        }
     };
     match within(d.timers.after(timeout), opened).await {
         Some(Ok(s)) => Ok(s),
@@ -227,8 +251,13 @@ impl Conn {
 
     /// A new connection to `ep`, within the cluster's connect timeout.
     pub async fn connect(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<Conn, ProxyError> {
+        if cluster.tls.is_some() && ep.tls.is_none() {
+            // Never plain text to a TLS cluster (its setup was checked at
+            // start, so this does not happen).
+            return Err(ProxyError::new(ErrorKind::ConnectFailed));
+        }
         Ok(Conn {
-            io: connect(d, ep.addr, cluster.connect_timeout).await?,
+            io: connect(d, ep, cluster.connect_timeout).await?,
             buf: BytesMut::new(),
             reused: false,
         })

@@ -73,6 +73,18 @@ impl Certs {
         (cert.der().clone(), der)
     }
 
+    /// A client certificate this CA signed, with URI name `uri`, and its
+    /// key, as PEM text.
+    fn client_pem(&self, uri: &str) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.to_string().try_into().expect("uri"))];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("client cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A client configuration that trusts this CA and presents a client
     /// certificate with URI name `uri`.
     fn client_with_cert(&self, uri: &str) -> Arc<rustls::ClientConfig> {
@@ -402,6 +414,65 @@ fn certificates_are_chosen_by_server_name() {
     assert_eq!(up.count(), 3);
 }
 
+/// The mesh hop over mutual TLS: an HTTP/1.1 client talks plain to weft A,
+/// whose cluster speaks TLS to weft B with a client certificate; B
+/// verifies it and passes A's identity to the application, which sees the
+/// client's request otherwise unchanged. An A whose CA does not trust B's
+/// certificate gets no connection (503 connect-failed), and nothing
+/// reaches the application.
+fn the_mesh_hop_over_mutual_tls() {
+    let certs = Certs::new();
+    let app = Upstream::echo("app");
+    // B: a TLS listener that requires client certificates of the mesh CA.
+    let b_tls = certs.listener_tls(&format!(
+        ", client_ca = \"{}\"",
+        certs.dir.join("ca.pem").display()
+    ));
+    let b = start(&simple_config(&[app.addr], &b_tls, ""));
+    let b_addr = b.addr("in").expect("listener `in`");
+    // A: plain to the client, mutual TLS to B as spiffe://mesh/sa/a.
+    let (cert, key) = certs.client_pem("spiffe://mesh/sa/a");
+    std::fs::write(certs.dir.join("a.pem"), cert).expect("write");
+    std::fs::write(certs.dir.join("a.key"), key).expect("write");
+    let a_cluster = format!(
+        "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        certs.dir.join("ca.pem").display(),
+        certs.dir.join("a.pem").display(),
+        certs.dir.join("a.key").display()
+    );
+    let a = start(&simple_config(&[b_addr], "", &a_cluster));
+    let a_addr = a.addr("in").expect("listener `in`");
+    let mut c = Client::connect(a_addr);
+    for i in 0..3 {
+        let r = c.get(&format!("/hop/{i}?q=1"), "");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello from app"),
+            "request {i}"
+        );
+    }
+    let head = app.request(0).head;
+    assert!(head.starts_with("GET /hop/0?q=1 HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.contains("weft-client-identity: spiffe://mesh/sa/a\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("x-forwarded-proto: https\r\n"), "{head}");
+    // A that does not trust B's certificate: no connection, no request.
+    let stranger = Certs::new();
+    let wrong = format!(
+        "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        stranger.dir.join("ca.pem").display(),
+        certs.dir.join("a.pem").display(),
+        certs.dir.join("a.key").display()
+    );
+    let a2 = start(&simple_config(&[b_addr], "", &wrong));
+    let r = get(a2.addr("in").expect("listener `in`"), "/nope");
+    assert_eq!((r.status, r.header("weft-error")), (503, Some("connect-failed")));
+    assert_eq!(app.count(), 3);
+    assert_eq!(a.failures() + b.failures(), 0);
+}
+
 /// A certificate file that is not one, a key file that is missing, or a
 /// key that does not fit the certificate stops the start with a message
 /// naming the listener and the file.
@@ -465,5 +536,6 @@ on_both_drivers!(
     bad_tls_clients_end_only_their_own_connection,
     an_idle_tls_connection_is_closed_with_close_notify,
     mutual_tls_verifies_clients_and_passes_their_identity_on,
-    certificates_are_chosen_by_server_name
+    certificates_are_chosen_by_server_name,
+    the_mesh_hop_over_mutual_tls
 );
