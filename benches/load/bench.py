@@ -61,6 +61,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -151,8 +152,14 @@ WEFT_TARGETS = {
     "weft-plain-ring": {"driver": "io-uring", "ring_setup": "plain", "expect": PLAIN},
     "weft-epoll": {"driver": "epoll", "ring_setup": None, "expect": "epoll"},
     "weft-base": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
+    "weft-tls": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
 }
-KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy"]
+KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy", "nginx-tls"]
+# Targets that terminate TLS (the load generators speak https to them, with a
+# test certificate made at the start of the run; no idle-connection phase).
+TLS_TARGETS = ("weft-tls", "nginx-tls")
+# Connections of the handshake run of a TLS target (a handshake per request).
+HANDSHAKE_CONNS = 16
 PEERS = ("nginx", "haproxy")
 
 for t in TARGETS:
@@ -346,7 +353,13 @@ def free_port():
 def http_ok(port, timeout=1.0):
     """True when GET / on 127.0.0.1:port answers 200."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            s = raw
+            if port in TLS_PORTS:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                s = ctx.wrap_socket(raw, server_hostname="localhost")
             s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
             data = b""
             while b"\r\n" not in data:
@@ -452,7 +465,12 @@ def upstream_conf(port):
 """
 
 
-def nginx_proxy_conf(port, up):
+def nginx_proxy_conf(port, up, tls=False):
+    ssl = ""
+    if tls:
+        cert, key = tls_files()
+        ssl = (f" ssl;\n        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+               "        ssl_protocols TLSv1.2 TLSv1.3")
     return nginx_common("nginx", OUT) + f"""    upstream up {{
         server 127.0.0.1:{up};
         keepalive 64;
@@ -460,7 +478,7 @@ def nginx_proxy_conf(port, up):
         keepalive_timeout 300s;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096{ssl};
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -496,8 +514,22 @@ backend be
 """
 
 
-def weft_conf(port, up, driver, ring_setup=None):
+def tls_files():
+    """The test certificate and key of the TLS targets (ECDSA P-256, made
+    with openssl once per run)."""
+    cert, key = OUT / "tls-cert.pem", OUT / "tls-key.pem"
+    if not cert.exists():
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "7", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl could not make the test certificate: {r.stderr}")
+    return cert, key
+
+
+def weft_conf(port, up, driver, ring_setup=None, tls=False):
     ring = f'ring_setup = "{ring_setup}"\n' if ring_setup else ""
+    tls_line = 'tls = {{ cert = "{}", key = "{}" }}\n'.format(*tls_files()) if tls else ""
     return f"""# weft under benchmark: one worker (pinned by taskset), one route, one cluster.
 [runtime]
 workers = 1
@@ -507,7 +539,7 @@ driver = "{driver}"
 name = "bench"
 listen = "127.0.0.1:{port}"
 idle_timeout = "300s"
-
+{tls_line}
 [[route]]
 cluster = "up"
 
@@ -535,13 +567,13 @@ def start_proxy(target, up, rnd):
     if target in WEFT_TARGETS:
         spec = WEFT_TARGETS[target]
         conf = OUT / f"{name}.toml"
-        conf.write_text(weft_conf(port, up, spec["driver"], spec["ring_setup"]))
+        conf.write_text(weft_conf(port, up, spec["driver"], spec["ring_setup"], tls=target in TLS_TARGETS))
         binary = WEFT_BASE_BIN if target == "weft-base" else WEFT_BIN
         argv = [str(binary), "--config", str(conf)]
-    elif target == "nginx":
+    elif target in ("nginx", "nginx-tls"):
         (OUT / "nginx-tmp").mkdir(exist_ok=True)
         conf = OUT / f"{name}.conf"
-        conf.write_text(nginx_proxy_conf(port, up))
+        conf.write_text(nginx_proxy_conf(port, up, tls=target == "nginx-tls"))
         argv = ["nginx", "-p", str(OUT), "-c", str(conf)]
     elif target == "haproxy":
         conf = OUT / f"{name}.cfg"
@@ -549,6 +581,8 @@ def start_proxy(target, up, rnd):
         argv = ["haproxy", "-db", "-f", str(conf)]
     else:
         raise ValueError(target)
+    if target in TLS_TARGETS:
+        TLS_PORTS.add(port)
     p = start(name, argv, PROXY_CORE)
     try:
         wait_ready(p, port, target)
@@ -586,15 +620,26 @@ def parse_wrk(out):
     return res
 
 
-def wrk(port, duration, raw_name):
-    out = run_tool(["wrk", "-t1", f"-c{CONNS}", f"-d{duration}", "--latency", f"http://127.0.0.1:{port}/"],
+TLS_PORTS = set()  # ports of the TLS targets started in this run
+
+
+def url(port):
+    """The URL the load generators ask: https on a TLS target's port."""
+    return f"{'https' if port in TLS_PORTS else 'http'}://127.0.0.1:{port}/"
+
+
+def wrk(port, duration, raw_name, conns=None, close=False):
+    """wrk against port; `close`: a new connection (and TLS handshake) per request."""
+    extra = ["-H", "Connection: close"] if close else []
+    out = run_tool(["wrk", "-t1", f"-c{conns or CONNS}", f"-d{duration}", "--latency", *extra, url(port)],
                    raw_name, timeout=seconds(duration) + 60)
     return parse_wrk(out)
 
 
 def oha(port, rate, raw_name):
     out = run_tool(["oha", "--no-tui", "--output-format", "json", "--latency-correction", "-w",
-                    "-q", str(rate), "-z", DURATION, "-c", str(LAT_CONNS), f"http://127.0.0.1:{port}/"],
+                    "-q", str(rate), "-z", DURATION, "-c", str(LAT_CONNS),
+                    *(["--insecure"] if port in TLS_PORTS else []), url(port)],
                    raw_name, timeout=DURATION_S + 60)
     try:
         j = json.loads(out)
@@ -779,9 +824,12 @@ def measure(target, up, rnd, pos):
         rec["latency"] = {}
         for rate in RATES:
             rec["latency"][str(rate)] = with_cpu(pid, lambda: oha(port, rate, f"{target}-r{rnd}-oha-{rate}.json"))
+        if target in TLS_TARGETS:
+            rec["handshakes"] = with_cpu(pid, lambda: wrk(port, DURATION, f"{target}-r{rnd}-handshakes.txt",
+                                                         conns=HANDSHAKE_CONNS, close=True))
         if pid:
             rec["mem_after_load"] = settled_memory(pid)
-            if IDLE_CONNS > 0:
+            if IDLE_CONNS > 0 and target not in TLS_TARGETS:
                 rec["mem_idle_conns"] = idle_connections(pid, port)
                 rec["mem_conns_closed"] = settled_memory(pid)  # the proxy sees the closes
             if proc.poll() is not None:
@@ -1039,6 +1087,26 @@ def summary(records, machine, command, fatal=None):
         if line:
             L.append(line)
 
+    hs = [t for t in shown if any(get(r, "handshakes", "rps") is not None for r in by[t])]
+    if hs:
+        L.append("")
+        L.append(f"### TLS handshakes: wrk, {HANDSHAKE_CONNS} connections, `Connection: close`, {DURATION}")
+        L.append("")
+        L.append("| target | handshakes (requests) /s | proxy busy % | proxy µs per handshake | "
+                 "handshakes per proxy CPU-s | non-2xx | socket errors |")
+        L.append("|---|" + "--:|" * 6)
+        for t in hs:
+            L.append(f"| {label(t, ('handshakes', 'process'))} | {cell(vals(t, 'handshakes', 'rps'))} | "
+                     f"{cell(vals(t, 'handshakes', 'proxy_busy_pct'))} | "
+                     f"{cell(vals(t, 'handshakes', 'proxy_us_per_req'), 1)} | "
+                     f"{cell(vals(t, 'handshakes', 'req_per_cpu_s'))} | "
+                     f"{fmt(sum(get(r, 'handshakes', 'non2xx') or 0 for r in by[t]))} | "
+                     f"{fmt(sum(get(r, 'handshakes', 'socket_errors') or 0 for r in by[t]))} |")
+        L.append("")
+        L.append("Each request on a new connection: a TLS handshake, the request, the close. Both proxies allow "
+                 "TLS 1.2 and 1.3 and serve the same ECDSA P-256 certificate; wrk (OpenSSL) negotiates TLS 1.3 "
+                 "with X25519 with both.")
+        L.append("")
     # ---- latency
     have_direct = bool(by.get("direct"))
     for rate in RATES:
@@ -1128,6 +1196,8 @@ def summary(records, machine, command, fatal=None):
     ratio_rows = []
     for w in [t for t in shown if t in WEFT_TARGETS]:
         others = [p for p in PEERS if p in shown]
+        if w == "weft-tls":
+            others = [p for p in ("nginx-tls",) if p in shown]
         if w == "weft":
             others += [t for t in ("weft-base", "weft-plain-ring", "weft-epoll") if t in shown]
         for o in others:

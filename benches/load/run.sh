@@ -30,6 +30,11 @@
 #       weft-epoll        weft, driver = "epoll"; must report `epoll`
 #       weft-base         weft built from BASE_REV (or the binary WEFT_BASE_BIN)
 #                         with weft's configuration: before/after in one run
+#       weft-tls          weft with `tls = { cert, key }` on its listener: the load
+#                         generators speak https (a test certificate is made with
+#                         openssl); no idle-connection phase; a handshake run
+#                         (a new connection per request) is added
+#       nginx-tls         nginx with `listen ... ssl` and the same certificate
 #       nginx, haproxy    the peers, one worker each
 #                         A weft row whose start-up line (`weft: N worker(s) on
 #                         SETUP`, on its stderr) names another setup is refused:
@@ -109,6 +114,7 @@ missing=()
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
     if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
         say "installing ${missing[*]} with apt-get"
