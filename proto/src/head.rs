@@ -107,7 +107,8 @@ impl HeaderKind {
             // are as long and far more common.
             12 if name[0] | 0x20 == b'g' && eq("grpc-timeout") => HeaderKind::GrpcTimeout,
             15 if name[0] | 0x20 == b'w' && eq("weft-timeout-ms") => HeaderKind::WeftTimeout,
-            20 if eq("weft-client-identity") => HeaderKind::ClientIdentity,
+            // With `_` too: CGI-style servers read both as the same field.
+            20 if eq("weft-client-identity") || eq("weft_client_identity") => HeaderKind::ClientIdentity,
             _ => HeaderKind::Other,
         }
     }

@@ -326,7 +326,8 @@ impl Request {
             }
             // `te` may only say `trailers` (RFC 9113 §8.2.2); HTTP/1 needs
             // `connection: te` with it, and weft forwards trailers anyway.
-            if dropped_upstream(n) || n == "te" || n == "weft-client-identity" {
+            if dropped_upstream(n) || n == "te" || n == "weft-client-identity" || n == "weft_client_identity"
+            {
                 continue;
             }
             if let (Some(field), Some(left)) = (DeadlineField::of(n.as_bytes()), opts.deadline) {

@@ -81,8 +81,9 @@ pub(crate) fn serve<S: Stream>(
                     (idle_until, hot) = idle_and_hot(l);
                 }
                 Step::Quiet(c) => {
-                    // Give the buffer back while the connection idles.
+                    // Give the buffers back while the connection idles.
                     client = c;
+                    client.shrink();
                     buf = BytesMut::new();
                     hot = None;
                 }
@@ -334,7 +335,9 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// that closing with unread data does not reset the connection before the
 /// client has read the answer.
 async fn linger<S: Stream>(client: &mut S, timers: &Timers) {
-    let _ = client.shutdown().await;
+    // Bounded: TLS sends its close_notify here, to a client that may read
+    // nothing.
+    let _ = within(timers.after(std::time::Duration::from_secs(1)), client.shutdown()).await;
     let deadline = Instant::now() + std::time::Duration::from_secs(2);
     let mut scratch = Vec::with_capacity(4096);
     let mut total = 0;

@@ -45,6 +45,10 @@ pub(crate) trait Stream: AsyncReadRent + AsyncWriteRent + Split + 'static {
         None
     }
 
+    /// Gives back buffers the stream holds while its connection idles
+    /// (TLS's ciphertext buffers); nothing for plain TCP.
+    fn shrink(&mut self) {}
+
     /// True for a stream that says goodbye before weft closes it on its
     /// own (TLS's close_notify); plain TCP just closes.
     const GOODBYE: bool = false;

@@ -294,12 +294,27 @@ impl Server {
                     // shared with another core per connection.
                     worker.tls = tls
                         .iter()
-                        .map(|m| m.as_ref().and_then(|m| tls::server_config(m).ok()))
+                        .map(|m| {
+                            m.as_ref().and_then(|m| {
+                                tls::server_config(m)
+                                    .map_err(|e| log!("worker {i}: TLS listener setup failed: {e}"))
+                                    .ok()
+                            })
+                        })
                         .collect();
                     for (c, m) in cluster_tls.iter().enumerate() {
                         let Some(m) = m else { continue };
                         // Checked at start: these do not fail here.
-                        let Ok(cfg) = tls::client_config(m) else { continue };
+                        let cfg = match tls::client_config(m) {
+                            Ok(cfg) => cfg,
+                            Err(e) => {
+                                log!(
+                                    "worker {i}: TLS setup of cluster `{}` failed: {e}",
+                                    config.clusters[c].name
+                                );
+                                continue;
+                            }
+                        };
                         let sni = config.clusters[c].tls.as_ref().and_then(|t| t.sni.as_deref());
                         for (ep, authority) in worker.clusters[c]
                             .endpoints

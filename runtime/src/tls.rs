@@ -296,6 +296,22 @@ fn name_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// A ciphertext write in flight (see [`TlsStream::flush_tls`]).
+struct Writing<'a> {
+    writing: &'a Cell<bool>,
+    broken: &'a Cell<bool>,
+    done: bool,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.writing.set(false);
+        if !self.done {
+            self.broken.set(true);
+        }
+    }
+}
+
 /// A TLS connection over TCP: a client's to a listener, or weft's own to
 /// an upstream.
 pub(crate) struct TlsStream {
@@ -312,6 +328,9 @@ pub(crate) struct TlsStream {
     writing: Cell<bool>,
     /// The peer closed its side of the TCP connection.
     eof: bool,
+    /// A write of ciphertext was cancelled part way: nothing more can be
+    /// sent.
+    broken: Cell<bool>,
     /// The client's verified identity (mutual TLS).
     identity: Option<std::rc::Rc<str>>,
 }
@@ -349,6 +368,7 @@ async fn handshake(tcp: TcpStream, conn: Connection, peer: &str) -> io::Result<T
         out: Vec::new(),
         writing: Cell::new(false),
         eof: false,
+        broken: Cell::new(false),
         identity: None,
     };
     while s.tls.get_mut().is_handshaking() {
@@ -381,6 +401,11 @@ fn identity_of(cert: &CertificateDer<'_>) -> Option<std::rc::Rc<str>> {
         .valid_uri_names()
         .next()
         .or_else(|| cert.valid_dns_names().next())?;
+    // It goes into a header: visible ASCII only (a certificate's URI name
+    // is only known to be UTF-8).
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
     Some(name.into())
 }
 
@@ -429,10 +454,19 @@ impl TlsStream {
             .get_mut()
             .process_new_packets()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let strict = matches!(**self.tls.get_mut(), Connection::Client(_));
         Ok(match st.plaintext_bytes_to_read() {
-            // Closed with close_notify, or (for HTTP/1, framed by its own
-            // lengths) without: the end of the stream either way.
-            0 if st.peer_has_closed() || self.eof => Some(0),
+            0 if st.peer_has_closed() => Some(0),
+            // Closed without close_notify: an upstream's body that runs
+            // until the close could be cut short; a client's request is
+            // framed by its own lengths.
+            0 if self.eof && strict => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the TLS connection without close_notify",
+                ))
+            }
+            0 if self.eof => Some(0),
             0 => None,
             n => Some(n),
         })
@@ -474,6 +508,17 @@ impl TlsStream {
 
     /// Sends what rustls has to send.
     async fn flush_tls(&mut self) -> io::Result<()> {
+        if self.broken.get() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "a TLS write was cancelled part way: the stream is unusable",
+            ));
+        }
+        if self.writing.get() {
+            // The other half's flush is under way: it sends what rustls
+            // has queued, this write's records included.
+            return Ok(());
+        }
         loop {
             let mut out = std::mem::take(&mut self.out);
             out.clear();
@@ -487,9 +532,19 @@ impl TlsStream {
                 self.out = out;
                 return Ok(());
             }
-            self.writing.set(true);
+            // Marks a write in flight; dropped before it completed (the
+            // future cancelled), it marks the stream broken: part of a
+            // record may have gone out.
+            let guard = Writing {
+                writing: &self.writing,
+                broken: &self.broken,
+                done: false,
+            };
+            guard.writing.set(true);
             let (res, out) = self.tcp.write_all(out).await;
-            self.writing.set(false);
+            let mut guard = guard;
+            guard.done = true;
+            drop(guard);
             self.out = out;
             res?;
         }
@@ -622,13 +677,22 @@ impl Stream for TlsStream {
         self.tcp.readable(relaxed).await
     }
 
+    fn shrink(&mut self) {
+        if self.cipher.is_empty() {
+            self.cipher = BytesMut::new();
+        }
+        self.out = Vec::new();
+    }
+
     async fn goodbye(&mut self) {
         self.tls.get_mut().send_close_notify();
         let _ = self.flush_tls().await;
     }
 
     fn peek(&self) -> Peek {
-        if self.has_plain() {
+        // Ciphertext rustls could not take yet counts too: a read makes
+        // progress on it (and a watch that sees `Nothing` would spin).
+        if self.has_plain() || !self.cipher.is_empty() {
             return Peek::Data;
         }
         Stream::peek(&self.tcp)
@@ -663,7 +727,13 @@ impl Stream for TlsStream {
                 Err(e) => return Some(Err(e)),
             }
             if !self.writing.get() {
-                if let Err(e) = self.flush_tls().await {
+                // Bounded too: a peer that reads nothing must not hold the
+                // wait past its deadline.
+                let flushed = monoio::select! {
+                    r = self.flush_tls() => r,
+                    _ = &mut *until => return None,
+                };
+                if let Err(e) = flushed {
                     return Some(Err(e));
                 }
             }

@@ -473,6 +473,45 @@ fn the_mesh_hop_over_mutual_tls() {
     assert_eq!(a.failures() + b.failures(), 0);
 }
 
+/// A request head larger than one TLS record and one read (rustls takes
+/// at most one buffer of ciphertext at a time) to an upstream that takes
+/// its time while weft watches the client: answered.
+fn a_large_head_over_tls_to_a_slow_upstream_is_served() {
+    let certs = Certs::new();
+    let up = Upstream::echo("up");
+    let weft = start(&tls_config(&certs, up.addr, ""));
+    let addr = weft.addr("in").expect("listener `in`");
+    let mut s = connect(addr, certs.client(&[]));
+    let big = "v".repeat(40 * 1024);
+    let req = format!("GET /big HTTP/1.1\r\nHost: localhost\r\nx-delay-ms: 150\r\nx-big: {big}\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("send");
+    let (status, _, body) = response(&mut s);
+    assert_eq!((status, body.as_slice()), (200, &b"hello from up"[..]));
+    assert_eq!(weft.failures(), 0);
+}
+
+/// A client certificate whose URI name carries a line break gives no
+/// identity: nothing of it reaches the upstream's head.
+fn an_identity_with_a_line_break_is_not_passed_on() {
+    let certs = Certs::new();
+    let up = Upstream::echo("up");
+    let tls = certs.listener_tls(&format!(
+        ", client_ca = \"{}\"",
+        certs.dir.join("ca.pem").display()
+    ));
+    let weft = start(&simple_config(&[up.addr], &tls, ""));
+    let addr = weft.addr("in").expect("listener `in`");
+    let mut s = connect(addr, certs.client_with_cert("spiffe://x\r\nx-evil: 1"));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    assert_eq!(response(&mut s).0, 200);
+    let head = up.request(0).head.to_ascii_lowercase();
+    assert!(
+        !head.contains("x-evil") && !head.contains("weft-client-identity"),
+        "{head}"
+    );
+}
+
 /// A certificate file that is not one, a key file that is missing, or a
 /// key that does not fit the certificate stops the start with a message
 /// naming the listener and the file.
@@ -537,5 +576,7 @@ on_both_drivers!(
     an_idle_tls_connection_is_closed_with_close_notify,
     mutual_tls_verifies_clients_and_passes_their_identity_on,
     certificates_are_chosen_by_server_name,
-    the_mesh_hop_over_mutual_tls
+    the_mesh_hop_over_mutual_tls,
+    a_large_head_over_tls_to_a_slow_upstream_is_served,
+    an_identity_with_a_line_break_is_not_passed_on
 );
