@@ -971,13 +971,6 @@ impl Config {
                     })
                 }
             };
-            if let (Some(h), Some(_)) = (&c.health_check, &c.tls) {
-                return Err(err(
-                    lines.at(h.span().start),
-                    field("health_check"),
-                    "health checks over TLS are not supported yet: remove health_check (outlier ejection still takes failing endpoints out)",
-                ));
-            }
             let _ = line;
             clusters.push(Cluster {
                 name,

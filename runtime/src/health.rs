@@ -11,7 +11,7 @@ use crate::io::read_more;
 use crate::log::log;
 use crate::shutdown::Shutdown;
 use bytes::{Bytes, BytesMut};
-use monoio::io::AsyncWriteRentExt;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -87,9 +87,12 @@ impl HealthTable {
 
 /// Starts the prober thread when some cluster has a health check. It stops
 /// when `stop` fires.
+/// `tls`: per cluster, its TLS material (probes of a TLS cluster go over
+/// TLS, as its requests do).
 pub fn start(
     config: &Arc<Config>,
     table: &Arc<HealthTable>,
+    tls: Vec<Option<crate::tls::ClientMaterial>>,
     stop: Shutdown,
 ) -> std::io::Result<Option<JoinHandle<()>>> {
     if config.clusters.iter().all(|c| c.health_check.is_none()) {
@@ -120,15 +123,27 @@ pub fn start(
                     let Some(s) = &cluster.health_check else {
                         continue;
                     };
+                    // Checked at start: these do not fail here.
+                    let client = tls
+                        .get(c)
+                        .and_then(Option::as_ref)
+                        .and_then(|m| crate::tls::client_config(m).ok());
+                    let sni = cluster.tls.as_ref().and_then(|t| t.sni.as_deref());
                     for (i, (addr, authority)) in
                         cluster.endpoints.iter().zip(&cluster.authorities).enumerate()
                     {
+                        let tls = client.as_ref().and_then(|cfg| {
+                            crate::tls::server_name(sni, authority)
+                                .ok()
+                                .map(|name| (cfg.clone(), name))
+                        });
                         let target = Target {
                             cluster: cluster.name.clone(),
                             c,
                             i,
                             addr: *addr,
                             request: request(s, authority),
+                            tls,
                         };
                         monoio::spawn(watch(target, s.clone(), table.clone()));
                     }
@@ -159,6 +174,8 @@ struct Target {
     i: usize,
     addr: SocketAddr,
     request: Bytes,
+    /// TLS to it, for an endpoint of a TLS cluster.
+    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
 }
 
 /// The probe request: a GET of the health path that closes the connection.
@@ -173,7 +190,7 @@ fn request(s: &HealthSettings, authority: &str) -> Bytes {
 async fn watch(t: Target, s: HealthSettings, table: Arc<HealthTable>) {
     let mut health = Health::new();
     loop {
-        let result = match monoio::time::timeout(s.timeout, probe(t.addr, t.request.clone())).await {
+        let result = match monoio::time::timeout(s.timeout, probe(&t)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", s.timeout)),
         };
@@ -204,10 +221,23 @@ const LIMITS: Limits = Limits {
 };
 
 /// One probe: the status of the endpoint's answer, or why there was none.
-async fn probe(addr: SocketAddr, request: Bytes) -> Result<u16, String> {
-    let mut s = TcpStream::connect_addr(addr)
+async fn probe(t: &Target) -> Result<u16, String> {
+    let tcp = TcpStream::connect_addr(t.addr)
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
+    match &t.tls {
+        None => exchange(tcp, t.request.clone()).await,
+        Some((cfg, name)) => {
+            let s = crate::tls::connect(tcp, cfg.clone(), name.clone())
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            exchange(s, t.request.clone()).await
+        }
+    }
+}
+
+/// Sends the probe request on `s` and reads the answer's status.
+async fn exchange<S: AsyncReadRent + AsyncWriteRent>(mut s: S, request: Bytes) -> Result<u16, String> {
     let (sent, _) = s.write_all(request).await;
     sent.map_err(|e| format!("cannot send the probe: {e}"))?;
     let mut buf = BytesMut::with_capacity(1024);

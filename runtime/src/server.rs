@@ -365,7 +365,7 @@ impl Server {
             }
         }
         // Probes start once the workers run (and stop with them).
-        match health::start(&config, &health, shutdown.clone()) {
+        match health::start(&config, &health, cluster_tls.clone(), shutdown.clone()) {
             Ok(Some(prober)) => workers.push(prober),
             Ok(None) => {}
             Err(e) => return abort(workers, &shutdown, StartError::HealthChecks(e)),

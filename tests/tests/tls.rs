@@ -473,6 +473,53 @@ fn the_mesh_hop_over_mutual_tls() {
     assert_eq!(a.failures() + b.failures(), 0);
 }
 
+/// Health checks of a TLS cluster go over TLS, with the cluster's client
+/// certificate: a weft B that requires one passes them; an endpoint that
+/// does not speak TLS fails them and is taken out, so every request goes
+/// to B.
+fn health_checks_of_a_tls_cluster_go_over_tls() {
+    let certs = Certs::new();
+    let app = Upstream::echo("app");
+    let b_tls = certs.listener_tls(&format!(
+        ", client_ca = \"{}\"",
+        certs.dir.join("ca.pem").display()
+    ));
+    let b = start(&simple_config(&[app.addr], &b_tls, ""));
+    let b_addr = b.addr("in").expect("listener `in`");
+    // Speaks no TLS: reads whatever comes and answers nothing.
+    let plain = Upstream::scripted(|mut s, _, _| {
+        let _ = std::io::copy(&mut s, &mut std::io::sink());
+    });
+    let (cert, key) = certs.client_pem("spiffe://mesh/sa/a");
+    std::fs::write(certs.dir.join("a.pem"), cert).expect("write");
+    std::fs::write(certs.dir.join("a.key"), key).expect("write");
+    let cluster = format!(
+        "tls = {{ ca = \"{}\", sni = \"localhost\", cert = \"{}\", key = \"{}\" }}\n\
+         health_check = {{ interval = \"50ms\", timeout = \"50ms\" }}\n",
+        certs.dir.join("ca.pem").display(),
+        certs.dir.join("a.pem").display(),
+        certs.dir.join("a.key").display()
+    );
+    let a = start(&simple_config(&[b_addr, plain.addr], "", &cluster));
+    let a_addr = a.addr("in").expect("listener `in`");
+    // The plain endpoint fails its first (TLS) probe; B passes its own.
+    assert!(
+        eventually(Duration::from_secs(5), || app
+            .count_where(|r| r.head.starts_with("GET /health "))
+            >= 2),
+        "B was never probed over TLS"
+    );
+    for i in 0..20 {
+        let r = get(a_addr, "/x");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello from app"),
+            "request {i}"
+        );
+    }
+    assert!(plain.accepted() > 0, "the plain endpoint was never probed");
+}
+
 /// A request head larger than one TLS record and one read (rustls takes
 /// at most one buffer of ciphertext at a time) to an upstream that takes
 /// its time while weft watches the client: answered.
@@ -578,5 +625,6 @@ on_both_drivers!(
     certificates_are_chosen_by_server_name,
     the_mesh_hop_over_mutual_tls,
     a_large_head_over_tls_to_a_slow_upstream_is_served,
-    an_identity_with_a_line_break_is_not_passed_on
+    an_identity_with_a_line_break_is_not_passed_on,
+    health_checks_of_a_tls_cluster_go_over_tls
 );
