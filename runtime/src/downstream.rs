@@ -182,6 +182,8 @@ async fn finish<S: Stream>(timers: &Timers, end: Next<S>, buf: BytesMut) {
         Next::KeepAlive(mut c) if S::GOODBYE => goodbye(timers, &mut c).await,
         Next::KeepAlive(_) => {}
         Next::Close => {}
+        Next::Done(mut c) if S::GOODBYE => goodbye(timers, &mut c).await,
+        Next::Done(_) => {}
         Next::Linger(mut c) => linger(&mut c, timers).await,
         Next::Tunnel(t) => {
             let (c, up, up_buf) = *t;

@@ -43,6 +43,10 @@ pub(crate) enum Next<S> {
     KeepAlive(S),
     /// Close it now.
     Close,
+    /// The response went whole and the connection ends with it (the
+    /// client or weft said `close`): close it, saying goodbye first (TLS's
+    /// close_notify, so that a body delimited by the close is seen whole).
+    Done(S),
     /// Close it after a lingering read: the client may still be sending,
     /// and closing at once could reset the answer away.
     Linger(S),
@@ -800,7 +804,7 @@ async fn respond<S: Stream>(
                 up.release(to.ep, &to.cluster.pool);
             }
             if close {
-                Next::Close
+                Next::Done(client)
             } else {
                 Next::KeepAlive(client)
             }
@@ -1090,7 +1094,7 @@ async fn full_duplex<'a, S: Stream>(
             }
             match (upload_whole, close) {
                 (false, _) => Next::Linger(client),
-                (true, true) => Next::Close,
+                (true, true) => Next::Done(client),
                 (true, false) => Next::KeepAlive(client),
             }
         }

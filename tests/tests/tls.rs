@@ -270,8 +270,9 @@ fn bad_tls_clients_end_only_their_own_connection() {
     assert_eq!(weft.failures(), 0);
 }
 
-/// weft closing an idle TLS connection says so with close_notify: the
-/// client sees a clean end of stream, not a truncation.
+/// weft closing a TLS connection says so with close_notify, when it idles
+/// out and after a last response: the client sees a clean end of stream,
+/// not a truncation.
 fn an_idle_tls_connection_is_closed_with_close_notify() {
     let certs = Certs::new();
     let up = Upstream::echo("up");
@@ -290,6 +291,16 @@ fn an_idle_tls_connection_is_closed_with_close_notify() {
     let n = s
         .read(&mut [0u8; 64])
         .expect("a clean end of stream, not an error");
+    assert_eq!(n, 0);
+    // A response that ends the connection (the client asked) ends with
+    // close_notify too.
+    let mut s = connect(addr, certs.client(&[]));
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    assert_eq!(response(&mut s).0, 200);
+    let n = s
+        .read(&mut [0u8; 64])
+        .expect("a clean end of stream after the last response");
     assert_eq!(n, 0);
     assert_eq!(weft.failures(), 0);
 }
