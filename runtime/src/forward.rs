@@ -177,6 +177,28 @@ struct RequestBody<'a> {
     reader: Body,
 }
 
+impl RequestBody<'_> {
+    /// Reads the body's next bytes from the client (what the next read
+    /// brings, validated and framed as received), waiting at most `idle`
+    /// for them: a body that broke off or is malformed is 400, one that
+    /// stalled 408.
+    async fn next<R: AsyncReadRent>(
+        &mut self,
+        client: &mut R,
+        timers: &Timers,
+        idle: Duration,
+    ) -> Result<Bytes, Failed> {
+        match within(timers.after(idle), read_more(client, self.cbuf)).await {
+            Some(Ok(n)) if n > 0 => {}
+            Some(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
+            None => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
+        }
+        self.reader
+            .take(self.cbuf)
+            .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))
+    }
+}
+
 impl<'a> Ctx<'a> {
     /// Makes `to` the request's endpoint: in the outcome, and in its
     /// requests in flight.
@@ -508,15 +530,7 @@ async fn gather<S: Stream>(
     let mut kept = BytesMut::with_capacity(expected.max(first.len()));
     kept.extend_from_slice(&first);
     while !body.reader.done() && kept.len() <= limit {
-        match within(x.w.timers.after(x.l.idle_timeout), read_more(client, body.cbuf)).await {
-            Some(Ok(n)) if n > 0 => {}
-            Some(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
-            None => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
-        }
-        let piece = body
-            .reader
-            .take(body.cbuf)
-            .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))?;
+        let piece = body.next(client, &x.w.timers, x.l.idle_timeout).await?;
         x.t.o.bytes_in += piece.len() as u64;
         kept.extend_from_slice(&piece);
     }
@@ -1150,15 +1164,7 @@ async fn upload<R: AsyncReadRent, W: AsyncWriteRent>(
     progress: &Progress,
 ) -> Result<bool, Failed> {
     while !body.reader.done() {
-        match within(timers.after(idle), read_more(client, body.cbuf)).await {
-            Some(Ok(n)) if n > 0 => {}
-            Some(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
-            None => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyTimeout)),
-        }
-        let piece = body
-            .reader
-            .take(body.cbuf)
-            .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))?;
+        let piece = body.next(client, timers, idle).await?;
         progress.bytes.set(progress.bytes.get() + piece.len() as u64);
         if write_one(up, piece).await.is_err() {
             // The upstream may have answered before it stopped reading.

@@ -345,6 +345,9 @@ fn a_flapping_endpoint_costs_no_get() {
     let stop = Arc::new(AtomicBool::new(false));
     let flapper = {
         let stop = stop.clone();
+        // The sleeps here are the fault's schedule (150 ms up, 150 ms
+        // down) and the pace of a non-blocking accept loop, not waits for
+        // readiness.
         std::thread::spawn(move || {
             let mut flaps = 0;
             while !stop.load(Ordering::SeqCst) {

@@ -62,43 +62,33 @@ impl Certs {
 
     /// A client certificate this CA signed, with URI name `uri`, and its
     /// key.
-    fn client_cert(&self, uri: &str) -> (CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
+    fn signed_client(&self, uri: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.subject_alt_names = vec![rcgen::SanType::URI(uri.to_string().try_into().expect("uri"))];
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params
             .signed_by(&key, &self.ca_cert, &self.ca_key)
             .expect("client cert");
+        (cert, key)
+    }
+
+    /// [`Certs::signed_client`] as DER, for a rustls client.
+    fn client_cert(&self, uri: &str) -> (CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let (cert, key) = self.signed_client(uri);
         let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
         (cert.der().clone(), der)
     }
 
-    /// A client certificate this CA signed, with URI name `uri`, and its
-    /// key, as PEM text.
+    /// [`Certs::signed_client`] as PEM text, for weft's configuration.
     fn client_pem(&self, uri: &str) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.subject_alt_names = vec![rcgen::SanType::URI(uri.to_string().try_into().expect("uri"))];
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params
-            .signed_by(&key, &self.ca_cert, &self.ca_key)
-            .expect("client cert");
+        let (cert, key) = self.signed_client(uri);
         (cert.pem(), key.serialize_pem())
     }
 
     /// A client configuration that trusts this CA and presents a client
     /// certificate with URI name `uri`.
     fn client_with_cert(&self, uri: &str) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).expect("root");
-        let (cert, key) = self.client_cert(uri);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![cert], key)
-            .expect("client auth");
-        Arc::new(cfg)
+        client_config(&self.ca, &[], Some(self.client_cert(uri)))
     }
 
     /// The listener's `tls = { ... }` line.
@@ -112,17 +102,32 @@ impl Certs {
 
     /// A client configuration that trusts this CA, offering `alpn`.
     fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).expect("root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(cfg)
+        client_config(&self.ca, alpn, None)
     }
+}
+
+/// A client configuration that trusts `ca`, offers `alpn` and presents
+/// `identity` (a client certificate and key) when given.
+fn client_config(
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+    identity: Option<(CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>)>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(vec![cert], key)
+            .expect("client auth"),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
 }
 
 impl Drop for Certs {
@@ -367,20 +372,10 @@ fn mutual_tls_verifies_clients_and_passes_their_identity_on() {
     );
     // A certificate from another CA: refused too.
     let stranger = Certs::new();
-    let mut alien = connect(addr, {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(certs.ca.clone()).expect("root");
-        let (cert, key) = stranger.client_cert("spiffe://mesh/sa/web");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_client_auth_cert(vec![cert], key)
-                .expect("auth"),
-        )
-    });
+    let mut alien = connect(
+        addr,
+        client_config(&certs.ca, &[], Some(stranger.client_cert("spiffe://mesh/sa/web"))),
+    );
     let refused = alien
         .write_all(b"GET /d HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .and_then(|_| alien.flush())
