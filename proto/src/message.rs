@@ -14,7 +14,7 @@ use crate::deadline::DeadlineField;
 use crate::encode::{
     encode_request, encode_response, put_field, put_length, reason, RequestOptions, ResponseOptions,
 };
-use crate::head::BodyFraming;
+use crate::head::{is_hop_by_hop, BodyFraming, HeaderKind};
 use crate::path::normalize;
 use crate::request::{strip_port, RequestHead};
 use crate::response::ResponseHead;
@@ -62,6 +62,8 @@ pub enum FieldsError {
     /// A field value holds a byte that cannot go on an HTTP/1 line (CR,
     /// LF, NUL).
     BadValue,
+    /// A field name or status that HTTP/2 cannot carry.
+    BadName,
 }
 
 /// A request head that arrived field by field.
@@ -366,6 +368,27 @@ impl Request {
     }
 }
 
+/// The head of an HTTP/1 response as it goes to an HTTP/2 client (RFC
+/// 9113 §8.2.2): its status and fields, names in lower case, without the
+/// fields that belong to the connection it came on (`connection` and what
+/// it names, `keep-alive`, `transfer-encoding`, `upgrade`, ...).
+pub fn h2_response(res: &ResponseHead) -> Result<http::Response<()>, FieldsError> {
+    let mut out = http::Response::new(());
+    *out.status_mut() = http::StatusCode::from_u16(res.status).map_err(|_| FieldsError::BadName)?;
+    *out.version_mut() = http::Version::HTTP_2;
+    let fields = out.headers_mut();
+    fields.reserve(res.headers.len());
+    for h in &res.headers {
+        if h.kind == HeaderKind::TransferEncoding || is_hop_by_hop(&res.raw, h, &res.connection) {
+            continue;
+        }
+        let name = http::HeaderName::from_bytes(res.name(h)).map_err(|_| FieldsError::BadName)?;
+        let value = http::HeaderValue::from_bytes(res.value(h)).map_err(|_| FieldsError::BadValue)?;
+        fields.append(name, value);
+    }
+    Ok(out)
+}
+
 /// A response head that arrived field by field.
 #[derive(Debug)]
 pub struct ResponseFields {
@@ -649,5 +672,27 @@ mod tests {
             text(&out),
             "HTTP/1.1 201 Created\r\ngrpc-status: 0\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn an_http1_response_goes_to_http2_without_its_connection_fields() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\n\
+               X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\
+               Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nTrailer: grpc-status\r\n\r\n"[..],
+        );
+        let limits = crate::Limits {
+            max_request_line: 1024,
+            max_head_bytes: 4096,
+            max_headers: 32,
+        };
+        let res = crate::parse_response(&mut buf, &limits, false)
+            .expect("valid")
+            .expect("whole");
+        let out = h2_response(&res).expect("translatable");
+        assert_eq!(out.status(), 200);
+        let names: Vec<&str> = out.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "set-cookie"]);
+        assert_eq!(out.headers().get_all("set-cookie").iter().count(), 2);
     }
 }

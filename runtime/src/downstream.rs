@@ -32,6 +32,9 @@ enum HeadRead {
     Quiet,
     Reject(HeadError),
     Timeout,
+    /// HTTP/2's connection preface: the connection speaks HTTP/2 (its
+    /// bytes stay in the buffer).
+    Http2,
 }
 
 /// Serves one accepted client connection until it closes.
@@ -87,6 +90,12 @@ pub(crate) fn serve<S: Stream>(
                     buf = BytesMut::new();
                     hot = None;
                 }
+                Step::Http2(c) => {
+                    // Boxed: an HTTP/1 connection's task stays small.
+                    let read = std::mem::take(&mut buf);
+                    Box::pin(crate::downstream_h2::serve(&w, li, c, read, peer_ip.into())).await;
+                    return;
+                }
                 Step::Done => return,
             }
         }
@@ -101,6 +110,8 @@ enum Step<S> {
     Quiet(S),
     /// The connection is done.
     Done,
+    /// The connection speaks HTTP/2 from here.
+    Http2(S),
 }
 
 /// Reads one request head and serves it: the exchange, or weft's refusal.
@@ -148,6 +159,7 @@ async fn request<S: Stream>(
             return Step::Done;
         }
         HeadRead::Quiet => return Step::Quiet(client),
+        HeadRead::Http2 => return Step::Http2(client),
         // The refusal names the head's own fault.
         HeadRead::Reject(e) => {
             let kind = ErrorKind::BadRequest {
@@ -251,10 +263,15 @@ async fn read_head<S: Stream>(
     };
     loop {
         if !buf.is_empty() {
-            match parse_request(buf, &limits) {
-                Ok(Some(h)) => return HeadRead::Head(Box::new(h)),
-                Ok(None) => {}
-                Err(e) => return HeadRead::Reject(e),
+            match crate::downstream_h2::preface(buf) {
+                Some(true) => return HeadRead::Http2,
+                // Maybe HTTP/2's preface: wait for the rest of it.
+                None => {}
+                Some(false) => match parse_request(buf, &limits) {
+                    Ok(Some(h)) => return HeadRead::Head(Box::new(h)),
+                    Ok(None) => {}
+                    Err(e) => return HeadRead::Reject(e),
+                },
             }
         } else if buf.capacity() == 0 {
             *buf = BytesMut::with_capacity(FIRST_READ);

@@ -24,11 +24,15 @@ use std::cell::Cell;
 use std::pin::pin;
 use std::time::{Duration, Instant};
 use weft_core::config::{Cluster, Listener};
-use weft_core::route::RetryPolicy;
+use weft_core::route::{RetryPolicy, Route};
 use weft_core::{ErrorKind, ProxyError, RetryClass, Side};
 use weft_proto::body::BodyReader as Body;
 use weft_proto::encode::{encode_response, RequestOptions, ResponseOptions};
 use weft_proto::{parse_response, BodyFraming, Limits, Request, ResponseHead, Version};
+
+mod http2;
+
+pub(crate) use http2::{exchange as exchange_h2, Stream as H2Stream};
 
 /// Limits on response heads from upstreams.
 const RESPONSE_LIMITS: Limits = Limits {
@@ -315,6 +319,92 @@ impl<'a> Ctx<'a> {
     }
 }
 
+impl<'a> Ctx<'a> {
+    /// The context of a request whose head arrived at `started`.
+    fn new(w: &'a Worker, l: &'a Listener, req: &'a Request, peer_ip: &'a str, started: Instant) -> Self {
+        Ctx {
+            w,
+            l,
+            req,
+            t: Tracker::new(w, started),
+            head_started: false,
+            peer_ip,
+            in_flight: None,
+            cluster_request: None,
+            listener_request: None,
+            retrying: None,
+            deadline: None,
+            client_deadline: false,
+            per_try: None,
+            continued: false,
+            identity: None,
+        }
+    }
+
+    /// Takes the request in and routes it: a place in the listener's
+    /// requests in flight, the first matching route (within its rate
+    /// limit), its cluster, and the deadline in force (the route's
+    /// timeout counted from `started`, shortened to the client's own).
+    /// The error is weft's answer.
+    fn route(&mut self, started: Instant) -> Result<(&'a Route, usize, Instant), ErrorKind> {
+        let (w, l, req) = (self.w, self.l, self.req);
+        match w.listener_slot(l) {
+            Ok(slot) => self.listener_request = slot.map(Counted::new),
+            // The listener is full: shed the request at once.
+            Err(()) => return Err(ErrorKind::Overflow),
+        }
+        let identity = self.identity.as_deref();
+        let (ri, route) = l
+            .routes
+            .find_indexed(req.host(), req.path(), req.method(), |n| {
+                // Routes match `weft-client-identity` against the verified
+                // identity only, never a client's own field of that name.
+                if n.eq_ignore_ascii_case("weft-client-identity") {
+                    identity.map(str::as_bytes)
+                } else {
+                    req.header(n)
+                }
+            })
+            .ok_or(ErrorKind::NoRoute)?;
+        if route.rate_limit.is_some() && !w.admit(l, ri, started) {
+            return Err(ErrorKind::RateLimited);
+        }
+        let c = w.pick_cluster(&route.target);
+        let mut deadline = started + route.timeout;
+        if let Some(wait) = req.deadline() {
+            if let Some(theirs) = started.checked_add(wait).filter(|d| *d < deadline) {
+                deadline = theirs;
+                self.client_deadline = true;
+            }
+            self.deadline = Some(deadline);
+            self.per_try = route.retry.per_try_timeout;
+        }
+        Ok((route, c, deadline))
+    }
+
+    /// Picks the request's first endpoint in cluster `c` and takes a place
+    /// in the cluster's requests in flight (503 `overflow` when it is full:
+    /// weft answers at once rather than queue).
+    fn first_endpoint(&mut self, c: usize) -> Result<Upstream<'a>, ErrorKind> {
+        let w = self.w;
+        let (i, ep) = w.pick_endpoint(c).ok_or(ErrorKind::NoEndpoint)?;
+        let to = Upstream {
+            c,
+            i,
+            ep,
+            cluster: &w.config.clusters[c],
+        };
+        self.aim(&to);
+        let state = &w.clusters[c];
+        if state.requests.get() >= state.limits.max_requests {
+            return Err(ErrorKind::Overflow);
+        }
+        self.cluster_request = Some(Counted::new(&state.requests));
+        state.budget.borrow_mut().deposit(self.t.o.head_at);
+        Ok(to)
+    }
+}
+
 /// Forwards one request and its response, and writes its outcome record
 /// when it ends. `started`: when its head arrived (the route timeout counts
 /// from there).
@@ -327,56 +417,14 @@ pub(crate) async fn exchange<S: Stream>(
     peer_ip: &str,
     started: Instant,
 ) -> Next<S> {
-    let mut x = Ctx {
-        w,
-        l,
-        req,
-        t: Tracker::new(w, started),
-        head_started: false,
-        peer_ip,
-        in_flight: None,
-        cluster_request: None,
-        listener_request: None,
-        retrying: None,
-        deadline: None,
-        client_deadline: false,
-        per_try: None,
-        continued: false,
-        identity: client.identity(),
-    };
+    let mut x = Ctx::new(w, l, req, peer_ip, started);
+    x.identity = client.identity();
     x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {
         cbuf,
         reader: Body::new(req.framing()),
     };
-    match w.listener_slot(l) {
-        Ok(slot) => x.listener_request = slot.map(Counted::new),
-        Err(()) => {
-            // The listener is full: shed the request at once.
-            let close = !body.reader.done();
-            let after = Box::pin(x.fail(&mut client, ProxyError::new(ErrorKind::Overflow), close)).await;
-            return Next::after(after, client);
-        }
-    }
-    let routed = l
-        .routes
-        .find_indexed(req.host(), req.path(), req.method(), |n| {
-            // Routes match `weft-client-identity` against the verified
-            // identity only, never a client's own field of that name.
-            if n.eq_ignore_ascii_case("weft-client-identity") {
-                x.identity.as_deref().map(str::as_bytes)
-            } else {
-                req.header(n)
-            }
-        })
-        .ok_or(ErrorKind::NoRoute)
-        .and_then(|(ri, route)| {
-            if route.rate_limit.is_some() && !w.admit(l, ri, started) {
-                return Err(ErrorKind::RateLimited);
-            }
-            Ok((route, w.pick_cluster(&route.target)))
-        });
-    let (route, c) = match routed {
+    let (route, c, deadline) = match x.route(started) {
         Ok(routed) => routed,
         Err(kind) => {
             let close = !body.reader.done();
@@ -384,16 +432,6 @@ pub(crate) async fn exchange<S: Stream>(
             return Next::after(after, client);
         }
     };
-    // The route's timeout, shortened to the client's own deadline.
-    let mut deadline = started + route.timeout;
-    if let Some(wait) = req.deadline() {
-        if let Some(theirs) = started.checked_add(wait).filter(|d| *d < deadline) {
-            deadline = theirs;
-            x.client_deadline = true;
-        }
-        x.deadline = Some(deadline);
-        x.per_try = route.retry.per_try_timeout;
-    }
     let first = match body.reader.take(body.cbuf) {
         Ok(b) => b,
         Err(_) => {
@@ -428,27 +466,14 @@ pub(crate) async fn exchange<S: Stream>(
             }
         }
     }
-    let Some((i, ep)) = w.pick_endpoint(c) else {
-        let close = !body.reader.done();
-        let after = Box::pin(x.fail(&mut client, ProxyError::new(ErrorKind::NoEndpoint), close)).await;
-        return Next::after(after, client);
+    let mut to = match x.first_endpoint(c) {
+        Ok(to) => to,
+        Err(kind) => {
+            let close = !body.reader.done();
+            let after = Box::pin(x.fail(&mut client, ProxyError::new(kind), close)).await;
+            return Next::after(after, client);
+        }
     };
-    let mut to = Upstream {
-        c,
-        i,
-        ep,
-        cluster: &w.config.clusters[c],
-    };
-    x.aim(&to);
-    let state = &w.clusters[c];
-    if state.requests.get() >= state.limits.max_requests {
-        // The cluster is full: answer at once rather than queue.
-        let close = !body.reader.done();
-        let after = Box::pin(x.fail(&mut client, ProxyError::new(ErrorKind::Overflow), close)).await;
-        return Next::after(after, client);
-    }
-    x.cluster_request = Some(Counted::new(&state.requests));
-    state.budget.borrow_mut().deposit(started);
     let head = x.head_for(&to);
     if !body.reader.done() {
         return Box::pin(full_duplex(
@@ -467,10 +492,13 @@ pub(crate) async fn exchange<S: Stream>(
     // never pooled.
     let forwarded = {
         // Pinned where it is made: moving a future this large costs copies.
+        let mut waiting = H1Waiting {
+            client: &mut client,
+            watch: body.cbuf.is_empty(),
+        };
         let tries = pin!(attempts(
             &mut x,
-            &mut client,
-            body.cbuf,
+            &mut waiting,
             (&mut to, &route.retry),
             head,
             first,
@@ -595,10 +623,9 @@ async fn open<'a>(
 /// (a reset, a per-try timeout, a status) goes again to another endpoint,
 /// for idempotent methods, within the attempts and the cluster's budget,
 /// after a jittered backoff.
-async fn attempts<'a, S: Stream>(
+async fn attempts<'a, C: Waiting>(
     x: &mut Ctx<'a>,
-    client: &mut S,
-    cbuf: &BytesMut,
+    client: &mut C,
     (to, retry): (&mut Upstream<'a>, &RetryPolicy),
     mut head: Bytes,
     first: Bytes,
@@ -613,7 +640,7 @@ async fn attempts<'a, S: Stream>(
         x.t.o.attempts += 1;
         let exchange = async {
             match write_two(&mut up.io, head.clone(), first.clone()).await {
-                Ok(()) => response_head(x, client, cbuf, &mut up).await,
+                Ok(()) => response_head(x, client, &mut up).await,
                 Err(_) => Err(Failed::upstream_gone(true)),
             }
         };
@@ -671,13 +698,64 @@ async fn attempts<'a, S: Stream>(
     }
 }
 
-/// Reads the final response head, forwarding interim ones to an HTTP/1.1
-/// client and watching the client for a close while the upstream takes
-/// its time.
-async fn response_head<S: Stream>(
+/// What the forward step asks of the client while an upstream takes its
+/// time to answer: HTTP/1.1 and HTTP/2 sessions each have their own.
+trait Waiting {
+    /// Passes an interim (1xx) response on (or drops it, for a client that
+    /// does not take them); fails when the client is gone.
+    async fn interim(&mut self, x: &mut Ctx<'_>, res: &ResponseHead) -> Result<(), Failed>;
+
+    /// Resolves once the client has given up on the request (closed its
+    /// connection, reset its stream); never for a client weft does not
+    /// watch.
+    async fn gone(&mut self);
+}
+
+/// An HTTP/1 client waiting for its answer. `watch`: its end of stream
+/// means it gave up (no pipelined bytes of it are buffered).
+struct H1Waiting<'c, S> {
+    client: &'c mut S,
+    watch: bool,
+}
+
+impl<S: Stream> Waiting for H1Waiting<'_, S> {
+    async fn interim(&mut self, x: &mut Ctx<'_>, res: &ResponseHead) -> Result<(), Failed> {
+        forward_interim(x, self.client, res).await
+    }
+
+    async fn gone(&mut self) {
+        while self.watch {
+            match self.client.readable(false).await.map(|()| self.client.peek()) {
+                Err(_) | Ok(Peek::Closed) => return,
+                // The next request, pipelined: stop watching (its bytes
+                // stay in the socket for the next exchange).
+                Ok(Peek::Data) => self.watch = false,
+                Ok(Peek::Nothing) => {}
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+/// An HTTP/1 client's write half during a full-duplex exchange: it takes
+/// interim responses; its reading side is busy with the upload.
+struct H1Interim<'c, W>(&'c mut W);
+
+impl<W: AsyncWriteRent> Waiting for H1Interim<'_, W> {
+    async fn interim(&mut self, x: &mut Ctx<'_>, res: &ResponseHead) -> Result<(), Failed> {
+        forward_interim(x, self.0, res).await
+    }
+
+    async fn gone(&mut self) {
+        std::future::pending().await
+    }
+}
+
+/// Reads the final response head, passing interim ones to the client and
+/// watching it for a close while the upstream takes its time.
+async fn response_head<C: Waiting>(
     x: &mut Ctx<'_>,
-    client: &mut S,
-    cbuf: &BytesMut,
+    client: &mut C,
     up: &mut Conn,
 ) -> Result<ResponseHead, Failed> {
     let mut informational = false;
@@ -686,7 +764,7 @@ async fn response_head<S: Stream>(
             Ok(Some(res)) if res.is_informational() && res.status != 101 => {
                 informational = true;
                 if !(res.status == 100 && x.continued) {
-                    forward_interim(x, client, &res).await?;
+                    client.interim(x, &res).await?;
                 }
                 continue;
             }
@@ -694,11 +772,8 @@ async fn response_head<S: Stream>(
             Ok(None) => {}
             Err(_) => return Err(Failed::malformed()),
         }
-        // Watch the client only when no pipelined bytes of it are buffered:
-        // its end of stream then means it gave up on this request.
-        let watch = cbuf.is_empty();
         let grace = x.w.timers.at(x.t.o.head_at + WATCH_AFTER);
-        match read_upstream(up, client, watch, grace).await {
+        match read_upstream(up, client, grace).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => {
                 // Nothing of an answer came: on a reused connection, the
@@ -738,34 +813,22 @@ struct ClientGone;
 /// and then the watch costs nothing (no poll operation, only a deadline).
 const WATCH_AFTER: Duration = Duration::from_millis(20);
 
-/// Reads more of the upstream's answer. Meanwhile, when `watch` is set,
-/// notices a client that closes its connection: the attempt is then
-/// abandoned (the caller drops the upstream connection), as nginx does with
-/// its 499.
-async fn read_upstream<S: Stream>(
+/// Reads more of the upstream's answer. Meanwhile, after `grace`, notices
+/// a client that gives up: the attempt is then abandoned (the caller drops
+/// the upstream connection), as nginx does with its 499.
+async fn read_upstream<C: Waiting>(
     up: &mut Conn,
-    client: &S,
-    mut watch: bool,
+    client: &mut C,
     grace: Deadline<'_>,
 ) -> Result<std::io::Result<usize>, ClientGone> {
     let mut read = pin!(up.read_more());
-    if watch {
-        monoio::select! {
-            r = &mut read => return Ok(r),
-            _ = grace => {}
-        }
+    monoio::select! {
+        r = &mut read => return Ok(r),
+        _ = grace => {}
     }
-    loop {
-        monoio::select! {
-            r = &mut read => return Ok(r),
-            ready = client.readable(false), if watch => match ready.map(|()| client.peek()) {
-                Err(_) | Ok(Peek::Closed) => return Err(ClientGone),
-                // The next request, pipelined: stop watching (its bytes stay
-                // in the socket for the next exchange).
-                Ok(Peek::Data) => watch = false,
-                Ok(Peek::Nothing) => {}
-            },
-        }
+    monoio::select! {
+        r = &mut read => Ok(r),
+        () = client.gone() => Err(ClientGone),
     }
 }
 
@@ -1042,7 +1105,12 @@ async fn full_duplex<'a, S: Stream>(
             &progress
         ));
         let mut response = pin!(async {
-            let res = match within(timers.at(deadline), final_head(x, &mut cw, &mut ur, &mut ubuf)).await {
+            let res = match within(
+                timers.at(deadline),
+                final_head(x, &mut H1Interim(&mut cw), &mut ur, &mut ubuf),
+            )
+            .await
+            {
                 Some(Ok(res)) => res,
                 Some(Err(f)) => return Answer::Failed(f),
                 None => return Answer::Failed(x.timed_out()),
@@ -1118,9 +1186,9 @@ async fn full_duplex<'a, S: Stream>(
 /// Reads the final response head of a full-duplex exchange: interim
 /// responses other than `100 Continue` (which weft sent itself, or the
 /// client did not wait for) go to an HTTP/1.1 client.
-async fn final_head<W: AsyncWriteRent, R: AsyncReadRent>(
+async fn final_head<C: Waiting, R: AsyncReadRent>(
     x: &mut Ctx<'_>,
-    client: &mut W,
+    client: &mut C,
     up: &mut R,
     ubuf: &mut BytesMut,
 ) -> Result<ResponseHead, Failed> {
@@ -1128,7 +1196,7 @@ async fn final_head<W: AsyncWriteRent, R: AsyncReadRent>(
         match parse_response(ubuf, &RESPONSE_LIMITS, x.req.is_head()) {
             Ok(Some(res)) if res.status == 100 => continue,
             Ok(Some(res)) if res.is_informational() && res.status != 101 => {
-                forward_interim(x, client, &res).await?;
+                client.interim(x, &res).await?;
                 continue;
             }
             Ok(Some(res)) => return Ok(res),

@@ -9,6 +9,7 @@
 mod counters;
 pub mod demo;
 mod downstream;
+mod downstream_h2;
 mod forward;
 mod health;
 mod io;
@@ -25,6 +26,7 @@ mod state;
 mod timer;
 pub mod tls;
 mod upstream;
+mod wire;
 mod worker;
 
 pub use server::{IoSetup, Server, StartError, WorkerCounters};

@@ -261,7 +261,8 @@ pub(crate) fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, String
         .map(|(names, chain, key)| Ok((names.clone(), certified(chain, key, "tls.sni")?)))
         .collect::<Result<Vec<_>, String>>()?;
     let mut cfg = builder.with_cert_resolver(Arc::new(BySni { default, named }));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first when the client offers both (RFC 9113 §3.2).
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -333,6 +334,13 @@ pub(crate) struct TlsStream {
     broken: Cell<bool>,
     /// The client's verified identity (mutual TLS).
     identity: Option<std::rc::Rc<str>>,
+}
+
+impl TlsStream {
+    /// True when the handshake chose HTTP/2 (ALPN `h2`).
+    pub(crate) fn is_h2(&self) -> bool {
+        self.tls.borrow().alpn_protocol() == Some(b"h2")
+    }
 }
 
 /// Completes a server handshake on `tcp` (the caller bounds the time).

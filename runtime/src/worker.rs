@@ -9,6 +9,7 @@ use crate::shutdown::Shutdown;
 use crate::state::{Admitted, Worker};
 use crate::timer::within;
 use crate::tls;
+use bytes::BytesMut;
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 use weft_core::ListenerKind;
 
 /// Serves a connection of a TLS listener: the handshake within the
-/// listener's `handshake_timeout`, then HTTP/1.1 as on any other. A failed
+/// listener's `handshake_timeout`, then HTTP/2 when ALPN chose it, else
+/// HTTP/1.1 as on any other. A failed
 /// handshake ends only this connection, with one line in the log.
 async fn serve_tls(
     w: Rc<Worker>,
@@ -36,6 +38,10 @@ async fn serve_tls(
     // The connection's place at the gate, until `serve` takes it over.
     let admitted = Admitted(&w.gates[li]);
     match within(w.timers.after(timeout), tls::accept(tcp, cfg)).await {
+        Some(Ok(stream)) if stream.is_h2() => {
+            let peer_ip: Rc<str> = peer.ip().to_string().into();
+            crate::downstream_h2::serve(&w, li, stream, BytesMut::new(), peer_ip).await
+        }
         Some(Ok(stream)) => {
             std::mem::forget(admitted);
             downstream::serve(w.clone(), li, stream, peer).await

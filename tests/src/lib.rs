@@ -4,6 +4,8 @@
 //!
 //! Everything uses real sockets; readiness is polled with a bound.
 
+pub mod h2c;
+
 use bytes::BytesMut;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -187,14 +187,14 @@ fn tls_config(certs: &Certs, up: SocketAddr, extra: &str) -> String {
 }
 
 /// GETs and a large POST over TLS on one keep-alive connection: ALPN
-/// `http/1.1`, bodies byte for byte both ways, and the upstream told the
-/// client came over https.
+/// `http/1.1` for a client that offers only it, bodies byte for byte both
+/// ways, and the upstream told the client came over https.
 fn requests_over_tls_keep_alive_and_carry_large_bodies() {
     let certs = Certs::new();
     let up = Upstream::echo("up");
     let weft = start(&tls_config(&certs, up.addr, ""));
     let addr = weft.addr("in").expect("listener `in`");
-    let mut s = connect(addr, certs.client(&[b"h2", b"http/1.1"]));
+    let mut s = connect(addr, certs.client(&[b"http/1.1"]));
     s.write_all(b"GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .expect("send");
     let (status, _, body) = response(&mut s);
@@ -623,8 +623,58 @@ fn bad_certificate_files_are_refused_at_start() {
     assert!(e.contains("does not fit"), "{e}");
 }
 
+/// A client offering `h2` gets HTTP/2 (ALPN), and with a client
+/// certificate its identity routes its streams and goes upstream once,
+/// a forged copy dropped.
+fn http2_by_alpn_with_a_client_identity() {
+    let certs = Certs::new();
+    let (trusted, other) = (Upstream::echo("trusted"), Upstream::echo("other"));
+    let tls = certs.listener_tls(&format!(
+        ", client_ca = \"{}\"",
+        certs.dir.join("ca.pem").display()
+    ));
+    let config = format!(
+        "{}\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{tls}\n\n\
+         [[route]]\ncluster = \"trusted\"\nmatch = {{ headers = {{ weft-client-identity = \"spiffe://mesh/sa/web\" }} }}\n\n\
+         [[route]]\ncluster = \"other\"\n\n\
+         [[cluster]]\nname = \"trusted\"\nendpoints = [\"{}\"]\n\n\
+         [[cluster]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
+        runtime_section(1),
+        trusted.addr,
+        other.addr
+    );
+    let weft = start(&config);
+    let addr = weft.addr("in").expect("listener `in`");
+    let cfg = (*certs.client_with_cert("spiffe://mesh/sa/web")).clone();
+    let mut c = weft_tests::h2c::H2::connect_tls(addr, cfg, "localhost");
+    let req = weft_tests::h2c::H2::head(addr, "GET", "/a", &[("weft-client-identity", "spiffe://forged")]);
+    let r = c.request(req, b"").expect("a response");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from trusted"));
+    let head = trusted.request(0).head.to_ascii_lowercase();
+    assert!(head.starts_with("get /a http/1.1\r\n"), "{head}");
+    assert_eq!(head.matches("weft-client-identity").count(), 1, "{head}");
+    assert!(
+        head.contains("weft-client-identity: spiffe://mesh/sa/web\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("x-forwarded-proto: https\r\n"), "{head}");
+    // Another identity, claiming the web one in a field: routed elsewhere.
+    let cfg = (*certs.client_with_cert("spiffe://mesh/sa/batch")).clone();
+    let mut c = weft_tests::h2c::H2::connect_tls(addr, cfg, "localhost");
+    let req = weft_tests::h2c::H2::head(
+        addr,
+        "GET",
+        "/b",
+        &[("weft-client-identity", "spiffe://mesh/sa/web")],
+    );
+    let r = c.request(req, b"").expect("a response");
+    assert_eq!((r.status, r.text().as_str()), (200, "hello from other"));
+    assert_eq!(weft.failures(), 0);
+}
+
 on_both_drivers!(
     requests_over_tls_keep_alive_and_carry_large_bodies,
+    http2_by_alpn_with_a_client_identity,
     bad_tls_clients_end_only_their_own_connection,
     an_idle_tls_connection_is_closed_with_close_notify,
     mutual_tls_verifies_clients_and_passes_their_identity_on,

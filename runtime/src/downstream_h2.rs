@@ -1,0 +1,114 @@
+//! The HTTP/2 downstream session: one client connection speaking HTTP/2,
+//! found by its connection preface on a listener that also speaks
+//! HTTP/1.1, or by ALPN `h2` on a TLS listener. The `h2` crate holds the
+//! connection's state (frames, HPACK, flow control, stream limits) over a
+//! [`wire`](crate::wire); each stream is a request, served in a task of
+//! its own by the forward step. The session owns the connection's idle
+//! timeout and its drain (GOAWAY, then the streams in flight finish).
+
+use crate::forward::{exchange_h2, H2Stream};
+use crate::io::Stream;
+use crate::state::Worker;
+use crate::timer::within;
+use crate::wire::{carry, wire};
+use bytes::{Bytes, BytesMut};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use weft_core::config::Listener;
+
+/// HTTP/2's connection preface (RFC 9113 §3.4).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `buf`, the first bytes of a connection, is HTTP/2's preface:
+/// `Some(true)` when it starts with it, `None` when it may still (too few
+/// bytes yet), `Some(false)` when it is not.
+pub(crate) fn preface(buf: &[u8]) -> Option<bool> {
+    let n = buf.len().min(PREFACE.len());
+    if buf[..n] != PREFACE[..n] {
+        Some(false)
+    } else if n < PREFACE.len() {
+        None
+    } else {
+        Some(true)
+    }
+}
+
+/// Most streams a client may have open at once (nginx's default is 128,
+/// RFC 9113 recommends no fewer than 100).
+const MAX_STREAMS: u32 = 100;
+
+/// The flow-control window weft gives each stream's request body, and the
+/// connection's: what a client may send before weft has forwarded it,
+/// per stream and in all.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// Serves an HTTP/2 connection until it closes. `read`: its first bytes,
+/// already read (the preface, when it was detected on a plain listener).
+pub(crate) async fn serve<S: Stream>(w: &Rc<Worker>, li: usize, client: S, read: BytesMut, peer_ip: Rc<str>) {
+    let l = &w.config.listeners[li];
+    let identity = client.identity();
+    let (wire, pump) = wire(read);
+    let driver = async {
+        let mut builder = h2::server::Builder::new();
+        builder
+            .max_concurrent_streams(MAX_STREAMS)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(l.max_header_bytes as u32)
+            .max_send_buffer_size(STREAM_WINDOW as usize);
+        let handshake = builder.handshake::<_, Bytes>(wire);
+        let mut conn = match within(w.timers.after(l.header_timeout), handshake).await {
+            Some(Ok(conn)) => conn,
+            _ => return,
+        };
+        drive(w, li, l, &mut conn, &peer_ip, identity).await;
+    };
+    carry(&w.timers, l.write_timeout, client, pump, driver).await;
+}
+
+/// Accepts the connection's streams, each into a task of its own, until
+/// the connection ends; closes it with GOAWAY when it has been idle (no
+/// stream open) for the listener's idle timeout, or when the worker drains.
+async fn drive(
+    w: &Rc<Worker>,
+    li: usize,
+    l: &Listener,
+    conn: &mut h2::server::Connection<crate::wire::Wire, Bytes>,
+    peer_ip: &Rc<str>,
+    identity: Option<Rc<str>>,
+) {
+    let mut idle_until = Instant::now() + l.idle_timeout;
+    let mut closing: Option<Instant> = None;
+    loop {
+        let next = match closing {
+            // After GOAWAY: the streams in flight finish, within the drain time.
+            Some(by) => within(w.timers.at(by), conn.accept()).await,
+            None => within(w.timers.idle_until(idle_until), conn.accept()).await,
+        };
+        match next {
+            Some(Some(Ok((req, respond)))) => {
+                idle_until = Instant::now() + l.idle_timeout;
+                let s = H2Stream { req, respond };
+                monoio::spawn(exchange_h2(w.clone(), li, s, peer_ip.clone(), identity.clone()));
+            }
+            // The connection ended (or failed: h2 has told the client why).
+            Some(Some(Err(_))) | Some(None) => return,
+            None if closing.is_some() => {
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                // Let the GOAWAY out, briefly.
+                let _ = within(w.timers.after(Duration::from_secs(1)), conn.accept()).await;
+                return;
+            }
+            None => {
+                let now = Instant::now();
+                if w.draining.get() || !conn.has_streams() {
+                    conn.graceful_shutdown();
+                    closing = Some(now + w.config.runtime.drain_timeout);
+                } else {
+                    idle_until = now + l.idle_timeout;
+                }
+            }
+        }
+    }
+}
