@@ -153,8 +153,15 @@ WEFT_TARGETS = {
     "weft-epoll": {"driver": "epoll", "ring_setup": None, "expect": "epoll"},
     "weft-base": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-tls": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
+    "weft-h2": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
 }
-KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy", "nginx-tls"]
+KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy", "nginx-tls", "nginx-h2", "haproxy-h2"]
+# Targets the load generators speak cleartext HTTP/2 to (prior knowledge):
+# h2load instead of wrk, oha with --http2; the upstream stays HTTP/1.1.
+H2_TARGETS = ("weft-h2", "nginx-h2", "haproxy-h2")
+# Streams each h2load connection keeps open at once (1: as wrk, one request
+# in flight per connection).
+H2_STREAMS = int(env("H2_STREAMS", "1"))
 # Targets that terminate TLS (the load generators speak https to them, with a
 # test certificate made at the start of the run; no idle-connection phase).
 TLS_TARGETS = ("weft-tls", "nginx-tls")
@@ -350,8 +357,28 @@ def free_port():
         return s.getsockname()[1]
 
 
+def h2_ok(port, timeout=1.0):
+    """True when 127.0.0.1:port answers HTTP/2's connection preface with a
+    SETTINGS frame."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            data = b""
+            while len(data) < 9:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return len(data) >= 9 and data[3] == 4
+    except OSError:
+        return False
+
+
 def http_ok(port, timeout=1.0):
-    """True when GET / on 127.0.0.1:port answers 200."""
+    """True when GET / on 127.0.0.1:port answers 200 (for an HTTP/2-only
+    port: when it answers the preface)."""
+    if port in H2_PORTS:
+        return h2_ok(port, timeout)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
             s = raw
@@ -465,11 +492,11 @@ def upstream_conf(port):
 """
 
 
-def nginx_proxy_conf(port, up, tls=False):
-    ssl = ""
+def nginx_proxy_conf(port, up, tls=False, h2=False):
+    ssl = " http2" if h2 else ""
     if tls:
         cert, key = tls_files()
-        ssl = (f" ssl;\n        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+        ssl += (f" ssl;\n        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
                "        ssl_protocols TLSv1.2 TLSv1.3")
     return nginx_common("nginx", OUT) + f"""    upstream up {{
         server 127.0.0.1:{up};
@@ -489,7 +516,7 @@ def nginx_proxy_conf(port, up, tls=False):
 """
 
 
-def haproxy_conf(port, up):
+def haproxy_conf(port, up, h2=False):
     return f"""global
     nbthread 1
     maxconn {min(30000, FD_LIMIT - 100)}
@@ -506,7 +533,7 @@ defaults
     http-reuse always
 
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{" proto h2" if h2 else ""}
     default_backend be
 
 backend be
@@ -570,19 +597,21 @@ def start_proxy(target, up, rnd):
         conf.write_text(weft_conf(port, up, spec["driver"], spec["ring_setup"], tls=target in TLS_TARGETS))
         binary = WEFT_BASE_BIN if target == "weft-base" else WEFT_BIN
         argv = [str(binary), "--config", str(conf)]
-    elif target in ("nginx", "nginx-tls"):
+    elif target in ("nginx", "nginx-tls", "nginx-h2"):
         (OUT / "nginx-tmp").mkdir(exist_ok=True)
         conf = OUT / f"{name}.conf"
-        conf.write_text(nginx_proxy_conf(port, up, tls=target == "nginx-tls"))
+        conf.write_text(nginx_proxy_conf(port, up, tls=target == "nginx-tls", h2=target == "nginx-h2"))
         argv = ["nginx", "-p", str(OUT), "-c", str(conf)]
-    elif target == "haproxy":
+    elif target in ("haproxy", "haproxy-h2"):
         conf = OUT / f"{name}.cfg"
-        conf.write_text(haproxy_conf(port, up))
+        conf.write_text(haproxy_conf(port, up, h2=target == "haproxy-h2"))
         argv = ["haproxy", "-db", "-f", str(conf)]
     else:
         raise ValueError(target)
     if target in TLS_TARGETS:
         TLS_PORTS.add(port)
+    if target in H2_TARGETS:
+        H2_PORTS.add(port)
     p = start(name, argv, PROXY_CORE)
     try:
         wait_ready(p, port, target)
@@ -621,6 +650,7 @@ def parse_wrk(out):
 
 
 TLS_PORTS = set()  # ports of the TLS targets started in this run
+H2_PORTS = set()  # ports of the HTTP/2 targets started in this run
 
 
 def url(port):
@@ -628,8 +658,32 @@ def url(port):
     return f"{'https' if port in TLS_PORTS else 'http'}://127.0.0.1:{port}/"
 
 
+def parse_h2load(out):
+    m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not m or not req or not codes:
+        raise RuntimeError(f"cannot read h2load's output:\n{out}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+    done = int(req.group(3))
+    return {"requests": done, "seconds": float(m.group(1)) * scale, "rps": float(m.group(3)),
+            "non2xx": done - int(codes.group(1)),
+            "socket_errors": int(req.group(6)) + int(req.group(7))}
+
+
+def h2load(port, duration, raw_name, conns=None):
+    """h2load against port (cleartext HTTP/2, H2_STREAMS streams per connection)."""
+    out = run_tool(["h2load", "-t1", f"-c{conns or CONNS}", f"-m{H2_STREAMS}", f"-D{seconds(duration):g}",
+                    url(port)], raw_name, timeout=seconds(duration) + 60)
+    return parse_h2load(out)
+
+
 def wrk(port, duration, raw_name, conns=None, close=False):
-    """wrk against port; `close`: a new connection (and TLS handshake) per request."""
+    """wrk against port; `close`: a new connection (and TLS handshake) per
+    request. An HTTP/2 port gets h2load instead."""
+    if port in H2_PORTS:
+        return h2load(port, duration, raw_name, conns)
     extra = ["-H", "Connection: close"] if close else []
     out = run_tool(["wrk", "-t1", f"-c{conns or CONNS}", f"-d{duration}", "--latency", *extra, url(port)],
                    raw_name, timeout=seconds(duration) + 60)
@@ -639,7 +693,8 @@ def wrk(port, duration, raw_name, conns=None, close=False):
 def oha(port, rate, raw_name):
     out = run_tool(["oha", "--no-tui", "--output-format", "json", "--latency-correction", "-w",
                     "-q", str(rate), "-z", DURATION, "-c", str(LAT_CONNS),
-                    *(["--insecure"] if port in TLS_PORTS else []), url(port)],
+                    *(["--insecure"] if port in TLS_PORTS else []),
+                    *(["--http2"] if port in H2_PORTS else []), url(port)],
                    raw_name, timeout=DURATION_S + 60)
     try:
         j = json.loads(out)
@@ -829,7 +884,7 @@ def measure(target, up, rnd, pos):
                                                          conns=HANDSHAKE_CONNS, close=True))
         if pid:
             rec["mem_after_load"] = settled_memory(pid)
-            if IDLE_CONNS > 0 and target not in TLS_TARGETS:
+            if IDLE_CONNS > 0 and target not in TLS_TARGETS and target not in H2_TARGETS:
                 rec["mem_idle_conns"] = idle_connections(pid, port)
                 rec["mem_conns_closed"] = settled_memory(pid)  # the proxy sees the closes
             if proc.poll() is not None:
@@ -1198,6 +1253,8 @@ def summary(records, machine, command, fatal=None):
         others = [p for p in PEERS if p in shown]
         if w == "weft-tls":
             others = [p for p in ("nginx-tls",) if p in shown]
+        if w == "weft-h2":
+            others = [p for p in ("nginx-h2", "haproxy-h2") if p in shown]
         if w == "weft":
             others += [t for t in ("weft-base", "weft-plain-ring", "weft-epoll") if t in shown]
         for o in others:

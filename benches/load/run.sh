@@ -3,7 +3,7 @@
 #
 #   benches/load/run.sh
 #
-# One command: installs what is missing (nginx, haproxy, wrk, linux-perf from Debian;
+# One command: installs what is missing (nginx, haproxy, wrk, h2load, linux-perf from Debian;
 # oha from crates.io), builds weft in release, then runs bench.py, which
 # starts an nginx upstream and each target in turn, measures them and prints
 # Markdown tables (also written to bench-results/<time>/summary.md).
@@ -35,6 +35,11 @@
 #                         openssl); no idle-connection phase; a handshake run
 #                         (a new connection per request) is added
 #       nginx-tls         nginx with `listen ... ssl` and the same certificate
+#       weft-h2           weft as `weft`, the load generators speaking cleartext
+#                         HTTP/2 to it (prior knowledge): h2load instead of wrk
+#                         (H2_STREAMS [1] streams per connection), oha --http2;
+#                         no idle-connection phase; the upstream stays HTTP/1.1
+#       nginx-h2, haproxy-h2  the peers with `listen ... http2` / `bind ... proto h2`
 #       nginx, haproxy    the peers, one worker each
 #                         A weft row whose start-up line (`weft: N worker(s) on
 #                         SETUP`, on its stderr) names another setup is refused:
@@ -114,6 +119,7 @@ missing=()
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
     if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
