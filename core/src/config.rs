@@ -90,7 +90,8 @@ pub enum Protocol {
     /// HTTP/1.1.
     #[default]
     Http1,
-    /// HTTP/2 (not implemented yet: refused at load).
+    /// HTTP/2: cleartext with prior knowledge, or TLS with ALPN `h2`;
+    /// few connections per endpoint and worker, multiplexed.
     Http2,
 }
 
@@ -830,13 +831,6 @@ impl Config {
             let field = |f: &str| format!("cluster[{i}].{f}");
             let name = unique_name("cluster", &c.name, i, &mut cluster_index, &lines)?;
             let protocol = c.protocol.as_ref().map(|p| *p.get_ref()).unwrap_or_default();
-            if let Some(p) = c.protocol.as_ref().filter(|p| *p.get_ref() == Protocol::Http2) {
-                return Err(err(
-                    lines.at(p.span().start),
-                    field("protocol"),
-                    "HTTP/2 upstreams are not supported yet; use protocol = \"http1\"",
-                ));
-            }
             let eline = lines.at(c.endpoints.span().start);
             if c.endpoints.get_ref().is_empty() {
                 return Err(err(
@@ -934,6 +928,14 @@ impl Config {
             }
             let health_check = match &c.health_check {
                 None => None,
+                Some(h) if protocol == Protocol::Http2 => {
+                    return Err(err(
+                        lines.at(h.span().start),
+                        field("health_check"),
+                        "health checks speak HTTP/1.1, and this cluster's endpoints speak HTTP/2: \
+                         leave health_check out (passive outlier detection still applies)",
+                    ));
+                }
                 Some(h) => {
                     let h = h.get_ref();
                     let path = h.path.get_ref();

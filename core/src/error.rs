@@ -43,6 +43,10 @@ pub enum ErrorKind {
     UpstreamReset,
     /// The upstream sent a response head weft cannot accept.
     UpstreamMalformed,
+    /// An HTTP/2 upstream refused the stream (RST_STREAM or GOAWAY with
+    /// REFUSED_STREAM, or a stream above a GOAWAY's last id): it did not
+    /// process the request, which may go again for any method.
+    UpstreamRefusedStream,
     /// The upstream body broke off or was malformed after the head was forwarded.
     UpstreamBodyError,
     /// The client's body broke off or was malformed.
@@ -115,7 +119,8 @@ impl ProxyError {
             | ErrorKind::NoEndpoint
             | ErrorKind::ConnectRefused
             | ErrorKind::ConnectFailed
-            | ErrorKind::ConnectTimeout => RetryClass::Safe,
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::UpstreamRefusedStream => RetryClass::Safe,
             _ => RetryClass::Never,
         };
         ProxyError {
@@ -188,7 +193,10 @@ impl ProxyError {
             ErrorKind::DownstreamWriteTimeout | ErrorKind::HeaderTimeout => 408,
             ErrorKind::BadRequest { status, .. } => status,
             ErrorKind::DownstreamClosed => 499,
-            ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed | ErrorKind::UpstreamBodyError => 502,
+            ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamMalformed
+            | ErrorKind::UpstreamBodyError
+            | ErrorKind::UpstreamRefusedStream => 502,
             ErrorKind::DownstreamBodyError => 400,
             ErrorKind::DownstreamBodyTimeout => 408,
         }
@@ -207,6 +215,7 @@ impl ProxyError {
             ErrorKind::RateLimited => "rate-limited",
             ErrorKind::UpstreamReset => "upstream-reset",
             ErrorKind::UpstreamMalformed => "upstream-malformed-response",
+            ErrorKind::UpstreamRefusedStream => "upstream-refused-stream",
             ErrorKind::UpstreamBodyError => "upstream-body-error",
             ErrorKind::DownstreamBodyError => "downstream-body-error",
             ErrorKind::DownstreamBodyTimeout => "body-timeout",
@@ -236,6 +245,7 @@ impl fmt::Display for ProxyError {
             }
             ErrorKind::UpstreamReset => "the upstream closed the connection before a complete response",
             ErrorKind::UpstreamMalformed => "the upstream sent a malformed response head",
+            ErrorKind::UpstreamRefusedStream => "the upstream refused the request's HTTP/2 stream",
             ErrorKind::UpstreamBodyError => "the upstream response body broke off",
             ErrorKind::DownstreamBodyError => "the request body was malformed or broke off",
             ErrorKind::DownstreamBodyTimeout => {

@@ -389,6 +389,131 @@ pub fn h2_response(res: &ResponseHead) -> Result<http::Response<()>, FieldsError
     Ok(out)
 }
 
+/// Builds the fields of a request as it goes to an HTTP/2 upstream.
+struct H2Fields<'a> {
+    out: http::HeaderMap,
+    xff: Vec<&'a [u8]>,
+    deadlines_written: [bool; 2],
+}
+
+impl<'a> H2Fields<'a> {
+    fn put(&mut self, name: &[u8], value: &[u8]) -> Result<(), FieldsError> {
+        let name = http::HeaderName::from_bytes(name).map_err(|_| FieldsError::BadName)?;
+        let value = http::HeaderValue::from_bytes(value).map_err(|_| FieldsError::BadValue)?;
+        self.out.append(name, value);
+        Ok(())
+    }
+
+    /// Takes one field of the request; false when it is not forwarded as
+    /// it is (weft writes it itself, or it is dropped).
+    fn special(
+        &mut self,
+        name: &[u8],
+        value: &'a [u8],
+        opts: &RequestOptions<'_>,
+    ) -> Result<bool, FieldsError> {
+        match HeaderKind::of(name) {
+            HeaderKind::Host
+            | HeaderKind::ContentLength
+            | HeaderKind::TransferEncoding
+            | HeaderKind::XForwardedProto
+            | HeaderKind::ClientIdentity
+            | HeaderKind::Expect
+            | HeaderKind::Connection
+            | HeaderKind::Upgrade => Ok(true),
+            HeaderKind::XForwardedFor => {
+                self.xff.push(value);
+                Ok(true)
+            }
+            // `te` goes on only as `trailers` (RFC 9113 §8.2.2).
+            HeaderKind::HopByHop => {
+                if name.eq_ignore_ascii_case(b"te")
+                    && crate::head::list_items(value).any(|(_, v)| v.eq_ignore_ascii_case(b"trailers"))
+                {
+                    self.put(b"te", b"trailers")?;
+                }
+                Ok(true)
+            }
+            kind => match (kind.deadline(), opts.deadline) {
+                (Some(field), Some(left)) => {
+                    // Each field once, with the time left.
+                    if !std::mem::replace(&mut self.deadlines_written[field as usize], true) {
+                        let mut v = BytesMut::new();
+                        field.put(left, &mut v);
+                        self.put(name, &v)?;
+                    }
+                    Ok(true)
+                }
+                _ => Ok(false),
+            },
+        }
+    }
+}
+
+impl Request {
+    /// The head as it goes to an HTTP/2 upstream (RFC 9113 §8.3):
+    /// `:method`, `:scheme` (`scheme`), `:authority` (the request's, else
+    /// the endpoint's), `:path` (normalised, with the query); field names
+    /// in lower case, without the connection-specific ones; `te` only as
+    /// `trailers`; `x-forwarded-for` extended and `x-forwarded-proto` set,
+    /// the verified identity, deadlines with the time left, and the body's
+    /// length when it is known.
+    pub fn to_h2(&self, opts: &RequestOptions<'_>, scheme: &str) -> Result<http::Request<()>, FieldsError> {
+        let mut path = String::with_capacity(self.path().len() + self.query().len());
+        path.push_str(self.path());
+        path.push_str(std::str::from_utf8(self.query()).map_err(|_| FieldsError::BadPath)?);
+        let uri = http::Uri::builder()
+            .scheme(scheme)
+            .authority(self.authority().unwrap_or(opts.default_host))
+            .path_and_query(path)
+            .build()
+            .map_err(|_| FieldsError::BadPath)?;
+        let mut req = http::Request::new(());
+        *req.method_mut() =
+            http::Method::from_bytes(self.method().as_bytes()).map_err(|_| FieldsError::BadName)?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_2;
+        let mut f = H2Fields {
+            out: http::HeaderMap::new(),
+            xff: Vec::new(),
+            deadlines_written: [false; 2],
+        };
+        match self {
+            Request::H1(h) => {
+                for r in &h.headers {
+                    let (name, value) = (h.name(r), h.value(r));
+                    if f.special(name, value, opts)? || is_hop_by_hop(&h.raw, r, &h.connection) {
+                        continue;
+                    }
+                    f.put(name, value)?;
+                }
+            }
+            Request::Fields(fields) => {
+                for (name, value) in &fields.parts.headers {
+                    let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+                    if f.special(name, value, opts)? {
+                        continue;
+                    }
+                    f.put(name, value)?;
+                }
+            }
+        }
+        if let BodyLength::Exact(n) = self.body() {
+            f.out
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+        }
+        f.xff.push(opts.client_ip.as_bytes());
+        let xff = f.xff.join(&b", "[..]);
+        f.put(b"x-forwarded-for", &xff)?;
+        f.put(b"x-forwarded-proto", opts.proto.as_bytes())?;
+        if let Some(id) = opts.identity {
+            f.put(b"weft-client-identity", id.as_bytes())?;
+        }
+        *req.headers_mut() = f.out;
+        Ok(req)
+    }
+}
+
 /// A response head that arrived field by field.
 #[derive(Debug)]
 pub struct ResponseFields {

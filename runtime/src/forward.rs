@@ -23,14 +23,15 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Splitable};
 use std::cell::Cell;
 use std::pin::pin;
 use std::time::{Duration, Instant};
-use weft_core::config::{Cluster, Listener};
+use weft_core::config::{Cluster, Listener, Protocol};
 use weft_core::route::{RetryPolicy, Route};
 use weft_core::{ErrorKind, ProxyError, RetryClass, Side};
 use weft_proto::body::BodyReader as Body;
 use weft_proto::encode::{encode_response, RequestOptions, ResponseOptions};
-use weft_proto::{parse_response, BodyFraming, Limits, Request, ResponseHead, Version};
+use weft_proto::{parse_response, BodyFraming, BodyLength, Limits, Request, ResponseHead, Version};
 
 mod http2;
+mod to_h2;
 
 pub(crate) use http2::{exchange as exchange_h2, Stream as H2Stream};
 
@@ -213,6 +214,77 @@ impl<'a> Ctx<'a> {
         self.in_flight = Some(Counted::new(&to.ep.in_flight));
     }
 
+    /// After an attempt that answered `status`, or failed: whether the
+    /// request goes again, as the route's retry policy says, for an
+    /// idempotent method (any method when the upstream refused the
+    /// stream: it never processed it), within its attempts, the cluster's
+    /// retries in flight and its budget; then `to` is another usable
+    /// endpoint where there is one (else the same), and the attempt is
+    /// counted against the one it leaves unless its status does not count.
+    fn again(&mut self, to: &mut Upstream<'a>, retry: &RetryPolicy, answer: Result<u16, &Failed>) -> bool {
+        // Whether this attempt counts against its endpoint, if it goes again.
+        let mut failed = true;
+        let mut any_method = false;
+        let again = match answer {
+            Ok(status) => {
+                failed = to.cluster.breaker.failures.status_fails(status);
+                retry.retries_status(status)
+            }
+            Err(f) => match f.error.kind {
+                ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed => retry.reset,
+                ErrorKind::UpstreamTimeout => retry.timeout,
+                ErrorKind::UpstreamRefusedStream => {
+                    any_method = true;
+                    retry.refused_stream
+                }
+                _ => false,
+            },
+        };
+        // Another endpoint where one is usable, else the same one.
+        again
+            && (any_method || idempotent(self.req.method()))
+            && self.t.o.attempts < retry.attempts
+            && self.may_retry()
+            && self.next_endpoint(to, false, failed)
+    }
+
+    /// After connecting to `to` failed with `e` (the `tries`-th time): Ok
+    /// when the request goes to another usable endpoint (a connect failure
+    /// the route retries: the request never left, so any method may go
+    /// again), else the failure to answer. A failed connect counts as an
+    /// attempt (a successful one when the request goes out on it).
+    fn connect_failed(
+        &mut self,
+        to: &mut Upstream<'a>,
+        retry: &RetryPolicy,
+        e: ProxyError,
+        tries: &mut u32,
+    ) -> Result<(), Failed> {
+        self.t.o.attempts += 1;
+        let connect_failure = matches!(
+            e.kind,
+            ErrorKind::ConnectRefused | ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
+        );
+        let again = connect_failure
+            && retry.connect_failure
+            && *tries < retry.attempts
+            && self.may_retry()
+            && self.next_endpoint(to, true, true);
+        if !again {
+            return Err(Failed::connect(e));
+        }
+        *tries += 1;
+        Ok(())
+    }
+
+    /// Waits the jittered backoff before retry number `retries`.
+    async fn backoff(&self, retry: &RetryPolicy, retries: u32) {
+        let wait = self.w.jitter(retry.backoff_cap(retries));
+        if !wait.is_zero() {
+            self.w.timers.after(wait).await;
+        }
+    }
+
     /// True when this request may retry: it already does, or its cluster
     /// has room for one more retry in flight (then it takes it).
     fn may_retry(&mut self) -> bool {
@@ -299,6 +371,29 @@ impl<'a> Ctx<'a> {
         };
         self.req.encode_h1(&opts, &mut out);
         out.freeze()
+    }
+
+    /// The request's head as it goes to `to` over HTTP/2; a head HTTP/2
+    /// cannot carry is the client's fault (400).
+    fn h2_head_for(&self, to: &Upstream<'_>) -> Result<http::Request<()>, Failed> {
+        let opts = RequestOptions {
+            client_ip: self.peer_ip,
+            proto: if self.l.tls.is_some() { "https" } else { "http" },
+            default_host: &to.ep.authority,
+            identity: self.identity.as_deref(),
+            deadline: self.deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                self.per_try.map_or(left, |t| t.min(left))
+            }),
+        };
+        let scheme = if to.cluster.tls.is_some() { "https" } else { "http" };
+        self.req.to_h2(&opts, scheme).map_err(|_| Failed {
+            error: ProxyError::new(ErrorKind::BadRequest {
+                status: 400,
+                code: "bad-request",
+            }),
+            close: true,
+        })
     }
 
     /// Answers with weft's own error (callers box it: error paths must not
@@ -432,6 +527,11 @@ pub(crate) async fn exchange<S: Stream>(
             return Next::after(after, client);
         }
     };
+    let to_h2 = w.config.clusters[c].protocol == Protocol::Http2;
+    if to_h2 && req.framing() == BodyFraming::Chunked {
+        // The payload goes up as DATA: the chunked framing comes off.
+        body.reader = Body::dechunking();
+    }
     let first = match body.reader.take(body.cbuf) {
         Ok(b) => b,
         Err(_) => {
@@ -443,7 +543,7 @@ pub(crate) async fn exchange<S: Stream>(
     x.t.o.bytes_in += first.len() as u64;
     let mut send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
     let mut first = first;
-    if !body.reader.done() && replayable(req, &route.retry) {
+    if !body.reader.done() && replayable(req, &route.retry, to_h2) {
         // Kept whole for a retry, if it is small enough; no endpoint is
         // held meanwhile.
         let how = (send_continue, route.retry.max_replay_bytes);
@@ -474,6 +574,19 @@ pub(crate) async fn exchange<S: Stream>(
             return Next::after(after, client);
         }
     };
+    if to_h2 {
+        let how = (to, &route.retry);
+        return Box::pin(to_h2::from_h1(
+            &mut x,
+            client,
+            &mut body,
+            how,
+            first,
+            send_continue,
+            deadline,
+        ))
+        .await;
+    }
     let head = x.head_for(&to);
     if !body.reader.done() {
         return Box::pin(full_duplex(
@@ -515,15 +628,17 @@ pub(crate) async fn exchange<S: Stream>(
 
 /// True when a request whose body is still arriving may be read whole
 /// first, so that an attempt that reached an endpoint can be repeated: an
-/// idempotent one, on a route that retries such attempts, with a body that
-/// may fit `max_replay_bytes` (chunked ones are tried).
-fn replayable(req: &Request, retry: &RetryPolicy) -> bool {
-    let fits = match req.framing() {
-        BodyFraming::Length(n) => n <= retry.max_replay_bytes as u64,
-        BodyFraming::Chunked => retry.max_replay_bytes > 0,
-        _ => false,
+/// idempotent one, on a route that retries such attempts, or any one to an
+/// HTTP/2 cluster (`h2`) on a route that retries refused streams; with a
+/// body that may fit `max_replay_bytes` (one of unknown length is tried).
+fn replayable(req: &Request, retry: &RetryPolicy, h2: bool) -> bool {
+    let fits = match req.body() {
+        BodyLength::Exact(n) => n <= retry.max_replay_bytes as u64,
+        BodyLength::Unknown => retry.max_replay_bytes > 0 && req.framing() != BodyFraming::UntilClose,
+        BodyLength::Empty => false,
     };
-    fits && idempotent(req.method()) && retry.retries_after_sending()
+    let refused = h2 && retry.refused_stream && retry.attempts > 1;
+    fits && (refused || (idempotent(req.method()) && retry.retries_after_sending()))
 }
 
 /// `100 Continue`, for a client that waits for it before its body.
@@ -594,26 +709,10 @@ async fn open<'a>(
         } else {
             Conn::open(&x.w.dialer(), to.ep, to.cluster, || w.may_connect(c)).await
         };
-        let e = match opened {
+        match opened {
             Ok(conn) => return Ok(conn),
-            Err(e) => e,
-        };
-        // A failed connect is an attempt (a successful one is counted when
-        // the request goes out on it).
-        x.t.o.attempts += 1;
-        let connect_failure = matches!(
-            e.kind,
-            ErrorKind::ConnectRefused | ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
-        );
-        let again = connect_failure
-            && retry.connect_failure
-            && tries < retry.attempts
-            && x.may_retry()
-            && x.next_endpoint(to, true, true);
-        if !again {
-            return Err(Failed::connect(e));
+            Err(e) => x.connect_failed(to, retry, e, &mut tries)?,
         }
-        tries += 1;
     }
 }
 
@@ -650,13 +749,7 @@ async fn attempts<'a, C: Waiting>(
                 .unwrap_or_else(|| Err(Failed::timeout())),
             None => exchange.await,
         };
-        // Whether this attempt counts against its endpoint, if it goes again.
-        let mut failed = true;
         let again = match &answer {
-            Ok(res) => {
-                failed = to.cluster.breaker.failures.status_fails(res.status);
-                retry.retries_status(res.status)
-            }
             Err(f)
                 if up.reused
                     && f.error.retry == RetryClass::StaleConnection
@@ -669,18 +762,8 @@ async fn attempts<'a, C: Waiting>(
                 up = open(x, to, retry, true).await?;
                 continue;
             }
-            Err(f) => match f.error.kind {
-                ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed => retry.reset,
-                ErrorKind::UpstreamTimeout => retry.timeout,
-                _ => false,
-            },
+            answer => x.again(to, retry, answer.as_ref().map(|res| res.status)),
         };
-        // Another endpoint where one is usable, else the same one.
-        let again = again
-            && idempotent(x.req.method())
-            && x.t.o.attempts < retry.attempts
-            && x.may_retry()
-            && x.next_endpoint(to, false, failed);
         if !again {
             return answer.map(|res| {
                 x.t.o.upstream_at = Some(Instant::now());
@@ -689,11 +772,7 @@ async fn attempts<'a, C: Waiting>(
         }
         // This attempt's connection is dropped (its answer unread).
         retries += 1;
-        let cap = retry.backoff_cap(retries);
-        let wait = x.w.jitter(cap);
-        if !wait.is_zero() {
-            x.w.timers.after(wait).await;
-        }
+        x.backoff(retry, retries).await;
         up = open(x, to, retry, false).await?;
     }
 }

@@ -26,6 +26,7 @@ mod state;
 mod timer;
 pub mod tls;
 mod upstream;
+mod upstream_h2;
 mod wire;
 mod worker;
 

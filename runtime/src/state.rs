@@ -9,7 +9,6 @@ use crate::health::HealthTable;
 use crate::timer::Timers;
 use crate::upstream::{Dialer, Endpoint};
 use std::cell::{Cell, RefCell};
-#[cfg(test)]
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -57,7 +56,7 @@ pub(crate) struct Worker {
     /// Per listener: this worker's share of its `max_connections`.
     pub gates: Vec<Gate>,
     /// Deadlines of this worker's waits.
-    pub timers: Timers,
+    pub timers: Rc<Timers>,
     /// Per listener: requests in flight on this worker, and its share of
     /// the listener's `max_requests`.
     pub listener_requests: Vec<(Cell<u32>, Option<u32>)>,
@@ -243,7 +242,7 @@ impl Worker {
             draining: Cell::new(false),
             counters,
             gates,
-            timers: Timers::default(),
+            timers: Rc::new(Timers::default()),
             hot_reads: Cell::new(0),
             rate_limits,
             listener_requests,

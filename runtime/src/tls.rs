@@ -133,6 +133,8 @@ fn read(t: &ListenerTls) -> Result<TlsMaterial, String> {
 pub struct ClientMaterial {
     cas: Vec<CertificateDer<'static>>,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    /// The cluster speaks HTTP/2: ALPN offers `h2` only.
+    h2: bool,
 }
 
 impl Clone for ClientMaterial {
@@ -140,6 +142,7 @@ impl Clone for ClientMaterial {
         ClientMaterial {
             cas: self.cas.clone(),
             client: self.client.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
+            h2: self.h2,
         }
     }
 }
@@ -169,7 +172,8 @@ pub fn load_clusters(config: &Config) -> Result<Vec<Option<ClientMaterial>>, Str
                 None => None,
                 Some((cert, key)) => Some(read_pair(cert, key, "tls").map_err(named)?),
             };
-            let m = ClientMaterial { cas, client };
+            let h2 = c.protocol == weft_core::config::Protocol::Http2;
+            let m = ClientMaterial { cas, client, h2 };
             client_config(&m).map_err(named)?;
             for authority in &c.authorities {
                 server_name(t.sni.as_deref(), authority).map_err(named)?;
@@ -215,12 +219,16 @@ pub(crate) fn client_config(m: &ClientMaterial) -> Result<Arc<ClientConfig>, Str
                 format!("tls.key does not fit tls.cert, or is of a kind rustls does not take: {e}")
             })?,
     };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = if m.h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(Arc::new(cfg))
 }
 
-/// A rustls server configuration from `m`: TLS 1.3 and 1.2, ALPN
-/// `http/1.1`, and client certificates required and verified when `m` has
+/// A rustls server configuration from `m`: TLS 1.3 and 1.2, ALPN `h2`
+/// and `http/1.1`, and client certificates required and verified when `m` has
 /// client CAs.
 pub(crate) fn server_config(m: &TlsMaterial) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -1,6 +1,6 @@
 //! Upstream side of one worker: per-endpoint state, the keep-alive pool,
 //! connection establishment, and the HTTP/1.1 connection an exchange holds
-//! (a multiplexed HTTP/2 connection will sit beside it).
+//! (multiplexed HTTP/2 connections sit beside it, in `upstream_h2`).
 
 use crate::io::{nodelay, read_more};
 use crate::timer::{within, Timers};
@@ -35,6 +35,8 @@ pub(crate) struct Endpoint {
         rustls::pki_types::ServerName<'static>,
     )>,
     idle: RefCell<VecDeque<(UpIo, Instant)>>,
+    /// HTTP/2 connections to it (a cluster of `protocol = "http2"`).
+    pub h2: RefCell<Vec<crate::upstream_h2::H2Conn>>,
 }
 
 impl Endpoint {
@@ -47,6 +49,7 @@ impl Endpoint {
             in_flight: Cell::new(0),
             outlier: RefCell::new(Outlier::new(now)),
             idle: RefCell::new(VecDeque::new()),
+            h2: RefCell::new(Vec::new()),
             tls: None,
         }
     }
@@ -171,14 +174,14 @@ unsafe impl Split for UpIo {}
 /// How one worker opens upstream connections: its deadlines, and TCP (or,
 /// in the pipeline tests, an in-memory network).
 pub(crate) struct Dialer<'a> {
-    pub timers: &'a Timers,
+    pub timers: &'a std::rc::Rc<Timers>,
     #[cfg(test)]
     pub net: Option<&'a crate::mem::Net>,
 }
 
 /// Opens a new connection to `ep` within `timeout`: TCP, and the TLS
 /// handshake for an endpoint of a cluster with `tls`.
-async fn connect(d: &Dialer<'_>, ep: &Endpoint, timeout: Duration) -> Result<UpIo, ProxyError> {
+pub(crate) async fn connect(d: &Dialer<'_>, ep: &Endpoint, timeout: Duration) -> Result<UpIo, ProxyError> {
     let addr = ep.addr;
     let opened = async {
         #[cfg(test)]

@@ -11,10 +11,10 @@
 //! from the read buffer into h2's own (h2 parses from a buffer of its own
 //! whatever feeds it).
 
-use crate::io::{read_more, write_one, Stream};
+use crate::io::{read_more, write_one};
 use crate::timer::{within, Timers};
 use bytes::{Buf, BytesMut};
-use monoio::io::{AsyncWriteRent, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split, Splitable};
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -176,7 +176,7 @@ impl AsyncWrite for Wire {
 /// once the previous write is done. A write that makes no progress within
 /// `write_timeout` breaks the wire (a client that reads nothing). Returns
 /// the driver's output once it has ended and its last bytes are written.
-pub(crate) async fn carry<S: Stream, F: Future>(
+pub(crate) async fn carry<S: AsyncReadRent + AsyncWriteRent + Split, F: Future>(
     timers: &Timers,
     write_timeout: Duration,
     stream: S,

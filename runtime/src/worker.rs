@@ -214,6 +214,7 @@ async fn sweep_pools(worker: Rc<Worker>) {
         for (state, cluster) in worker.clusters.iter().zip(&worker.config.clusters) {
             for ep in &state.endpoints {
                 ep.evict_expired(&cluster.pool, now);
+                crate::upstream_h2::evict_idle(ep, &cluster.pool, now);
             }
         }
     }

@@ -203,3 +203,166 @@ pub async fn read_body(mut body: RecvStream) -> Result<(Vec<u8>, Option<http::He
     let trailers = body.trailers().await?;
     Ok((out, trailers))
 }
+
+/// A request as the HTTP/2 upstream received it.
+#[derive(Debug, Clone)]
+pub struct H2Received {
+    pub method: String,
+    /// `:path` with the query.
+    pub path: String,
+    pub authority: String,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+    pub trailers: Option<http::HeaderMap>,
+}
+
+/// A real HTTP/2 upstream (cleartext, prior knowledge) on loopback: the
+/// `h2` crate on a tokio runtime of its own thread. By path:
+/// - `/stream`: answers at once and echoes each DATA as it comes (a
+///   bidirectional stream), then trailers `grpc-status: 0`;
+/// - `/refuse-once`: refuses the first such stream (RST_STREAM
+///   REFUSED_STREAM), answers the next ones as the default;
+/// - anything else: reads the request whole, answers 200 (or `x-status`)
+///   with the request body (or `hello from h2`), `x-upstream: h2`, and
+///   trailers `grpc-status: 0` when the request said `te: trailers`.
+///
+/// Every request is recorded.
+pub struct H2Upstream {
+    pub addr: SocketAddr,
+    pub received: Arc<std::sync::Mutex<Vec<H2Received>>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl H2Upstream {
+    pub fn start() -> H2Upstream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the HTTP/2 upstream");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("address");
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, c) = (received.clone(), connections.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (r, refused) = (r.clone(), refused.clone());
+                    tokio::spawn(async move {
+                        let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                            return;
+                        };
+                        while let Some(Ok((req, respond))) = conn.accept().await {
+                            tokio::spawn(serve_h2(req, respond, r.clone(), refused.clone()));
+                        }
+                    });
+                }
+            });
+        });
+        H2Upstream {
+            addr,
+            received,
+            connections,
+        }
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The `i`-th request received.
+    pub fn request(&self, i: usize) -> H2Received {
+        self.received.lock().unwrap_or_else(|p| p.into_inner())[i].clone()
+    }
+}
+
+async fn serve_h2(
+    req: http::Request<RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    received: Arc<std::sync::Mutex<Vec<H2Received>>>,
+    refused: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (parts, mut body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let mut record = H2Received {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        authority: parts.uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body: Vec::new(),
+        trailers: None,
+    };
+    if path == "/refuse-once" && !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        received.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        respond.send_reset(h2::Reason::REFUSED_STREAM);
+        return;
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    if path == "/stream" {
+        let head = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("a response");
+        let Ok(mut send) = respond.send_response(head, false) else {
+            return;
+        };
+        while let Some(Ok(d)) = body.data().await {
+            let _ = body.flow_control().release_capacity(d.len());
+            record.body.extend_from_slice(&d);
+            if send.send_data(d, false).is_err() {
+                return;
+            }
+        }
+        record.trailers = body.trailers().await.ok().flatten();
+        received.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        let _ = send.send_trailers(trailers);
+        return;
+    }
+    let Ok((data, t)) = read_body(body).await else {
+        return;
+    };
+    record.body = data.clone();
+    record.trailers = t;
+    let te_trailers = parts.headers.get("te").is_some_and(|v| v == "trailers");
+    let status: u16 = parts
+        .headers
+        .get("x-status")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(200);
+    received.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+    let payload = if data.is_empty() {
+        Bytes::from_static(b"hello from h2")
+    } else {
+        Bytes::from(data)
+    };
+    let mut head = http::Response::builder()
+        .status(status)
+        .header("x-upstream", "h2");
+    if !te_trailers {
+        head = head.header("content-length", payload.len());
+    }
+    let Ok(mut send) = respond.send_response(head.body(()).expect("a response"), false) else {
+        return;
+    };
+    if te_trailers {
+        let _ = send.send_data(payload, false);
+        let _ = send.send_trailers(trailers);
+    } else {
+        let _ = send.send_data(payload, true);
+    }
+}

@@ -137,7 +137,7 @@ const REFUSALS: &[(&str, &str, &str)] = &[
     ("config", "err_duration_no_unit", "`5` has no unit"),
     ("config", "err_empty", "field `listener`"),
     ("config", "err_empty_split", "field `route[0].split`"),
-    ("config", "err_http2_protocol", "field `cluster[0].protocol`"),
+    ("config", "err_http2_health_check", "field `cluster[0].health_check`"),
     ("config", "err_limits_small", "field `listener[0].max_request_line`"),
     ("config", "err_listen_not_address", "field `listener[0].listen`"),
     ("config", "err_listener_without_route", "has no route"),

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use weft_tests::h2c::{H2Response, H2};
+use weft_tests::h2c::{H2Response, H2Upstream, H2};
 use weft_tests::*;
 
 fn get(c: &mut H2, addr: std::net::SocketAddr, path: &str, fields: &[(&str, &str)]) -> H2Response {
@@ -202,7 +202,165 @@ fn an_idle_connection_is_closed_with_goaway_at_the_idle_timeout() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// weft in front of an HTTP/2 upstream, with `extra` in its cluster.
+fn h2_proxy(up: &H2Upstream, route_extra: &str) -> (Weft, std::net::SocketAddr) {
+    let config = format!(
+        "{}\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\ncluster = \"up\"\n{route_extra}\n\n[[cluster]]\nname = \"up\"\nendpoints = [\"{}\"]\nprotocol = \"http2\"\n",
+        runtime_section(1),
+        up.addr
+    );
+    let weft = start(&config);
+    let addr = weft.addr("in").expect("listener");
+    (weft, addr)
+}
+
+/// A gRPC-style unary call: HTTP/2 on both hops, the body and the
+/// `grpc-status` trailers through unchanged, many calls on one upstream
+/// connection.
+fn a_unary_grpc_call_passes_through_http2_on_both_hops() {
+    let up = H2Upstream::start();
+    let (weft, addr) = h2_proxy(&up, "");
+    let mut c = H2::connect(addr);
+    let msg = pattern(5000, 3);
+    for i in 0..5 {
+        let req = H2::head(
+            addr,
+            "POST",
+            "/pkg.Svc/Call?x=1",
+            &[
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("grpc-timeout", "5S"),
+            ],
+        );
+        let r = c.request(req, &msg).expect("a response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, msg);
+        let trailers = r.trailers.expect("trailers");
+        assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+        let seen = up.request(i);
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str()),
+            ("POST", "/pkg.Svc/Call?x=1")
+        );
+        assert_eq!(seen.authority, addr.to_string());
+        assert_eq!(
+            seen.headers.get("te").map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        assert_eq!(
+            seen.headers.get("content-type").map(|v| v.as_bytes()),
+            Some(&b"application/grpc"[..])
+        );
+        assert!(seen.headers.get("x-forwarded-for").is_some());
+        assert!(seen.headers.get("grpc-timeout").is_some(), "the deadline goes on");
+        assert_eq!(seen.body, msg);
+    }
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "one shared upstream connection"
+    );
+    assert_eq!(weft.failures(), 0);
+}
+
+/// A bidirectional stream: each message comes back before the next one is
+/// sent (the request and the response move at the same time), and the
+/// trailers end it.
+fn a_bidirectional_stream_moves_both_ways_at_once() {
+    let up = H2Upstream::start();
+    let (weft, addr) = h2_proxy(&up, "");
+    let mut c = H2::connect(addr);
+    let req = H2::head(
+        addr,
+        "POST",
+        "/stream",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+    );
+    let (res, mut send) = c.start(req, false).expect("stream opened");
+    let (mut body, head_status) = c.run(async {
+        let res = res.await.expect("a response head");
+        let status = res.status().as_u16();
+        (res.into_body(), status)
+    });
+    assert_eq!(head_status, 200);
+    for i in 0..5u8 {
+        let msg = vec![i; 1000 + i as usize];
+        send.send_data(Bytes::from(msg.clone()), false).expect("data");
+        // The echo of this message arrives while the request is still open.
+        let mut got = Vec::new();
+        while got.len() < msg.len() {
+            let d = c.run(body.data()).expect("more data").expect("data");
+            let _ = body.flow_control().release_capacity(d.len());
+            got.extend_from_slice(&d);
+        }
+        assert_eq!(got, msg);
+    }
+    send.send_data(Bytes::new(), true).expect("end");
+    let (rest, trailers) = c.run(weft_tests::h2c::read_body(body)).expect("the end");
+    assert!(rest.is_empty());
+    assert_eq!(
+        trailers
+            .expect("trailers")
+            .get("grpc-status")
+            .map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert_eq!(weft.failures(), 0);
+}
+
+/// An HTTP/1.1 client reaches an HTTP/2 upstream: its request goes as
+/// HTTP/2 (a chunked body de-chunked into DATA), the answer comes back as
+/// HTTP/1.1, chunked with the trailers in the last chunk.
+fn an_http1_client_reaches_an_http2_upstream() {
+    let up = H2Upstream::start();
+    let (weft, addr) = h2_proxy(&up, "");
+    let mut c = Client::connect(addr);
+    let r = c.get("/a?b=c", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello from h2");
+    assert_eq!(r.header("x-upstream"), Some("h2"));
+    let seen = up.request(0);
+    assert_eq!((seen.method.as_str(), seen.path.as_str()), ("GET", "/a?b=c"));
+    assert!(seen.headers.get("connection").is_none());
+    // A chunked upload, and an answer with trailers (te: trailers).
+    c.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nTE: trailers\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let raw = String::from_utf8_lossy(&c.read_until_close()).to_ascii_lowercase();
+    assert!(raw.starts_with("http/1.1 200 "), "{raw}");
+    assert!(raw.contains("transfer-encoding: chunked\r\n"), "{raw}");
+    assert!(
+        raw.ends_with("\r\n\r\nb\r\nhello world\r\n0\r\ngrpc-status: 0\r\n\r\n"),
+        "the body chunked, the trailers in the last chunk: {raw}"
+    );
+    let seen = up.request(1);
+    assert_eq!(seen.body, b"hello world");
+    assert_eq!(seen.authority, "svc");
+    assert_eq!(weft.failures(), 0);
+}
+
+/// A stream the upstream refuses never reached it: it goes again, even
+/// for a POST, when the route retries `refused-stream`.
+fn a_refused_stream_goes_again_for_any_method() {
+    let up = H2Upstream::start();
+    let (weft, addr) = h2_proxy(
+        &up,
+        "retry = { attempts = 2, on = [\"refused-stream\"], backoff_base = \"1ms\" }",
+    );
+    let mut c = H2::connect(addr);
+    let r = c
+        .request(H2::head(addr, "POST", "/refuse-once", &[]), b"payload")
+        .expect("a response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"payload");
+    assert_eq!(up.count(), 2, "refused once, then served");
+    assert_eq!(weft.failures(), 0);
+}
+
 on_both_drivers!(
+    a_unary_grpc_call_passes_through_http2_on_both_hops,
+    a_bidirectional_stream_moves_both_ways_at_once,
+    an_http1_client_reaches_an_http2_upstream,
+    a_refused_stream_goes_again_for_any_method,
     a_get_reaches_an_http1_upstream_translated_and_comes_back,
     many_streams_on_one_connection_each_get_their_own_answer,
     request_bodies_go_up_with_their_length_or_chunked,

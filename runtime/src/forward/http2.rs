@@ -24,6 +24,7 @@ use std::future::poll_fn;
 use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use weft_core::config::Protocol;
 use weft_core::route::RetryPolicy;
 use weft_core::{ErrorKind, ProxyError, Side};
 use weft_proto::body::{chunk_head, last_chunk, BodyReader as Body, CHUNK_END};
@@ -38,13 +39,13 @@ pub(crate) struct Stream {
 
 /// The client's side of one stream: where the response goes, and where
 /// the request body comes from.
-struct Client {
-    respond: SendResponse<Bytes>,
-    body: Source,
+pub(super) struct Client {
+    pub respond: SendResponse<Bytes>,
+    pub body: Source,
 }
 
 /// The request body of a stream.
-struct Source {
+pub(super) struct Source {
     recv: RecvStream,
     /// The body has no length: it goes up chunked.
     chunked: bool,
@@ -123,8 +124,16 @@ pub(crate) async fn exchange(
         Err(kind) => return fail(&mut x, &mut client.respond, ProxyError::new(kind)),
     };
     let whole = client.body.recv.is_end_stream();
-    let mut first = Bytes::new();
-    let mut rest = !whole;
+    let to_h2 = w.config.clusters[c].protocol == Protocol::Http2;
+    if to_h2 {
+        // The payload goes up as DATA: no HTTP/1 framing.
+        client.body.chunked = false;
+    }
+    let mut gathered = Gathered {
+        data: Bytes::new(),
+        trailers: None,
+        whole,
+    };
     if !whole && x.req.expect_continue() {
         // weft answers the client's `expect` itself (it does not go up).
         let mut go_on = http::Response::new(());
@@ -138,15 +147,12 @@ pub(crate) async fn exchange(
         }
         x.continued = true;
     }
-    if !whole && replayable(&req, &route.retry) {
+    if !whole && replayable(&req, &route.retry, to_h2) {
         // Kept whole for a retry, if it is small enough; no endpoint is
         // held meanwhile.
         let limit = route.retry.max_replay_bytes;
         match within(w.timers.at(deadline), client.body.gather(&mut x, limit)).await {
-            Some(Ok((kept, ended))) => {
-                first = kept;
-                rest = !ended;
-            }
+            Some(Ok(g)) => gathered = g,
             Some(Err(f)) => return failed(&mut x, &mut client.respond, f),
             None => {
                 let f = Failed::downstream_body(ErrorKind::DownstreamBodyTimeout);
@@ -158,7 +164,19 @@ pub(crate) async fn exchange(
         Ok(to) => to,
         Err(kind) => return fail(&mut x, &mut client.respond, ProxyError::new(kind)),
     };
+    if to_h2 {
+        let sent = pin!(super::to_h2::from_h2(
+            &mut x,
+            &mut client,
+            (to, &route.retry),
+            gathered,
+            deadline
+        ));
+        return sent.await;
+    }
     let head = x.head_for(&to);
+    let rest = !gathered.whole;
+    let first = client.body.framed_whole(&gathered);
     if rest {
         let sent = pin!(full_duplex(
             &mut x,
@@ -201,7 +219,7 @@ impl Source {
     /// The next DATA of the request body, its flow-control window given
     /// back; `None` at its end. A stream the client reset or that broke the
     /// protocol is a broken-off body.
-    async fn data(&mut self) -> Result<Option<Bytes>, Failed> {
+    pub(super) async fn data(&mut self) -> Result<Option<Bytes>, Failed> {
         match self.recv.data().await {
             Some(Ok(d)) => {
                 let _ = self.recv.flow_control().release_capacity(d.len());
@@ -212,26 +230,26 @@ impl Source {
         }
     }
 
+    /// The trailers after the body's last DATA, if the client sent any.
+    pub(super) async fn trailers(&mut self) -> Result<Option<http::HeaderMap>, Failed> {
+        self.recv
+            .trailers()
+            .await
+            .map_err(|_| Failed::downstream_body(ErrorKind::DownstreamBodyError))
+    }
+
     /// The end of the body for an HTTP/1.1 upstream: the last chunk, with
     /// the client's trailers, when it goes chunked; nothing else.
     async fn end(&mut self) -> Result<Bytes, Failed> {
         if !self.chunked {
             return Ok(Bytes::new());
         }
-        let trailers = match self.recv.trailers().await {
-            Ok(t) => t,
-            Err(_) => return Err(Failed::downstream_body(ErrorKind::DownstreamBodyError)),
-        };
-        let fields: Vec<(&[u8], &[u8])> = trailers
-            .iter()
-            .flatten()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-            .collect();
-        Ok(last_chunk(&fields))
+        let trailers = self.trailers().await?;
+        Ok(last_chunk_of(trailers.as_ref()))
     }
 
-    /// `piece` as it goes to the upstream: in a chunk when the body has no
-    /// length.
+    /// `piece` as it goes to an HTTP/1.1 upstream: in a chunk when the body
+    /// has no length.
     fn framed(&self, piece: Bytes) -> Bytes {
         if !self.chunked || piece.is_empty() {
             return piece;
@@ -244,26 +262,62 @@ impl Source {
         out.freeze()
     }
 
-    /// Reads the body on until it is whole or longer than `limit`; returns
-    /// it framed for the upstream, and whether it is whole.
-    async fn gather(&mut self, x: &mut Ctx<'_>, limit: usize) -> Result<(Bytes, bool), Failed> {
+    /// Reads the body on until it is whole or longer than `limit`.
+    async fn gather(&mut self, x: &mut Ctx<'_>, limit: usize) -> Result<Gathered, Failed> {
         let mut kept = BytesMut::new();
         while kept.len() <= limit {
             let Some(d) = self.data().await? else {
-                let end = self.end().await?;
-                let mut out = BytesMut::from(self.framed(kept.freeze()));
-                out.put_slice(&end);
-                return Ok((out.freeze(), true));
+                let trailers = self.trailers().await?;
+                return Ok(Gathered {
+                    data: kept.freeze(),
+                    trailers,
+                    whole: true,
+                });
             };
             x.t.o.bytes_in += d.len() as u64;
             kept.put_slice(&d);
         }
-        Ok((self.framed(kept.freeze()), false))
+        Ok(Gathered {
+            data: kept.freeze(),
+            trailers: None,
+            whole: false,
+        })
+    }
+
+    /// What was gathered, as it goes to an HTTP/1.1 upstream.
+    fn framed_whole(&self, g: &Gathered) -> Bytes {
+        let data = self.framed(g.data.clone());
+        if !(self.chunked && g.whole) {
+            return data;
+        }
+        let mut out = BytesMut::from(data);
+        out.put_slice(&last_chunk_of(g.trailers.as_ref()));
+        out.freeze()
     }
 }
 
+/// The last chunk of a chunked body, with `trailers`.
+fn last_chunk_of(trailers: Option<&http::HeaderMap>) -> Bytes {
+    let fields: Vec<(&[u8], &[u8])> = trailers
+        .into_iter()
+        .flatten()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .collect();
+    last_chunk(&fields)
+}
+
+/// The start of a request body, read before an endpoint is picked.
+pub(super) struct Gathered {
+    /// The payload read.
+    pub data: Bytes,
+    /// The trailers, once it is whole.
+    pub trailers: Option<http::HeaderMap>,
+    /// The body is whole.
+    pub whole: bool,
+}
+
 /// Answers with weft's own error for `e`.
-fn fail(x: &mut Ctx<'_>, client: &mut SendResponse<Bytes>, e: ProxyError) {
+pub(super) fn fail(x: &mut Ctx<'_>, client: &mut SendResponse<Bytes>, e: ProxyError) {
     if e.kind == ErrorKind::DownstreamClosed {
         x.t.o.fail(e.code(), Side::Downstream);
         return;
@@ -274,7 +328,7 @@ fn fail(x: &mut Ctx<'_>, client: &mut SendResponse<Bytes>, e: ProxyError) {
 }
 
 /// Answers a failed attempt (nobody to answer when the client is gone).
-fn failed(x: &mut Ctx<'_>, client: &mut SendResponse<Bytes>, f: Failed) {
+pub(super) fn failed(x: &mut Ctx<'_>, client: &mut SendResponse<Bytes>, f: Failed) {
     fail(x, client, f.error)
 }
 
@@ -327,36 +381,59 @@ enum Whole {
     No,
 }
 
-/// Sends `data` on the stream as the client's window allows (`end`: it
-/// ends the stream), waiting at most `write_timeout` for each part of the
-/// window. Err: the outcome's error.
-async fn send_data(
+/// How sending DATA on a stream ended.
+pub(super) enum Sent {
+    /// Handed to h2 whole.
+    Yes,
+    /// The peer gave no window for the time allowed.
+    Stalled,
+    /// The stream was reset (or the connection failed).
+    Reset,
+}
+
+impl Sent {
+    /// The error when the peer is the client.
+    pub(super) fn client_error(&self) -> ProxyError {
+        ProxyError::new(match self {
+            Sent::Stalled => ErrorKind::DownstreamWriteTimeout,
+            _ => ErrorKind::DownstreamClosed,
+        })
+    }
+}
+
+/// Sends `data` on a stream as the peer's window allows (`end`: it ends
+/// the stream), waiting at most `wait` for each part of the window, so
+/// that h2 never holds more of it than the window.
+pub(super) async fn send_data(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
     end: bool,
     timers: &Timers,
-    write_timeout: Duration,
-) -> Result<(), ErrorKind> {
+    wait: Duration,
+) -> Sent {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        let granted = within(timers.after(write_timeout), poll_fn(|cx| send.poll_capacity(cx))).await;
+        let granted = within(timers.after(wait), poll_fn(|cx| send.poll_capacity(cx))).await;
         let n = match granted {
             Some(Some(Ok(n))) => n,
-            Some(_) => return Err(ErrorKind::DownstreamClosed),
-            None => return Err(ErrorKind::DownstreamWriteTimeout),
+            Some(_) => return Sent::Reset,
+            None => return Sent::Stalled,
         };
         if n == 0 {
             continue;
         }
         let part = data.split_to(n.min(data.len()));
-        send.send_data(part, end && data.is_empty())
-            .map_err(|_| ErrorKind::DownstreamClosed)?;
+        if send.send_data(part, end && data.is_empty()).is_err() {
+            return Sent::Reset;
+        }
+        if end && data.is_empty() {
+            return Sent::Yes;
+        }
     }
-    if end && data.is_empty() {
-        // An empty DATA frame with END_STREAM (or after the last part).
-        let _ = send.send_data(Bytes::new(), true);
+    if end && send.send_data(Bytes::new(), true).is_err() {
+        return Sent::Reset;
     }
-    Ok(())
+    Sent::Yes
 }
 
 /// Sends the upstream's response on the stream: the head translated, the
@@ -406,8 +483,9 @@ async fn respond_to<R: monoio::io::AsyncReadRent>(
     }
     loop {
         let n = piece.len() as u64;
-        if let Err(kind) = send_data(&mut send, piece, body.done(), timers, write_timeout).await {
-            x.t.o.fail(ProxyError::new(kind).code(), Side::Downstream);
+        let sent = send_data(&mut send, piece, body.done(), timers, write_timeout).await;
+        if !matches!(sent, Sent::Yes) {
+            x.t.o.fail(sent.client_error().code(), Side::Downstream);
             send.send_reset(Reason::CANCEL);
             return Whole::No;
         }

@@ -1,0 +1,148 @@
+//! HTTP/2 connections to an endpoint (a cluster with `protocol =
+//! "http2"`): few per endpoint and worker, each shared by the worker's
+//! requests as streams. A request takes a stream on a connection that has
+//! room under the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, else a new
+//! connection is opened. Each connection runs in a task of its own (h2's
+//! connection state over a [`wire`](crate::wire)); once it ends (GOAWAY,
+//! an error, a close) it takes no new streams and leaves the endpoint's
+//! list, while the streams it already carries finish. A connection with no
+//! stream for the pool's idle timeout is closed.
+
+use crate::timer::Timers;
+use crate::upstream::{connect, Dialer, Endpoint};
+use crate::wire::{carry, wire};
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+use weft_core::config::{Cluster, PoolSettings};
+use weft_core::{ErrorKind, ProxyError};
+
+/// What a connection's task and the requests on it share.
+struct Shared {
+    /// Streams open on it.
+    open: Cell<u32>,
+    /// Since when it has had no stream open.
+    idle_since: Cell<Instant>,
+    /// The connection has ended: no new streams.
+    ended: Cell<bool>,
+}
+
+/// One HTTP/2 connection to an endpoint, in the endpoint's list.
+pub(crate) struct H2Conn {
+    send: SendRequest<Bytes>,
+    shared: Rc<Shared>,
+}
+
+/// A stream's place on a connection: the handle to send the request on,
+/// counted as open until dropped.
+pub(crate) struct H2Stream {
+    pub send: SendRequest<Bytes>,
+    shared: Rc<Shared>,
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        let open = self.shared.open.get().saturating_sub(1);
+        self.shared.open.set(open);
+        if open == 0 {
+            self.shared.idle_since.set(Instant::now());
+        }
+    }
+}
+
+impl H2Conn {
+    fn stream(&self) -> H2Stream {
+        self.shared.open.set(self.shared.open.get() + 1);
+        H2Stream {
+            send: self.send.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Whether it may carry one more stream now.
+    fn has_room(&self) -> bool {
+        !self.shared.ended.get() && (self.shared.open.get() as usize) < self.send.current_max_send_streams()
+    }
+}
+
+/// A stream on a connection to `ep` with room, else on a new connection
+/// (within the cluster's connect timeout; `may_connect`: whether the
+/// cluster has room for one more connection, else `Overflow`).
+pub(crate) async fn stream(
+    d: &Dialer<'_>,
+    ep: &Endpoint,
+    cluster: &Cluster,
+    may_connect: impl FnOnce() -> bool,
+) -> Result<H2Stream, ProxyError> {
+    {
+        let mut conns = ep.h2.borrow_mut();
+        conns.retain(|c| !c.shared.ended.get());
+        if let Some(c) = conns.iter().find(|c| c.has_room()) {
+            return Ok(c.stream());
+        }
+    }
+    if !may_connect() {
+        return Err(ProxyError::new(ErrorKind::Overflow));
+    }
+    let c = Box::pin(open(d, ep, cluster)).await?;
+    let s = c.stream();
+    ep.h2.borrow_mut().push(c);
+    Ok(s)
+}
+
+/// Opens a connection to `ep` and starts its task.
+async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<H2Conn, ProxyError> {
+    if cluster.tls.is_some() && ep.tls.is_none() {
+        return Err(ProxyError::new(ErrorKind::ConnectFailed));
+    }
+    let io = connect(d, ep, cluster.connect_timeout).await?;
+    if let crate::upstream::UpIo::Tls(t) = &io {
+        if !t.is_h2() {
+            // The endpoint did not take ALPN `h2`.
+            let e = std::io::Error::other("the upstream did not agree to HTTP/2 (ALPN h2)");
+            return Err(ProxyError::new(ErrorKind::ConnectFailed).caused_by(&e));
+        }
+    }
+    let (wire, pump) = wire(BytesMut::new());
+    // The handshake only queues the preface and SETTINGS on the wire: the
+    // task below sends them.
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buffer_size(STREAM_WINDOW as usize)
+        .handshake::<_, Bytes>(wire)
+        .await;
+    let (send, conn) = handshake.map_err(|e| {
+        ProxyError::new(ErrorKind::ConnectFailed).caused_by(&std::io::Error::other(e.to_string()))
+    })?;
+    let shared = Rc::new(Shared {
+        open: Cell::new(0),
+        idle_since: Cell::new(Instant::now()),
+        ended: Cell::new(false),
+    });
+    let timers: Rc<Timers> = d.timers.clone();
+    let write_timeout = cluster.read_timeout;
+    let ended = shared.clone();
+    monoio::spawn(async move {
+        let _ = carry(&timers, write_timeout, io, pump, conn).await;
+        ended.ended.set(true);
+    });
+    Ok(H2Conn { send, shared })
+}
+
+/// The flow-control window weft gives each response body from an HTTP/2
+/// upstream, and the connection's: what the upstream may send before weft
+/// has forwarded it.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// Closes the connections of `ep` that have had no stream for the pool's
+/// idle timeout (dropping the last handle lets h2 say GOAWAY and close).
+pub(crate) fn evict_idle(ep: &Endpoint, pool: &PoolSettings, now: Instant) {
+    ep.h2.borrow_mut().retain(|c| {
+        let s = &c.shared;
+        !s.ended.get() && (s.open.get() > 0 || now.duration_since(s.idle_since.get()) < pool.idle_timeout)
+    });
+}
