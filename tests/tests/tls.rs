@@ -427,6 +427,19 @@ fn certificates_are_chosen_by_server_name() {
 /// certificate gets no connection (503 connect-failed), and nothing
 /// reaches the application.
 fn the_mesh_hop_over_mutual_tls() {
+    mesh_hop("http1");
+}
+
+/// The mesh hop with HTTP/2 between the sidecars (ALPN `h2`, which A's
+/// cluster requires): the application still sees the client's HTTP/1.1
+/// request line, and a body both ways.
+fn the_mesh_hop_over_mutual_tls_and_http2() {
+    mesh_hop("http2");
+}
+
+/// client (HTTP/1.1) -> weft A -> mutual TLS, `protocol` -> weft B ->
+/// application (HTTP/1.1).
+fn mesh_hop(protocol: &str) {
     let certs = Certs::new();
     let app = Upstream::echo("app");
     // B: a TLS listener that requires client certificates of the mesh CA.
@@ -441,7 +454,7 @@ fn the_mesh_hop_over_mutual_tls() {
     std::fs::write(certs.dir.join("a.pem"), cert).expect("write");
     std::fs::write(certs.dir.join("a.key"), key).expect("write");
     let a_cluster = format!(
-        "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        "protocol = \"{protocol}\"\ntls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
         certs.dir.join("ca.pem").display(),
         certs.dir.join("a.pem").display(),
         certs.dir.join("a.key").display()
@@ -464,10 +477,28 @@ fn the_mesh_hop_over_mutual_tls() {
         "{head}"
     );
     assert!(head.contains("x-forwarded-proto: https\r\n"), "{head}");
+    // A body up and back through the hop.
+    let big = pattern(200_000, 9);
+    c.send(
+        format!(
+            "POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    );
+    c.send(&big);
+    let r = c.response(false).expect("a response");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == big,
+        "the body came back changed ({} bytes)",
+        r.body.len()
+    );
+    assert_eq!(app.request(3).body, big);
     // A that does not trust B's certificate: no connection, no request.
     let stranger = Certs::new();
     let wrong = format!(
-        "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        "protocol = \"{protocol}\"\ntls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
         stranger.dir.join("ca.pem").display(),
         certs.dir.join("a.pem").display(),
         certs.dir.join("a.key").display()
@@ -475,7 +506,7 @@ fn the_mesh_hop_over_mutual_tls() {
     let a2 = start(&simple_config(&[b_addr], "", &wrong));
     let r = get(a2.addr("in").expect("listener `in`"), "/nope");
     assert_eq!((r.status, r.header("weft-error")), (503, Some("connect-failed")));
-    assert_eq!(app.count(), 3);
+    assert_eq!(app.count(), 4);
     assert_eq!(a.failures() + b.failures(), 0);
 }
 
@@ -680,6 +711,7 @@ on_both_drivers!(
     mutual_tls_verifies_clients_and_passes_their_identity_on,
     certificates_are_chosen_by_server_name,
     the_mesh_hop_over_mutual_tls,
+    the_mesh_hop_over_mutual_tls_and_http2,
     a_large_head_over_tls_to_a_slow_upstream_is_served,
     an_identity_with_a_line_break_is_not_passed_on,
     health_checks_of_a_tls_cluster_go_over_tls
