@@ -366,3 +366,131 @@ async fn serve_h2(
         let _ = send.send_data(payload, true);
     }
 }
+
+/// A raw HTTP/2 client that writes frames by hand (header blocks as HPACK
+/// literals, names as given: upper case, connection-specific fields, bytes
+/// HTTP/2 forbids), to see what weft does with what a well-behaved client
+/// library would never send.
+pub struct RawH2 {
+    s: std::net::TcpStream,
+}
+
+/// A frame as read: type, flags, stream id, payload.
+pub type Frame = (u8, u8, u32, Vec<u8>);
+
+/// The frame types the raw client looks at.
+pub const HEADERS: u8 = 1;
+pub const RST_STREAM: u8 = 3;
+pub const SETTINGS: u8 = 4;
+pub const PING: u8 = 6;
+pub const GOAWAY: u8 = 7;
+
+fn hpack_int(out: &mut Vec<u8>, first: u8, prefix_bits: u32, mut n: usize) {
+    let max = (1usize << prefix_bits) - 1;
+    if n < max {
+        out.push(first | n as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    n -= max;
+    while n >= 128 {
+        out.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    out.push(n as u8);
+}
+
+/// A header block of literal fields without indexing (no Huffman).
+pub fn header_block(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, v) in fields {
+        out.push(0);
+        hpack_int(&mut out, 0, 7, n.len());
+        out.extend_from_slice(n);
+        hpack_int(&mut out, 0, 7, v.len());
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+impl RawH2 {
+    /// Connects with prior knowledge: preface, empty SETTINGS, and the
+    /// server's SETTINGS acknowledged.
+    pub fn connect(addr: SocketAddr) -> RawH2 {
+        let s = std::net::TcpStream::connect(addr).expect("connect to weft");
+        s.set_read_timeout(Some(crate::IO_TIMEOUT)).expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        let mut c = RawH2 { s };
+        c.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        c.frame(SETTINGS, 0, 0, &[]);
+        c
+    }
+
+    fn write(&mut self, b: &[u8]) {
+        use std::io::Write;
+        let _ = self.s.write_all(b);
+    }
+
+    /// Writes one frame.
+    pub fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let n = payload.len();
+        let mut f = vec![(n >> 16) as u8, (n >> 8) as u8, n as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        self.write(&f);
+    }
+
+    /// A HEADERS frame with END_HEADERS (and END_STREAM when `end`).
+    pub fn headers(&mut self, stream: u32, fields: &[(&[u8], &[u8])], end: bool) {
+        self.frame(HEADERS, 0x4 | if end { 0x1 } else { 0 }, stream, &header_block(fields));
+    }
+
+    /// A DATA frame.
+    pub fn data(&mut self, stream: u32, payload: &[u8], end: bool) {
+        self.frame(0, if end { 0x1 } else { 0 }, stream, payload);
+    }
+
+    /// Reads the next frame, acknowledging SETTINGS on the way; `None`
+    /// when the connection ended (or nothing came within the bound).
+    pub fn read_frame(&mut self) -> Option<Frame> {
+        use std::io::Read;
+        loop {
+            let mut head = [0u8; 9];
+            self.s.read_exact(&mut head).ok()?;
+            let n = (head[0] as usize) << 16 | (head[1] as usize) << 8 | head[2] as usize;
+            let mut payload = vec![0u8; n];
+            self.s.read_exact(&mut payload).ok()?;
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            if head[3] == SETTINGS && head[4] & 1 == 0 {
+                self.frame(SETTINGS, 1, 0, &[]);
+                continue;
+            }
+            return Some((head[3], head[4], stream, payload));
+        }
+    }
+
+    /// Reads frames until one on `stream` of a kind in `kinds` (or a
+    /// GOAWAY); returns it.
+    pub fn until(&mut self, stream: u32, kinds: &[u8]) -> Option<Frame> {
+        loop {
+            let f = self.read_frame()?;
+            if f.0 == GOAWAY || (f.2 == stream && kinds.contains(&f.0)) {
+                return Some(f);
+            }
+        }
+    }
+
+    /// True once weft closed the connection (reading to its end).
+    pub fn closed(&mut self) -> bool {
+        use std::io::Read;
+        let mut sink = [0u8; 4096];
+        loop {
+            match self.s.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}

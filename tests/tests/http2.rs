@@ -356,7 +356,104 @@ fn a_refused_stream_goes_again_for_any_method() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// On shutdown an HTTP/2 connection gets GOAWAY: the stream in flight
+/// finishes, then the connection closes.
+fn draining_sends_goaway_and_lets_the_stream_in_flight_finish() {
+    let up = Upstream::echo("a");
+    let (weft, addr) = proxy(&[up.addr]);
+    let mut c = H2::connect(addr);
+    let req = H2::head(addr, "GET", "/", &[("x-delay-ms", "500"), ("x-response-bytes", "100000")]);
+    let (slow, _) = c.start(req, true).expect("stream opened");
+    assert!(eventually(Duration::from_secs(5), || up.count() == 1));
+    weft.shutdown_handle().fire();
+    let r = c.finish(slow).expect("the stream in flight finishes");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, pattern(100_000, 100_000));
+    assert!(c.closed(), "the connection did not close after the drain");
+    weft.join();
+}
+
+/// Malformed requests (RFC 9113 §8.1.1) are never forwarded: most are
+/// refused on their own stream (RST_STREAM PROTOCOL_ERROR) and the
+/// connection serves on; a field the h2 crate cannot decode at all (an
+/// upper-case name, CR, LF or NUL in a value) ends the connection with
+/// GOAWAY PROTOCOL_ERROR, and other connections are untouched.
+fn malformed_requests_are_refused_and_never_forwarded() {
+    use weft_tests::h2c::{RawH2, GOAWAY, HEADERS, RST_STREAM};
+    let up = Upstream::echo("a");
+    let (weft, addr) = proxy(&[up.addr]);
+    let base: [(&[u8], &[u8]); 4] = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":path", b"/"),
+        (b":authority", b"svc"),
+    ];
+    let with = |extra: &[(&'static [u8], &'static [u8])]| {
+        let mut f: Vec<(&[u8], &[u8])> = base.to_vec();
+        f.extend_from_slice(extra);
+        f
+    };
+    // Refused on their stream.
+    let stream_errors: Vec<(&str, Vec<(&[u8], &[u8])>)> = vec![
+        ("a connection-specific field", with(&[(b"connection", b"keep-alive")])),
+        ("transfer-encoding", with(&[(b"transfer-encoding", b"chunked")])),
+        ("upgrade", with(&[(b"upgrade", b"websocket")])),
+        ("te other than trailers", with(&[(b"te", b"gzip")])),
+        ("no :path", base.iter().copied().filter(|(n, _)| *n != b":path").collect()),
+        ("no :method", base.iter().copied().filter(|(n, _)| *n != b":method").collect()),
+        ("a pseudo-field after a field", {
+            let mut f: Vec<(&[u8], &[u8])> = vec![(b"x-a", b"1")];
+            f.extend_from_slice(&base);
+            f
+        }),
+    ];
+    let mut c = RawH2::connect(addr);
+    let mut stream = 1;
+    for (what, fields) in &stream_errors {
+        c.headers(stream, fields, true);
+        let f = c.until(stream, &[HEADERS, RST_STREAM]).unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!((f.0, f.2), (RST_STREAM, stream), "{what}: {:?}", String::from_utf8_lossy(&f.3));
+        assert_eq!(f.3, 1u32.to_be_bytes(), "{what}: PROTOCOL_ERROR");
+        stream += 2;
+    }
+    // A body longer than its content-length.
+    c.headers(stream, &with(&[(b"content-length", b"3")]), false);
+    c.data(stream, b"too long", true);
+    let f = c.until(stream, &[HEADERS, RST_STREAM]).expect("an answer");
+    assert_eq!(f.0, RST_STREAM, "content-length disagreeing with the DATA");
+    stream += 2;
+    // The connection still serves.
+    c.headers(stream, &base, true);
+    let f = c.until(stream, &[HEADERS, RST_STREAM]).expect("an answer");
+    assert_eq!(f.0, HEADERS, "a good request after the bad ones");
+    assert_eq!(f.3.first(), Some(&0x88), ":status 200 (indexed)");
+    // Undecodable fields end their connection only.
+    let connection_errors: Vec<(&str, Vec<(&[u8], &[u8])>)> = vec![
+        ("an upper-case name", with(&[(b"X-Upper", b"1")])),
+        ("a line feed in a value", with(&[(b"x-a", b"1\r\nx-b: 2")])),
+        ("a NUL in a value", with(&[(b"x-a", b"1\x002")])),
+    ];
+    for (what, fields) in &connection_errors {
+        let mut bad = RawH2::connect(addr);
+        bad.headers(1, fields, true);
+        let f = bad.until(1, &[HEADERS, RST_STREAM]).unwrap_or_else(|| panic!("{what}: no answer"));
+        assert!(f.0 == GOAWAY || f.0 == RST_STREAM, "{what}: frame type {}", f.0);
+        if f.0 == GOAWAY {
+            assert_eq!(&f.3[4..8], &1u32.to_be_bytes(), "{what}: PROTOCOL_ERROR");
+            assert!(bad.closed(), "{what}: the connection stays open");
+        }
+    }
+    stream += 2;
+    c.headers(stream, &base, true);
+    let f = c.until(stream, &[HEADERS, RST_STREAM]).expect("an answer");
+    assert_eq!(f.0, HEADERS, "the other connection serves on");
+    assert_eq!(up.count(), 2, "only the good requests reached the upstream");
+    drop(weft);
+}
+
 on_both_drivers!(
+    malformed_requests_are_refused_and_never_forwarded,
+    draining_sends_goaway_and_lets_the_stream_in_flight_finish,
     a_unary_grpc_call_passes_through_http2_on_both_hops,
     a_bidirectional_stream_moves_both_ways_at_once,
     an_http1_client_reaches_an_http2_upstream,
