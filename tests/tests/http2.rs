@@ -451,7 +451,85 @@ fn malformed_requests_are_refused_and_never_forwarded() {
     drop(weft);
 }
 
+/// Rapid reset (CVE-2023-44487): thousands of streams opened and reset
+/// at once. weft ends the offender's connection (GOAWAY) before the
+/// upstream sees more than a bounded share of them, and serves everyone
+/// else meanwhile.
+fn rapid_reset_ends_the_offenders_connection() {
+    use weft_tests::h2c::{RawH2, GOAWAY};
+    let up = Upstream::echo("a");
+    let (weft, addr) = proxy(&[up.addr]);
+    let base: [(&[u8], &[u8]); 4] = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":path", b"/"),
+        (b":authority", b"svc"),
+    ];
+    let mut bad = RawH2::connect(addr);
+    let mut stream = 1u32;
+    for _ in 0..5000 {
+        bad.headers(stream, &base, true);
+        bad.frame(weft_tests::h2c::RST_STREAM, 0, stream, &8u32.to_be_bytes());
+        stream += 2;
+    }
+    let mut goaway = None;
+    while let Some(f) = bad.read_frame() {
+        if f.0 == GOAWAY {
+            goaway = Some(f);
+            break;
+        }
+    }
+    let f = goaway.expect("no GOAWAY: the resets went on unbounded");
+    assert_eq!(&f.3[4..8], &11u32.to_be_bytes(), "ENHANCE_YOUR_CALM");
+    let mut c = H2::connect(addr);
+    assert_eq!(get(&mut c, addr, "/", &[]).status, 200);
+    assert!(up.count() < 200, "the upstream saw {} of the reset requests", up.count());
+    drop(weft);
+}
+
+/// A header block that never ends (CONTINUATION flood) or grows past the
+/// limit ends the offender's connection; a PING flood from a client that
+/// reads nothing is bounded too; others are served meanwhile.
+fn header_and_control_floods_end_only_the_offender() {
+    use weft_tests::h2c::{header_block, RawH2, GOAWAY, PING};
+    let up = Upstream::echo("a");
+    let (weft, addr) = proxy(&[up.addr]);
+    let base: [(&[u8], &[u8]); 4] = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":path", b"/"),
+        (b":authority", b"svc"),
+    ];
+    let mut bad = RawH2::connect(addr);
+    // HEADERS without END_HEADERS, then CONTINUATION after CONTINUATION.
+    bad.frame(1, 0x1, 1, &header_block(&base));
+    let filler = vec![b'a'; 1000];
+    for i in 0..2000u32 {
+        let name = format!("x-f{i}");
+        bad.frame(9, 0, 1, &header_block(&[(name.as_bytes(), &filler)]));
+    }
+    let mut ended = false;
+    while let Some(f) = bad.read_frame() {
+        if f.0 == GOAWAY {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended || bad.closed(), "the header flood went on");
+    // PINGs, never reading the answers.
+    let mut pings = RawH2::connect(addr);
+    for i in 0..100_000u64 {
+        pings.frame(PING, 0, 0, &i.to_be_bytes());
+    }
+    let mut c = H2::connect(addr);
+    assert_eq!(get(&mut c, addr, "/", &[]).status, 200);
+    assert_eq!(up.count(), 1);
+    drop(weft);
+}
+
 on_both_drivers!(
+    rapid_reset_ends_the_offenders_connection,
+    header_and_control_floods_end_only_the_offender,
     malformed_requests_are_refused_and_never_forwarded,
     draining_sends_goaway_and_lets_the_stream_in_flight_finish,
     a_unary_grpc_call_passes_through_http2_on_both_hops,
