@@ -1407,3 +1407,137 @@ pub fn check_config(data: &[u8]) {
         "parsing is not deterministic"
     );
 }
+
+// ---------------------------------------------------------------- HTTP/1 <-> HTTP/2
+
+/// Fields that belong to an HTTP/1 connection and must never appear in an
+/// HTTP/2 message (RFC 9113 §8.2.2), nor `host` beside `:authority`.
+const CONNECTION_SPECIFIC: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+fn translate_input(data: &[u8]) -> (bool, &[u8]) {
+    match data.split_first() {
+        Some((b, rest)) => (b % 2 == 1, rest),
+        None => (false, data),
+    }
+}
+
+/// The verdict of a `translate` input: the first byte picks a request
+/// (even) or a response (odd) head, the rest is parsed with generous
+/// limits and translated to HTTP/2; accepted when both succeed.
+pub fn translate_verdict(data: &[u8]) -> Verdict {
+    let (response, rest) = translate_input(data);
+    if response {
+        match parse_response(&mut BytesMut::from(rest), &GENEROUS, false) {
+            Ok(Some(res)) => match weft_proto::message::h2_response(&res) {
+                Ok(_) => Verdict::Accepted,
+                Err(e) => Verdict::Refused(format!("{e:?}")),
+            },
+            other => head_verdict(other),
+        }
+    } else {
+        match parse_request(&mut BytesMut::from(rest), &GENEROUS) {
+            Ok(Some(h)) => match weft_proto::Request::H1(Box::new(h)).to_h2(&h2_opts(), "http") {
+                Ok(_) => Verdict::Accepted,
+                Err(e) => Verdict::Refused(format!("{e:?}")),
+            },
+            other => head_verdict(other),
+        }
+    }
+}
+
+fn h2_opts() -> RequestOptions<'static> {
+    RequestOptions {
+        client_ip: "10.0.0.1",
+        proto: "http",
+        default_host: "default.test:80",
+        deadline: None,
+        identity: None,
+    }
+}
+
+/// HTTP/1 heads translated to HTTP/2 and back. A request head that parses
+/// either translates or is refused with an error, never a panic; what
+/// translates carries no connection-specific field, `te` only as
+/// `trailers`, the request's method, authority (its own, else the
+/// endpoint's) and path; turned back into HTTP/1.1 (as the next weft does)
+/// it parses again with the same method, path and host. A response head
+/// that parses translates without connection-specific fields, and back to
+/// HTTP/1.1 parses with the same status.
+pub fn check_translate(data: &[u8]) {
+    let (response, rest) = translate_input(data);
+    if response {
+        let Ok(Some(res)) = parse_response(&mut BytesMut::from(rest), &GENEROUS, false) else {
+            return;
+        };
+        let Ok(h2) = weft_proto::message::h2_response(&res) else {
+            return;
+        };
+        assert_eq!(h2.status().as_u16(), res.status);
+        for name in h2.headers().keys() {
+            // `host` means nothing in a response, but is no connection's.
+            let forbidden = CONNECTION_SPECIFIC.contains(&name.as_str()) && name != "host";
+            assert!(!forbidden, "{name} in {}", show(rest));
+        }
+        let (parts, ()) = h2.into_parts();
+        let back = weft_proto::Response::Fields(Box::new(weft_proto::message::ResponseFields {
+            parts,
+            body: weft_proto::BodyLength::Unknown,
+        }));
+        let mut out = BytesMut::new();
+        let opts = ResponseOptions {
+            framing: BodyFraming::Chunked,
+            close: false,
+            keep_alive_10: false,
+            upgrade: false,
+        };
+        back.encode_h1(&opts, &mut out);
+        let again = parse_response(&mut out.clone(), &GENEROUS, false);
+        match again {
+            Ok(Some(r)) => assert_eq!(r.status, res.status, "{}", show(&out)),
+            other => panic!("the translated response does not parse back: {other:?}\n{}", show(&out)),
+        }
+        return;
+    }
+    let Ok(Some(head)) = parse_request(&mut BytesMut::from(rest), &GENEROUS) else {
+        return;
+    };
+    let req = weft_proto::Request::H1(Box::new(head));
+    let Ok(h2) = req.to_h2(&h2_opts(), "http") else {
+        return;
+    };
+    assert_eq!(h2.method().as_str(), req.method());
+    assert_eq!(
+        h2.uri().authority().map(|a| a.as_str()),
+        Some(req.authority().unwrap_or("default.test:80"))
+    );
+    assert_eq!(h2.uri().path(), req.path(), "{}", show(rest));
+    for (name, value) in h2.headers() {
+        assert!(!CONNECTION_SPECIFIC.contains(&name.as_str()), "{name} in {}", show(rest));
+        if name == "te" {
+            assert_eq!(value, "trailers");
+        }
+    }
+    let length = req.body();
+    let (parts, ()) = h2.into_parts();
+    let Ok(fields) = weft_proto::Request::from_fields(parts, length) else {
+        return;
+    };
+    let mut out = BytesMut::new();
+    fields.encode_h1(&h2_opts(), &mut out);
+    match parse_request(&mut out.clone(), &GENEROUS) {
+        Ok(Some(back)) => {
+            assert_eq!(back.method(), req.method(), "{}", show(&out));
+            assert_eq!(back.path(), req.path(), "{}", show(&out));
+            let authority = req.authority().unwrap_or("default.test:80");
+            assert_eq!(back.authority(), Some(authority), "{}", show(&out));
+        }
+        other => panic!("the translated request does not parse back: {other:?}\n{}", show(&out)),
+    }
+}

@@ -297,6 +297,13 @@ fn deadline_corpus() {
     });
 }
 
+#[test]
+fn translate_corpus() {
+    replay("translate", checks::check_translate, |_, data| {
+        checks::translate_verdict(data)
+    });
+}
+
 /// The verdict convention itself: prefixes, SHA-1 names, names without a verdict.
 #[test]
 fn names_state_verdicts() {
