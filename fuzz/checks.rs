@@ -1501,7 +1501,10 @@ pub fn check_translate(data: &[u8]) {
         let again = parse_response(&mut out.clone(), &GENEROUS, false);
         match again {
             Ok(Some(r)) => assert_eq!(r.status, res.status, "{}", show(&out)),
-            other => panic!("the translated response does not parse back: {other:?}\n{}", show(&out)),
+            other => panic!(
+                "the translated response does not parse back: {other:?}\n{}",
+                show(&out)
+            ),
         }
         return;
     }
@@ -1519,7 +1522,11 @@ pub fn check_translate(data: &[u8]) {
     );
     assert_eq!(h2.uri().path(), req.path(), "{}", show(rest));
     for (name, value) in h2.headers() {
-        assert!(!CONNECTION_SPECIFIC.contains(&name.as_str()), "{name} in {}", show(rest));
+        assert!(
+            !CONNECTION_SPECIFIC.contains(&name.as_str()),
+            "{name} in {}",
+            show(rest)
+        );
         if name == "te" {
             assert_eq!(value, "trailers");
         }
@@ -1538,6 +1545,9 @@ pub fn check_translate(data: &[u8]) {
             let authority = req.authority().unwrap_or("default.test:80");
             assert_eq!(back.authority(), Some(authority), "{}", show(&out));
         }
-        other => panic!("the translated request does not parse back: {other:?}\n{}", show(&out)),
+        other => panic!(
+            "the translated request does not parse back: {other:?}\n{}",
+            show(&out)
+        ),
     }
 }

@@ -442,7 +442,12 @@ impl RawH2 {
 
     /// A HEADERS frame with END_HEADERS (and END_STREAM when `end`).
     pub fn headers(&mut self, stream: u32, fields: &[(&[u8], &[u8])], end: bool) {
-        self.frame(HEADERS, 0x4 | if end { 0x1 } else { 0 }, stream, &header_block(fields));
+        self.frame(
+            HEADERS,
+            0x4 | if end { 0x1 } else { 0 },
+            stream,
+            &header_block(fields),
+        );
     }
 
     /// A DATA frame.

@@ -362,7 +362,12 @@ fn draining_sends_goaway_and_lets_the_stream_in_flight_finish() {
     let up = Upstream::echo("a");
     let (weft, addr) = proxy(&[up.addr]);
     let mut c = H2::connect(addr);
-    let req = H2::head(addr, "GET", "/", &[("x-delay-ms", "500"), ("x-response-bytes", "100000")]);
+    let req = H2::head(
+        addr,
+        "GET",
+        "/",
+        &[("x-delay-ms", "500"), ("x-response-bytes", "100000")],
+    );
     let (slow, _) = c.start(req, true).expect("stream opened");
     assert!(eventually(Duration::from_secs(5), || up.count() == 1));
     weft.shutdown_handle().fire();
@@ -395,12 +400,21 @@ fn malformed_requests_are_refused_and_never_forwarded() {
     };
     // Refused on their stream.
     let stream_errors: Vec<(&str, Vec<(&[u8], &[u8])>)> = vec![
-        ("a connection-specific field", with(&[(b"connection", b"keep-alive")])),
+        (
+            "a connection-specific field",
+            with(&[(b"connection", b"keep-alive")]),
+        ),
         ("transfer-encoding", with(&[(b"transfer-encoding", b"chunked")])),
         ("upgrade", with(&[(b"upgrade", b"websocket")])),
         ("te other than trailers", with(&[(b"te", b"gzip")])),
-        ("no :path", base.iter().copied().filter(|(n, _)| *n != b":path").collect()),
-        ("no :method", base.iter().copied().filter(|(n, _)| *n != b":method").collect()),
+        (
+            "no :path",
+            base.iter().copied().filter(|(n, _)| *n != b":path").collect(),
+        ),
+        (
+            "no :method",
+            base.iter().copied().filter(|(n, _)| *n != b":method").collect(),
+        ),
         ("a pseudo-field after a field", {
             let mut f: Vec<(&[u8], &[u8])> = vec![(b"x-a", b"1")];
             f.extend_from_slice(&base);
@@ -411,8 +425,15 @@ fn malformed_requests_are_refused_and_never_forwarded() {
     let mut stream = 1;
     for (what, fields) in &stream_errors {
         c.headers(stream, fields, true);
-        let f = c.until(stream, &[HEADERS, RST_STREAM]).unwrap_or_else(|| panic!("{what}: no answer"));
-        assert_eq!((f.0, f.2), (RST_STREAM, stream), "{what}: {:?}", String::from_utf8_lossy(&f.3));
+        let f = c
+            .until(stream, &[HEADERS, RST_STREAM])
+            .unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!(
+            (f.0, f.2),
+            (RST_STREAM, stream),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&f.3)
+        );
         assert_eq!(f.3, 1u32.to_be_bytes(), "{what}: PROTOCOL_ERROR");
         stream += 2;
     }
@@ -436,7 +457,9 @@ fn malformed_requests_are_refused_and_never_forwarded() {
     for (what, fields) in &connection_errors {
         let mut bad = RawH2::connect(addr);
         bad.headers(1, fields, true);
-        let f = bad.until(1, &[HEADERS, RST_STREAM]).unwrap_or_else(|| panic!("{what}: no answer"));
+        let f = bad
+            .until(1, &[HEADERS, RST_STREAM])
+            .unwrap_or_else(|| panic!("{what}: no answer"));
         assert!(f.0 == GOAWAY || f.0 == RST_STREAM, "{what}: frame type {}", f.0);
         if f.0 == GOAWAY {
             assert_eq!(&f.3[4..8], &1u32.to_be_bytes(), "{what}: PROTOCOL_ERROR");
@@ -483,7 +506,11 @@ fn rapid_reset_ends_the_offenders_connection() {
     assert_eq!(&f.3[4..8], &11u32.to_be_bytes(), "ENHANCE_YOUR_CALM");
     let mut c = H2::connect(addr);
     assert_eq!(get(&mut c, addr, "/", &[]).status, 200);
-    assert!(up.count() < 200, "the upstream saw {} of the reset requests", up.count());
+    assert!(
+        up.count() < 200,
+        "the upstream saw {} of the reset requests",
+        up.count()
+    );
     drop(weft);
 }
 
