@@ -378,6 +378,9 @@ fn draining_sends_goaway_and_lets_the_stream_in_flight_finish() {
     weft.join();
 }
 
+/// A header list, name and value pairs.
+type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
+
 /// Malformed requests (RFC 9113 §8.1.1) are never forwarded: most are
 /// refused on their own stream (RST_STREAM PROTOCOL_ERROR) and the
 /// connection serves on; a field the h2 crate cannot decode at all (an
@@ -399,7 +402,7 @@ fn malformed_requests_are_refused_and_never_forwarded() {
         f
     };
     // Refused on their stream.
-    let stream_errors: Vec<(&str, Vec<(&[u8], &[u8])>)> = vec![
+    let stream_errors: Vec<(&str, Fields)> = vec![
         (
             "a connection-specific field",
             with(&[(b"connection", b"keep-alive")]),
@@ -449,7 +452,7 @@ fn malformed_requests_are_refused_and_never_forwarded() {
     assert_eq!(f.0, HEADERS, "a good request after the bad ones");
     assert_eq!(f.3.first(), Some(&0x88), ":status 200 (indexed)");
     // Undecodable fields end their connection only.
-    let connection_errors: Vec<(&str, Vec<(&[u8], &[u8])>)> = vec![
+    let connection_errors: Vec<(&str, Fields)> = vec![
         ("an upper-case name", with(&[(b"X-Upper", b"1")])),
         ("a line feed in a value", with(&[(b"x-a", b"1\r\nx-b: 2")])),
         ("a NUL in a value", with(&[(b"x-a", b"1\x002")])),
