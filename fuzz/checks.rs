@@ -554,9 +554,12 @@ fn request_invariants(input: &[u8], head: &RequestHead, rest: &[u8]) {
     check_connection(raw, &head.headers, &head.connection);
     // RFC 9110 §7.8: an upgrade needs `Upgrade` and `Connection: upgrade`,
     // and an HTTP/1.0 request's `Upgrade` is ignored.
+    // An offer of `h2c` alone is declined.
     let asks_upgrade = head.minor == 1
         && head.connection.upgrade
-        && head.headers.iter().any(|h| h.kind == HeaderKind::Upgrade);
+        && head.headers.iter().any(|h| {
+            h.kind == HeaderKind::Upgrade && !weft_proto::head::offers_only_h2c(&raw[h.value.clone()])
+        });
     assert_eq!(
         head.upgrade, asks_upgrade,
         "upgrade does not agree with Upgrade and Connection (HTTP/1.{})",

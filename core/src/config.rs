@@ -152,8 +152,37 @@ pub struct Listener {
     pub write_timeout: Duration,
     /// TLS termination (`tls = { ... }`): none by default (plain HTTP).
     pub tls: Option<ListenerTls>,
+    /// HTTP/2 from clients (`http2 = { ... }`).
+    pub http2: Http2Settings,
     /// The listener's routes, in order.
     pub routes: RouteTable,
+}
+
+/// `http2 = { max_concurrent_streams, stream_window, connection_window }`
+/// on a listener (what an HTTP/2 client may open and send) or a cluster
+/// (what an HTTP/2 upstream may send). Defaults: 100 streams (nginx 128;
+/// RFC 9113 asks for no fewer than 100), a 256 KiB window per stream and
+/// 1 MiB per connection: what a peer may send before weft has forwarded
+/// it, so that buffering per stream and per connection stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// Streams a client may have open at once on one connection (a
+    /// listener's; on a cluster weft keeps to the upstream's own limit).
+    pub max_concurrent_streams: u32,
+    /// Each stream's flow-control window, in bytes.
+    pub stream_window: u32,
+    /// The connection's flow-control window, in bytes.
+    pub connection_window: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            max_concurrent_streams: 100,
+            stream_window: 256 * 1024,
+            connection_window: 1024 * 1024,
+        }
+    }
 }
 
 /// `tls = { cert, key, sni, handshake_timeout, client_ca }` on a listener:
@@ -221,6 +250,8 @@ pub struct Cluster {
     pub retry_budget: BudgetSettings,
     /// Active health check (`health_check = { ... }`); none by default.
     pub health_check: Option<HealthSettings>,
+    /// HTTP/2 to the endpoints (`http2 = { ... }`, with `protocol = "http2"`).
+    pub http2: Http2Settings,
     /// What a request does when every endpoint is ejected or unhealthy
     /// (`no_healthy`).
     pub no_healthy: NoHealthy,
@@ -383,6 +414,54 @@ struct RawListener {
     max_connections: Spanned<usize>,
     max_requests: Option<Spanned<usize>>,
     tls: Option<Spanned<RawListenerTls>>,
+    http2: Option<RawHttp2>,
+}
+
+/// `http2 = { max_concurrent_streams, stream_window, connection_window }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp2 {
+    max_concurrent_streams: Option<Spanned<usize>>,
+    stream_window: Option<Spanned<usize>>,
+    connection_window: Option<Spanned<usize>>,
+}
+
+impl RawHttp2 {
+    /// The settings, each within its range (a window: 64 KiB - 1, HTTP/2's
+    /// initial one, to 2^31 - 1, its largest).
+    /// `listener`: on a listener (on a cluster, the stream limit is the
+    /// upstream's to set).
+    fn settings(
+        raw: Option<&RawHttp2>,
+        listener: bool,
+        lines: &Lines<'_>,
+        field: impl Fn(&str) -> String,
+    ) -> Result<Http2Settings, ConfigError> {
+        let mut s = Http2Settings::default();
+        let Some(r) = raw else {
+            return Ok(s);
+        };
+        if let (Some(n), false) = (&r.max_concurrent_streams, listener) {
+            return Err(err(
+                lines.at(n.span().start),
+                field("http2.max_concurrent_streams"),
+                "an upstream sets its own stream limit (weft keeps to it, opening another \
+                 connection when it is reached): leave this out of a cluster",
+            ));
+        }
+        if let Some(n) = &r.max_concurrent_streams {
+            s.max_concurrent_streams =
+                within(n, 1..=100_000, lines, field("http2.max_concurrent_streams"))? as u32;
+        }
+        let windows = 65_535..=(i32::MAX as usize);
+        if let Some(n) = &r.stream_window {
+            s.stream_window = within(n, windows.clone(), lines, field("http2.stream_window"))? as u32;
+        }
+        if let Some(n) = &r.connection_window {
+            s.connection_window = within(n, windows, lines, field("http2.connection_window"))? as u32;
+        }
+        Ok(s)
+    }
 }
 
 /// `tls = { cert, key, handshake_timeout }` on a listener.
@@ -668,6 +747,7 @@ struct RawCluster {
     peak_ewma: RawPeakEwma,
     limits: Option<RawLimits>,
     health_check: Option<Spanned<RawHealth>>,
+    http2: Option<RawHttp2>,
     #[serde(default)]
     no_healthy: NoHealthy,
     tls: Option<Spanned<RawClusterTls>>,
@@ -991,6 +1071,7 @@ impl Config {
                 peak_ewma,
                 limits,
                 health_check,
+                http2: RawHttp2::settings(c.http2.as_ref(), false, &lines, field)?,
                 no_healthy: c.no_healthy,
                 tls: match &c.tls {
                     None => None,
@@ -1075,6 +1156,7 @@ impl Config {
                 idle_timeout: positive(&l.idle_timeout, &lines, field("idle_timeout"))?,
                 write_timeout: positive(&l.write_timeout, &lines, field("write_timeout"))?,
                 merge_slashes: l.merge_slashes,
+                http2: RawHttp2::settings(l.http2.as_ref(), true, &lines, field)?,
                 max_connections: within(
                     &l.max_connections,
                     1..=10_000_000,
@@ -1599,6 +1681,45 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         );
         let e = error_of(&format!("{base}retry_budget = {{ window = \"0s\" }}\n"));
         assert_eq!(e.field, "cluster[0].retry_budget.window", "{e}");
+    }
+
+    #[test]
+    fn http2_settings_defaults_and_mistakes() {
+        let listener = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n";
+        let rest = "[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\nprotocol = \"http2\"\n";
+        let c = parse(&format!("{listener}{rest}")).expect("valid");
+        assert_eq!(c.listeners[0].http2, Http2Settings::default());
+        assert_eq!(c.clusters[0].http2, Http2Settings::default());
+        assert_eq!(c.clusters[0].protocol, Protocol::Http2);
+        let c = parse(&format!(
+            "{listener}http2 = {{ max_concurrent_streams = 8, stream_window = 65535 }}\n{rest}http2 = {{ connection_window = 2000000 }}\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            (
+                c.listeners[0].http2.max_concurrent_streams,
+                c.listeners[0].http2.stream_window
+            ),
+            (8, 65535)
+        );
+        assert_eq!(c.clusters[0].http2.connection_window, 2_000_000);
+        let e = error_of(&format!("{listener}http2 = {{ stream_window = 1000 }}\n{rest}"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(4), "listener[0].http2.stream_window"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{listener}http2 = {{ max_concurrent_streams = 0 }}\n{rest}"
+        ));
+        assert_eq!(e.field, "listener[0].http2.max_concurrent_streams", "{e}");
+        let e = error_of(&format!(
+            "{listener}{rest}http2 = {{ max_concurrent_streams = 10 }}\n"
+        ));
+        assert_eq!(e.field, "cluster[0].http2.max_concurrent_streams", "{e}");
+        assert!(e.to_string().contains("upstream sets its own"), "{e}");
+        let e = error_of(&format!("{listener}{rest}health_check = {{}}\n"));
+        assert_eq!(e.field, "cluster[0].health_check", "{e}");
     }
 
     #[test]

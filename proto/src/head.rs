@@ -302,7 +302,10 @@ pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan,
                     }
                 }
             }
-            HeaderKind::Upgrade => s.upgrade = true,
+            // An offer of cleartext HTTP/2 (`h2c`, RFC 7540 §3.2; deprecated
+            // by RFC 9113 §3.1) is declined: the request is served over
+            // HTTP/1.1 and the offer, hop-by-hop, goes no further.
+            HeaderKind::Upgrade if !offers_only_h2c(value) => s.upgrade = true,
             HeaderKind::Expect if value.eq_ignore_ascii_case(b"100-continue") => s.expect_continue = true,
             HeaderKind::GrpcTimeout | HeaderKind::WeftTimeout => {
                 let field = kind.deadline().unwrap_or(DeadlineField::Grpc);
@@ -319,6 +322,12 @@ pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan,
         });
     }
     Ok(s)
+}
+
+/// True when an `Upgrade` value offers nothing but `h2c`.
+pub fn offers_only_h2c(value: &[u8]) -> bool {
+    let mut items = list_items(value).peekable();
+    items.peek().is_some() && items.all(|(_, p)| p.eq_ignore_ascii_case(b"h2c"))
 }
 
 /// True when the header `h` must not be forwarded to the next hop: it is

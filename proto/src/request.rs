@@ -494,6 +494,18 @@ mod tests {
     }
 
     #[test]
+    fn an_h2c_upgrade_offer_is_declined() {
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.upgrade);
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c, websocket\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.upgrade, "another protocol is offered too");
+    }
+
+    #[test]
     fn connection_and_upgrade() {
         let h = parse("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, x-foo\r\nUpgrade: websocket\r\nX-Foo: 1\r\n\r\n").unwrap().unwrap();
         assert!(h.upgrade);

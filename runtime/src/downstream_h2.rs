@@ -33,16 +33,6 @@ pub(crate) fn preface(buf: &[u8]) -> Option<bool> {
     }
 }
 
-/// Most streams a client may have open at once (nginx's default is 128,
-/// RFC 9113 recommends no fewer than 100).
-const MAX_STREAMS: u32 = 100;
-
-/// The flow-control window weft gives each stream's request body, and the
-/// connection's: what a client may send before weft has forwarded it,
-/// per stream and in all.
-const STREAM_WINDOW: u32 = 256 * 1024;
-const CONNECTION_WINDOW: u32 = 1024 * 1024;
-
 /// Serves an HTTP/2 connection until it closes. `read`: its first bytes,
 /// already read (the preface, when it was detected on a plain listener).
 pub(crate) async fn serve<S: Stream>(w: &Rc<Worker>, li: usize, client: S, read: BytesMut, peer_ip: Rc<str>) {
@@ -50,13 +40,15 @@ pub(crate) async fn serve<S: Stream>(w: &Rc<Worker>, li: usize, client: S, read:
     let identity = client.identity();
     let (wire, pump) = wire(read);
     let driver = async {
+        // The listener's `http2` settings bound what a client may open
+        // and send; what weft sends waits for the client's windows.
         let mut builder = h2::server::Builder::new();
         builder
-            .max_concurrent_streams(MAX_STREAMS)
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(l.http2.max_concurrent_streams)
+            .initial_window_size(l.http2.stream_window)
+            .initial_connection_window_size(l.http2.connection_window)
             .max_header_list_size(l.max_header_bytes as u32)
-            .max_send_buffer_size(STREAM_WINDOW as usize);
+            .max_send_buffer_size(l.http2.stream_window as usize);
         let handshake = builder.handshake::<_, Bytes>(wire);
         let mut conn = match within(w.timers.after(l.header_timeout), handshake).await {
             Some(Ok(conn)) => conn,

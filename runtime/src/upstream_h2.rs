@@ -109,9 +109,9 @@ async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<H2Conn
     // The handshake only queues the preface and SETTINGS on the wire: the
     // task below sends them.
     let handshake = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_send_buffer_size(STREAM_WINDOW as usize)
+        .initial_window_size(cluster.http2.stream_window)
+        .initial_connection_window_size(cluster.http2.connection_window)
+        .max_send_buffer_size(cluster.http2.stream_window as usize)
         .handshake::<_, Bytes>(wire)
         .await;
     let (send, conn) = handshake.map_err(|e| {
@@ -131,12 +131,6 @@ async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<H2Conn
     });
     Ok(H2Conn { send, shared })
 }
-
-/// The flow-control window weft gives each response body from an HTTP/2
-/// upstream, and the connection's: what the upstream may send before weft
-/// has forwarded it.
-const STREAM_WINDOW: u32 = 256 * 1024;
-const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// Closes the connections of `ep` that have had no stream for the pool's
 /// idle timeout (dropping the last handle lets h2 say GOAWAY and close).

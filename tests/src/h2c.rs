@@ -177,6 +177,12 @@ impl H2 {
         })
     }
 
+    /// The most streams the server lets this client open at once (its
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, once received).
+    pub fn max_send_streams(&self) -> usize {
+        self.send.current_max_send_streams()
+    }
+
     /// Runs `f` on this client's runtime (bounded).
     pub fn run<F: Future>(&self, f: F) -> F::Output {
         bounded(&self.rt, f)

@@ -557,7 +557,53 @@ fn header_and_control_floods_end_only_the_offender() {
     drop(weft);
 }
 
+/// A listener's `http2` settings are what its clients are told: at most
+/// so many streams at once, and a window that bounds an upload in flight.
+fn a_listener_s_http2_settings_reach_its_clients() {
+    let up = Upstream::echo("a");
+    let weft = start(&simple_config(
+        &[up.addr],
+        "http2 = { max_concurrent_streams = 3, stream_window = 65535 }",
+        "",
+    ));
+    let addr = weft.addr("in").expect("listener");
+    let mut c = H2::connect(addr);
+    assert_eq!(get(&mut c, addr, "/", &[]).status, 200);
+    assert_eq!(c.max_send_streams(), 3);
+    // A body larger than the window still goes whole (weft gives the
+    // window back as it forwards).
+    let body = pattern(1_000_000, 5);
+    let len = body.len().to_string();
+    let r = c
+        .request(H2::head(addr, "POST", "/", &[("content-length", &len)]), &body)
+        .expect("a response");
+    assert_eq!(sha256(&r.body), sha256(&body));
+    assert_eq!(weft.failures(), 0);
+}
+
+/// An HTTP/1.1 request offering `Upgrade: h2c` (RFC 7540 §3.2, as curl
+/// --http2 sends in cleartext) is served over HTTP/1.1, the offer going no
+/// further.
+fn an_h2c_upgrade_offer_is_served_over_http1() {
+    let up = Upstream::echo("a");
+    let (weft, addr) = proxy(&[up.addr]);
+    let mut c = Client::connect(addr);
+    let r = c.get(
+        "/",
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let seen = up.request(0).head.to_ascii_lowercase();
+    assert!(!seen.contains("upgrade"), "{seen}");
+    assert!(!seen.contains("http2-settings"), "{seen}");
+    // The connection goes on as HTTP/1.1.
+    assert_eq!(c.get("/", "").status, 200);
+    assert_eq!(weft.failures(), 0);
+}
+
 on_both_drivers!(
+    an_h2c_upgrade_offer_is_served_over_http1,
+    a_listener_s_http2_settings_reach_its_clients,
     rapid_reset_ends_the_offenders_connection,
     header_and_control_floods_end_only_the_offender,
     malformed_requests_are_refused_and_never_forwarded,
