@@ -12,7 +12,10 @@ use crate::state::Worker;
 use crate::timer::within;
 use crate::wire::{carry, wire};
 use bytes::{Bytes, BytesMut};
+use std::cell::Cell;
+use std::future::poll_fn;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use weft_core::config::Listener;
 
@@ -72,6 +75,7 @@ async fn drive(
 ) {
     let mut idle_until = Instant::now() + l.idle_timeout;
     let mut closing: Option<Instant> = None;
+    let live = Rc::new(Live::default());
     loop {
         let next = match closing {
             // After GOAWAY: the streams in flight finish, within the drain time.
@@ -82,7 +86,32 @@ async fn drive(
             Some(Some(Ok((req, respond)))) => {
                 idle_until = Instant::now() + l.idle_timeout;
                 let s = H2Stream { req, respond };
-                monoio::spawn(exchange_h2(w.clone(), li, s, peer_ip.clone(), identity.clone()));
+                let place = Place::take(&live);
+                let (w, peer_ip, identity) = (w.clone(), peer_ip.clone(), identity.clone());
+                monoio::spawn(async move {
+                    let _place = place;
+                    exchange_h2(w, li, s, peer_ip, identity).await
+                });
+                // A stream the client reset frees its place in h2 at once,
+                // but its exchange may run on a while (it notices the reset
+                // at its next wait): past the listener's stream limit, no
+                // new stream is taken until an exchange ends, so a client
+                // resetting streams as fast as it opens them (rapid reset)
+                // never has more exchanges running than that.
+                if live.count.get() >= l.http2.max_concurrent_streams {
+                    let closed = poll_fn(|cx| {
+                        if live.count.get() < l.http2.max_concurrent_streams {
+                            return Poll::Ready(false);
+                        }
+                        live.waiting.set(Some(cx.waker().clone()));
+                        // Meanwhile the connection runs (its streams go on).
+                        conn.poll_closed(cx).map(|_| true)
+                    })
+                    .await;
+                    if closed {
+                        return;
+                    }
+                }
             }
             // The connection ended (or failed: h2 has told the client why).
             Some(Some(Err(_))) | Some(None) => return,
@@ -101,6 +130,33 @@ async fn drive(
                     idle_until = now + l.idle_timeout;
                 }
             }
+        }
+    }
+}
+
+/// The exchanges of one connection's streams that are still running.
+#[derive(Default)]
+struct Live {
+    count: Cell<u32>,
+    /// The session waits for one to end.
+    waiting: Cell<Option<Waker>>,
+}
+
+/// One running exchange's place in [`Live`], given back when dropped.
+struct Place(Rc<Live>);
+
+impl Place {
+    fn take(live: &Rc<Live>) -> Place {
+        live.count.set(live.count.get() + 1);
+        Place(live.clone())
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.count.set(self.0.count.get().saturating_sub(1));
+        if let Some(w) = self.0.waiting.take() {
+            w.wake();
         }
     }
 }

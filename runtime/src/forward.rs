@@ -234,7 +234,10 @@ impl<'a> Ctx<'a> {
                 ErrorKind::UpstreamReset | ErrorKind::UpstreamMalformed => retry.reset,
                 ErrorKind::UpstreamTimeout => retry.timeout,
                 ErrorKind::UpstreamRefusedStream => {
+                    // Never processed: no fault of the endpoint's (a
+                    // draining upstream refuses streams above its GOAWAY).
                     any_method = true;
+                    failed = false;
                     retry.refused_stream
                 }
                 _ => false,
@@ -637,7 +640,11 @@ fn replayable(req: &Request, retry: &RetryPolicy, h2: bool) -> bool {
         BodyLength::Unknown => retry.max_replay_bytes > 0 && req.framing() != BodyFraming::UntilClose,
         BodyLength::Empty => false,
     };
-    let refused = h2 && retry.refused_stream && retry.attempts > 1;
+    // Only a body of known length is held for a refused stream: one of
+    // unknown length may be a stream of messages (gRPC), each of which the
+    // upstream must see as it comes.
+    let refused =
+        h2 && retry.refused_stream && retry.attempts > 1 && matches!(req.body(), BodyLength::Exact(_));
     fits && (refused || (idempotent(req.method()) && retry.retries_after_sending()))
 }
 

@@ -52,6 +52,18 @@ impl Drop for H2Stream {
     }
 }
 
+impl H2Stream {
+    /// The connection refused a new stream (GOAWAY, an error, its stream
+    /// ids spent): it takes no more, and leaves the endpoint's list.
+    pub(crate) fn connection_ended(&self) {
+        self.shared.ended.set(true);
+    }
+}
+
+/// The largest response head weft takes from an HTTP/2 upstream (as from
+/// an HTTP/1 one).
+const RESPONSE_HEAD_LIMIT: u32 = 64 * 1024;
+
 impl H2Conn {
     fn stream(&self) -> H2Stream {
         self.shared.open.set(self.shared.open.get() + 1);
@@ -61,9 +73,19 @@ impl H2Conn {
         }
     }
 
-    /// Whether it may carry one more stream now.
-    fn has_room(&self) -> bool {
-        !self.shared.ended.get() && (self.shared.open.get() as usize) < self.send.current_max_send_streams()
+    /// Whether it may carry one more stream now: it has not ended, has not
+    /// been told GOAWAY (h2 then refuses new streams: asked without
+    /// waiting), and is under the upstream's stream limit.
+    fn has_room(&mut self) -> bool {
+        if self.shared.ended.get() {
+            return false;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(Err(_)) = self.send.poll_ready(&mut cx) {
+            self.shared.ended.set(true);
+            return false;
+        }
+        (self.shared.open.get() as usize) < self.send.current_max_send_streams()
     }
 }
 
@@ -79,8 +101,8 @@ pub(crate) async fn stream(
     {
         let mut conns = ep.h2.borrow_mut();
         conns.retain(|c| !c.shared.ended.get());
-        if let Some(c) = conns.iter().find(|c| c.has_room()) {
-            return Ok(c.stream());
+        if let Some(i) = conns.iter_mut().position(|c| c.has_room()) {
+            return Ok(conns[i].stream());
         }
     }
     if !may_connect() {
@@ -109,6 +131,10 @@ async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<H2Conn
     // The handshake only queues the preface and SETTINGS on the wire: the
     // task below sends them.
     let handshake = h2::client::Builder::new()
+        // No server push (weft never asks for it), and a bound on the
+        // response heads it takes, as on HTTP/1.
+        .enable_push(false)
+        .max_header_list_size(RESPONSE_HEAD_LIMIT)
         .initial_window_size(cluster.http2.stream_window)
         .initial_connection_window_size(cluster.http2.connection_window)
         .max_send_buffer_size(cluster.http2.stream_window as usize)
@@ -126,7 +152,13 @@ async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<H2Conn
     let write_timeout = cluster.read_timeout;
     let ended = shared.clone();
     monoio::spawn(async move {
-        let _ = carry(&timers, write_timeout, io, pump, conn).await;
+        // Ended as soon as h2's connection is (GOAWAY done, an error, a
+        // close), not only once its last bytes are out.
+        let driver = async {
+            let _ = conn.await;
+            ended.ended.set(true);
+        };
+        carry(&timers, write_timeout, io, pump, driver).await;
         ended.ended.set(true);
     });
     Ok(H2Conn { send, shared })

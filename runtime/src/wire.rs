@@ -236,7 +236,9 @@ pub(crate) async fn carry<S: AsyncReadRent + AsyncWriteRent + Split, F: Future>(
             ) {
                 let mut s = shared.borrow_mut();
                 s.broken = true;
+                // h2 may wait on either side: both learn of it.
                 wake(&mut s.tx_wait);
+                wake(&mut s.rx_wait);
                 return;
             }
         }

@@ -228,6 +228,8 @@ pub struct H2Received {
 ///   bidirectional stream), then trailers `grpc-status: 0`;
 /// - `/refuse-once`: refuses the first such stream (RST_STREAM
 ///   REFUSED_STREAM), answers the next ones as the default;
+/// - `/goaway`: answered as the default, and its connection starts a
+///   graceful shutdown (GOAWAY; the streams it carries finish);
 /// - anything else: reads the request whole, answers 200 (or `x-status`)
 ///   with the request body (or `hello from h2`), `x-upstream: h2`, and
 ///   trailers `grpc-status: 0` when the request said `te: trailers`.
@@ -266,8 +268,20 @@ impl H2Upstream {
                         let Ok(mut conn) = h2::server::handshake(tcp).await else {
                             return;
                         };
-                        while let Some(Ok((req, respond))) = conn.accept().await {
-                            tokio::spawn(serve_h2(req, respond, r.clone(), refused.clone()));
+                        let goaway = Arc::new(tokio::sync::Notify::new());
+                        loop {
+                            tokio::select! {
+                                next = conn.accept() => match next {
+                                    Some(Ok((req, respond))) => {
+                                        if req.uri().path() == "/goaway" {
+                                            goaway.notify_one();
+                                        }
+                                        tokio::spawn(serve_h2(req, respond, r.clone(), refused.clone()));
+                                    }
+                                    _ => break,
+                                },
+                                () = goaway.notified() => conn.graceful_shutdown(),
+                            }
                         }
                     });
                 }

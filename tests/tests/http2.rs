@@ -339,7 +339,8 @@ fn an_http1_client_reaches_an_http2_upstream() {
 }
 
 /// A stream the upstream refuses never reached it: it goes again, even
-/// for a POST, when the route retries `refused-stream`.
+/// for a POST (its body, of known length, kept for it), when the route
+/// retries `refused-stream`.
 fn a_refused_stream_goes_again_for_any_method() {
     let up = H2Upstream::start();
     let (weft, addr) = h2_proxy(
@@ -348,7 +349,10 @@ fn a_refused_stream_goes_again_for_any_method() {
     );
     let mut c = H2::connect(addr);
     let r = c
-        .request(H2::head(addr, "POST", "/refuse-once", &[]), b"payload")
+        .request(
+            H2::head(addr, "POST", "/refuse-once", &[("content-length", "7")]),
+            b"payload",
+        )
         .expect("a response");
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"payload");
@@ -601,7 +605,38 @@ fn an_h2c_upgrade_offer_is_served_over_http1() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// An upstream connection that got GOAWAY takes no new stream: the
+/// streams it carries finish on it (a bidirectional stream goes on), new
+/// requests go on a new connection, and none fails.
+fn after_an_upstream_goaway_new_streams_go_on_a_new_connection() {
+    let up = H2Upstream::start();
+    let (weft, addr) = h2_proxy(&up, "");
+    let mut c = H2::connect(addr);
+    // A long stream on the first connection.
+    let req = H2::head(addr, "POST", "/stream", &[("te", "trailers")]);
+    let (res, mut send) = c.start(req, false).expect("stream opened");
+    let body = c.run(async { res.await.expect("a response head").into_body() });
+    // The upstream says GOAWAY on that connection.
+    assert_eq!(get(&mut c, addr, "/goaway", &[]).status, 200);
+    for _ in 0..3 {
+        assert_eq!(get(&mut c, addr, "/after", &[]).status, 200);
+    }
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        2,
+        "new streams on a new connection"
+    );
+    // The long stream still works, on the old one.
+    send.send_data(Bytes::from_static(b"still here"), true)
+        .expect("data");
+    let (echo, trailers) = c.run(weft_tests::h2c::read_body(body)).expect("the end");
+    assert_eq!(echo, b"still here");
+    assert!(trailers.is_some());
+    assert_eq!(weft.failures(), 0);
+}
+
 on_both_drivers!(
+    after_an_upstream_goaway_new_streams_go_on_a_new_connection,
     an_h2c_upgrade_offer_is_served_over_http1,
     a_listener_s_http2_settings_reach_its_clients,
     rapid_reset_ends_the_offenders_connection,

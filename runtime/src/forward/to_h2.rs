@@ -114,7 +114,9 @@ pub(super) async fn attempts<'a, C: Waiting>(
                 (s, res)
             });
         }
-        // This attempt's stream is dropped (h2 resets it).
+        // This attempt's stream is dropped (h2 resets it), and no longer
+        // counted open during the backoff.
+        drop(s);
         retries += 1;
         x.backoff(retry, retries).await;
     }
@@ -131,19 +133,29 @@ async fn attempt<C: Waiting>(
 ) -> Result<http::Response<RecvStream>, Failed> {
     let end = body.data.is_empty() && body.trailers.is_none();
     let (res, mut up) = request(x, s, to, end).await?;
+    let mut res = pin!(res);
     if !end {
         let timers = &x.w.timers;
         let wait = to.cluster.read_timeout;
-        let data_end = body.trailers.is_none();
-        match send_data(&mut up, body.data.clone(), data_end, timers, wait).await {
-            DataSent::Yes => {}
-            DataSent::Stalled => return Err(Failed::timeout()),
-            DataSent::Reset => return Err(reset(&mut up).await),
-        }
-        if let Some(t) = &body.trailers {
-            if up.send_trailers(t.clone()).is_err() {
-                return Err(reset(&mut up).await);
+        let sending = async {
+            let data_end = body.trailers.is_none();
+            match send_data(&mut up, body.data.clone(), data_end, timers, wait).await {
+                DataSent::Yes => {}
+                DataSent::Stalled => return Err(Failed::timeout()),
+                DataSent::Reset => return Err(reset(&mut up).await),
             }
+            if let Some(t) = &body.trailers {
+                if up.send_trailers(t.clone()).is_err() {
+                    return Err(reset(&mut up).await);
+                }
+            }
+            Ok(())
+        };
+        // An upstream may answer before it has read the body (a 413, say,
+        // then a reset with NO_ERROR, RFC 9113 §8.1): its answer counts.
+        monoio::select! {
+            r = &mut res => return r.map_err(upstream_failed),
+            sent = sending => sent?,
         }
     }
     answer(x, client, res).await
@@ -157,19 +169,24 @@ async fn request(
     end: bool,
 ) -> Result<(ResponseFuture, SendStream<Bytes>), Failed> {
     let head = x.h2_head_for(to)?;
-    poll_fn(|cx| s.send.poll_ready(cx))
-        .await
-        .map_err(upstream_failed)?;
-    s.send.send_request(head, end).map_err(upstream_failed)
+    let sent = match poll_fn(|cx| s.send.poll_ready(cx)).await {
+        Ok(()) => s.send.send_request(head, end),
+        Err(e) => Err(e),
+    };
+    sent.map_err(|e| {
+        // A connection that takes no new stream is done for new requests:
+        // the next attempt opens another.
+        s.connection_ended();
+        upstream_failed(e)
+    })
 }
 
 /// Waits for the response head, watching the client after a grace.
 async fn answer<C: Waiting>(
     x: &mut Ctx<'_>,
     client: &mut C,
-    res: ResponseFuture,
+    mut res: std::pin::Pin<&mut ResponseFuture>,
 ) -> Result<http::Response<RecvStream>, Failed> {
-    let mut res = pin!(res);
     let grace = x.w.timers.at(x.t.o.head_at + WATCH_AFTER);
     monoio::select! {
         r = &mut res => return r.map_err(upstream_failed),
@@ -330,7 +347,7 @@ pub(super) async fn from_h2<'a>(
     let (uploaded, answered) = {
         let mut sending = pin!(upload(&mut up, &w.timers, read_timeout, &mut from, &moved));
         let mut response = pin!(async {
-            let res = match within(w.timers.at(deadline), answer(x, &mut *respond, res)).await {
+            let res = match within(w.timers.at(deadline), answer(x, &mut *respond, pin!(res))).await {
                 Some(Ok(res)) => res,
                 Some(Err(f)) => return Err(f),
                 None => return Err(x.timed_out()),
@@ -444,7 +461,12 @@ pub(super) async fn from_h1<'a, S: Stream>(
             r
         });
         let mut response = pin!(async {
-            let res = match within(w.timers.at(deadline), answer(x, &mut H1Interim(&mut cw), res)).await {
+            let res = match within(
+                w.timers.at(deadline),
+                answer(x, &mut H1Interim(&mut cw), pin!(res)),
+            )
+            .await
+            {
                 Some(Ok(res)) => res,
                 Some(Err(f)) => return Err(f),
                 None => return Err(x.timed_out()),
@@ -552,7 +574,7 @@ pub(super) async fn to_h2_client(
             }
         }
     }
-    match within(w.timers.after(read_timeout), body.trailers()).await {
+    let ended = match within(w.timers.after(read_timeout), body.trailers()).await {
         Some(Ok(Some(t))) => send.send_trailers(t).is_ok(),
         Some(Ok(None)) => matches!(
             send_data(&mut send, Bytes::new(), true, &w.timers, l.write_timeout).await,
@@ -564,9 +586,17 @@ pub(super) async fn to_h2_client(
                 Side::Upstream,
             );
             send.send_reset(Reason::INTERNAL_ERROR);
-            false
+            return false;
         }
+    };
+    if !ended {
+        // The client reset the stream before its end (and its trailers).
+        x.t.o.fail(
+            ProxyError::new(ErrorKind::DownstreamClosed).code(),
+            Side::Downstream,
+        );
     }
+    ended
 }
 
 /// How sending a response to an HTTP/1 client ended.
