@@ -19,8 +19,12 @@ pub enum BodyReader {
     /// Chunked, forwarded as received (framing kept, validated).
     Chunked(ChunkedDecoder),
     /// Chunked, payload only (framing dropped): for an HTTP/1.0 client, or
-    /// a hop that frames the payload itself.
-    Dechunk(ChunkedDecoder),
+    /// a hop that frames the payload itself. The framing read since the
+    /// last payload is kept (bounded by the decoder's limits), so that the
+    /// trailers can be read once the body is done.
+    Dechunk(ChunkedDecoder, BytesMut),
+    /// A de-chunked body that has ended with these trailer fields.
+    Ended(Vec<(Bytes, Bytes)>),
     /// Until the connection closes.
     UntilClose,
 }
@@ -38,12 +42,21 @@ impl BodyReader {
 
     /// A reader for a chunked body that yields the payload only.
     pub fn dechunking() -> Self {
-        BodyReader::Dechunk(ChunkedDecoder::new())
+        BodyReader::Dechunk(ChunkedDecoder::new(), BytesMut::new())
     }
 
     /// True once the whole body has been taken.
     pub fn done(&self) -> bool {
-        matches!(self, BodyReader::Done)
+        matches!(self, BodyReader::Done | BodyReader::Ended(_))
+    }
+
+    /// The trailer fields of a de-chunked body that has ended (name and
+    /// value pairs, as received); none otherwise.
+    pub fn trailers(&self) -> &[(Bytes, Bytes)] {
+        match self {
+            BodyReader::Ended(t) => t,
+            _ => &[],
+        }
     }
 
     /// True for a body that ends only when the connection does.
@@ -73,12 +86,21 @@ impl BodyReader {
                 }
                 Ok(buf.split_to(k).freeze())
             }
-            BodyReader::Dechunk(d) => {
+            BodyReader::Dechunk(d, tail) => {
                 let mut out = BytesMut::new();
                 while !buf.is_empty() && !d.is_done() {
                     let step = d.step(buf)?;
                     let mut consumed = buf.split_to(step.consumed);
-                    let data = consumed.split_off(step.data.start).split_to(step.data.len());
+                    let mut data = consumed.split_off(step.data.start);
+                    let after = data.split_off(step.data.len());
+                    if data.is_empty() {
+                        tail.extend_from_slice(&consumed);
+                    } else {
+                        // Only the framing after the last payload matters
+                        // (not this chunk's size line).
+                        tail.clear();
+                    }
+                    tail.extend_from_slice(&after);
                     if out.is_empty() {
                         out = data;
                     } else {
@@ -89,12 +111,40 @@ impl BodyReader {
                     }
                 }
                 if d.is_done() {
-                    *self = BodyReader::Done;
+                    *self = BodyReader::Ended(trailer_fields(tail));
                 }
                 Ok(out.freeze())
             }
+            BodyReader::Ended(_) => Ok(Bytes::new()),
             BodyReader::UntilClose => Ok(buf.split().freeze()),
         }
+    }
+}
+
+/// The trailer fields in the framing that ended a chunked body: after the
+/// last payload's line end and the last-chunk line, `name: value` lines up
+/// to the empty line (already validated by the decoder).
+fn trailer_fields(tail: &[u8]) -> Vec<(Bytes, Bytes)> {
+    // Skip up to and through the last-chunk line (`0[;ext]\r\n`).
+    let Some(zero) = tail.iter().position(|&b| b == b'0') else {
+        return Vec::new();
+    };
+    let Some(eol) = tail[zero..].iter().position(|&b| b == b'\n') else {
+        return Vec::new();
+    };
+    let section = &tail[zero + eol + 1..];
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => fields
+            .iter()
+            .map(|f| {
+                (
+                    Bytes::copy_from_slice(f.name.as_bytes()),
+                    Bytes::copy_from_slice(f.value),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -192,5 +242,39 @@ mod tests {
         assert_eq!(&chunk_head(255)[..], b"ff\r\n");
         assert_eq!(&chunk_head(1)[..], b"1\r\n");
         assert_eq!(&last_chunk(&[])[..], b"0\r\n\r\n");
+    }
+
+    #[test]
+    fn a_dechunked_body_gives_its_trailers() {
+        let mut r = BodyReader::dechunking();
+        let mut buf =
+            BytesMut::from(&b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\nNEXT"[..]);
+        let mut payload = Vec::new();
+        while !r.done() {
+            payload.extend_from_slice(&r.take(&mut buf).expect("valid"));
+        }
+        assert_eq!(payload, b"hello");
+        assert_eq!(&buf[..], b"NEXT");
+        let t: Vec<(&[u8], &[u8])> = r.trailers().iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        assert_eq!(
+            t,
+            [
+                (&b"grpc-status"[..], &b"0"[..]),
+                (&b"grpc-message"[..], &b"ok"[..])
+            ]
+        );
+        // In pieces, byte by byte, after a chunk whose size line holds a 0.
+        let wire = b"10\r\n0123456789abcdef\r\n3\r\nabc\r\n0;x=1\r\nx-t: 1\r\n\r\n";
+        let mut r = BodyReader::dechunking();
+        let mut buf = BytesMut::new();
+        let mut payload = Vec::new();
+        for b in wire {
+            buf.extend_from_slice(&[*b]);
+            payload.extend_from_slice(&r.take(&mut buf).expect("valid"));
+        }
+        assert!(r.done());
+        assert_eq!(payload, b"0123456789abcdefabc");
+        assert_eq!(r.trailers().len(), 1);
+        assert_eq!(&r.trailers()[0].0[..], b"x-t");
     }
 }

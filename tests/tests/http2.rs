@@ -123,6 +123,8 @@ fn a_chunked_response_arrives_as_data_and_a_large_one_within_the_window() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("transfer-encoding"), None);
+    let trailers = r.trailers.as_ref().expect("the chunked body's trailers");
+    assert_eq!(trailers.get("x-trailer").map(|v| v.as_bytes()), Some(&b"t"[..]));
     assert_eq!(r.body.len(), n);
     assert_eq!(sha256(&r.body), sha256(&pattern(n, n as u64)));
     assert_eq!(weft.failures(), 0);
@@ -310,8 +312,9 @@ fn a_bidirectional_stream_moves_both_ways_at_once() {
 }
 
 /// An HTTP/1.1 client reaches an HTTP/2 upstream: its request goes as
-/// HTTP/2 (a chunked body de-chunked into DATA), the answer comes back as
-/// HTTP/1.1, chunked with the trailers in the last chunk.
+/// HTTP/2 (a chunked body de-chunked into DATA, its trailers as HTTP/2
+/// trailers), the answer comes back as HTTP/1.1, chunked with the trailers
+/// in the last chunk.
 fn an_http1_client_reaches_an_http2_upstream() {
     let up = H2Upstream::start();
     let (weft, addr) = h2_proxy(&up, "");
@@ -324,7 +327,7 @@ fn an_http1_client_reaches_an_http2_upstream() {
     assert_eq!((seen.method.as_str(), seen.path.as_str()), ("GET", "/a?b=c"));
     assert!(seen.headers.get("connection").is_none());
     // A chunked upload, and an answer with trailers (te: trailers).
-    c.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nTE: trailers\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    c.send(b"POST /up HTTP/1.1\r\nHost: svc\r\nTE: trailers\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 9\r\n\r\n");
     let raw = String::from_utf8_lossy(&c.read_until_close()).to_ascii_lowercase();
     assert!(raw.starts_with("http/1.1 200 "), "{raw}");
     assert!(raw.contains("transfer-encoding: chunked\r\n"), "{raw}");
@@ -334,6 +337,8 @@ fn an_http1_client_reaches_an_http2_upstream() {
     );
     let seen = up.request(1);
     assert_eq!(seen.body, b"hello world");
+    let t = seen.trailers.expect("the chunked request's trailers");
+    assert_eq!(t.get("x-sum").map(|v| v.as_bytes()), Some(&b"9"[..]));
     assert_eq!(seen.authority, "svc");
     assert_eq!(weft.failures(), 0);
 }

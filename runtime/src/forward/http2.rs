@@ -296,6 +296,32 @@ impl Source {
     }
 }
 
+/// Trailer fields read from an HTTP/1 chunked body, as HTTP/2 trailers
+/// (names in lower case; fields HTTP/2 cannot carry, or that belong to a
+/// connection, are left out); none when there are none.
+pub(super) fn trailer_map(fields: &[(Bytes, Bytes)]) -> Option<http::HeaderMap> {
+    let mut map = http::HeaderMap::new();
+    for (n, v) in fields {
+        let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(n), http::HeaderValue::from_bytes(v))
+        else {
+            continue;
+        };
+        if !matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+                | "host"
+        ) {
+            map.append(name, value);
+        }
+    }
+    (!map.is_empty()).then_some(map)
+}
+
 /// The last chunk of a chunked body, with `trailers`.
 fn last_chunk_of(trailers: Option<&http::HeaderMap>) -> Bytes {
     let fields: Vec<(&[u8], &[u8])> = trailers
@@ -483,7 +509,15 @@ async fn respond_to<R: monoio::io::AsyncReadRent>(
     }
     loop {
         let n = piece.len() as u64;
-        let sent = send_data(&mut send, piece, body.done(), timers, write_timeout).await;
+        // A chunked body's trailers (gRPC's status) follow its last DATA.
+        let trailers = trailer_map(body.trailers());
+        let end = body.done() && trailers.is_none();
+        let mut sent = send_data(&mut send, piece, end, timers, write_timeout).await;
+        if let (Sent::Yes, Some(t)) = (&sent, trailers) {
+            if send.send_trailers(t).is_err() {
+                sent = Sent::Reset;
+            }
+        }
         if !matches!(sent, Sent::Yes) {
             x.t.o.fail(sent.client_error().code(), Side::Downstream);
             send.send_reset(Reason::CANCEL);

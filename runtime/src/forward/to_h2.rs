@@ -266,7 +266,7 @@ impl<R: AsyncReadRent> Upload for FromH1<'_, '_, R> {
     }
 
     async fn trailers(&mut self) -> Result<Option<http::HeaderMap>, Failed> {
-        Ok(None)
+        Ok(super::http2::trailer_map(self.body.reader.trailers()))
     }
 }
 
@@ -406,7 +406,7 @@ pub(super) async fn from_h1<'a, S: Stream>(
     if body.reader.done() {
         let whole = WholeBody {
             data: first,
-            trailers: None,
+            trailers: super::http2::trailer_map(body.reader.trailers()),
         };
         let answered = {
             let mut waiting = H1Waiting {
