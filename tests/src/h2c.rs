@@ -228,6 +228,7 @@ pub struct H2Received {
 ///   bidirectional stream), then trailers `grpc-status: 0`;
 /// - `/refuse-once`: refuses the first such stream (RST_STREAM
 ///   REFUSED_STREAM), answers the next ones as the default;
+/// - `/reset`: resets the stream (RST_STREAM INTERNAL_ERROR);
 /// - `/goaway`: answered as the default, and its connection starts a
 ///   graceful shutdown (GOAWAY; the streams it carries finish);
 /// - anything else: reads the request whole, answers 200 (or `x-status`)
@@ -244,6 +245,12 @@ pub struct H2Upstream {
 
 impl H2Upstream {
     pub fn start() -> H2Upstream {
+        Self::start_with(None)
+    }
+
+    /// Started with `SETTINGS_MAX_CONCURRENT_STREAMS` of `max_streams`
+    /// (none: h2's default, no limit).
+    pub fn start_with(max_streams: Option<u32>) -> H2Upstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the HTTP/2 upstream");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("address");
@@ -265,7 +272,11 @@ impl H2Upstream {
                     c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let (r, refused) = (r.clone(), refused.clone());
                     tokio::spawn(async move {
-                        let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        let mut b = h2::server::Builder::new();
+                        if let Some(n) = max_streams {
+                            b.max_concurrent_streams(n);
+                        }
+                        let Ok(mut conn) = b.handshake(tcp).await else {
                             return;
                         };
                         let goaway = Arc::new(tokio::sync::Notify::new());
@@ -325,6 +336,11 @@ async fn serve_h2(
         body: Vec::new(),
         trailers: None,
     };
+    if path == "/reset" {
+        received.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        return;
+    }
     if path == "/refuse-once" && !refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
         received.lock().unwrap_or_else(|p| p.into_inner()).push(record);
         respond.send_reset(h2::Reason::REFUSED_STREAM);

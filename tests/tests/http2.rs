@@ -527,8 +527,8 @@ fn rapid_reset_ends_the_offenders_connection() {
 }
 
 /// A header block that never ends (CONTINUATION flood) or grows past the
-/// limit ends the offender's connection; a PING flood from a client that
-/// reads nothing is bounded too; others are served meanwhile.
+/// limit ends the offender's connection; SETTINGS and PING floods from
+/// clients that read nothing are bounded too; others are served meanwhile.
 fn header_and_control_floods_end_only_the_offender() {
     use weft_tests::h2c::{header_block, RawH2, GOAWAY, PING};
     let up = Upstream::echo("a");
@@ -555,6 +555,11 @@ fn header_and_control_floods_end_only_the_offender() {
         }
     }
     assert!(ended || bad.closed(), "the header flood went on");
+    // SETTINGS frames, never reading their acknowledgements.
+    let mut settings = RawH2::connect(addr);
+    for _ in 0..100_000u32 {
+        settings.frame(weft_tests::h2c::SETTINGS, 0, 0, &[0, 4, 0, 1, 0, 0]);
+    }
     // PINGs, never reading the answers.
     let mut pings = RawH2::connect(addr);
     for i in 0..100_000u64 {
@@ -640,7 +645,56 @@ fn after_an_upstream_goaway_new_streams_go_on_a_new_connection() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// An upstream that allows 2 streams per connection: weft keeps to it,
+/// opening another connection for the streams beyond.
+fn the_upstream_s_stream_limit_is_kept_with_more_connections() {
+    let up = H2Upstream::start_with(Some(2));
+    let (weft, addr) = h2_proxy(&up, "");
+    let mut c = H2::connect(addr);
+    // Make sure weft has the upstream's SETTINGS before the burst.
+    assert_eq!(get(&mut c, addr, "/", &[]).status, 200);
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let req = H2::head(addr, "POST", "/stream", &[]);
+        open.push(c.start(req, false).expect("stream opened"));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || up.connections.load(Ordering::SeqCst)
+            >= 3),
+        "5 streams at 2 per connection need 3 connections, got {}",
+        up.connections.load(Ordering::SeqCst)
+    );
+    for (res, mut send) in open {
+        send.send_data(Bytes::from_static(b"x"), true).expect("end");
+        let r = c.finish(res).expect("a response");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"x"[..]));
+    }
+    assert_eq!(weft.failures(), 0);
+}
+
+/// An upstream that resets a stream fails that stream only: 502 for it,
+/// the connection and the other streams go on.
+fn an_upstream_stream_reset_fails_that_stream_only() {
+    let up = H2Upstream::start();
+    let (weft, addr) = h2_proxy(&up, "");
+    let mut h1 = Client::connect(addr);
+    let r = h1.get("/reset", "");
+    assert_eq!((r.status, r.header("weft-error")), (502, Some("upstream-reset")));
+    assert_eq!(h1.get("/fine", "").status, 200);
+    let mut c = H2::connect(addr);
+    assert_eq!(get(&mut c, addr, "/reset", &[]).status, 502);
+    assert_eq!(get(&mut c, addr, "/fine", &[]).status, 200);
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "the upstream connection survived"
+    );
+    assert_eq!(weft.failures(), 2);
+}
+
 on_both_drivers!(
+    the_upstream_s_stream_limit_is_kept_with_more_connections,
+    an_upstream_stream_reset_fails_that_stream_only,
     after_an_upstream_goaway_new_streams_go_on_a_new_connection,
     an_h2c_upgrade_offer_is_served_over_http1,
     a_listener_s_http2_settings_reach_its_clients,
