@@ -530,7 +530,11 @@ pub(crate) async fn exchange<S: Stream>(
             return Next::after(after, client);
         }
     };
-    let to_h2 = w.config.clusters[c].protocol == Protocol::Http2;
+    // A request with `Upgrade` is never carried over HTTP/2: to a
+    // cleartext HTTP/2 cluster it goes over HTTP/1.1 to the same endpoint
+    // (a weft there speaks both on one port), as linkerd2-proxy does.
+    let cluster = &w.config.clusters[c];
+    let to_h2 = cluster.protocol == Protocol::Http2 && !(req.upgrade() && cluster.tls.is_none());
     if to_h2 && req.framing() == BodyFraming::Chunked {
         // The payload goes up as DATA: the chunked framing comes off.
         body.reader = Body::dechunking();

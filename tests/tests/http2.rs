@@ -692,7 +692,44 @@ fn an_upstream_stream_reset_fails_that_stream_only() {
     assert_eq!(weft.failures(), 2);
 }
 
+/// The mesh hop with an upgrade: weft A's cluster speaks HTTP/2 to weft B,
+/// but a request with `Upgrade` goes over HTTP/1.1 (never carried over
+/// HTTP/2), and the tunnel after the 101 works end to end.
+fn an_upgrade_to_an_http2_cluster_goes_over_http1() {
+    let app = Upstream::scripted(|mut s, _, _| {
+        use std::io::{Read, Write};
+        let mut buf = bytes::BytesMut::new();
+        if read_request(&mut s, &mut buf).is_none() {
+            return;
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        let mut b = [0u8; 1024];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let _ = s.write_all(&b[..n].to_ascii_uppercase());
+                }
+            }
+        }
+    });
+    let (b, b_addr) = proxy(&[app.addr]);
+    let a = start(&simple_config(&[b_addr], "", "protocol = \"http2\""));
+    let a_addr = a.addr("in").expect("listener");
+    let mut c = Client::connect(a_addr);
+    c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let r = c.response(true).expect("a response");
+    assert_eq!(r.status, 101);
+    c.send(b"hello tunnel");
+    assert_eq!(c.read_exact(12), b"HELLO TUNNEL");
+    drop(c);
+    assert_eq!(a.failures() + b.failures(), 0);
+}
+
 on_both_drivers!(
+    an_upgrade_to_an_http2_cluster_goes_over_http1,
     the_upstream_s_stream_limit_is_kept_with_more_connections,
     an_upstream_stream_reset_fails_that_stream_only,
     after_an_upstream_goaway_new_streams_go_on_a_new_connection,
