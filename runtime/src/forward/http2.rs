@@ -439,14 +439,18 @@ pub(super) async fn send_data(
 ) -> Sent {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        let granted = within(timers.after(wait), poll_fn(|cx| send.poll_capacity(cx))).await;
-        let n = match granted {
-            Some(Some(Ok(n))) => n,
-            Some(_) => return Sent::Reset,
-            None => return Sent::Stalled,
-        };
+        // Usually the window has room at once: no wait, no timer.
+        let mut n = send.capacity();
         if n == 0 {
-            continue;
+            let granted = within(timers.after(wait), poll_fn(|cx| send.poll_capacity(cx))).await;
+            n = match granted {
+                Some(Some(Ok(n))) => n,
+                Some(_) => return Sent::Reset,
+                None => return Sent::Stalled,
+            };
+            if n == 0 {
+                continue;
+            }
         }
         let part = data.split_to(n.min(data.len()));
         if send.send_data(part, end && data.is_empty()).is_err() {
