@@ -146,6 +146,8 @@ STEAL_FLAG = 10.0  # % steal on the proxy's or the load core
 # start-up line `weft: N worker(s) on SETUP`). `driver` is never "auto": a
 # weft target must not fall back silently.
 TUNED = "io-uring (ring: coop-taskrun,single-issuer)"
+# runtime.idle_poll of the weft-spin target.
+IDLE_POLL = env("IDLE_POLL", "100us")
 PLAIN = "io-uring (ring: plain)"
 WEFT_TARGETS = {
     "weft": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
@@ -154,6 +156,7 @@ WEFT_TARGETS = {
     "weft-base": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-tls": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-h2": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
+    "weft-spin": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED, "idle_poll": IDLE_POLL},
 }
 KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy", "nginx-tls", "nginx-h2", "haproxy-h2"]
 # Targets the load generators speak cleartext HTTP/2 to (prior knowledge):
@@ -554,8 +557,10 @@ def tls_files():
     return cert, key
 
 
-def weft_conf(port, up, driver, ring_setup=None, tls=False):
+def weft_conf(port, up, driver, ring_setup=None, tls=False, idle_poll=None):
     ring = f'ring_setup = "{ring_setup}"\n' if ring_setup else ""
+    if idle_poll:
+        ring += f'idle_poll = "{idle_poll}"\n'
     tls_line = 'tls = {{ cert = "{}", key = "{}" }}\n'.format(*tls_files()) if tls else ""
     return f"""# weft under benchmark: one worker (pinned by taskset), one route, one cluster.
 [runtime]
@@ -594,7 +599,8 @@ def start_proxy(target, up, rnd):
     if target in WEFT_TARGETS:
         spec = WEFT_TARGETS[target]
         conf = OUT / f"{name}.toml"
-        conf.write_text(weft_conf(port, up, spec["driver"], spec["ring_setup"], tls=target in TLS_TARGETS))
+        conf.write_text(weft_conf(port, up, spec["driver"], spec["ring_setup"], tls=target in TLS_TARGETS,
+                                  idle_poll=spec.get("idle_poll")))
         binary = WEFT_BASE_BIN if target == "weft-base" else WEFT_BIN
         argv = [str(binary), "--config", str(conf)]
     elif target in ("nginx", "nginx-tls", "nginx-h2"):

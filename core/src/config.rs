@@ -108,6 +108,11 @@ pub struct RuntimeSettings {
     pub pin_cores: bool,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain_timeout: Duration,
+    /// How long a worker keeps polling for IO without sleeping after a
+    /// request came in (`idle_poll`, off by default): the next completion
+    /// is then seen at once instead of after the wake-up of an idle core,
+    /// at the price of the CPU spent polling. Seastar's `idle-poll-time-us`.
+    pub idle_poll: Duration,
 }
 
 /// What a listener serves.
@@ -338,6 +343,8 @@ struct RawRuntime {
     pin_cores: bool,
     #[serde(default = "default_drain")]
     drain_timeout: Dur,
+    #[serde(default = "default_idle_poll")]
+    idle_poll: Spanned<Dur>,
 }
 
 impl Default for RawRuntime {
@@ -348,9 +355,18 @@ impl Default for RawRuntime {
             ring_setup: RingSetup::Tuned,
             pin_cores: false,
             drain_timeout: default_drain(),
+            idle_poll: default_idle_poll(),
         }
     }
 }
+
+fn default_idle_poll() -> Spanned<Dur> {
+    dflt(Dur(Duration::ZERO))
+}
+
+/// The longest `runtime.idle_poll`: past it, spinning costs a core for
+/// nothing a sleep would not do as well.
+const MAX_IDLE_POLL: Duration = Duration::from_millis(10);
 
 fn default_drain() -> Dur {
     secs(10)
@@ -900,6 +916,17 @@ impl Config {
             ring_setup: raw.runtime.ring_setup,
             pin_cores: raw.runtime.pin_cores,
             drain_timeout: raw.runtime.drain_timeout.0,
+            idle_poll: {
+                let d = raw.runtime.idle_poll.get_ref().0;
+                if d > MAX_IDLE_POLL {
+                    return Err(err(
+                        lines.at(raw.runtime.idle_poll.span().start),
+                        "runtime.idle_poll",
+                        format!("{d:?} is too long: at most {MAX_IDLE_POLL:?} (0 turns it off)"),
+                    ));
+                }
+                d
+            },
         };
 
         // Clusters first: routes refer to them by name.
@@ -1681,6 +1708,16 @@ pool = { max_idle = 4, idle_timeout = "5s" }
         );
         let e = error_of(&format!("{base}retry_budget = {{ window = \"0s\" }}\n"));
         assert_eq!(e.field, "cluster[0].retry_budget.window", "{e}");
+    }
+
+    #[test]
+    fn idle_poll_is_off_unless_asked_and_bounded() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        assert_eq!(parse(base).expect("valid").runtime.idle_poll, Duration::ZERO);
+        let c = parse(&format!("[runtime]\nidle_poll = \"50us\"\n{base}")).expect("valid");
+        assert_eq!(c.runtime.idle_poll, Duration::from_micros(50));
+        let e = error_of(&format!("[runtime]\nidle_poll = \"1s\"\n{base}"));
+        assert_eq!((e.line, e.field.as_str()), (Some(2), "runtime.idle_poll"), "{e}");
     }
 
     #[test]

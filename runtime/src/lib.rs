@@ -22,6 +22,7 @@ mod pipeline;
 mod reply;
 mod server;
 mod shutdown;
+mod spin;
 mod state;
 mod timer;
 pub mod tls;

@@ -57,6 +57,9 @@ pub(crate) struct Worker {
     pub gates: Vec<Gate>,
     /// Deadlines of this worker's waits.
     pub timers: Rc<Timers>,
+    /// Polling instead of sleeping after activity (`runtime.idle_poll`),
+    /// when on.
+    pub idle_poll: Option<crate::spin::Spin>,
     /// Per listener: requests in flight on this worker, and its share of
     /// the listener's `max_requests`.
     pub listener_requests: Vec<(Cell<u32>, Option<u32>)>,
@@ -232,6 +235,7 @@ impl Worker {
                     .collect()
             })
             .collect();
+        let idle_poll = crate::spin::Spin::new(config.runtime.idle_poll);
         Worker {
             config,
             clusters,
@@ -243,6 +247,7 @@ impl Worker {
             counters,
             gates,
             timers: Rc::new(Timers::default()),
+            idle_poll,
             hot_reads: Cell::new(0),
             rate_limits,
             listener_requests,
@@ -487,6 +492,9 @@ impl<'w> Tracker<'w> {
     /// Starts the record of a request whose head arrived at `head_at`.
     pub fn new(w: &'w Worker, head_at: Instant) -> Self {
         w.counters.request();
+        if let Some(spin) = &w.idle_poll {
+            spin.activity(head_at);
+        }
         Tracker {
             w,
             o: Outcome::new(head_at),

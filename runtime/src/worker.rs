@@ -147,6 +147,9 @@ pub(crate) async fn run(
     }
     // These run until the runtime ends with the worker.
     monoio::spawn(sweep_pools(worker.clone()));
+    if worker.idle_poll.is_some() {
+        monoio::spawn(crate::spin::run(worker.clone()));
+    }
     monoio::spawn(return_memory(worker.clone()));
     let w = worker.clone();
     monoio::spawn(async move { w.timers.run().await });

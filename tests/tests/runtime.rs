@@ -50,6 +50,34 @@ fn io_uring_driver() {
     server.shutdown();
 }
 
+/// `idle_poll` (polling instead of sleeping after a request) serves as
+/// well, on both drivers, and shuts down as usual.
+#[test]
+fn idle_poll_serves_on_both_drivers() {
+    for driver in ["epoll", "io-uring"] {
+        if driver == "io-uring" && host_io() == HostIo::EpollOnly {
+            continue;
+        }
+        let up = Upstream::echo("a");
+        let text = simple_config(&[up.addr], "", "")
+            .replace(
+                &format!("driver = \"{}\"", weft_tests::driver()),
+                &format!("driver = \"{driver}\""),
+            )
+            .replace(
+                "drain_timeout = \"5s\"",
+                "drain_timeout = \"5s\"\nidle_poll = \"200us\"",
+            );
+        assert!(text.contains("idle_poll"), "{text}");
+        let server = start(&text);
+        exercise(server.addr("in").unwrap());
+        // Idle again past the window: still served.
+        std::thread::sleep(Duration::from_millis(5)); // the window's end, not a readiness wait
+        exercise(server.addr("in").unwrap());
+        server.shutdown();
+    }
+}
+
 /// `ring_setup = "plain"` gives a plain ring, and it serves as well.
 #[test]
 fn io_uring_plain_ring() {
