@@ -156,7 +156,9 @@ WEFT_TARGETS = {
     "weft-base": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-tls": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-h2": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
-    "weft-spin": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED, "idle_poll": IDLE_POLL},
+    # idle_poll takes effect on epoll (and a plain ring), not on the tuned
+    # ring: COOP_TASKRUN defers completions until the loop waits.
+    "weft-spin": {"driver": "epoll", "ring_setup": None, "expect": "epoll", "idle_poll": IDLE_POLL},
 }
 KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy", "nginx-tls", "nginx-h2", "haproxy-h2"]
 # Targets the load generators speak cleartext HTTP/2 to (prior knowledge):
@@ -1263,6 +1265,8 @@ def summary(records, machine, command, fatal=None):
             others = [p for p in ("nginx-h2", "haproxy-h2") if p in shown]
         if w == "weft":
             others += [t for t in ("weft-base", "weft-plain-ring", "weft-epoll") if t in shown]
+        if w == "weft-spin":
+            others += [t for t in ("weft-epoll",) if t in shown]
         for o in others:
             for key, name in (("req_per_cpu_s", "req per proxy CPU-s"),
                               ("req_per_total_cpu_s", "req per proxy+upstream CPU-s")):

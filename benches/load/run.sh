@@ -40,8 +40,9 @@
 #                         (H2_STREAMS [1] streams per connection), oha --http2;
 #                         no idle-connection phase; the upstream stays HTTP/1.1
 #       nginx-h2, haproxy-h2  the peers with `listen ... http2` / `bind ... proto h2`
-#       weft-spin         weft as `weft` with runtime.idle_poll = IDLE_POLL [100us]:
+#       weft-spin         weft as `weft-epoll` with runtime.idle_poll = IDLE_POLL [100us]:
 #                         the latency the polling saves against the CPU it spends
+#                         (idle_poll has no effect on the tuned io_uring ring)
 #       nginx, haproxy    the peers, one worker each
 #                         A weft row whose start-up line (`weft: N worker(s) on
 #                         SETUP`, on its stderr) names another setup is refused:

@@ -326,10 +326,21 @@ impl Server {
                                 .map(|name| (cfg.clone(), name));
                         }
                     }
-                    let worker = Rc::new(worker);
+                    let mut worker = worker;
                     match driver {
                         DriverInUse::IoUring => match uring_runtime(config.runtime.ring_setup) {
                             Ok((mut rt, tuned)) => {
+                                if tuned && worker.idle_poll.take().is_some() && i == 0 {
+                                    // COOP_TASKRUN defers completions to an
+                                    // io_uring_enter that asks for events,
+                                    // which monoio makes only when it waits:
+                                    // a polling loop would see none.
+                                    log!(
+                                        "runtime.idle_poll has no effect on the tuned io_uring ring \
+                                         (COOP_TASKRUN); use ring_setup = \"plain\" or driver = \"epoll\" for it"
+                                    );
+                                }
+                                let worker = Rc::new(worker);
                                 let ready = Ready { tuned, ..ready };
                                 rt.block_on(worker::run(worker, mine, stop, ready))
                             }
@@ -339,7 +350,7 @@ impl Server {
                             .enable_timer()
                             .build()
                         {
-                            Ok(mut rt) => rt.block_on(worker::run(worker, mine, stop, ready)),
+                            Ok(mut rt) => rt.block_on(worker::run(Rc::new(worker), mine, stop, ready)),
                             Err(e) => ready.report(Err(format!("cannot build its epoll runtime: {e}"))),
                         },
                     }
