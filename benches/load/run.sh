@@ -70,6 +70,10 @@
 #   (per-try and connect timeouts of every proxy), FAULT_TARGETS
 #   ["weft nginx haproxy"], PROXY_CORE, LOAD_CORE, SKIP_BUILD, OUT.
 #
+# SCENARIO=scale runs scale.py instead: weft, nginx and haproxy with 1 and 2
+#   workers, nothing pinned (whole-box throughput on a 2-core machine); settings
+#   ROUNDS [3], DURATION [6s], WARMUP [2s], SCALE_CONNS [128], SKIP_BUILD, OUT.
+#
 # Quick check while developing: ROUNDS=1 DURATION=2s WARMUP=1s IDLE_CONNS=1000 benches/load/run.sh
 # Summary of an earlier or interrupted run again: python3 benches/load/bench.py --summary bench-results/<time>
 #
@@ -209,7 +213,8 @@ fi
 case "${SCENARIO:-load}" in
     load) script=bench.py ;;
     faults) script=faults.py ;;
-    *) die "SCENARIO=${SCENARIO} is unknown: use load (the default) or faults" ;;
+    scale) script=scale.py ;;
+    *) die "SCENARIO=${SCENARIO} is unknown: use load (the default), faults or scale" ;;
 esac
 python3 "$HERE/$script" &
 BENCH_PID=$!
