@@ -383,7 +383,9 @@ pub fn h2_response(res: &ResponseHead) -> Result<http::Response<()>, FieldsError
             continue;
         }
         let name = http::HeaderName::from_bytes(res.name(h)).map_err(|_| FieldsError::BadName)?;
-        let value = http::HeaderValue::from_bytes(res.value(h)).map_err(|_| FieldsError::BadValue)?;
+        // The value shares the head's memory (checked, not copied).
+        let value = http::HeaderValue::from_maybe_shared(res.raw.slice(h.value.clone()))
+            .map_err(|_| FieldsError::BadValue)?;
         fields.append(name, value);
     }
     Ok(out)
