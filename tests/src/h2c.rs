@@ -455,6 +455,8 @@ impl RawH2 {
     pub fn connect(addr: SocketAddr) -> RawH2 {
         let s = std::net::TcpStream::connect(addr).expect("connect to weft");
         s.set_read_timeout(Some(crate::IO_TIMEOUT)).expect("timeout");
+        // A flood that weft stops reading must not hang the test.
+        s.set_write_timeout(Some(crate::IO_TIMEOUT)).expect("timeout");
         s.set_nodelay(true).expect("nodelay");
         let mut c = RawH2 { s };
         c.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
