@@ -37,6 +37,9 @@ pub(crate) struct Endpoint {
     idle: RefCell<VecDeque<(UpIo, Instant)>>,
     /// HTTP/2 connections to it (a cluster of `protocol = "http2"`).
     pub h2: RefCell<Vec<crate::upstream_h2::H2Conn>>,
+    /// An HTTP/2 connection to it being opened, that other requests wait
+    /// for rather than open their own.
+    pub h2_opening: RefCell<Option<std::rc::Rc<crate::upstream_h2::Opening>>>,
 }
 
 impl Endpoint {
@@ -50,6 +53,7 @@ impl Endpoint {
             outlier: RefCell::new(Outlier::new(now)),
             idle: RefCell::new(VecDeque::new()),
             h2: RefCell::new(Vec::new()),
+            h2_opening: RefCell::new(None),
             tls: None,
         }
     }

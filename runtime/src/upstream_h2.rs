@@ -27,7 +27,14 @@ struct Shared {
     idle_since: Cell<Instant>,
     /// The connection has ended: no new streams.
     ended: Cell<bool>,
+    /// The upstream's SETTINGS have come (its stream limit is known).
+    settled: Cell<bool>,
 }
+
+/// Streams a connection takes before the upstream's SETTINGS tell its
+/// limit (h2 sends one at first and holds the rest until the limit is
+/// known: they queue, and are never refused for it).
+const UNSETTLED_STREAMS: usize = 100;
 
 /// One HTTP/2 connection to an endpoint, in the endpoint's list.
 pub(crate) struct H2Conn {
@@ -53,6 +60,12 @@ impl Drop for H2Stream {
 }
 
 impl H2Stream {
+    /// An answer came on this stream: the upstream's SETTINGS, which come
+    /// before any answer, are known on its connection.
+    pub(crate) fn answered(&self) {
+        self.shared.settled.set(true);
+    }
+
     /// The connection refused a new stream (GOAWAY, an error, its stream
     /// ids spent): it takes no more, and leaves the endpoint's list.
     pub(crate) fn connection_ended(&self) {
@@ -85,32 +98,101 @@ impl H2Conn {
             self.shared.ended.set(true);
             return false;
         }
-        (self.shared.open.get() as usize) < self.send.current_max_send_streams()
+        let limit = self.send.current_max_send_streams();
+        if limit != 1 {
+            // Only the upstream's SETTINGS move it from the initial one.
+            self.shared.settled.set(true);
+        }
+        let limit = if self.shared.settled.get() {
+            limit
+        } else {
+            UNSETTLED_STREAMS
+        };
+        (self.shared.open.get() as usize) < limit
     }
 }
 
-/// A stream on a connection to `ep` with room, else on a new connection
-/// (within the cluster's connect timeout; `may_connect`: whether the
-/// cluster has room for one more connection, else `Overflow`).
+/// A connection being opened to an endpoint: the requests that found no
+/// room wait for it instead of each opening one (a burst of first requests
+/// then shares one connection, as HTTP/2 means).
+#[derive(Default)]
+pub(crate) struct Opening {
+    done: Cell<bool>,
+    waiters: std::cell::RefCell<Vec<std::task::Waker>>,
+    /// The connection, once open.
+    conn: std::cell::RefCell<Option<(SendRequest<Bytes>, Rc<Shared>)>>,
+}
+
+/// Ends an [`Opening`] however its opener ends (done, failed, or dropped
+/// by a timeout): the endpoint forgets it and its waiters look again.
+struct Opened<'a>(&'a Endpoint, Rc<Opening>);
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        self.0.h2_opening.borrow_mut().take();
+        self.1.done.set(true);
+        for w in self.1.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// A stream on a connection to `ep` with room; else, when another request
+/// is opening a connection, on that one once it is open (if it has room);
+/// else on a new connection (within the cluster's connect timeout;
+/// `may_connect`: whether the cluster has room for one more connection,
+/// else `Overflow`).
 pub(crate) async fn stream(
     d: &Dialer<'_>,
     ep: &Endpoint,
     cluster: &Cluster,
     may_connect: impl FnOnce() -> bool,
 ) -> Result<H2Stream, ProxyError> {
-    {
-        let mut conns = ep.h2.borrow_mut();
-        conns.retain(|c| !c.shared.ended.get());
-        if let Some(i) = conns.iter_mut().position(|c| c.has_room()) {
-            return Ok(conns[i].stream());
+    let mut waited = false;
+    loop {
+        {
+            let mut conns = ep.h2.borrow_mut();
+            conns.retain(|c| !c.shared.ended.get());
+            if let Some(i) = conns.iter_mut().position(|c| c.has_room()) {
+                return Ok(conns[i].stream());
+            }
+        }
+        let opening = ep.h2_opening.borrow().clone();
+        match opening {
+            Some(op) if !waited => {
+                waited = true;
+                std::future::poll_fn(|cx| {
+                    if op.done.get() {
+                        return std::task::Poll::Ready(());
+                    }
+                    op.waiters.borrow_mut().push(cx.waker().clone());
+                    std::task::Poll::Pending
+                })
+                .await;
+                // The connection waited for takes this stream whatever its
+                // provisional limit: before its SETTINGS h2 allows one
+                // stream, and holds the others until the upstream's own
+                // limit (then known) has room.
+                let opened = op.conn.borrow().clone();
+                if let Some((send, shared)) = opened.filter(|(_, sh)| !sh.ended.get()) {
+                    let c = H2Conn { send, shared };
+                    return Ok(c.stream());
+                }
+            }
+            _ => break,
         }
     }
     if !may_connect() {
         return Err(ProxyError::new(ErrorKind::Overflow));
     }
+    let op = Rc::new(Opening::default());
+    *ep.h2_opening.borrow_mut() = Some(op.clone());
+    let opened = Opened(ep, op);
     let c = Box::pin(open(d, ep, cluster)).await?;
     let s = c.stream();
+    *opened.1.conn.borrow_mut() = Some((c.send.clone(), c.shared.clone()));
     ep.h2.borrow_mut().push(c);
+    drop(opened);
     Ok(s)
 }
 
@@ -134,6 +216,10 @@ async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<H2Conn
         // No server push (weft never asks for it), and a bound on the
         // response heads it takes, as on HTTP/1.
         .enable_push(false)
+        // One stream until the upstream's SETTINGS give its limit: a burst
+        // that waited for this connection queues in h2 rather than have
+        // streams over that limit refused.
+        .initial_max_send_streams(1)
         .max_header_list_size(RESPONSE_HEAD_LIMIT)
         .initial_window_size(cluster.http2.stream_window)
         .initial_connection_window_size(cluster.http2.connection_window)
@@ -147,6 +233,7 @@ async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<H2Conn
         open: Cell::new(0),
         idle_since: Cell::new(Instant::now()),
         ended: Cell::new(false),
+        settled: Cell::new(false),
     });
     let timers: Rc<Timers> = d.timers.clone();
     let write_timeout = cluster.read_timeout;

@@ -108,6 +108,9 @@ pub(super) async fn attempts<'a, C: Waiting>(
                 .unwrap_or_else(|| Err(Failed::timeout())),
             None => one.await,
         };
+        if answer.is_ok() {
+            s.answered();
+        }
         if !x.again(to, retry, answer.as_ref().map(|res| res.status().as_u16())) {
             return answer.map(|res| {
                 x.t.o.upstream_at = Some(Instant::now());
