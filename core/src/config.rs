@@ -1537,7 +1537,19 @@ impl Config {
         }
         for c in &self.clusters {
             let eps: Vec<String> = c.endpoints.iter().map(|e| e.to_string()).collect();
-            let _ = writeln!(s, "cluster {} ({:?}): {}", c.name, c.balancer, eps.join(", "));
+            let proto = match (c.protocol, c.tls.is_some()) {
+                (Protocol::Http1, false) => "HTTP/1.1",
+                (Protocol::Http1, true) => "HTTP/1.1 over TLS",
+                (Protocol::Http2, false) => "HTTP/2",
+                (Protocol::Http2, true) => "HTTP/2 over TLS",
+            };
+            let _ = writeln!(
+                s,
+                "cluster {} ({:?}, {proto}): {}",
+                c.name,
+                c.balancer,
+                eps.join(", ")
+            );
         }
         s
     }
