@@ -156,20 +156,21 @@ WEFT_TARGETS = {
     "weft-base": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-tls": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-h2": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
+    "weft-h2-tls": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     # idle_poll takes effect on epoll (and a plain ring), not on the tuned
     # ring: COOP_TASKRUN defers completions until the loop waits.
     "weft-spin": {"driver": "epoll", "ring_setup": None, "expect": "epoll", "idle_poll": IDLE_POLL},
 }
-KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy", "nginx-tls", "nginx-h2", "haproxy-h2"]
+KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy", "nginx-tls", "nginx-h2", "haproxy-h2", "nginx-h2-tls"]
 # Targets the load generators speak cleartext HTTP/2 to (prior knowledge):
 # h2load instead of wrk, oha with --http2; the upstream stays HTTP/1.1.
-H2_TARGETS = ("weft-h2", "nginx-h2", "haproxy-h2")
+H2_TARGETS = ("weft-h2", "nginx-h2", "haproxy-h2", "weft-h2-tls", "nginx-h2-tls")
 # Streams each h2load connection keeps open at once (1: as wrk, one request
 # in flight per connection).
 H2_STREAMS = int(env("H2_STREAMS", "1"))
 # Targets that terminate TLS (the load generators speak https to them, with a
 # test certificate made at the start of the run; no idle-connection phase).
-TLS_TARGETS = ("weft-tls", "nginx-tls")
+TLS_TARGETS = ("weft-tls", "nginx-tls", "weft-h2-tls", "nginx-h2-tls")
 # Connections of the handshake run of a TLS target (a handshake per request).
 HANDSHAKE_CONNS = 16
 PEERS = ("nginx", "haproxy")
@@ -364,9 +365,16 @@ def free_port():
 
 def h2_ok(port, timeout=1.0):
     """True when 127.0.0.1:port answers HTTP/2's connection preface with a
-    SETTINGS frame."""
+    SETTINGS frame (over TLS with ALPN h2 on a TLS port)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            s = raw
+            if port in TLS_PORTS:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                ctx.set_alpn_protocols(["h2"])
+                s = ctx.wrap_socket(raw, server_hostname="localhost")
             s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             data = b""
             while len(data) < 9:
@@ -605,10 +613,10 @@ def start_proxy(target, up, rnd):
                                   idle_poll=spec.get("idle_poll")))
         binary = WEFT_BASE_BIN if target == "weft-base" else WEFT_BIN
         argv = [str(binary), "--config", str(conf)]
-    elif target in ("nginx", "nginx-tls", "nginx-h2"):
+    elif target in ("nginx", "nginx-tls", "nginx-h2", "nginx-h2-tls"):
         (OUT / "nginx-tmp").mkdir(exist_ok=True)
         conf = OUT / f"{name}.conf"
-        conf.write_text(nginx_proxy_conf(port, up, tls=target == "nginx-tls", h2=target == "nginx-h2"))
+        conf.write_text(nginx_proxy_conf(port, up, tls=target in TLS_TARGETS, h2=target in H2_TARGETS))
         argv = ["nginx", "-p", str(OUT), "-c", str(conf)]
     elif target in ("haproxy", "haproxy-h2"):
         conf = OUT / f"{name}.cfg"
@@ -887,7 +895,7 @@ def measure(target, up, rnd, pos):
         rec["latency"] = {}
         for rate in RATES:
             rec["latency"][str(rate)] = with_cpu(pid, lambda: oha(port, rate, f"{target}-r{rnd}-oha-{rate}.json"))
-        if target in TLS_TARGETS:
+        if target in TLS_TARGETS and target not in H2_TARGETS:
             rec["handshakes"] = with_cpu(pid, lambda: wrk(port, DURATION, f"{target}-r{rnd}-handshakes.txt",
                                                          conns=HANDSHAKE_CONNS, close=True))
         if pid:
@@ -1263,6 +1271,8 @@ def summary(records, machine, command, fatal=None):
             others = [p for p in ("nginx-tls",) if p in shown]
         if w == "weft-h2":
             others = [p for p in ("nginx-h2", "haproxy-h2") if p in shown]
+        if w == "weft-h2-tls":
+            others = [p for p in ("nginx-h2-tls",) if p in shown]
         if w == "weft":
             others += [t for t in ("weft-base", "weft-plain-ring", "weft-epoll") if t in shown]
         if w == "weft-spin":

@@ -40,6 +40,7 @@
 #                         (H2_STREAMS [1] streams per connection), oha --http2;
 #                         no idle-connection phase; the upstream stays HTTP/1.1
 #       nginx-h2, haproxy-h2  the peers with `listen ... http2` / `bind ... proto h2`
+#       weft-h2-tls, nginx-h2-tls  HTTP/2 over TLS (ALPN h2), the test certificate
 #       weft-spin         weft as `weft-epoll` with runtime.idle_poll = IDLE_POLL [100us]:
 #                         the latency the polling saves against the CPU it spends
 #                         (idle_poll has no effect on the tuned io_uring ring)
