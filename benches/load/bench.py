@@ -363,18 +363,23 @@ def free_port():
         return s.getsockname()[1]
 
 
+def tls_wrap(raw, alpn=None):
+    """`raw` in a TLS client session that trusts any certificate (the
+    harness's own test certificate), offering `alpn` when given."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
 def h2_ok(port, timeout=1.0):
     """True when 127.0.0.1:port answers HTTP/2's connection preface with a
     SETTINGS frame (over TLS with ALPN h2 on a TLS port)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-            s = raw
-            if port in TLS_PORTS:
-                ctx = ssl.create_default_context()
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-                ctx.set_alpn_protocols(["h2"])
-                s = ctx.wrap_socket(raw, server_hostname="localhost")
+            s = tls_wrap(raw, ["h2"]) if port in TLS_PORTS else raw
             s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             data = b""
             while len(data) < 9:
@@ -394,12 +399,7 @@ def http_ok(port, timeout=1.0):
         return h2_ok(port, timeout)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-            s = raw
-            if port in TLS_PORTS:
-                ctx = ssl.create_default_context()
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-                s = ctx.wrap_socket(raw, server_hostname="localhost")
+            s = tls_wrap(raw) if port in TLS_PORTS else raw
             s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
             data = b""
             while b"\r\n" not in data:

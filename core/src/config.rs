@@ -364,6 +364,23 @@ fn default_idle_poll() -> Spanned<Dur> {
     dflt(Dur(Duration::ZERO))
 }
 
+/// The path of a PEM file a `tls` table names (resolved against the
+/// file's folder later): refused when empty.
+fn pem_path(
+    p: &Spanned<String>,
+    lines: &Lines<'_>,
+    field: String,
+) -> Result<std::path::PathBuf, ConfigError> {
+    if p.get_ref().trim().is_empty() {
+        return Err(err(
+            lines.at(p.span().start),
+            field,
+            "is empty: give the path of a PEM file",
+        ));
+    }
+    Ok(std::path::PathBuf::from(p.get_ref()))
+}
+
 /// The longest `runtime.idle_poll`: past it, spinning costs a core for
 /// nothing a sleep would not do as well.
 const MAX_IDLE_POLL: Duration = Duration::from_millis(10);
@@ -1105,14 +1122,7 @@ impl Config {
                     Some(t) => {
                         let t = t.get_ref();
                         let path = |p: &Spanned<String>, name: &str| {
-                            if p.get_ref().trim().is_empty() {
-                                return Err(err(
-                                    lines.at(p.span().start),
-                                    field(&format!("tls.{name}")),
-                                    "is empty: give the path of a PEM file",
-                                ));
-                            }
-                            Ok(std::path::PathBuf::from(p.get_ref()))
+                            pem_path(p, &lines, field(&format!("tls.{name}")))
                         };
                         let client_cert = match (&t.cert, &t.key) {
                             (None, None) => None,
@@ -1200,14 +1210,7 @@ impl Config {
                     Some(t) => {
                         let t = t.get_ref();
                         let path = |p: &Spanned<String>, name: &str| {
-                            if p.get_ref().trim().is_empty() {
-                                return Err(err(
-                                    lines.at(p.span().start),
-                                    field(&format!("tls.{name}")),
-                                    "is empty: give the path of a PEM file",
-                                ));
-                            }
-                            Ok(std::path::PathBuf::from(p.get_ref()))
+                            pem_path(p, &lines, field(&format!("tls.{name}")))
                         };
                         Some(ListenerTls {
                             cert: path(&t.cert, "cert")?,

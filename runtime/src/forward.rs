@@ -362,7 +362,16 @@ impl<'a> Ctx<'a> {
     /// Host gets the endpoint's authority).
     fn head_for(&self, to: &Upstream<'_>) -> Bytes {
         let mut out = BytesMut::new();
-        let opts = RequestOptions {
+        self.req.encode_h1(&self.options_for(to), &mut out);
+        out.freeze()
+    }
+
+    /// What the request's head takes on its way to `to`: the client's
+    /// address and scheme, the endpoint's authority for a request without
+    /// one, the verified identity, and the time left of its deadline (at
+    /// most the per-try timeout).
+    fn options_for<'o>(&'o self, to: &'o Upstream<'_>) -> RequestOptions<'o> {
+        RequestOptions {
             client_ip: self.peer_ip,
             proto: if self.l.tls.is_some() { "https" } else { "http" },
             default_host: &to.ep.authority,
@@ -371,24 +380,13 @@ impl<'a> Ctx<'a> {
                 let left = d.saturating_duration_since(Instant::now());
                 self.per_try.map_or(left, |t| t.min(left))
             }),
-        };
-        self.req.encode_h1(&opts, &mut out);
-        out.freeze()
+        }
     }
 
     /// The request's head as it goes to `to` over HTTP/2; a head HTTP/2
     /// cannot carry is the client's fault (400).
     fn h2_head_for(&self, to: &Upstream<'_>) -> Result<http::Request<()>, Failed> {
-        let opts = RequestOptions {
-            client_ip: self.peer_ip,
-            proto: if self.l.tls.is_some() { "https" } else { "http" },
-            default_host: &to.ep.authority,
-            identity: self.identity.as_deref(),
-            deadline: self.deadline.map(|d| {
-                let left = d.saturating_duration_since(Instant::now());
-                self.per_try.map_or(left, |t| t.min(left))
-            }),
-        };
+        let opts = self.options_for(to);
         let scheme = if to.cluster.tls.is_some() { "https" } else { "http" };
         self.req.to_h2(&opts, scheme).map_err(|_| Failed {
             error: ProxyError::new(ErrorKind::BadRequest {
@@ -1167,11 +1165,7 @@ async fn full_duplex<'a, S: Stream>(
             }
             x.t.o.bytes_out += CONTINUE.len() as u64;
         }
-        x.t.o.attempts += 1;
-        match write_two(&mut up.io, head, first).await {
-            Ok(()) => Ok(up),
-            Err(_) => Err(Failed::upstream_gone(false)),
-        }
+        send_start(x, &mut up, head, first).await.map(|()| up)
     })
     .await;
     let up = match opened {
@@ -1271,6 +1265,15 @@ async fn full_duplex<'a, S: Stream>(
             }
         }
     }
+}
+
+/// Sends the head and the body's first bytes of a request whose body is
+/// still arriving on `up`: its one attempt (it cannot be repeated).
+async fn send_start(x: &mut Ctx<'_>, up: &mut Conn, head: Bytes, first: Bytes) -> Result<(), Failed> {
+    x.t.o.attempts += 1;
+    write_two(&mut up.io, head, first)
+        .await
+        .map_err(|_| Failed::upstream_gone(false))
 }
 
 /// Reads the final response head of a full-duplex exchange: interim

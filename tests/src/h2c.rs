@@ -134,18 +134,7 @@ impl H2 {
     /// Reads a response whole: head, body (giving the window back as it
     /// goes), trailers.
     pub fn finish(&mut self, res: ResponseFuture) -> Result<H2Response, h2::Error> {
-        bounded(&self.rt, async {
-            let res = res.await?;
-            let status = res.status().as_u16();
-            let (parts, body) = res.into_parts();
-            let (body, trailers) = read_body(body).await?;
-            Ok(H2Response {
-                status,
-                headers: parts.headers,
-                body,
-                trailers,
-            })
-        })
+        bounded(&self.rt, read_response(res))
     }
 
     /// Reads the responses of several streams at once (each stream's data
@@ -154,20 +143,7 @@ impl H2 {
         bounded(&self.rt, async {
             let tasks: Vec<_> = pending
                 .into_iter()
-                .map(|res| {
-                    tokio::spawn(async move {
-                        let res = res.await?;
-                        let status = res.status().as_u16();
-                        let (parts, body) = res.into_parts();
-                        let (body, trailers) = read_body(body).await?;
-                        Ok(H2Response {
-                            status,
-                            headers: parts.headers,
-                            body,
-                            trailers,
-                        })
-                    })
-                })
+                .map(|res| tokio::spawn(read_response(res)))
                 .collect();
             let mut out = Vec::new();
             for t in tasks {
@@ -196,6 +172,20 @@ impl H2 {
             .block_on(async { tokio::time::timeout(crate::CLOSE_BOUND, conn).await })
             .is_ok()
     }
+}
+
+/// Reads a response whole: head, body, trailers.
+async fn read_response(res: ResponseFuture) -> Result<H2Response, h2::Error> {
+    let res = res.await?;
+    let status = res.status().as_u16();
+    let (parts, body) = res.into_parts();
+    let (body, trailers) = read_body(body).await?;
+    Ok(H2Response {
+        status,
+        headers: parts.headers,
+        body,
+        trailers,
+    })
 }
 
 /// Reads a body whole and then its trailers.

@@ -387,6 +387,14 @@ fn draining_sends_goaway_and_lets_the_stream_in_flight_finish() {
     weft.join();
 }
 
+/// The pseudo-fields of a plain GET, for the raw frame client.
+const GET: [(&[u8], &[u8]); 4] = [
+    (b":method", b"GET"),
+    (b":scheme", b"http"),
+    (b":path", b"/"),
+    (b":authority", b"svc"),
+];
+
 /// A header list, name and value pairs.
 type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
 
@@ -399,12 +407,7 @@ fn malformed_requests_are_refused_and_never_forwarded() {
     use weft_tests::h2c::{RawH2, GOAWAY, HEADERS, RST_STREAM};
     let up = Upstream::echo("a");
     let (weft, addr) = proxy(&[up.addr]);
-    let base: [(&[u8], &[u8]); 4] = [
-        (b":method", b"GET"),
-        (b":scheme", b"http"),
-        (b":path", b"/"),
-        (b":authority", b"svc"),
-    ];
+    let base = GET;
     let with = |extra: &[(&'static [u8], &'static [u8])]| {
         let mut f: Vec<(&[u8], &[u8])> = base.to_vec();
         f.extend_from_slice(extra);
@@ -494,12 +497,7 @@ fn rapid_reset_ends_the_offenders_connection() {
     use weft_tests::h2c::{RawH2, GOAWAY};
     let up = Upstream::echo("a");
     let (weft, addr) = proxy(&[up.addr]);
-    let base: [(&[u8], &[u8]); 4] = [
-        (b":method", b"GET"),
-        (b":scheme", b"http"),
-        (b":path", b"/"),
-        (b":authority", b"svc"),
-    ];
+    let base = GET;
     let mut bad = RawH2::connect(addr);
     let mut stream = 1u32;
     for _ in 0..5000 {
@@ -533,12 +531,7 @@ fn header_and_control_floods_end_only_the_offender() {
     use weft_tests::h2c::{header_block, RawH2, GOAWAY, PING};
     let up = Upstream::echo("a");
     let (weft, addr) = proxy(&[up.addr]);
-    let base: [(&[u8], &[u8]); 4] = [
-        (b":method", b"GET"),
-        (b":scheme", b"http"),
-        (b":path", b"/"),
-        (b":authority", b"svc"),
-    ];
+    let base = GET;
     let mut bad = RawH2::connect(addr);
     // HEADERS without END_HEADERS, then CONTINUATION after CONTINUATION.
     bad.frame(1, 0x1, 1, &header_block(&base));

@@ -53,7 +53,19 @@ fn downloads_a_client_never_reads_do_not_grow_memory() {
     }
     // Every stream reached its upstream, which is writing 8 MB into it.
     assert!(eventually(Duration::from_secs(10), || up.count() == 100));
-    std::thread::sleep(Duration::from_millis(500)); // let buffers fill: a fault's schedule, not a readiness wait
+    // Let the buffers fill: until the resident memory stops growing (two
+    // readings 50 ms apart within 256 KiB), at most 5 s. Memory that kept
+    // growing fails below at the bound.
+    let mut last = (rss_kib(), std::time::Instant::now());
+    eventually(Duration::from_secs(5), || {
+        if last.1.elapsed() < Duration::from_millis(50) {
+            return false;
+        }
+        let now = rss_kib();
+        let settled = now.abs_diff(last.0) < 256;
+        last = (now, std::time::Instant::now());
+        settled
+    });
     let grown = rss_kib().saturating_sub(before);
     eprintln!("100 streams x 8 MB unread: resident memory grew by {} KiB", grown);
     assert!(

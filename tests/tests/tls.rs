@@ -186,6 +186,25 @@ fn tls_config(certs: &Certs, up: SocketAddr, extra: &str) -> String {
     simple_config(&[up], &certs.listener_tls(extra), "")
 }
 
+/// A mutual-TLS listener whose first route sends the identity
+/// `spiffe://mesh/sa/web` to `trusted` and every other request to `other`.
+fn identity_routes(certs: &Certs, trusted: &Upstream, other: &Upstream) -> String {
+    let tls = certs.listener_tls(&format!(
+        ", client_ca = \"{}\"",
+        certs.dir.join("ca.pem").display()
+    ));
+    format!(
+        "{}\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{tls}\n\n\
+         [[route]]\ncluster = \"trusted\"\nmatch = {{ headers = {{ weft-client-identity = \"spiffe://mesh/sa/web\" }} }}\n\n\
+         [[route]]\ncluster = \"other\"\n\n\
+         [[cluster]]\nname = \"trusted\"\nendpoints = [\"{}\"]\n\n\
+         [[cluster]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
+        runtime_section(1),
+        trusted.addr,
+        other.addr
+    )
+}
+
 /// GETs and a large POST over TLS on one keep-alive connection: ALPN
 /// `http/1.1` for a client that offers only it, bodies byte for byte both
 /// ways, and the upstream told the client came over https.
@@ -318,21 +337,7 @@ fn an_idle_tls_connection_is_closed_with_close_notify() {
 fn mutual_tls_verifies_clients_and_passes_their_identity_on() {
     let certs = Certs::new();
     let (trusted, other) = (Upstream::echo("trusted"), Upstream::echo("other"));
-    let tls = certs.listener_tls(&format!(
-        ", client_ca = \"{}\"",
-        certs.dir.join("ca.pem").display()
-    ));
-    let config = format!(
-        "{}\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{tls}\n\n\
-         [[route]]\ncluster = \"trusted\"\nmatch = {{ headers = {{ weft-client-identity = \"spiffe://mesh/sa/web\" }} }}\n\n\
-         [[route]]\ncluster = \"other\"\n\n\
-         [[cluster]]\nname = \"trusted\"\nendpoints = [\"{}\"]\n\n\
-         [[cluster]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
-        runtime_section(1),
-        trusted.addr,
-        other.addr
-    );
-    let weft = start(&config);
+    let weft = start(&identity_routes(&certs, &trusted, &other));
     let addr = weft.addr("in").expect("listener `in`");
     // The web client: its identity routes it, and goes upstream once.
     let mut s = connect(addr, certs.client_with_cert("spiffe://mesh/sa/web"));
@@ -660,21 +665,7 @@ fn bad_certificate_files_are_refused_at_start() {
 fn http2_by_alpn_with_a_client_identity() {
     let certs = Certs::new();
     let (trusted, other) = (Upstream::echo("trusted"), Upstream::echo("other"));
-    let tls = certs.listener_tls(&format!(
-        ", client_ca = \"{}\"",
-        certs.dir.join("ca.pem").display()
-    ));
-    let config = format!(
-        "{}\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n{tls}\n\n\
-         [[route]]\ncluster = \"trusted\"\nmatch = {{ headers = {{ weft-client-identity = \"spiffe://mesh/sa/web\" }} }}\n\n\
-         [[route]]\ncluster = \"other\"\n\n\
-         [[cluster]]\nname = \"trusted\"\nendpoints = [\"{}\"]\n\n\
-         [[cluster]]\nname = \"other\"\nendpoints = [\"{}\"]\n",
-        runtime_section(1),
-        trusted.addr,
-        other.addr
-    );
-    let weft = start(&config);
+    let weft = start(&identity_routes(&certs, &trusted, &other));
     let addr = weft.addr("in").expect("listener `in`");
     let cfg = (*certs.client_with_cert("spiffe://mesh/sa/web")).clone();
     let mut c = weft_tests::h2c::H2::connect_tls(addr, cfg, "localhost");

@@ -10,8 +10,8 @@
 //! client's RST_STREAM is a client that gave up (the attempt is dropped).
 //! A stream failure ends that stream only.
 
-use super::{attempts, final_head, open, replayable, within, Ctx, Failed, Upstream, Waiting};
-use crate::io::{read_more, write_one, write_two};
+use super::{attempts, final_head, open, replayable, send_start, within, Ctx, Failed, Upstream, Waiting};
+use crate::io::{read_more, write_one};
 use crate::state::Worker;
 use crate::timer::Timers;
 use crate::upstream::Conn;
@@ -576,11 +576,7 @@ async fn full_duplex<'a>(
         let mut head_at = to.i;
         let mut up = open(x, &mut to, retry, false).await?;
         x.rehead(&to, &mut head, &mut head_at);
-        x.t.o.attempts += 1;
-        match write_two(&mut up.io, head, first).await {
-            Ok(()) => Ok(up),
-            Err(_) => Err(Failed::upstream_gone(false)),
-        }
+        send_start(x, &mut up, head, first).await.map(|()| up)
     })
     .await;
     let up = match opened {
