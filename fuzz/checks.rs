@@ -1363,7 +1363,7 @@ pub fn check_config(data: &[u8]) {
             "max_headers {}",
             l.max_headers
         );
-        for r in &l.routes.routes {
+        for r in l.routes.routes() {
             assert!(
                 (1..=max_line).contains(&r.line),
                 "route on line {} of {max_line}",

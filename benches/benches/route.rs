@@ -1,79 +1,142 @@
-//! Route matching: `RouteTable::find` over 100 routes, each with an exact host
-//! and a path prefix (the last three also with a method or a header
-//! condition). Measures a hit on the last route (every route is tried) and a
-//! miss (every route is tried, none matches). The miss's host has the length
-//! of most routes' hosts, so no comparison stops at a length check.
+//! Route matching: `RouteTable::find` over tables of 10 to 10,000 hosts, one
+//! route per host (an exact host and a path prefix; every tenth also with a
+//! method, every twentieth with a header condition), then a `*.example.com`
+//! route and a catch-all. Measures a hit on the first and on the last host,
+//! a host that only the wildcard matches, and a miss that falls through to
+//! the catch-all; and, for scale, the same last-host lookup as a linear scan
+//! of every route (how the table worked before it was indexed by host).
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use weft_core::{HostMatch, PathMatch, Route, RouteMatch, RouteTable, Target};
 
-const ROUTES: usize = 100;
+fn route(
+    host: &str,
+    path: PathMatch,
+    method: Option<&str>,
+    headers: Vec<(String, String)>,
+    line: usize,
+) -> Route {
+    Route {
+        retry: weft_core::route::RetryPolicy::default(),
+        rate_limit: None,
+        matcher: RouteMatch {
+            host: HostMatch::parse(host),
+            path,
+            method: method.map(str::to_string),
+            headers,
+        },
+        target: Target::Cluster(line % 8),
+        timeout: std::time::Duration::from_secs(15),
+        line,
+    }
+}
 
-fn table() -> RouteTable {
-    let routes = (0..ROUTES)
-        .map(|i| Route {
-            retry: weft_core::route::RetryPolicy::default(),
-            rate_limit: None,
-            matcher: RouteMatch {
-                host: HostMatch::parse(&format!("svc{i}.example.com")),
-                path: PathMatch::Prefix(format!("/api/v1/svc{i}/")),
-                method: (i % 10 == 9).then(|| "GET".to_string()),
-                headers: if i % 20 == 19 {
+/// `hosts` routes of one host each, then `*.example.com`, then `*`.
+fn routes(hosts: usize) -> Vec<Route> {
+    let mut v: Vec<Route> = (0..hosts)
+        .map(|i| {
+            route(
+                &format!("svc{i}.example.com"),
+                PathMatch::Prefix(format!("/api/v1/svc{i}/")),
+                (i % 10 == 9).then_some("GET"),
+                if i % 20 == 19 {
                     vec![("x-tenant".to_string(), "blue".to_string())]
                 } else {
                     Vec::new()
                 },
-            },
-            target: Target::Cluster(i % 8),
-            timeout: std::time::Duration::from_secs(15),
-            line: i + 1,
+                i + 1,
+            )
         })
         .collect();
-    RouteTable { routes }
+    v.push(route(
+        "*.example.com",
+        PathMatch::Any,
+        None,
+        Vec::new(),
+        hosts + 1,
+    ));
+    v.push(route("*", PathMatch::Any, None, Vec::new(), hosts + 2));
+    v
+}
+
+/// The table as it was before the index: every route tried in order.
+fn linear<'r>(
+    routes: &'r [Route],
+    host: &str,
+    path: &str,
+    method: &str,
+    header: impl Fn(&str) -> Option<&'static [u8]>,
+) -> Option<&'r Route> {
+    routes.iter().find(|r| {
+        let m = &r.matcher;
+        m.host.matches(Some(host))
+            && match &m.path {
+                PathMatch::Any => true,
+                PathMatch::Exact(p) => path == p,
+                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            }
+            && m.method.as_deref().is_none_or(|x| x == method)
+            && m.headers.iter().all(|(n, v)| header(n) == Some(v.as_bytes()))
+    })
+}
+
+const HEADERS: [(&str, &[u8]); 3] = [
+    ("x-tenant", b"blue"),
+    ("accept", b"*/*"),
+    ("user-agent", b"curl/7.88.1"),
+];
+
+fn lookup(name: &str) -> Option<&'static [u8]> {
+    HEADERS.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
 }
 
 fn bench_route(c: &mut Criterion) {
-    let t = table();
-    let headers: [(&str, &[u8]); 3] = [
-        ("x-tenant", b"blue"),
-        ("accept", b"*/*"),
-        ("user-agent", b"curl/7.88.1"),
-    ];
-    let lookup = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-    let last = format!("svc{}.example.com", ROUTES - 1);
-    let last_path = format!("/api/v1/svc{}/users/42", ROUTES - 1);
-
-    // Sanity checks, outside the measurement.
-    let hit = t.find(Some(&last), &last_path, "GET", lookup).expect("hit");
-    assert_eq!(hit.line, ROUTES);
-    assert!(t
-        .find(Some("zzz42.example.com"), "/api/v1/svc1/x", "GET", lookup)
-        .is_none());
-
-    let mut g = c.benchmark_group("route_find_100");
-    g.bench_function("hit_last", |b| {
-        b.iter(|| {
-            t.find(
-                black_box(Some(last.as_str())),
-                black_box(last_path.as_str()),
-                black_box("GET"),
-                lookup,
-            )
-            .map(|r| r.line)
-        })
-    });
-    g.bench_function("miss", |b| {
-        b.iter(|| {
-            t.find(
-                black_box(Some("zzz42.example.com")),
-                black_box("/api/v1/svc1/x"),
-                black_box("GET"),
-                lookup,
-            )
-            .map(|r| r.line)
-        })
-    });
+    let mut g = c.benchmark_group("route_find");
+    for hosts in [10usize, 100, 1_000, 10_000] {
+        let list = routes(hosts);
+        let t = RouteTable::new(list.clone());
+        let last = format!("svc{}.example.com", hosts - 1);
+        let last_path = format!("/api/v1/svc{}/users/42", hosts - 1);
+        let cases: [(&str, &str, &str, usize); 4] = [
+            ("hit_first", "svc0.example.com", "/api/v1/svc0/users/42", 1),
+            ("hit_last", &last, &last_path, hosts),
+            ("wildcard", "other.example.com", "/api/v1/svc1/x", hosts + 1),
+            ("catch_all", "zzz42.example.org", "/api/v1/svc1/x", hosts + 2),
+        ];
+        for (name, host, path, line) in cases {
+            // Sanity checks, outside the measurement: the index answers as
+            // the linear scan does.
+            assert_eq!(
+                t.find(Some(host), path, "GET", lookup).map(|r| r.line),
+                Some(line)
+            );
+            assert_eq!(
+                linear(&list, host, path, "GET", lookup).map(|r| r.line),
+                Some(line)
+            );
+            g.bench_with_input(BenchmarkId::new(name, hosts), &hosts, |b, _| {
+                b.iter(|| {
+                    t.find(black_box(Some(host)), black_box(path), black_box("GET"), lookup)
+                        .map(|r| r.line)
+                })
+            });
+        }
+        if hosts >= 1_000 {
+            g.bench_with_input(BenchmarkId::new("hit_last_linear_scan", hosts), &hosts, |b, _| {
+                b.iter(|| {
+                    linear(
+                        &list,
+                        black_box(&last),
+                        black_box(&last_path),
+                        black_box("GET"),
+                        lookup,
+                    )
+                    .map(|r| r.line)
+                })
+            });
+        }
+    }
     g.finish();
 }
 

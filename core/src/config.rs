@@ -1447,7 +1447,7 @@ impl Config {
                     Some(RateLimit { rps, burst })
                 }
             };
-            listeners[li].routes.routes.push(Route {
+            listeners[li].routes.push(Route {
                 matcher,
                 target,
                 timeout,
@@ -1457,7 +1457,7 @@ impl Config {
             });
         }
         for (i, l) in listeners.iter().enumerate() {
-            if l.routes.routes.is_empty() {
+            if l.routes.is_empty() {
                 let line = raw.listeners.get(i).map(|r| lines.at(r.span().start));
                 return Err(ConfigError {
                     line,
@@ -1482,9 +1482,10 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for l in &self.listeners {
-            let routes = &l.routes.routes;
+            let routes = l.routes.routes();
             for (j, later) in routes.iter().enumerate() {
-                if let Some(earlier) = routes[..j].iter().find(|e| e.matcher.covers(&later.matcher)) {
+                let earlier = l.routes.may_cover(j).into_iter().map(|i| &routes[i]);
+                if let Some(earlier) = earlier.into_iter().find(|e| e.matcher.covers(&later.matcher)) {
                     out.push(format!(
                         "line {}: this route of listener `{}` never matches: the route on line {} matches every request it would (the first match wins)",
                         later.line, l.name, earlier.line
@@ -1515,10 +1516,10 @@ impl Config {
                 "listener {} on {} ({} routes{})",
                 l.name,
                 l.addr,
-                l.routes.routes.len(),
+                l.routes.len(),
                 if l.tls.is_some() { ", TLS" } else { "" }
             );
-            for r in &l.routes.routes {
+            for r in l.routes.routes() {
                 let target = match &r.target {
                     Target::Cluster(c) => self.clusters[*c].name.clone(),
                     Target::Split {
@@ -1597,12 +1598,12 @@ pool = { max_idle = 4, idle_timeout = "5s" }
     fn parses_the_sketch() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.runtime.workers, 2);
-        assert_eq!(c.listeners[0].routes.routes.len(), 2);
+        assert_eq!(c.listeners[0].routes.len(), 2);
         assert_eq!(
-            c.listeners[0].routes.routes[0].matcher.headers,
+            c.listeners[0].routes.routes()[0].matcher.headers,
             vec![("x-canary".into(), "1".into())]
         );
-        assert_eq!(c.listeners[0].routes.routes[0].line, 9);
+        assert_eq!(c.listeners[0].routes.routes()[0].line, 9);
         assert_eq!(c.clusters[0].connect_timeout, Duration::from_millis(250));
         assert_eq!(c.clusters[1].pool.max_idle, 4);
         assert!(c.describe().contains("b=1 a=99"));
@@ -1656,16 +1657,16 @@ pool = { max_idle = 4, idle_timeout = "5s" }
     fn retry_defaults_and_mistakes() {
         let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n[[route]]\ncluster = \"c\"\n";
         let c = parse(base).expect("valid");
-        let r = c.listeners[0].routes.routes[0].retry;
+        let r = c.listeners[0].routes.routes()[0].retry;
         assert_eq!(
             (r.attempts, r.connect_failure),
             (2, true),
             "nginx's proxy_next_upstream error"
         );
         let c = parse(&format!("{base}retry = {{ attempts = 3 }}\n")).expect("valid");
-        assert_eq!(c.listeners[0].routes.routes[0].retry.attempts, 3);
+        assert_eq!(c.listeners[0].routes.routes()[0].retry.attempts, 3);
         let c = parse(&format!("{base}retry = {{ on = [] }}\n")).expect("valid");
-        assert!(!c.listeners[0].routes.routes[0].retry.connect_failure);
+        assert!(!c.listeners[0].routes.routes()[0].retry.connect_failure);
         let e = error_of(&format!("{base}retry = {{ attempts = 0 }}\n"));
         assert_eq!(
             (e.line, e.field.as_str()),
@@ -1676,7 +1677,7 @@ pool = { max_idle = 4, idle_timeout = "5s" }
             "{base}retry = {{ on = [\"refused-stream\"], statuses = [429, 409], max_replay_bytes = 1024 }}\n"
         ))
         .expect("valid");
-        let r = c.listeners[0].routes.routes[0].retry;
+        let r = c.listeners[0].routes.routes()[0].retry;
         assert!(r.refused_stream && !r.connect_failure);
         assert!(r.retries_status(429) && r.retries_status(409) && !r.retries_status(503));
         assert_eq!(r.max_replay_bytes, 1024);
@@ -1691,7 +1692,7 @@ pool = { max_idle = 4, idle_timeout = "5s" }
             "{base}retry = {{ attempts = 3, on = [\"reset\", \"gateway-error\", \"timeout\"], per_try_timeout = \"1s\" }}\n"
         ))
         .expect("valid");
-        let r = c.listeners[0].routes.routes[0].retry;
+        let r = c.listeners[0].routes.routes()[0].retry;
         assert!(r.reset && r.timeout && !r.connect_failure);
         assert!(r.retries_status(503) && !r.retries_status(500));
         assert_eq!(r.per_try_timeout, Some(Duration::from_secs(1)));
@@ -1838,12 +1839,12 @@ pool = { max_idle = 4, idle_timeout = "5s" }
     fn rate_limits() {
         let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n[[route]]\ncluster = \"c\"\n";
         assert_eq!(
-            parse(base).expect("valid").listeners[0].routes.routes[0].rate_limit,
+            parse(base).expect("valid").listeners[0].routes.routes()[0].rate_limit,
             None
         );
         let c = parse(&format!("{base}rate_limit = {{ rps = 100 }}\n")).expect("valid");
         assert_eq!(
-            c.listeners[0].routes.routes[0].rate_limit,
+            c.listeners[0].routes.routes()[0].rate_limit,
             Some(RateLimit { rps: 100, burst: 100 })
         );
         let e = error_of(&format!("{base}rate_limit = {{ rps = 0 }}\n"));

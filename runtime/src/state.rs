@@ -226,7 +226,7 @@ impl Worker {
             .iter()
             .map(|l| {
                 l.routes
-                    .routes
+                    .routes()
                     .iter()
                     .map(|r| {
                         r.rate_limit
