@@ -97,13 +97,10 @@ pub fn parse_response(
         let start = reason.as_ptr() as usize - base.as_ptr() as usize;
         start..start + reason.len()
     };
-    let headers = res
-        .headers
-        .iter()
-        .take_while(|h| !h.name.is_empty())
-        .copied()
-        .collect::<Vec<_>>();
-    let s = scan(base, &headers)?;
+    // The fields httparse filled (no copy: a vector here was an allocation
+    // per message).
+    let filled = res.headers.iter().take_while(|h| !h.name.is_empty()).count();
+    let s = scan(base, &res.headers[..filled])?;
     let bodyless = head_request || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if bodyless {
         BodyFraming::None

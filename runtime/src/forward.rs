@@ -361,9 +361,8 @@ impl<'a> Ctx<'a> {
     /// The request's head as it goes to `to` (an HTTP/1.0 request without
     /// Host gets the endpoint's authority).
     fn head_for(&self, to: &Upstream<'_>) -> Bytes {
-        let mut out = BytesMut::new();
-        self.req.encode_h1(&self.options_for(to), &mut out);
-        out.freeze()
+        let opts = self.options_for(to);
+        self.w.encode_head(|out| self.req.encode_h1(&opts, out))
     }
 
     /// What the request's head takes on its way to `to`: the client's
@@ -649,6 +648,10 @@ fn replayable(req: &Request, retry: &RetryPolicy, h2: bool) -> bool {
         h2 && retry.refused_stream && retry.attempts > 1 && matches!(req.body(), BodyLength::Exact(_));
     fits && (refused || (idempotent(req.method()) && retry.retries_after_sending()))
 }
+
+/// Most bytes of response body copied into the head's buffer to go out in
+/// the same write.
+const INLINE_BODY: usize = 1024;
 
 /// `100 Continue`, for a client that waits for it before its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -1050,8 +1053,6 @@ async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
         keep_alive_10: http10 && !close,
         upgrade: false,
     };
-    let mut out = BytesMut::with_capacity(res.raw.len() + 64);
-    encode_response(res, &opts, &mut out);
     let mut body = if dechunk {
         Body::dechunking()
     } else {
@@ -1060,6 +1061,17 @@ async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
     let Ok(first) = body.take(ubuf) else {
         return Sent::Malformed;
     };
+    // A small first piece of body goes in the head's buffer: one plain
+    // write, where two buffers would need a vectored one (whose iovec list
+    // monoio allocates).
+    let inline = first.len() <= INLINE_BODY;
+    let out = x.w.encode_head(|out| {
+        encode_response(res, &opts, out);
+        if inline {
+            out.extend_from_slice(&first);
+        }
+    });
+    let first = if inline { Bytes::new() } else { first };
     let timers = &x.w.timers;
     // The client's write deadline counts from when the upstream answered.
     let answered = x.t.o.upstream_at.unwrap_or(x.t.o.head_at);
@@ -1067,7 +1079,7 @@ async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
     x.head_started = true;
     let sent = within(
         timers.at(answered + x.l.write_timeout),
-        write_two(client, out.freeze(), first),
+        write_two(client, out, first),
     )
     .await;
     if !client_took(&mut x.t, sent, n) {

@@ -167,14 +167,18 @@ pub(crate) async fn read_more<S: AsyncReadRent>(stream: &mut S, buf: &mut BytesM
 }
 
 /// Two byte buffers written with one `writev`, without copying either.
+/// Boxed where it is written: io_uring's kernel reads the iovec list when
+/// the ring is entered, after the operation holding it has moved, so the
+/// list must stay at one address.
 struct Pair {
-    _bufs: [Bytes; 2],
+    bufs: [Bytes; 2],
     iov: [libc::iovec; 2],
 }
 
 // SAFETY: the iovecs point into the two `Bytes`, which `Pair` owns and never
-// changes; heap memory of a `Bytes` does not move when the struct moves.
-unsafe impl IoVecBuf for Pair {
+// changes (heap memory of a `Bytes` does not move), and the list itself is
+// in the box's heap memory, which does not move when the box does.
+unsafe impl IoVecBuf for Box<Pair> {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         self.iov.as_ptr()
     }
@@ -185,6 +189,12 @@ unsafe impl IoVecBuf for Pair {
 
 /// Writes `head` then `body` completely, in one vectored write when both
 /// are non-empty.
+///
+/// Not monoio's `write_vectored_all`: after a short write that ends inside
+/// a buffer, monoio 0.2.4 sends that buffer's first bytes again in place of
+/// its rest (its `IoVecMeta::consume` shortens the iovec without moving its
+/// start), which corrupts a response to a client whose socket buffer is
+/// nearly full. What one `writev` leaves goes here by plain writes.
 pub(crate) async fn write_two<S: AsyncWriteRent>(stream: &mut S, head: Bytes, body: Bytes) -> io::Result<()> {
     if body.is_empty() {
         return write_one(stream, head).await;
@@ -202,12 +212,27 @@ pub(crate) async fn write_two<S: AsyncWriteRent>(stream: &mut S, head: Bytes, bo
             iov_len: body.len(),
         },
     ];
-    let pair = Pair {
-        _bufs: [head, body],
+    let total = head.len() + body.len();
+    let pair = Box::new(Pair {
+        bufs: [head, body],
         iov,
+    });
+    let (res, pair) = stream.writev(pair).await;
+    let n = match res {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+        Err(e) => return Err(e),
     };
-    let (res, _) = stream.write_vectored_all(pair).await;
-    res.map(|_| ())
+    if n == total {
+        return Ok(());
+    }
+    let [head, body] = pair.bufs;
+    if n < head.len() {
+        write_one(stream, head.slice(n..)).await?;
+        write_one(stream, body).await
+    } else {
+        write_one(stream, body.slice(n - head.len()..)).await
+    }
 }
 
 /// Writes `buf` completely.

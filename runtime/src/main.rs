@@ -1,11 +1,11 @@
 //! The `weft` binary: run a configuration, check one, or run the demo.
 
-use mimalloc::MiMalloc;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use weft::alloc::MiMalloc;
 use weft::{demo, load, Server};
 
 #[global_allocator]

@@ -273,6 +273,35 @@ async fn answer_one(up: &mem::Listener, body: &str) -> MemStream {
 }
 
 #[test]
+fn a_response_the_client_takes_in_small_pieces_arrives_whole() {
+    // The head and the first body bytes go in one write (a small body
+    // copied after the head, a larger one by a vectored write); a client
+    // that takes 16 or 90 bytes at a time cuts it inside the head, or
+    // inside the body, and the rest must follow in order.
+    for (cap, len) in [(16, 200), (90, 200), (16, 3000), (90, 3000)] {
+        pipeline(config("", "", ""), move |k| async move {
+            let up = k.upstream();
+            let mut c = k.client_with(cap);
+            let mut cb = Vec::new();
+            send(&mut c, GET).await;
+            let body = "0123456789".repeat(len / 10);
+            let _u = answer_one(&up, &body).await;
+            let res = read_message(&mut c, &mut cb).await;
+            assert!(
+                res.starts_with("HTTP/1.1 200 OK\r\n") && res.ends_with(&body),
+                "{cap}: {res}"
+            );
+            let o = k.outcomes(1).await;
+            assert_eq!(
+                (o[0].status, o[0].bytes_out),
+                (Some(200), res.len() as u64),
+                "{cap}"
+            );
+        });
+    }
+}
+
+#[test]
 fn a_pooled_connection_the_upstream_closed_is_retried_on_a_new_one() {
     pipeline(config("", "", ""), |k| async move {
         let up = k.upstream();

@@ -8,6 +8,7 @@ use crate::counters::WorkerCounters;
 use crate::health::HealthTable;
 use crate::timer::Timers;
 use crate::upstream::{Dialer, Endpoint};
+use bytes::{Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -69,6 +70,10 @@ pub(crate) struct Worker {
     /// Connections with a read posted in the hot window (at most
     /// [`HOT_READS`]).
     pub hot_reads: Cell<usize>,
+    /// Where HTTP/1 heads going out are encoded: each takes its bytes out
+    /// of one shared buffer ([`Worker::encode_head`]), so that a head costs
+    /// no allocation of its own.
+    heads: RefCell<BytesMut>,
     /// The pipeline tests' in-memory network: upstream connections are
     /// made on it instead of TCP.
     #[cfg(test)]
@@ -77,6 +82,13 @@ pub(crate) struct Worker {
     #[cfg(test)]
     pub outcomes: RefCell<Vec<Outcome>>,
 }
+
+/// Size of the buffers heads are encoded into ([`Worker::encode_head`]).
+const HEADS_BUFFER: usize = 8 * 1024;
+
+/// Room a head usually needs: below it, the next head starts a new buffer
+/// (a larger head grows the buffer itself).
+const HEAD_ROOM: usize = 1024;
 
 /// A listener's connection limit on one worker: the accept loop waits for
 /// room before it accepts, a connection gives its place back when it ends.
@@ -249,6 +261,7 @@ impl Worker {
             timers: Rc::new(Timers::default()),
             idle_poll,
             hot_reads: Cell::new(0),
+            heads: RefCell::new(BytesMut::new()),
             rate_limits,
             listener_requests,
             #[cfg(test)]
@@ -256,6 +269,21 @@ impl Worker {
             #[cfg(test)]
             outcomes: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Encodes a head with `encode` and returns its bytes. Heads are
+    /// carved one after another out of a shared 8 KiB buffer, as a bump
+    /// allocator would: a new buffer is taken only when one is used up (or
+    /// reused in place once every head carved from it is gone). A head
+    /// kept long (a request waiting on a slow upload) holds at most its
+    /// buffer.
+    pub fn encode_head(&self, encode: impl FnOnce(&mut BytesMut)) -> Bytes {
+        let mut heads = self.heads.borrow_mut();
+        if heads.capacity() < HEAD_ROOM {
+            heads.reserve(HEADS_BUFFER);
+        }
+        encode(&mut heads);
+        heads.split().freeze()
     }
 
     /// How this worker opens upstream connections.
