@@ -149,9 +149,11 @@ TUNED = "io-uring (ring: coop-taskrun,single-issuer)"
 # runtime.idle_poll of the weft-spin target.
 IDLE_POLL = env("IDLE_POLL", "100us")
 PLAIN = "io-uring (ring: plain)"
+DEFER = "io-uring (ring: defer-taskrun,single-issuer)"
 WEFT_TARGETS = {
     "weft": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-plain-ring": {"driver": "io-uring", "ring_setup": "plain", "expect": PLAIN},
+    "weft-defer": {"driver": "io-uring", "ring_setup": "defer", "expect": DEFER},
     "weft-epoll": {"driver": "epoll", "ring_setup": None, "expect": "epoll"},
     "weft-base": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-tls": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
@@ -1274,7 +1276,7 @@ def summary(records, machine, command, fatal=None):
         if w == "weft-h2-tls":
             others = [p for p in ("nginx-h2-tls",) if p in shown]
         if w == "weft":
-            others += [t for t in ("weft-base", "weft-plain-ring", "weft-epoll") if t in shown]
+            others += [t for t in ("weft-base", "weft-plain-ring", "weft-defer", "weft-epoll") if t in shown]
         if w == "weft-spin":
             others += [t for t in ("weft-epoll",) if t in shown]
         for o in others:
@@ -1292,7 +1294,8 @@ def summary(records, machine, command, fatal=None):
         L.extend(ratio_rows)
         L.append("")
         L.append("Above 1: weft serves more requests per CPU-second than the other. weft / weft-plain-ring is the "
-                 "ring-flag A/B (COOP_TASKRUN + SINGLE_ISSUER against no flags); weft / weft-base is this build "
+                 "ring-flag A/B (COOP_TASKRUN + SINGLE_ISSUER against no flags), weft / weft-defer COOP_TASKRUN against "
+                 "DEFER_TASKRUN; weft / weft-base is this build "
                  "against the base build (before/after).")
 
     # ---- per round

@@ -27,6 +27,8 @@
 #       weft-plain-ring   weft, driver = "io-uring", ring_setup = "plain"; must
 #                         report `io-uring (ring: plain)` (with weft: the
 #                         ring-flag A/B)
+#       weft-defer        weft, driver = "io-uring", ring_setup = "defer"; must
+#                         report `io-uring (ring: defer-taskrun,single-issuer)`
 #       weft-epoll        weft, driver = "epoll"; must report `epoll`
 #       weft-base         weft built from BASE_REV (or the binary WEFT_BASE_BIN)
 #                         with weft's configuration: before/after in one run

@@ -67,6 +67,10 @@ pub enum RingSetup {
     Tuned,
     /// A ring with no setup flags (for comparisons and odd kernels).
     Plain,
+    /// DEFER_TASKRUN and SINGLE_ISSUER: completions are run only when the
+    /// worker asks for them (monoio does when it waits), never by an
+    /// interrupt; `tuned`'s flags on kernels that refuse it (before 6.1).
+    Defer,
 }
 
 /// How a cluster picks an endpoint.
@@ -366,11 +370,7 @@ fn default_idle_poll() -> Spanned<Dur> {
 
 /// The path of a PEM file a `tls` table names (resolved against the
 /// file's folder later): refused when empty.
-fn pem_path(
-    p: &Spanned<String>,
-    lines: &Lines<'_>,
-    field: String,
-) -> Result<std::path::PathBuf, ConfigError> {
+fn pem_path(p: &Spanned<String>, lines: &Lines, field: String) -> Result<std::path::PathBuf, ConfigError> {
     if p.get_ref().trim().is_empty() {
         return Err(err(
             lines.at(p.span().start),
@@ -467,7 +467,7 @@ impl RawHttp2 {
     fn settings(
         raw: Option<&RawHttp2>,
         listener: bool,
-        lines: &Lines<'_>,
+        lines: &Lines,
         field: impl Fn(&str) -> String,
     ) -> Result<Http2Settings, ConfigError> {
         let mut s = Http2Settings::default();
@@ -838,15 +838,27 @@ pub fn literal_only(s: &str) -> Result<Vec<SocketAddr>, String> {
         .map_err(|_| format!("`{s}` is not an IP:port address"))
 }
 
-struct Lines<'a>(&'a str);
+/// Line numbers of byte offsets in the source, for messages: the offset
+/// of each line's start, found once, then a binary search per lookup (a
+/// count of newlines per lookup made loading a large file quadratic).
+struct Lines(Vec<usize>);
 
-impl Lines<'_> {
+impl Lines {
+    fn new(src: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(
+                src.bytes()
+                    .enumerate()
+                    .filter(|(_, b)| *b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
+        Lines(starts)
+    }
+
+    /// The 1-based line of byte `offset`.
     fn at(&self, offset: usize) -> usize {
-        self.0.as_bytes()[..offset.min(self.0.len())]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
+        self.0.partition_point(|start| *start <= offset).max(1)
     }
 }
 
@@ -857,7 +869,7 @@ fn unique_name(
     name: &Spanned<String>,
     i: usize,
     index: &mut HashMap<String, usize>,
-    lines: &Lines<'_>,
+    lines: &Lines,
 ) -> Result<String, ConfigError> {
     let line = lines.at(name.span().start);
     let field = format!("{kind}[{i}].name");
@@ -875,7 +887,7 @@ fn unique_name(
 const MAX_WORKERS: usize = 1024;
 
 /// A duration that must be longer than zero, or the error naming its line.
-fn positive(d: &Spanned<Dur>, lines: &Lines<'_>, field: String) -> Result<Duration, ConfigError> {
+fn positive(d: &Spanned<Dur>, lines: &Lines, field: String) -> Result<Duration, ConfigError> {
     if d.get_ref().0.is_zero() {
         return Err(err(lines.at(d.span().start), field, "must be longer than zero"));
     }
@@ -886,7 +898,7 @@ fn positive(d: &Spanned<Dur>, lines: &Lines<'_>, field: String) -> Result<Durati
 fn within(
     n: &Spanned<usize>,
     range: std::ops::RangeInclusive<usize>,
-    lines: &Lines<'_>,
+    lines: &Lines,
     field: String,
 ) -> Result<usize, ConfigError> {
     let v = *n.get_ref();
@@ -915,7 +927,7 @@ fn err(line: usize, field: impl Into<String>, message: impl Into<String>) -> Con
 impl Config {
     /// Parses and validates a configuration, resolving endpoint names with `resolve`.
     pub fn parse(src: &str, resolve: Resolver<'_>) -> Result<Config, ConfigError> {
-        let lines = Lines(src);
+        let lines = Lines::new(src);
         let raw: RawConfig = toml::from_str(src).map_err(|e| ConfigError {
             line: e.span().map(|s| lines.at(s.start)),
             field: String::new(),
@@ -1562,6 +1574,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_numbers_match_a_count_of_newlines() {
+        for src in ["", "a", "\n", "a\nb", "a\n\nbc\n", "\n\nx\n\n"] {
+            let lines = Lines::new(src);
+            for offset in 0..=src.len() + 2 {
+                let naive = src.as_bytes()[..offset.min(src.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1;
+                assert_eq!(lines.at(offset), naive, "{src:?} at {offset}");
+            }
+        }
+    }
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, &literal_only)

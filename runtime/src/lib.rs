@@ -32,6 +32,6 @@ mod upstream_h2;
 mod wire;
 mod worker;
 
-pub use server::{IoSetup, Server, StartError, WorkerCounters};
+pub use server::{IoSetup, Ring, Server, StartError, WorkerCounters};
 pub use shutdown::Shutdown;
 pub use weft_core::Config;

@@ -34,20 +34,35 @@ enum DriverInUse {
 pub enum IoSetup {
     /// epoll (monoio's legacy driver).
     Epoll,
-    /// io_uring; `tuned` when every worker's ring took COOP_TASKRUN and
-    /// SINGLE_ISSUER, false for a plain ring.
+    /// io_uring, with the setup flags every worker's ring took.
     IoUring {
-        /// The setup flags took effect.
-        tuned: bool,
+        /// The flags (the fewest any worker got).
+        ring: Ring,
     },
+}
+
+/// The setup flags an io_uring ring took, fewest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Ring {
+    /// No setup flags.
+    Plain,
+    /// COOP_TASKRUN and SINGLE_ISSUER.
+    CoopTaskrun,
+    /// DEFER_TASKRUN and SINGLE_ISSUER.
+    DeferTaskrun,
 }
 
 impl fmt::Display for IoSetup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IoSetup::Epoll => f.write_str("epoll"),
-            IoSetup::IoUring { tuned: true } => f.write_str("io-uring (ring: coop-taskrun,single-issuer)"),
-            IoSetup::IoUring { tuned: false } => f.write_str("io-uring (ring: plain)"),
+            IoSetup::IoUring { ring: Ring::Plain } => f.write_str("io-uring (ring: plain)"),
+            IoSetup::IoUring {
+                ring: Ring::CoopTaskrun,
+            } => f.write_str("io-uring (ring: coop-taskrun,single-issuer)"),
+            IoSetup::IoUring {
+                ring: Ring::DeferTaskrun,
+            } => f.write_str("io-uring (ring: defer-taskrun,single-issuer)"),
         }
     }
 }
@@ -157,30 +172,41 @@ fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
     Ok(all)
 }
 
-/// A worker's io_uring runtime, and whether the ring setup flags took
-/// effect. `Tuned` sets the ring up for one thread: COOP_TASKRUN (no
-/// interrupt to run completions; the worker picks them up when it enters the
-/// kernel anyway) and SINGLE_ISSUER. On this project's benchmark that is
-/// about a quarter more requests per CPU-second than a plain ring. Kernels
-/// before 6.0 refuse these flags: then a plain ring.
+/// A worker's io_uring runtime, and the setup flags its ring took. `Tuned`
+/// sets the ring up for one thread: COOP_TASKRUN (no interrupt to run
+/// completions; the worker picks them up when it enters the kernel anyway)
+/// and SINGLE_ISSUER; on this project's benchmark about a tenth more
+/// requests per CPU-second than a plain ring. `Defer` goes further with
+/// DEFER_TASKRUN: completions run only when the worker waits for them.
+/// Kernels refuse what they lack (COOP_TASKRUN before 6.0, DEFER_TASKRUN
+/// before 6.1): then the next setup down, down to a plain ring.
 type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
 
-fn uring_runtime(setup: RingSetup) -> std::io::Result<(UringRuntime, bool)> {
-    if setup == RingSetup::Tuned {
-        let mut ring = io_uring::IoUring::builder();
-        ring.setup_coop_taskrun().setup_single_issuer();
+fn uring_runtime(setup: RingSetup) -> std::io::Result<(UringRuntime, Ring)> {
+    let tries: &[Ring] = match setup {
+        RingSetup::Defer => &[Ring::DeferTaskrun, Ring::CoopTaskrun],
+        RingSetup::Tuned => &[Ring::CoopTaskrun],
+        RingSetup::Plain => &[],
+    };
+    for &ring in tries {
+        let mut builder = io_uring::IoUring::builder();
+        match ring {
+            Ring::DeferTaskrun => builder.setup_defer_taskrun().setup_single_issuer(),
+            Ring::CoopTaskrun => builder.setup_coop_taskrun().setup_single_issuer(),
+            Ring::Plain => &mut builder,
+        };
         if let Ok(rt) = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .uring_builder(ring)
+            .uring_builder(builder)
             .enable_timer()
             .build()
         {
-            return Ok((rt, true));
+            return Ok((rt, ring));
         }
     }
     let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .enable_timer()
         .build()?;
-    Ok((rt, false))
+    Ok((rt, Ring::Plain))
 }
 
 /// How long `Server::start` waits for every worker to report ready.
@@ -280,7 +306,7 @@ impl Server {
             let ready = Ready {
                 tx: ready_tx.clone(),
                 worker: i,
-                tuned: false,
+                ring: Ring::Plain,
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("weft-worker-{i}"))
@@ -329,19 +355,20 @@ impl Server {
                     let mut worker = worker;
                     match driver {
                         DriverInUse::IoUring => match uring_runtime(config.runtime.ring_setup) {
-                            Ok((mut rt, tuned)) => {
-                                if tuned && worker.idle_poll.take().is_some() && i == 0 {
-                                    // COOP_TASKRUN defers completions to an
-                                    // io_uring_enter that asks for events,
-                                    // which monoio makes only when it waits:
-                                    // a polling loop would see none.
+                            Ok((mut rt, ring)) => {
+                                if ring != Ring::Plain && worker.idle_poll.take().is_some() && i == 0 {
+                                    // COOP_TASKRUN and DEFER_TASKRUN defer
+                                    // completions to an io_uring_enter that
+                                    // asks for events, which monoio makes
+                                    // only when it waits: a polling loop
+                                    // would see none.
                                     log!(
                                         "runtime.idle_poll has no effect on the tuned io_uring ring \
-                                         (COOP_TASKRUN); use ring_setup = \"plain\" or driver = \"epoll\" for it"
+                                         (COOP_TASKRUN or DEFER_TASKRUN); use ring_setup = \"plain\" or driver = \"epoll\" for it"
                                     );
                                 }
                                 let worker = Rc::new(worker);
-                                let ready = Ready { tuned, ..ready };
+                                let ready = Ready { ring, ..ready };
                                 rt.block_on(worker::run(worker, mine, stop, ready))
                             }
                             Err(e) => ready.report(Err(format!("cannot build its io_uring runtime: {e}"))),
@@ -362,10 +389,10 @@ impl Server {
         }
         drop(ready_tx);
         counters.reverse();
-        let mut tuned = true;
+        let mut ring = Ring::DeferTaskrun;
         for _ in 0..count {
             match ready_rx.recv_timeout(READY_TIMEOUT) {
-                Ok((_, Ok(t))) => tuned &= t,
+                Ok((_, Ok(r))) => ring = ring.min(r),
                 Ok((worker, Err(error))) => {
                     return abort(workers, &shutdown, StartError::WorkerSetup { worker, error })
                 }
@@ -383,7 +410,7 @@ impl Server {
         }
         let io = match driver {
             DriverInUse::Epoll => IoSetup::Epoll,
-            DriverInUse::IoUring => IoSetup::IoUring { tuned },
+            DriverInUse::IoUring => IoSetup::IoUring { ring },
         };
         Ok(Server {
             workers,

@@ -54,18 +54,18 @@ async fn serve_tls(
     }
 }
 
-/// A worker's one report to `Server::start`: ready (with whether the ring
-/// flags took effect), or why it cannot run.
+/// A worker's one report to `Server::start`: ready (with the flags its
+/// ring took), or why it cannot run.
 pub(crate) struct Ready {
-    pub tx: mpsc::Sender<(usize, Result<bool, String>)>,
+    pub tx: mpsc::Sender<(usize, Result<crate::server::Ring, String>)>,
     pub worker: usize,
-    pub tuned: bool,
+    pub ring: crate::server::Ring,
 }
 
 impl Ready {
     /// Reports the worker ready (`Ok`) or failed.
     pub(crate) fn report(self, result: Result<(), String>) {
-        let _ = self.tx.send((self.worker, result.map(|()| self.tuned)));
+        let _ = self.tx.send((self.worker, result.map(|()| self.ring)));
     }
 }
 

@@ -368,7 +368,8 @@ fn rings_refuse_other_submitters(pid: u32) -> Vec<bool> {
 }
 
 /// The ring setup weft reports is the one the kernel applied: with the
-/// tuned setup, every worker's ring is single-issuer; with `plain`, none is.
+/// tuned and deferred setups, every worker's ring is single-issuer; with
+/// `plain`, none is.
 #[test]
 fn ring_setup_reported_is_the_one_applied() {
     if std::env::var("WEFT_TEST_IO").is_ok_and(|v| v != "io-uring") {
@@ -376,14 +377,13 @@ fn ring_setup_reported_is_the_one_applied() {
         return;
     }
     let (up, _) = slow_upstream(Duration::ZERO);
-    for (setup, single) in [("tuned", true), ("plain", false)] {
+    for (setup, single, reported) in [
+        ("tuned", true, "io-uring (ring: coop-taskrun,single-issuer)"),
+        ("defer", true, "io-uring (ring: defer-taskrun,single-issuer)"),
+        ("plain", false, "io-uring (ring: plain)"),
+    ] {
         let config = one_cluster(2, &format!("driver = \"io-uring\"\nring_setup = \"{setup}\""), up);
         let (weft, line) = launch(&format!("ring-{setup}.toml"), &config);
-        let reported = if single {
-            "io-uring (ring: coop-taskrun,single-issuer)"
-        } else {
-            "io-uring (ring: plain)"
-        };
         assert!(line.trim_end().ends_with(reported), "{line}");
         let rings = rings_refuse_other_submitters(weft.child.id());
         assert_eq!(

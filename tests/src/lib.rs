@@ -12,7 +12,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weft::{IoSetup, Server};
+use weft::{IoSetup, Ring, Server};
 use weft_proto::{parse_request, BodyFraming, ChunkedDecoder, Limits, RequestHead};
 
 /// How long any single socket operation in a test may block.
@@ -43,13 +43,13 @@ pub fn parse_status_line(line: &str) -> Option<u16> {
 }
 
 /// The IO setup this test run expects, from `WEFT_TEST_IO`:
-/// unset or `io-uring`: io_uring with the tuned ring (COOP_TASKRUN and
-/// SINGLE_ISSUER); `io-uring-plain`: io_uring on a kernel that refuses the
+/// unset or `io-uring`: io_uring with the tuned rings (COOP_TASKRUN or
+/// DEFER_TASKRUN, with SINGLE_ISSUER: kernel 6.1 and later); `io-uring-plain`: io_uring on a kernel that refuses the
 /// ring flags; `epoll-only`: a host without io_uring, where the io_uring
 /// variants of the suites are skipped (and say so) instead of failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostIo {
-    /// io_uring with COOP_TASKRUN and SINGLE_ISSUER.
+    /// io_uring with COOP_TASKRUN or DEFER_TASKRUN, and SINGLE_ISSUER.
     Tuned,
     /// io_uring with a plain ring.
     Plain,
@@ -70,9 +70,12 @@ pub fn host_io() -> HostIo {
 /// The IO setup weft must report for a configuration, on this host.
 pub fn expected_io(config: &weft::Config) -> IoSetup {
     use weft_core::{Driver, RingSetup};
-    let uring = IoSetup::IoUring {
-        tuned: config.runtime.ring_setup == RingSetup::Tuned && host_io() == HostIo::Tuned,
+    let ring = match (config.runtime.ring_setup, host_io()) {
+        (RingSetup::Tuned, HostIo::Tuned) => Ring::CoopTaskrun,
+        (RingSetup::Defer, HostIo::Tuned) => Ring::DeferTaskrun,
+        _ => Ring::Plain,
     };
+    let uring = IoSetup::IoUring { ring };
     match config.runtime.driver {
         Driver::Epoll => IoSetup::Epoll,
         Driver::IoUring => uring,

@@ -1,7 +1,7 @@
 //! The runtime itself: both IO drivers, several workers, graceful shutdown.
 
 use std::time::Duration;
-use weft::IoSetup;
+use weft::{IoSetup, Ring};
 use weft_tests::*;
 
 fn exercise(addr: std::net::SocketAddr) {
@@ -90,7 +90,33 @@ fn io_uring_plain_ring() {
         .replace("driver = \"epoll\"", "driver = \"io-uring\"")
         .replace("[runtime]\n", "[runtime]\nring_setup = \"plain\"\n");
     let server = start(&text);
-    assert_eq!(server.io(), IoSetup::IoUring { tuned: false });
+    assert_eq!(server.io(), IoSetup::IoUring { ring: Ring::Plain });
+    exercise(server.addr("in").unwrap());
+    server.shutdown();
+}
+
+/// `ring_setup = "defer"` (DEFER_TASKRUN: completions run only when the
+/// worker waits for them) serves as well, timers and the drain included.
+#[test]
+fn io_uring_deferred_ring() {
+    if host_io() == HostIo::EpollOnly {
+        eprintln!("skipped: WEFT_TEST_IO=epoll-only");
+        return;
+    }
+    let up = Upstream::echo("a");
+    let text = simple_config(&[up.addr], "", "")
+        .replace("driver = \"epoll\"", "driver = \"io-uring\"")
+        .replace("[runtime]\n", "[runtime]\nring_setup = \"defer\"\n");
+    let server = start(&text);
+    if host_io() == HostIo::Tuned {
+        assert_eq!(
+            server.io(),
+            IoSetup::IoUring {
+                ring: Ring::DeferTaskrun
+            }
+        );
+    }
+    exercise(server.addr("in").unwrap());
     exercise(server.addr("in").unwrap());
     server.shutdown();
 }
