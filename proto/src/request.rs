@@ -446,6 +446,17 @@ mod tests {
             err("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n").status(),
             400
         );
+        // Control bytes in values, DEL and NUL among them, whatever their
+        // place (httparse's vectorised scan of a long value included).
+        for value in [
+            "a\x7fb",
+            "\x00",
+            "b\x1f",
+            &format!("{}\x0b{}", "v".repeat(40), "w".repeat(40)),
+        ] {
+            let head = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {value}\r\n\r\n");
+            assert_eq!(err(&head), HeadError::ControlByteInValue, "{value:?}");
+        }
         assert_eq!(err("G(T / HTTP/1.1\r\nHost: a\r\n\r\n").status(), 400);
         assert_eq!(err("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n").status(), 400);
         assert_eq!(
