@@ -62,9 +62,11 @@ pub fn parse_response(
     head_request: bool,
 ) -> Result<Option<ResponseHead>, HeadError> {
     let max_headers = limits.max_headers.min(MAX_HEADERS_CAP);
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-    let mut res = httparse::Response::new(&mut fields[..max_headers]);
-    let len = match res.parse(buf) {
+    // Left uninitialised: httparse writes the fields it parses.
+    let mut fields = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS_CAP];
+    let mut res = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut res, buf, &mut fields[..max_headers]) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if buf.len() > limits.max_head_bytes {
