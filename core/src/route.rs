@@ -313,11 +313,19 @@ impl RouteTable {
     /// Adds `route` after the others.
     pub fn push(&mut self, route: Route) {
         let i = u32::try_from(self.routes.len()).expect("fewer than 2^32 routes");
+        // Keys lower-case, as lookups are (`HostMatch::parse` stores them
+        // so; a route built otherwise still lands where it matches).
         match &route.matcher.host {
-            HostMatch::Exact(h) => self.exact.entry(h.as_str().into()).or_default().push(i),
-            HostMatch::Suffix(s) if s.starts_with('.') => {
-                self.suffix.entry(s.as_str().into()).or_default().push(i)
-            }
+            HostMatch::Exact(h) => self
+                .exact
+                .entry(h.to_ascii_lowercase().into())
+                .or_default()
+                .push(i),
+            HostMatch::Suffix(s) if s.starts_with('.') => self
+                .suffix
+                .entry(s.to_ascii_lowercase().into())
+                .or_default()
+                .push(i),
             HostMatch::Suffix(_) | HostMatch::Any => self.rest.push(i),
         }
         self.routes.push(route);
@@ -437,10 +445,11 @@ impl RouteTable {
         let mut out: Vec<usize> = Vec::new();
         let mut add = |list: &[u32]| out.extend(list.iter().map(|&i| i as usize).take_while(|&i| i < j));
         match self.routes.get(j).map(|r| &r.matcher.host) {
-            Some(HostMatch::Exact(h)) => self.for_each_list(h, &mut add),
+            Some(HostMatch::Exact(h)) => self.for_each_list(&h.to_ascii_lowercase(), &mut add),
             // A suffix is covered by itself or a shorter suffix of it that
             // starts at a dot.
             Some(HostMatch::Suffix(s)) => {
+                let s = s.to_ascii_lowercase();
                 for (i, b) in s.bytes().enumerate() {
                     if b == b'.' {
                         if let Some(list) = self.suffix.get(&s[i..]) {
@@ -632,6 +641,14 @@ mod tests {
                     c,
                 );
                 r.line = c;
+                // Some built without `HostMatch::parse`, in upper case.
+                if rng.below(3) == 0 {
+                    r.matcher.host = match r.matcher.host {
+                        HostMatch::Exact(h) => HostMatch::Exact(h.to_ascii_uppercase()),
+                        HostMatch::Suffix(s) => HostMatch::Suffix(s.to_ascii_uppercase()),
+                        HostMatch::Any => HostMatch::Any,
+                    };
+                }
                 r
             }));
             for host in names.iter().map(Some).chain([None]) {

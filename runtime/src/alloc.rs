@@ -6,10 +6,11 @@
 //! any other size above 1 KiB (a boxed request future, a read buffer, a
 //! header vector) is over-allocated by the alignment and goes through the
 //! allocator's generic path: about a tenth of weft's own instructions per
-//! proxied request. Every size class of mimalloc is a multiple of 8 bytes
-//! (of 16 above 16) and a page's first block is 16-aligned, so a plain
-//! `mi_malloc` already gives 8-byte alignment for any size, and 16-byte for
-//! multiples of 16; only larger alignments need the aligned calls.
+//! proxied request. Every size class of mimalloc is a multiple of a word
+//! (of two words above that) and a page's first block is two-word aligned,
+//! so a plain `mi_malloc` already gives word alignment for any size, and
+//! two-word (16-byte) alignment for multiples of 16; only larger
+//! alignments need the aligned calls.
 
 use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout};
@@ -19,9 +20,12 @@ use std::ffi::c_void;
 /// asked for is one every block has.
 pub struct MiMalloc;
 
-/// True when a plain mimalloc block of `size` bytes is aligned to `align`.
+/// True when a plain mimalloc block of `size` bytes is aligned to `align`:
+/// every block is word-aligned, and one whose size is a multiple of two
+/// words is aligned to two words (16 bytes on 64-bit targets).
 fn natural(size: usize, align: usize) -> bool {
-    align <= 8 || (align == 16 && size & 15 == 0)
+    const WORD: usize = std::mem::size_of::<usize>();
+    align <= WORD || (align == 2 * WORD && size & (2 * WORD - 1) == 0)
 }
 
 // SAFETY: every method hands mimalloc's results back unchanged; blocks from
