@@ -58,6 +58,11 @@ pub(crate) fn serve<S: Stream>(
         // Hot: a read is posted at once (a new connection's first request,
         // and a busy client's next one, usually come within microseconds).
         let (mut idle_until, mut hot) = idle_and_hot(l);
+        // Where a request is served: on the heap, so that an idle
+        // connection's task stays small, and kept while the connection is
+        // busy, so that a keep-alive client's requests reuse one place
+        // instead of allocating each its own.
+        let mut place = None;
         loop {
             if hot.is_none() {
                 // Idle between requests: wait for data here, with no buffer and a
@@ -75,22 +80,32 @@ pub(crate) fn serve<S: Stream>(
                     Some(Err(_)) => return,
                 }
             }
-            // Boxed: what a request needs lives on the heap while it is
-            // served, so that an idle connection's task stays small.
-            let step = request(&w, l, client, &mut buf, idle_until, hot, &peer_ip);
-            match Box::pin(step).await {
+            let step = request_owning(&w, l, client, std::mem::take(&mut buf), idle_until, hot, &peer_ip);
+            let served = place.get_or_insert_with(|| Box::pin(None));
+            served.set(Some(step));
+            let (step, b) = std::future::poll_fn(|cx| match served.as_mut().as_pin_mut() {
+                Some(step) => std::future::Future::poll(step, cx),
+                None => std::task::Poll::Pending,
+            })
+            .await;
+            served.set(None);
+            buf = b;
+            match step {
                 Step::Again(c) => {
                     client = c;
                     (idle_until, hot) = idle_and_hot(l);
                 }
                 Step::Quiet(c) => {
-                    // Give the buffers back while the connection idles.
+                    // Give the buffers, and the place, back while the
+                    // connection idles.
                     client = c;
                     client.shrink();
                     buf = BytesMut::new();
+                    place = None;
                     hot = None;
                 }
                 Step::Http2(c) => {
+                    drop(place);
                     // Boxed: an HTTP/1 connection's task stays small.
                     let read = std::mem::take(&mut buf);
                     Box::pin(crate::downstream_h2::serve(&w, li, c, read, peer_ip.into())).await;
@@ -112,6 +127,22 @@ enum Step<S> {
     Done,
     /// The connection speaks HTTP/2 from here.
     Http2(S),
+}
+
+/// [`request`] with the connection's buffer moved in and handed back, so
+/// that the future borrows nothing of the connection's own state and can
+/// take the place of the one before it.
+async fn request_owning<S: Stream>(
+    w: &Rc<Worker>,
+    l: &Listener,
+    client: S,
+    mut buf: BytesMut,
+    idle_until: Instant,
+    hot: Option<Instant>,
+    peer_ip: &str,
+) -> (Step<S>, BytesMut) {
+    let step = request(w, l, client, &mut buf, idle_until, hot, peer_ip).await;
+    (step, buf)
 }
 
 /// Reads one request head and serves it: the exchange, or weft's refusal.
@@ -140,9 +171,10 @@ async fn request<S: Stream>(
             }
             let head = Request::H1(h);
             let started = Instant::now();
-            // Boxed: read_head's state and the exchange's need not both be
-            // held while the connection waits for a head.
-            let next = Box::pin(exchange(w, l, client, buf, &head, peer_ip, started)).await;
+            // Not boxed: the request's future is kept from one request to
+            // the next (`serve`'s place), and the states of read_head and of
+            // the exchange, never alive together, share its memory.
+            let next = exchange(w, l, client, buf, &head, peer_ip, started).await;
             return match next {
                 Next::KeepAlive(c) if !w.draining.get() => Step::Again(c),
                 // After the request's outcome is recorded: a lingering

@@ -149,9 +149,9 @@ impl Gate {
 }
 
 /// Most connections of one worker that keep a read posted after a response
-/// (the session's hot window). A posted read holds a buffer and the
-/// request's state, about 3 KiB; this bounds what recently active
-/// connections hold to under 1 MiB per worker, so that thousands of
+/// (the session's hot window). A posted read holds a buffer (2 KiB) and
+/// the place a request is served in (3.4 KiB); this bounds what recently
+/// active connections hold to about 1.4 MiB per worker, so that thousands of
 /// connections going idle at once cost little, while a busy worker's
 /// connections (up to this many) take each request with one read.
 pub(crate) const HOT_READS: usize = 256;
