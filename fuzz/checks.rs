@@ -1446,7 +1446,7 @@ pub fn translate_verdict(data: &[u8]) -> Verdict {
         }
     } else {
         match parse_request(&mut BytesMut::from(rest), &GENEROUS) {
-            Ok(Some(h)) => match weft_proto::Request::H1(Box::new(h)).to_h2(&h2_opts(), "http") {
+            Ok(Some(h)) => match weft_proto::Request::H1(h).to_h2(&h2_opts(), "http") {
                 Ok(_) => Verdict::Accepted,
                 Err(e) => Verdict::Refused(format!("{e:?}")),
             },
@@ -1514,7 +1514,7 @@ pub fn check_translate(data: &[u8]) {
     let Ok(Some(head)) = parse_request(&mut BytesMut::from(rest), &GENEROUS) else {
         return;
     };
-    let req = weft_proto::Request::H1(Box::new(head));
+    let req = weft_proto::Request::H1(head);
     let Ok(h2) = req.to_h2(&h2_opts(), "http") else {
         return;
     };

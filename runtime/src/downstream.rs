@@ -21,7 +21,7 @@ use weft_core::{ErrorKind, ProxyError};
 use weft_proto::{parse_request, HeadError, Limits, Request, RequestHead};
 
 enum HeadRead {
-    Head(Box<RequestHead>),
+    Head(RequestHead),
     /// Clean end: the client closed (or its connection failed) between
     /// requests.
     Closed,
@@ -300,7 +300,7 @@ async fn read_head<S: Stream>(
                 // Maybe HTTP/2's preface: wait for the rest of it.
                 None => {}
                 Some(false) => match parse_request(buf, &limits) {
-                    Ok(Some(h)) => return HeadRead::Head(Box::new(h)),
+                    Ok(Some(h)) => return HeadRead::Head(h),
                     Ok(None) => {}
                     Err(e) => return HeadRead::Reject(e),
                 },

@@ -150,7 +150,7 @@ impl Gate {
 
 /// Most connections of one worker that keep a read posted after a response
 /// (the session's hot window). A posted read holds a buffer (2 KiB) and
-/// the place a request is served in (3.4 KiB); this bounds what recently
+/// the place a request is served in (about 3.5 KiB); this bounds what recently
 /// active connections hold to about 1.4 MiB per worker, so that thousands of
 /// connections going idle at once cost little, while a busy worker's
 /// connections (up to this many) take each request with one read.
