@@ -68,17 +68,9 @@ fn linear<'r>(
     method: &str,
     header: impl Fn(&str) -> Option<&'static [u8]>,
 ) -> Option<&'r Route> {
-    routes.iter().find(|r| {
-        let m = &r.matcher;
-        m.host.matches(Some(host))
-            && match &m.path {
-                PathMatch::Any => true,
-                PathMatch::Exact(p) => path == p,
-                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-            }
-            && m.method.as_deref().is_none_or(|x| x == method)
-            && m.headers.iter().all(|(n, v)| header(n) == Some(v.as_bytes()))
-    })
+    routes
+        .iter()
+        .find(|r| r.matcher.matches(Some(host), path, method, &header))
 }
 
 const HEADERS: [(&str, &[u8]); 3] = [

@@ -109,6 +109,26 @@ pub struct RouteMatch {
 }
 
 impl RouteMatch {
+    /// True when a request with this host, path (without query) and
+    /// method, and whose header fields `header` looks up by lower-case
+    /// name, meets every condition.
+    pub fn matches<'h>(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> bool {
+        self.host.matches(host)
+            && match &self.path {
+                PathMatch::Any => true,
+                PathMatch::Exact(p) => path == p,
+                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            }
+            && self.method.as_deref().is_none_or(|x| x == method)
+            && self.headers.iter().all(|(n, v)| header(n) == Some(v.as_bytes()))
+    }
+
     /// The conditions in words, for `weft check`.
     pub fn describe(&self) -> String {
         let mut parts = vec![match &self.host {
@@ -378,16 +398,7 @@ impl RouteTable {
                 if i >= best {
                     return;
                 }
-                let m = &self.routes[i].matcher;
-                if m.host.matches(host)
-                    && match &m.path {
-                        PathMatch::Any => true,
-                        PathMatch::Exact(p) => path == p,
-                        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-                    }
-                    && m.method.as_deref().is_none_or(|x| x == method)
-                    && m.headers.iter().all(|(n, v)| header(n) == Some(v.as_bytes()))
-                {
+                if self.routes[i].matcher.matches(host, path, method, &header) {
                     best = i;
                     return;
                 }
@@ -588,17 +599,9 @@ mod tests {
         hdrs: &[(&str, &str)],
     ) -> Option<usize> {
         t.routes().iter().position(|r| {
-            let m = &r.matcher;
-            m.host.matches(host)
-                && match &m.path {
-                    PathMatch::Any => true,
-                    PathMatch::Exact(p) => path == p,
-                    PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-                }
-                && m.method.as_deref().is_none_or(|x| x == method)
-                && m.headers
-                    .iter()
-                    .all(|(n, v)| hdrs.iter().any(|(k, w)| k == n && w == v))
+            r.matcher.matches(host, path, method, |n| {
+                hdrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_bytes())
+            })
         })
     }
 

@@ -437,6 +437,37 @@ impl Upstream {
         })
     }
 
+    /// An upstream that answers a request with `101 Switching Protocols`
+    /// (`Upgrade: websocket`), sends `first` right after it, then echoes
+    /// every byte upper-cased until the client closes.
+    pub fn upgrade_echo(first: &'static [u8]) -> Upstream {
+        Upstream::scripted(move |mut s, _, _| {
+            use std::io::{Read, Write};
+            let mut buf = bytes::BytesMut::new();
+            if read_request(&mut s, &mut buf).is_none() {
+                return;
+            }
+            // The 101 and the first bytes in one write, as a server that
+            // speaks first sends them.
+            let mut out =
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                    .to_vec();
+            out.extend_from_slice(first);
+            if s.write_all(&out).is_err() {
+                return;
+            }
+            let mut b = [0u8; 1024];
+            loop {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let _ = s.write_all(&b[..n].to_ascii_uppercase());
+                    }
+                }
+            }
+        })
+    }
+
     /// An upstream whose every connection runs `f(stream, index, received)`
     /// in its own thread.
     pub fn scripted<F>(f: F) -> Upstream

@@ -202,24 +202,7 @@ fn http10_client() {
 }
 
 fn websocket_upgrade_is_tunneled_after_101() {
-    let up = Upstream::scripted(|mut s, _, _| {
-        use std::io::{Read, Write};
-        let mut buf = bytes::BytesMut::new();
-        if read_request(&mut s, &mut buf).is_none() {
-            return;
-        }
-        let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nserver-first");
-        let mut b = [0u8; 1024];
-        // Echo raw bytes, upper-cased, until the client closes.
-        loop {
-            match s.read(&mut b) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    let _ = s.write_all(&b[..n].to_ascii_uppercase());
-                }
-            }
-        }
-    });
+    let up = Upstream::upgrade_echo(b"server-first");
     let (_weft, addr) = proxy(&[up.addr]);
     let mut c = Client::connect(addr);
     c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");

@@ -693,25 +693,7 @@ fn an_upstream_stream_reset_fails_that_stream_only() {
 /// but a request with `Upgrade` goes over HTTP/1.1 (never carried over
 /// HTTP/2), and the tunnel after the 101 works end to end.
 fn an_upgrade_to_an_http2_cluster_goes_over_http1() {
-    let app = Upstream::scripted(|mut s, _, _| {
-        use std::io::{Read, Write};
-        let mut buf = bytes::BytesMut::new();
-        if read_request(&mut s, &mut buf).is_none() {
-            return;
-        }
-        let _ = s.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-        );
-        let mut b = [0u8; 1024];
-        loop {
-            match s.read(&mut b) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    let _ = s.write_all(&b[..n].to_ascii_uppercase());
-                }
-            }
-        }
-    });
+    let app = Upstream::upgrade_echo(b"");
     let (b, b_addr) = proxy(&[app.addr]);
     let a = start(&simple_config(&[b_addr], "", "protocol = \"http2\""));
     let a_addr = a.addr("in").expect("listener");
