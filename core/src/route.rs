@@ -356,11 +356,6 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The route at `i` (in configuration order).
-    pub fn get(&self, i: usize) -> Option<&Route> {
-        self.routes.get(i)
-    }
-
     /// The number of routes.
     pub fn len(&self) -> usize {
         self.routes.len()
