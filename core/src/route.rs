@@ -527,6 +527,11 @@ mod tests {
         }
     }
 
+    /// A request's header lookup over `(name, value)` pairs.
+    fn fields<'a>(hdrs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a [u8]> {
+        |n| hdrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_bytes())
+    }
+
     fn pick(
         t: &RouteTable,
         host: Option<&str>,
@@ -534,10 +539,7 @@ mod tests {
         method: &str,
         hdrs: &[(&str, &str)],
     ) -> Option<usize> {
-        t.find(host, path, method, |n| {
-            hdrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_bytes())
-        })
-        .map(|r| match r.target {
+        t.find(host, path, method, fields(hdrs)).map(|r| match r.target {
             Target::Cluster(c) => c,
             _ => usize::MAX,
         })
@@ -593,11 +595,9 @@ mod tests {
         method: &str,
         hdrs: &[(&str, &str)],
     ) -> Option<usize> {
-        t.routes().iter().position(|r| {
-            r.matcher.matches(host, path, method, |n| {
-                hdrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_bytes())
-            })
-        })
+        t.routes()
+            .iter()
+            .position(|r| r.matcher.matches(host, path, method, fields(hdrs)))
     }
 
     #[test]
