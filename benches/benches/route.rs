@@ -18,6 +18,7 @@ fn route(
     line: usize,
 ) -> Route {
     Route {
+        name: String::new(),
         retry: weft_core::route::RetryPolicy::default(),
         rate_limit: None,
         matcher: RouteMatch {

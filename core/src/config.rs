@@ -132,6 +132,9 @@ pub enum ListenerKind {
 pub struct Listener {
     /// Unique name.
     pub name: String,
+    /// Its position in [`Config::listeners`] (per-listener state is kept
+    /// in that order).
+    pub index: usize,
     /// What it serves.
     pub kind: ListenerKind,
     /// Address to bind on every worker.
@@ -305,6 +308,19 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Clusters, referenced by index from routes.
     pub clusters: Vec<Cluster>,
+    /// `[admin]`: the admin listener, when configured (metrics are kept
+    /// only then: nobody could read them otherwise).
+    pub admin: Option<AdminSettings>,
+}
+
+/// `[admin]`: where the admin endpoint (`/metrics`, `/ready`, `/live`,
+/// `/config`, `/clusters`, `POST /drain`) answers. It must not face the
+/// outside: it has no authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Address the admin listener binds (once, without SO_REUSEPORT: a
+    /// clash is an error).
+    pub addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -332,6 +348,13 @@ struct RawConfig {
     routes: Vec<Spanned<RawRoute>>,
     #[serde(default, rename = "cluster")]
     clusters: Vec<Spanned<RawCluster>>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -543,6 +566,7 @@ struct RawSplit {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
+    name: Option<Spanned<String>>,
     listener: Option<Spanned<String>>,
     #[serde(rename = "match", default)]
     matcher: Option<Spanned<RawMatch>>,
@@ -1195,6 +1219,7 @@ impl Config {
                 field("max_header_bytes"),
             )?;
             listeners.push(Listener {
+                index: i,
                 name,
                 kind: ListenerKind::Proxy,
                 addr,
@@ -1252,6 +1277,32 @@ impl Config {
             });
         }
 
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => {
+                let addr: SocketAddr = a.listen.get_ref().parse().map_err(|_| {
+                    err(
+                        lines.at(a.listen.span().start),
+                        "admin.listen",
+                        format!(
+                            "`{}` is not an IP:port address, like \"127.0.0.1:9901\"",
+                            a.listen.get_ref()
+                        ),
+                    )
+                })?;
+                if addr.port() != 0 && listeners.iter().any(|x: &Listener| x.addr == addr) {
+                    return Err(err(
+                        lines.at(a.listen.span().start),
+                        "admin.listen",
+                        format!("{addr} is also a listener's address: give the admin listener its own port"),
+                    ));
+                }
+                Some(AdminSettings { addr })
+            }
+        };
+
+        // Per listener: its routes' names (labels in metrics), unique.
+        let mut route_names: Vec<HashMap<String, usize>> = vec![HashMap::new(); listeners.len()];
         for (i, r) in raw.routes.iter().enumerate() {
             let line = lines.at(r.span().start);
             let r = r.get_ref();
@@ -1459,7 +1510,23 @@ impl Config {
                     Some(RateLimit { rps, burst })
                 }
             };
+            let position = listeners[li].routes.len();
+            let name = match &r.name {
+                Some(n) => unique_name("route", n, i, &mut route_names[li], &lines)?,
+                None => {
+                    let name = position.to_string();
+                    if route_names[li].insert(name.clone(), i).is_some() {
+                        return Err(err(
+                            line,
+                            field("name"),
+                            format!("a route of this listener is named `{name}`, this route's default name (its position): rename that one"),
+                        ));
+                    }
+                    name
+                }
+            };
             listeners[li].routes.push(Route {
+                name,
                 matcher,
                 target,
                 timeout,
@@ -1485,6 +1552,7 @@ impl Config {
             runtime,
             listeners,
             clusters,
+            admin,
         })
     }
 
@@ -1522,6 +1590,9 @@ impl Config {
             "workers: {workers}, driver: {:?}, pin cores: {}",
             self.runtime.driver, self.runtime.pin_cores
         );
+        if let Some(a) = &self.admin {
+            let _ = writeln!(s, "admin on {}", a.addr);
+        }
         for l in &self.listeners {
             let _ = writeln!(
                 s,
@@ -1545,7 +1616,8 @@ impl Config {
                 };
                 let _ = writeln!(
                     s,
-                    "  route (line {}): {} -> {target}",
+                    "  route {} (line {}): {} -> {target}",
+                    r.name,
                     r.line,
                     r.matcher.describe()
                 );
@@ -1903,6 +1975,41 @@ pool = { max_idle = 4, idle_timeout = "5s" }
             "{base}[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:3\"\n"
         ));
         assert!(e.message.contains("duplicate listener"), "{e}");
+    }
+
+    #[test]
+    fn admin_listener_and_route_names() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        let routes = "[[route]]\ncluster = \"c\"\n[[route]]\nname = \"api\"\ncluster = \"c\"\n";
+        let c = parse(&format!("{base}{routes}")).expect("valid");
+        assert_eq!(c.admin, None, "off when absent");
+        let names: Vec<&str> = c.listeners[0]
+            .routes
+            .routes()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["0", "api"], "by default a route is named by its position");
+        let c = parse(&format!("{base}{routes}[admin]\nlisten = \"127.0.0.1:9901\"\n")).expect("valid");
+        assert_eq!(c.admin.map(|a| a.addr.port()), Some(9901));
+        let e = error_of(&format!("{base}{routes}[admin]\nlisten = \"127.0.0.1:1\"\n"));
+        assert_eq!((e.line, e.field.as_str()), (Some(13), "admin.listen"), "{e}");
+        assert!(e.message.contains("own port"), "{e}");
+        let e = error_of(&format!("{base}{routes}[admin]\nlisten = \"localhost\"\n"));
+        assert!(e.message.contains("not an IP:port"), "{e}");
+        let e = error_of(&format!(
+            "{base}{routes}[admin]\nlisten = \"127.0.0.1:9\"\nport = 1\n"
+        ));
+        assert!(e.message.contains("unknown field `port`"), "{e}");
+        let e = error_of(&format!(
+            "{base}{routes}[[route]]\nname = \"api\"\ncluster = \"c\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (Some(13), "route[2].name"), "{e}");
+        assert!(e.message.contains("duplicate route name `api`"), "{e}");
+        let e = error_of(&format!(
+            "{base}[[route]]\nname = \"1\"\ncluster = \"c\"\n{routes}"
+        ));
+        assert!(e.message.contains("default name"), "{e}");
     }
 
     #[test]

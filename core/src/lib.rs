@@ -13,6 +13,7 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod outcome;
 pub mod outlier;
 pub mod peak_ewma;

@@ -10,6 +10,13 @@ use std::time::Instant;
 /// What became of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
+    /// The listener the request came in on (index into the configuration).
+    pub listener: usize,
+    /// The route it took (index within its listener), once routed.
+    pub route: Option<usize>,
+    /// The cluster it was sent to (index), once chosen: also when no
+    /// endpoint could be picked.
+    pub cluster: Option<usize>,
     /// The status of the response head sent to the client; `None` when
     /// none was sent (the client left, or the connection was cut first).
     pub status: Option<u16>,
@@ -36,6 +43,9 @@ pub struct Outcome {
     pub bytes_out: u64,
     /// When the request head had arrived.
     pub head_at: Instant,
+    /// When weft began its first attempt upstream (picked the endpoint),
+    /// if it did and metrics are kept (a clock read is saved otherwise).
+    pub sent_at: Option<Instant>,
     /// When the upstream's response head arrived, if one did.
     pub upstream_at: Option<Instant>,
     /// When the exchange ended.
@@ -43,10 +53,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// A record for a request whose head arrived at `head_at`, with nothing
-    /// decided yet.
-    pub fn new(head_at: Instant) -> Self {
+    /// A record for a request on listener `listener` whose head arrived at
+    /// `head_at`, with nothing decided yet.
+    pub fn new(listener: usize, head_at: Instant) -> Self {
         Outcome {
+            listener,
+            route: None,
+            cluster: None,
+            sent_at: None,
             status: None,
             error: None,
             side: None,
@@ -89,8 +103,31 @@ impl Outcome {
     /// True when the request succeeded: a response head was sent, no error,
     /// and the status is not a 5xx.
     pub fn success(&self) -> bool {
-        self.error.is_none() && self.status.is_some_and(|s| s < 500)
+        classify(self.status, self.error)
     }
+
+    /// The time weft itself spent on the request: from its head's arrival
+    /// to its end, less the wait for the upstream (from the first attempt
+    /// to the response head: connecting, the upstream's work, retries and
+    /// their backoff). A body that streams after the response head counts
+    /// in (its pace is set by both peers and by weft alike).
+    pub fn overhead(&self) -> std::time::Duration {
+        let total = self.end_at.saturating_duration_since(self.head_at);
+        match (self.sent_at, self.upstream_at) {
+            (Some(sent), Some(answered)) => total.saturating_sub(answered.saturating_duration_since(sent)),
+            // No answer came: counted up to the first attempt only (when
+            // the attempts failed is not recorded).
+            (Some(sent), None) => sent.saturating_duration_since(self.head_at),
+            _ => total,
+        }
+    }
+}
+
+/// The success rule of [`Outcome::success`], for a status and error kept
+/// apart from their record (metrics' series): a response head sent, no
+/// error, and not a 5xx.
+pub fn classify(status: Option<u16>, error: Option<&str>) -> bool {
+    error.is_none() && status.is_some_and(|s| s < 500)
 }
 
 #[cfg(test)]
@@ -99,7 +136,7 @@ mod tests {
 
     #[test]
     fn the_first_error_is_the_cause() {
-        let mut o = Outcome::new(Instant::now());
+        let mut o = Outcome::new(0, Instant::now());
         assert!(!o.success(), "no response sent yet");
         o.status = Some(200);
         assert!(o.success());
@@ -113,9 +150,27 @@ mod tests {
     }
 
     #[test]
+    fn overhead_is_the_time_not_spent_waiting_on_the_upstream() {
+        let t = Instant::now();
+        let us = |n| t + std::time::Duration::from_micros(n);
+        let mut o = Outcome::new(0, t);
+        o.end_at = us(50);
+        assert_eq!(o.overhead().as_micros(), 50, "answered by weft: all of it");
+        o.sent_at = Some(us(10));
+        o.end_at = us(900);
+        assert_eq!(o.overhead().as_micros(), 10, "no answer: up to the first attempt");
+        o.upstream_at = Some(us(880));
+        assert_eq!(
+            o.overhead().as_micros(),
+            30,
+            "before the attempt and after the answer"
+        );
+    }
+
+    #[test]
     fn the_endpoint_verdict_blames_only_the_upstream_side() {
         let t = Instant::now();
-        let mut o = Outcome::new(t);
+        let mut o = Outcome::new(0, t);
         assert_eq!(o.endpoint_verdict(FailureKind::Any5xx), None, "no endpoint");
         o.target = Some((0, 1));
         assert_eq!(
@@ -125,7 +180,7 @@ mod tests {
         );
         o.fail("connect-refused", Side::Upstream);
         assert_eq!(o.endpoint_verdict(FailureKind::Any5xx), Some(false));
-        let mut o = Outcome::new(t);
+        let mut o = Outcome::new(0, t);
         o.target = Some((0, 1));
         o.upstream_at = Some(t);
         o.status = Some(503);

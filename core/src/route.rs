@@ -170,6 +170,9 @@ pub enum Target {
 /// One route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// Its name (`name`; by default its position in its listener, from
+    /// 0): the `route` label of its metrics, unique within its listener.
+    pub name: String,
     /// Conditions.
     pub matcher: RouteMatch,
     /// Destination.
@@ -510,6 +513,7 @@ mod tests {
 
     fn route(host: &str, path: PathMatch, method: Option<&str>, headers: &[(&str, &str)], c: usize) -> Route {
         Route {
+            name: String::new(),
             matcher: RouteMatch {
                 host: HostMatch::parse(host),
                 path,

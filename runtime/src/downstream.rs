@@ -213,7 +213,7 @@ async fn request<S: Stream>(
 /// Refuses a head weft cannot take and closes the connection.
 async fn refuse_and_close<S: Stream>(w: &Worker, l: &Listener, mut client: S, e: (ProxyError, String)) {
     let (e, msg) = e;
-    if let After::Linger = refuse(w, &mut client, e, &msg, l.write_timeout).await {
+    if let After::Linger = refuse(w, l, &mut client, e, &msg).await {
         linger(&mut client, &w.timers).await;
     }
 }

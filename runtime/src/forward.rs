@@ -211,6 +211,9 @@ impl<'a> Ctx<'a> {
     fn aim(&mut self, to: &Upstream<'a>) {
         self.t.o.endpoint = Some(to.ep.addr);
         self.t.o.target = Some((to.c, to.i));
+        if self.t.o.sent_at.is_none() && self.w.metrics.is_some() {
+            self.t.o.sent_at = Some(Instant::now());
+        }
         self.in_flight = Some(Counted::new(&to.ep.in_flight));
     }
 
@@ -421,7 +424,7 @@ impl<'a> Ctx<'a> {
             w,
             l,
             req,
-            t: Tracker::new(w, started),
+            t: Tracker::new(w, l.index, started),
             head_started: false,
             peer_ip,
             in_flight: None,
@@ -461,10 +464,12 @@ impl<'a> Ctx<'a> {
                 }
             })
             .ok_or(ErrorKind::NoRoute)?;
+        self.t.o.route = Some(ri);
         if route.rate_limit.is_some() && !w.admit(l, ri, started) {
             return Err(ErrorKind::RateLimited);
         }
         let c = w.pick_cluster(&route.target);
+        self.t.o.cluster = Some(c);
         let mut deadline = started + route.timeout;
         if let Some(wait) = req.deadline() {
             if let Some(theirs) = started.checked_add(wait).filter(|d| *d < deadline) {

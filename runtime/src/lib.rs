@@ -6,6 +6,7 @@
 //! balancer state, and runs the proxy pipeline that calls `weft-core` for
 //! decisions and `weft-proto` for the wire.
 
+mod admin;
 pub mod alloc;
 mod counters;
 pub mod demo;

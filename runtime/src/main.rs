@@ -111,6 +111,11 @@ fn run(config: Result<weft::Config, String>) -> ExitCode {
     for (name, addr) in server.addrs() {
         weft::log::write_now(&format!("listener {name} on {addr}"));
     }
+    if let Some(addr) = server.admin_addr() {
+        weft::log::write_now(&format!(
+            "admin on http://{addr} (/metrics, /ready, /live, /config, /clusters, POST /drain)"
+        ));
+    }
     serve_until_signal(server, signals)
 }
 

@@ -7,7 +7,7 @@ use crate::state::{Tracker, Worker};
 use crate::timer::within;
 use monoio::io::AsyncWriteRent;
 use std::time::{Duration, Instant};
-use weft_core::{ProxyError, Side};
+use weft_core::{Listener, ProxyError, Side};
 use weft_proto::encode::error_response;
 use weft_proto::Request;
 
@@ -26,16 +26,16 @@ pub(crate) enum After {
 /// Refuses a request whose head weft cannot take (a downstream error: a
 /// refused head or the header timeout, `msg` naming the cause), and closes
 /// the connection.
-/// `write_timeout`: the listener's bound on a write that makes no progress.
+/// `l`: the listener it came in on.
 pub(crate) async fn refuse<W: AsyncWriteRent>(
     w: &Worker,
+    l: &Listener,
     client: &mut W,
     e: ProxyError,
     msg: &str,
-    write_timeout: Duration,
 ) -> After {
-    let mut t = Tracker::new(w, Instant::now());
-    answer(client, &mut t, Reply::of(&e, msg), (true, false), write_timeout).await
+    let mut t = Tracker::new(w, l.index, Instant::now());
+    answer(client, &mut t, Reply::of(&e, msg), (true, false), l.write_timeout).await
 }
 
 /// Answers a request with weft's own error response for `e` (callers box

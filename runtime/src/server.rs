@@ -1,5 +1,6 @@
 //! Starting and stopping the workers.
 
+use crate::admin::{self, Admin, AdminThread, Mailbox};
 pub use crate::counters::WorkerCounters;
 use crate::health::{self, HealthTable};
 use crate::log::log;
@@ -126,6 +127,7 @@ pub struct Server {
     addrs: Vec<(String, SocketAddr)>,
     io: IoSetup,
     counters: Vec<Arc<WorkerCounters>>,
+    admin: Option<AdminThread>,
 }
 
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -280,8 +282,17 @@ impl Server {
             addrs.push((l.name.clone(), bound));
             sockets.push(socks);
         }
+        let admin_listener = match &config.admin {
+            Some(a) => Some(admin::bind(a.addr).map_err(|error| StartError::Bind {
+                listener: "admin".into(),
+                addr: a.addr,
+                error,
+            })?),
+            None => None,
+        };
         let shutdown = Shutdown::new();
         let health = Arc::new(HealthTable::new(&config));
+        let mut mailboxes = Vec::new();
         let mut workers = Vec::new();
         let mut counters = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -303,6 +314,8 @@ impl Server {
             let pin = config.runtime.pin_cores.then_some(i % cores);
             let mine_counters = Arc::new(WorkerCounters::default());
             counters.push(mine_counters.clone());
+            let mailbox = Arc::new(Mailbox::default());
+            mailboxes.push(mailbox.clone());
             let ready = Ready {
                 tx: ready_tx.clone(),
                 worker: i,
@@ -369,7 +382,7 @@ impl Server {
                                 }
                                 let worker = Rc::new(worker);
                                 let ready = Ready { ring, ..ready };
-                                rt.block_on(worker::run(worker, mine, stop, ready))
+                                rt.block_on(worker::run(worker, mine, stop, ready, mailbox))
                             }
                             Err(e) => ready.report(Err(format!("cannot build its io_uring runtime: {e}"))),
                         },
@@ -377,7 +390,7 @@ impl Server {
                             .enable_timer()
                             .build()
                         {
-                            Ok(mut rt) => rt.block_on(worker::run(Rc::new(worker), mine, stop, ready)),
+                            Ok(mut rt) => rt.block_on(worker::run(Rc::new(worker), mine, stop, ready, mailbox)),
                             Err(e) => ready.report(Err(format!("cannot build its epoll runtime: {e}"))),
                         },
                     }
@@ -389,6 +402,7 @@ impl Server {
         }
         drop(ready_tx);
         counters.reverse();
+        mailboxes.reverse();
         let mut ring = Ring::DeferTaskrun;
         for _ in 0..count {
             match ready_rx.recv_timeout(READY_TIMEOUT) {
@@ -408,6 +422,21 @@ impl Server {
             Ok(None) => {}
             Err(e) => return abort(workers, &shutdown, StartError::HealthChecks(e)),
         }
+        let admin = match admin_listener {
+            Some(listener) => {
+                let state = Admin {
+                    config: config.clone(),
+                    mailboxes,
+                    health: health.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                match admin::start(listener, state) {
+                    Ok(a) => Some(a),
+                    Err(e) => return abort(workers, &shutdown, StartError::Worker(e)),
+                }
+            }
+            None => None,
+        };
         let io = match driver {
             DriverInUse::Epoll => IoSetup::Epoll,
             DriverInUse::IoUring => IoSetup::IoUring { ring },
@@ -418,6 +447,7 @@ impl Server {
             addrs,
             io,
             counters,
+            admin,
         })
     }
 
@@ -429,6 +459,11 @@ impl Server {
     /// Every listener's name and bound address.
     pub fn addrs(&self) -> &[(String, SocketAddr)] {
         &self.addrs
+    }
+
+    /// The address the admin listener answers on, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminThread::addr)
     }
 
     /// How the workers' IO runs, as they reported it.
@@ -457,6 +492,10 @@ impl Server {
     pub fn join(self) {
         for w in self.workers {
             let _ = w.join();
+        }
+        // The admin listener answers (`/ready`: draining) until the end.
+        if let Some(admin) = self.admin {
+            admin.stop();
         }
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use weft_core::balance::pick_weighted;
+use weft_core::metrics::Metrics;
 use weft_core::{
     least_loaded, least_loaded_among, BalancerKind, BudgetSettings, ClusterLimits, Config, NoHealthy,
     Outcome, RetryBudget, Rng, RoundRobin, Target, TokenBucket,
@@ -54,6 +55,9 @@ pub(crate) struct Worker {
     pub draining: Cell<bool>,
     /// This worker's counters, readable from other threads.
     pub counters: Arc<WorkerCounters>,
+    /// This worker's request metrics, kept when there is an admin listener
+    /// to read them.
+    pub metrics: Option<RefCell<Metrics>>,
     /// Per listener: this worker's share of its `max_connections`.
     pub gates: Vec<Gate>,
     /// Deadlines of this worker's waits.
@@ -94,6 +98,8 @@ const HEAD_ROOM: usize = 1024;
 /// room before it accepts, a connection gives its place back when it ends.
 pub(crate) struct Gate {
     open: Cell<usize>,
+    /// Connections accepted through it, ever (`tcp_open_total`).
+    opened: Cell<u64>,
     limit: usize,
     waiter: RefCell<Option<Waker>>,
     closed: Cell<bool>,
@@ -103,6 +109,7 @@ impl Gate {
     fn new(limit: usize) -> Self {
         Gate {
             open: Cell::new(0),
+            opened: Cell::new(0),
             limit: limit.max(1),
             waiter: RefCell::new(None),
             closed: Cell::new(false),
@@ -129,6 +136,12 @@ impl Gate {
     /// Counts an accepted connection; [`Gate::leave`] when it ends.
     pub fn enter(&self) {
         self.open.set(self.open.get() + 1);
+        self.opened.set(self.opened.get() + 1);
+    }
+
+    /// Connections accepted through this gate, ever.
+    pub fn opened(&self) -> u64 {
+        self.opened.get()
     }
 
     /// A connection ended: its place is free again.
@@ -195,6 +208,10 @@ impl Worker {
         counters: Arc<WorkerCounters>,
         workers: usize,
     ) -> Self {
+        let metrics = config
+            .admin
+            .is_some()
+            .then(|| RefCell::new(Metrics::new(&config)));
         let gates = config
             .listeners
             .iter()
@@ -257,6 +274,7 @@ impl Worker {
             usable: RefCell::new(Vec::new()),
             draining: Cell::new(false),
             counters,
+            metrics,
             gates,
             timers: Rc::new(Timers::default()),
             idle_poll,
@@ -299,6 +317,7 @@ impl Worker {
     /// breakers, metrics and access logs will read it here.
     pub fn record(&self, o: &Outcome) {
         self.counters.outcome(o.success());
+        let mut failed = false;
         if let Some((c, i)) = o.target {
             let cluster = &self.config.clusters[c];
             if let (BalancerKind::PeakEwma, Some(answered)) = (cluster.balancer, o.upstream_at) {
@@ -321,9 +340,15 @@ impl Worker {
                     .outlier
                     .borrow_mut()
                     .success(o.end_at, settings),
-                Some(false) => self.endpoint_failed(c, i, o.end_at),
+                Some(false) => {
+                    failed = true;
+                    self.endpoint_failed(c, i, o.end_at)
+                }
                 None => {}
             }
+        }
+        if let Some(m) = &self.metrics {
+            m.borrow_mut().record(o, failed);
         }
         #[cfg(test)]
         self.outcomes.borrow_mut().push(o.clone());
@@ -354,15 +379,13 @@ impl Worker {
         let room = weft_core::outlier::may_eject(state.endpoints.len(), out, settings);
         let mut outlier = state.endpoints[i].outlier.borrow_mut();
         if outlier.failure(now, settings, room) {
+            if let Some(m) = &self.metrics {
+                m.borrow_mut().ejected(c, i);
+            }
             let until = outlier.ejected_until().unwrap_or(now);
             let later = state.ejected_until.get().map_or(until, |u| u.max(until));
             state.ejected_until.set(Some(later));
         }
-    }
-
-    /// The index of listener `l` (one of this worker's configuration's).
-    fn listener_index(&self, l: &weft_core::Listener) -> Option<usize> {
-        self.config.listeners.iter().position(|x| std::ptr::eq(x, l))
     }
 
     /// The counter of requests in flight on listener `l`, when it has a
@@ -372,10 +395,9 @@ impl Worker {
         if l.max_requests.is_none() {
             return Ok(None);
         }
-        let Some(li) = self.listener_index(l) else {
+        let Some((count, cap)) = self.listener_requests.get(l.index) else {
             return Ok(None);
         };
-        let (count, cap) = &self.listener_requests[li];
         match cap {
             Some(cap) if count.get() >= *cap => Err(()),
             _ => Ok(Some(count)),
@@ -385,10 +407,7 @@ impl Worker {
     /// Takes a token from the rate limit of route `ri` of listener `l`, if
     /// it has one; false when the limit is spent.
     pub fn admit(&self, l: &weft_core::Listener, ri: usize, now: Instant) -> bool {
-        let Some(li) = self.listener_index(l) else {
-            return true;
-        };
-        match self.rate_limits.get(li).and_then(|r| r.get(ri)) {
+        match self.rate_limits.get(l.index).and_then(|r| r.get(ri)) {
             Some(Some(bucket)) => bucket.borrow_mut().take(now),
             _ => true,
         }
@@ -517,15 +536,16 @@ pub(crate) struct Tracker<'w> {
 }
 
 impl<'w> Tracker<'w> {
-    /// Starts the record of a request whose head arrived at `head_at`.
-    pub fn new(w: &'w Worker, head_at: Instant) -> Self {
+    /// Starts the record of a request on listener `listener` whose head
+    /// arrived at `head_at`.
+    pub fn new(w: &'w Worker, listener: usize, head_at: Instant) -> Self {
         w.counters.request();
         if let Some(spin) = &w.idle_poll {
             spin.activity(head_at);
         }
         Tracker {
             w,
-            o: Outcome::new(head_at),
+            o: Outcome::new(listener, head_at),
         }
     }
 }

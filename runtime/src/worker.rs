@@ -77,6 +77,7 @@ pub(crate) async fn run(
     listeners: Vec<std::net::TcpListener>,
     shutdown: Shutdown,
     ready: Ready,
+    mailbox: Arc<crate::admin::Mailbox>,
 ) {
     let canceller = Canceller::new();
     let mut registered = Vec::new();
@@ -93,6 +94,9 @@ pub(crate) async fn run(
         }
     }
     ready.report(Ok(()));
+    if worker.config.admin.is_some() {
+        monoio::spawn(crate::admin::answer_scrapes(worker.clone(), mailbox));
+    }
     let mut accepting = Vec::new();
     for (li, listener) in registered.into_iter().enumerate() {
         let handle = canceller.handle();

@@ -110,7 +110,7 @@ pub(crate) async fn exchange(
                 status: 400,
                 code: "bad-request",
             };
-            let mut t = crate::state::Tracker::new(w, started);
+            let mut t = crate::state::Tracker::new(w, li, started);
             let msg = format!("the request head was refused: {e:?}");
             reply(&mut t, &mut client.respond, ProxyError::new(kind), &msg, false);
             return;

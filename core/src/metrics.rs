@@ -1,0 +1,433 @@
+//! Request metrics: what a worker counts from its outcome records, and the
+//! merge of several workers' counts when they are scraped.
+//!
+//! A worker owns its [`Metrics`] alone (plain integers, no atomics) and
+//! feeds it one [`Outcome`] per request; a scrape asks each worker for a
+//! copy and adds the copies up. Every series is keyed by what the
+//! configuration bounds (listener, route, cluster, endpoint) and by status
+//! and error code, whose number per route is capped: no label comes from a
+//! request's own values.
+
+use crate::config::Config;
+use crate::outcome::Outcome;
+use std::time::Duration;
+
+/// Bucket bounds of `response_latency_ms`, in microseconds: Linkerd's
+/// bounds (1 ms to 50 s), so that its dashboards read weft's figures.
+pub const LATENCY_BOUNDS_US: &[u64] = &[
+    1_000, 2_000, 3_000, 4_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 100_000, 200_000, 300_000,
+    400_000, 500_000, 1_000_000, 2_000_000, 3_000_000, 4_000_000, 5_000_000, 10_000_000, 20_000_000,
+    30_000_000, 40_000_000, 50_000_000,
+];
+
+/// Bucket bounds of `proxy_overhead_us`, in microseconds: fine below a
+/// millisecond, where weft's own time is expected to lie.
+pub const OVERHEAD_BOUNDS_US: &[u64] = &[
+    5, 10, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 50_000, 100_000,
+];
+
+/// Most response series (status, error code and cluster) kept per route
+/// and worker; the rest add up in one series with no status and the error
+/// [`OVERFLOW`].
+pub const MAX_SERIES_PER_ROUTE: usize = 64;
+
+/// The error label of the series that takes what is past
+/// [`MAX_SERIES_PER_ROUTE`].
+pub const OVERFLOW: &str = "other";
+
+/// A histogram with fixed bucket bounds: a count per bucket (the last one
+/// above every bound), the sum and the count of the values observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    counts: Box<[u64]>,
+    sum: u64,
+}
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending).
+    pub fn new(bounds: &'static [u64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1].into_boxed_slice(),
+            sum: 0,
+        }
+    }
+
+    /// Counts `v` in the first bucket whose bound is at least `v`.
+    #[inline]
+    pub fn observe(&mut self, v: u64) {
+        let i = self.bounds.partition_point(|b| *b < v);
+        self.counts[i] += 1;
+        self.sum = self.sum.saturating_add(v);
+    }
+
+    /// Adds another histogram's counts (over the same bounds) to this one.
+    pub fn merge(&mut self, other: &Histogram) {
+        debug_assert_eq!(self.bounds, other.bounds);
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+    }
+
+    /// The bucket bounds.
+    pub fn bounds(&self) -> &'static [u64] {
+        self.bounds
+    }
+
+    /// The count of each bucket alone (not cumulative); one more than the
+    /// bounds: the last is above every bound.
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// The sum of the values observed.
+    pub fn sum(&self) -> u64 {
+        self.sum
+    }
+
+    /// How many values were observed.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Responses of one route with one status, error code and cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseSeries {
+    /// The cluster the requests went to (index), if one was chosen.
+    pub cluster: Option<usize>,
+    /// The status sent to the client; `None` when no response head was.
+    pub status: Option<u16>,
+    /// The `weft-error` code, if any.
+    pub error: Option<&'static str>,
+    /// Requests that ended so.
+    pub count: u64,
+    /// Their time to the response head (Linkerd's `response_latency_ms`).
+    pub latency: Histogram,
+}
+
+impl ResponseSeries {
+    fn new(cluster: Option<usize>, status: Option<u16>, error: Option<&'static str>) -> Self {
+        ResponseSeries {
+            cluster,
+            status,
+            error,
+            count: 0,
+            latency: Histogram::new(LATENCY_BOUNDS_US),
+        }
+    }
+
+    fn is(&self, cluster: Option<usize>, status: Option<u16>, error: Option<&str>) -> bool {
+        self.status == status && self.cluster == cluster && self.error == error
+    }
+}
+
+/// Bytes of one listener's requests and responses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Request bytes read from clients: heads and bodies (after TLS).
+    pub read_bytes: u64,
+    /// Response bytes written to clients: heads and bodies (before TLS).
+    pub write_bytes: u64,
+}
+
+/// What one endpoint was asked and answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Requests whose last attempt went to it.
+    pub requests: u64,
+    /// Attempts that counted against it (breaker input: a failure to
+    /// connect, a reset, a timeout, a failing status).
+    pub failures: u64,
+    /// Times it was ejected.
+    pub ejections: u64,
+}
+
+/// One cluster's retries and endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Attempts beyond each request's first.
+    pub retries: u64,
+    /// Per endpoint, in configuration order.
+    pub endpoints: Vec<EndpointStats>,
+}
+
+/// One worker's request metrics, or the sum of several workers'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// Per listener.
+    pub listeners: Vec<ListenerStats>,
+    /// Per listener, per route: its response series. Each listener has one
+    /// more than its routes: the last holds requests no route took (refused
+    /// heads, no route matched).
+    pub routes: Vec<Vec<Vec<ResponseSeries>>>,
+    /// Per cluster.
+    pub clusters: Vec<ClusterStats>,
+    /// Time spent inside weft per request ([`Outcome::overhead`]).
+    pub overhead: Histogram,
+}
+
+impl Metrics {
+    /// Empty metrics shaped after `config`.
+    pub fn new(config: &Config) -> Self {
+        Metrics {
+            listeners: vec![ListenerStats::default(); config.listeners.len()],
+            routes: config
+                .listeners
+                .iter()
+                .map(|l| vec![Vec::new(); l.routes.len() + 1])
+                .collect(),
+            clusters: config
+                .clusters
+                .iter()
+                .map(|c| ClusterStats {
+                    retries: 0,
+                    endpoints: vec![EndpointStats::default(); c.endpoints.len()],
+                })
+                .collect(),
+            overhead: Histogram::new(OVERHEAD_BOUNDS_US),
+        }
+    }
+
+    /// Counts one request's outcome. `failed`: whether it counted against
+    /// its endpoint (the breaker's verdict).
+    pub fn record(&mut self, o: &Outcome, failed: bool) {
+        if let Some(l) = self.listeners.get_mut(o.listener) {
+            l.read_bytes += o.bytes_in;
+            l.write_bytes += o.bytes_out;
+        }
+        if let Some(routes) = self.routes.get_mut(o.listener) {
+            let unrouted = routes.len() - 1;
+            let slot = &mut routes[o.route.map_or(unrouted, |r| r.min(unrouted))];
+            let latency = o
+                .upstream_at
+                .unwrap_or(o.end_at)
+                .saturating_duration_since(o.head_at);
+            series(slot, o.cluster, o.status, o.error).observe(latency);
+        }
+        if let Some(c) = o.cluster.and_then(|c| self.clusters.get_mut(c)) {
+            c.retries += u64::from(o.attempts.saturating_sub(1));
+            for &i in &o.failed_attempts {
+                if let Some(e) = c.endpoints.get_mut(i) {
+                    e.failures += 1;
+                }
+            }
+            if let Some(e) = o.target.and_then(|(_, i)| c.endpoints.get_mut(i)) {
+                e.requests += 1;
+                e.failures += u64::from(failed);
+            }
+        }
+        self.overhead.observe(micros(o.overhead()));
+    }
+
+    /// Counts an ejection of endpoint `i` of cluster `c`.
+    pub fn ejected(&mut self, c: usize, i: usize) {
+        if let Some(e) = self.clusters.get_mut(c).and_then(|c| c.endpoints.get_mut(i)) {
+            e.ejections += 1;
+        }
+    }
+
+    /// Adds another worker's metrics (of the same configuration) to these.
+    pub fn merge(&mut self, other: &Metrics) {
+        for (a, b) in self.listeners.iter_mut().zip(&other.listeners) {
+            a.read_bytes += b.read_bytes;
+            a.write_bytes += b.write_bytes;
+        }
+        for (mine, theirs) in self.routes.iter_mut().zip(&other.routes) {
+            for (slot, from) in mine.iter_mut().zip(theirs) {
+                for s in from {
+                    let to = match slot.iter_mut().position(|x| x.is(s.cluster, s.status, s.error)) {
+                        Some(i) => &mut slot[i],
+                        None => {
+                            slot.push(ResponseSeries::new(s.cluster, s.status, s.error));
+                            slot.last_mut().expect("just pushed")
+                        }
+                    };
+                    to.count += s.count;
+                    to.latency.merge(&s.latency);
+                }
+            }
+        }
+        for (a, b) in self.clusters.iter_mut().zip(&other.clusters) {
+            a.retries += b.retries;
+            for (x, y) in a.endpoints.iter_mut().zip(&b.endpoints) {
+                x.requests += y.requests;
+                x.failures += y.failures;
+                x.ejections += y.ejections;
+            }
+        }
+        self.overhead.merge(&other.overhead);
+    }
+
+    /// Requests that ended on route `r` of listener `l` (`r` = the route
+    /// count: requests no route took).
+    pub fn requests(&self, l: usize, r: usize) -> u64 {
+        self.routes
+            .get(l)
+            .and_then(|routes| routes.get(r))
+            .map_or(0, |slot| slot.iter().map(|s| s.count).sum())
+    }
+}
+
+impl ResponseSeries {
+    #[inline]
+    fn observe(&mut self, latency: Duration) {
+        self.count += 1;
+        self.latency.observe(micros(latency));
+    }
+}
+
+/// The series of `slot` for this cluster, status and error, added when new
+/// (up to [`MAX_SERIES_PER_ROUTE`], then the overflow series).
+#[inline]
+fn series<'a>(
+    slot: &'a mut Vec<ResponseSeries>,
+    cluster: Option<usize>,
+    status: Option<u16>,
+    error: Option<&'static str>,
+) -> &'a mut ResponseSeries {
+    let (cluster, status, error) = match slot.iter().position(|s| s.is(cluster, status, error)) {
+        Some(i) => return &mut slot[i],
+        None if slot.len() < MAX_SERIES_PER_ROUTE => (cluster, status, error),
+        None => (None, None, Some(OVERFLOW)),
+    };
+    match slot.iter().position(|s| s.is(cluster, status, error)) {
+        Some(i) => &mut slot[i],
+        None => {
+            slot.push(ResponseSeries::new(cluster, status, error));
+            slot.last_mut().expect("just pushed")
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::time::Instant;
+
+    fn config() -> Config {
+        let src = r#"
+[[listener]]
+name = "in"
+listen = "127.0.0.1:1"
+[[route]]
+match = { path_prefix = "/a" }
+cluster = "a"
+[[route]]
+split = [ { cluster = "a", weight = 1 }, { cluster = "b", weight = 1 } ]
+[[cluster]]
+name = "a"
+endpoints = ["127.0.0.1:2", "127.0.0.1:3"]
+[[cluster]]
+name = "b"
+endpoints = ["127.0.0.1:4"]
+"#;
+        Config::parse(src, &crate::config::literal_only).expect("valid")
+    }
+
+    fn outcome(route: Option<usize>, status: Option<u16>, error: Option<&'static str>) -> Outcome {
+        let t = Instant::now();
+        let mut o = Outcome::new(0, t);
+        o.route = route;
+        o.cluster = route.map(|_| 0);
+        o.target = route.map(|_| (0, 1));
+        o.status = status;
+        o.error = error;
+        o.attempts = 2;
+        o.bytes_in = 10;
+        o.bytes_out = 20;
+        o.sent_at = Some(t + Duration::from_micros(30));
+        o.upstream_at = Some(t + Duration::from_micros(2_530));
+        o.end_at = t + Duration::from_micros(2_560);
+        o
+    }
+
+    #[test]
+    fn a_histogram_counts_each_value_in_the_first_bucket_at_or_above_it() {
+        let mut h = Histogram::new(&[10, 20]);
+        for v in [0, 10, 11, 20, 21, 1_000] {
+            h.observe(v);
+        }
+        assert_eq!(h.counts(), &[2, 2, 2]);
+        assert_eq!((h.sum(), h.count()), (1_062, 6));
+        let mut g = h.clone();
+        g.merge(&h);
+        assert_eq!((g.counts(), g.sum()), (&[4, 4, 4][..], 2_124));
+    }
+
+    #[test]
+    fn outcomes_land_in_their_route_status_and_error_series() {
+        let c = config();
+        let mut m = Metrics::new(&c);
+        m.record(&outcome(Some(0), Some(200), None), false);
+        m.record(&outcome(Some(0), Some(200), None), false);
+        m.record(&outcome(Some(0), Some(502), Some("connect-refused")), true);
+        m.record(&outcome(None, Some(404), Some("no-route")), false);
+        assert_eq!(m.requests(0, 0), 3);
+        assert_eq!(m.requests(0, 1), 0);
+        assert_eq!(m.requests(0, 2), 1, "the unrouted slot");
+        let ok = &m.routes[0][0][0];
+        assert_eq!((ok.status, ok.error, ok.count), (Some(200), None, 2));
+        // 2.5 ms to the response head: the 3 ms bucket (index 2).
+        assert_eq!(ok.latency.counts()[2], 2);
+        assert_eq!(
+            m.listeners[0],
+            ListenerStats {
+                read_bytes: 40,
+                write_bytes: 80
+            }
+        );
+        let a = &m.clusters[0];
+        assert_eq!(a.retries, 3);
+        assert_eq!(
+            a.endpoints[1],
+            EndpointStats {
+                requests: 3,
+                failures: 1,
+                ejections: 0
+            }
+        );
+        // 30 µs before the first attempt and 30 µs after the answer.
+        assert_eq!(m.overhead.count(), 4);
+        assert_eq!(m.overhead.sum(), 4 * 60);
+    }
+
+    #[test]
+    fn series_per_route_are_capped() {
+        let c = config();
+        let mut m = Metrics::new(&c);
+        for status in 100..400u16 {
+            m.record(&outcome(Some(1), Some(status), None), false);
+        }
+        let slot = &m.routes[0][1];
+        assert_eq!(slot.len(), MAX_SERIES_PER_ROUTE + 1);
+        let over = slot.last().expect("overflow series");
+        assert_eq!((over.status, over.error), (None, Some(OVERFLOW)));
+        assert_eq!(over.count, 300 - MAX_SERIES_PER_ROUTE as u64);
+        assert_eq!(m.requests(0, 1), 300);
+    }
+
+    #[test]
+    fn merged_workers_add_up() {
+        let c = config();
+        let mut a = Metrics::new(&c);
+        let mut b = Metrics::new(&c);
+        a.record(&outcome(Some(0), Some(200), None), false);
+        b.record(&outcome(Some(0), Some(200), None), false);
+        b.record(&outcome(Some(0), Some(503), Some("no-endpoint")), false);
+        b.ejected(0, 1);
+        a.merge(&b);
+        assert_eq!(a.requests(0, 0), 3);
+        assert_eq!(a.routes[0][0].len(), 2);
+        assert_eq!(a.routes[0][0][0].count, 2);
+        assert_eq!(a.clusters[0].endpoints[1].ejections, 1);
+        assert_eq!(a.overhead.count(), 3);
+    }
+}
