@@ -155,6 +155,8 @@ WEFT_TARGETS = {
     "weft-plain-ring": {"driver": "io-uring", "ring_setup": "plain", "expect": PLAIN},
     "weft-defer": {"driver": "io-uring", "ring_setup": "defer", "expect": DEFER},
     "weft-epoll": {"driver": "epoll", "ring_setup": None, "expect": "epoll"},
+    # weft with its admin listener (metrics kept), scraped every SCRAPE_EVERY.
+    "weft-metrics": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED, "admin": True},
     "weft-base": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-tls": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-h2": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
@@ -167,6 +169,9 @@ KNOWN_TARGETS = ["direct", *WEFT_TARGETS, "nginx", "haproxy", "nginx-tls", "ngin
 # Targets the load generators speak cleartext HTTP/2 to (prior knowledge):
 # h2load instead of wrk, oha with --http2; the upstream stays HTTP/1.1.
 H2_TARGETS = ("weft-h2", "nginx-h2", "haproxy-h2", "weft-h2-tls", "nginx-h2-tls")
+# How often the weft-metrics target's /metrics is scraped while it runs (a
+# stock Prometheus scrapes every 15 s or 30 s: this is the harsher case).
+SCRAPE_EVERY = float(env("SCRAPE_EVERY", "1"))
 # Streams each h2load connection keeps open at once (1: as wrk, one request
 # in flight per connection).
 H2_STREAMS = int(env("H2_STREAMS", "1"))
@@ -569,10 +574,12 @@ def tls_files():
     return cert, key
 
 
-def weft_conf(port, up, driver, ring_setup=None, tls=False, idle_poll=None):
+def weft_conf(port, up, driver, ring_setup=None, tls=False, idle_poll=None, admin=None):
     ring = f'ring_setup = "{ring_setup}"\n' if ring_setup else ""
     if idle_poll:
         ring += f'idle_poll = "{idle_poll}"\n'
+    if admin:
+        ring += f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
     tls_line = 'tls = {{ cert = "{}", key = "{}" }}\n'.format(*tls_files()) if tls else ""
     return f"""# weft under benchmark: one worker (pinned by taskset), one route, one cluster.
 [runtime]
@@ -611,8 +618,9 @@ def start_proxy(target, up, rnd):
     if target in WEFT_TARGETS:
         spec = WEFT_TARGETS[target]
         conf = OUT / f"{name}.toml"
+        admin = free_port() if spec.get("admin") else None
         conf.write_text(weft_conf(port, up, spec["driver"], spec["ring_setup"], tls=target in TLS_TARGETS,
-                                  idle_poll=spec.get("idle_poll")))
+                                  idle_poll=spec.get("idle_poll"), admin=admin))
         binary = WEFT_BASE_BIN if target == "weft-base" else WEFT_BIN
         argv = [str(binary), "--config", str(conf)]
     elif target in ("nginx", "nginx-tls", "nginx-h2", "nginx-h2-tls"):
@@ -636,7 +644,35 @@ def start_proxy(target, up, rnd):
     except RuntimeError:
         stop(p)
         raise
+    if target in WEFT_TARGETS and WEFT_TARGETS[target].get("admin"):
+        start_scraper(p, admin)
     return p, port
+
+
+def start_scraper(p, admin_port):
+    """Scrapes weft's /metrics every SCRAPE_EVERY seconds while `p` runs;
+    the scrapes counted and any failure kept in OUT/scrapes.log."""
+    import threading
+    import urllib.request
+
+    def scrape():
+        url = f"http://127.0.0.1:{admin_port}/metrics"
+        done = failed = 0
+        while p.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    r.read()
+                done += 1
+            except OSError as e:
+                if p.poll() is None:
+                    failed += 1
+                    with open(OUT / "scrapes.log", "a") as f:
+                        f.write(f"{p.bench_name}: scrape failed: {e}\n")
+            time.sleep(SCRAPE_EVERY)
+        with open(OUT / "scrapes.log", "a") as f:
+            f.write(f"{p.bench_name}: {done} scrapes, {failed} failed\n")
+
+    threading.Thread(target=scrape, daemon=True).start()
 
 
 # ---------------------------------------------------------------- load

@@ -30,6 +30,9 @@
 #       weft-defer        weft, driver = "io-uring", ring_setup = "defer"; must
 #                         report `io-uring (ring: defer-taskrun,single-issuer)`
 #       weft-epoll        weft, driver = "epoll"; must report `epoll`
+#       weft-metrics      weft with `[admin]` (metrics kept), its /metrics scraped
+#                         every SCRAPE_EVERY [1] seconds while it runs (with weft:
+#                         the cost of metrics)
 #       weft-base         weft built from BASE_REV (or the binary WEFT_BASE_BIN)
 #                         with weft's configuration: before/after in one run
 #       weft-tls          weft with `tls = { cert, key }` on its listener: the load
