@@ -166,8 +166,29 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// HTTP/2 from clients (`http2 = { ... }`).
     pub http2: Http2Settings,
+    /// Its access log (`access_log = { path, format }`): none by default.
+    pub access_log: Option<AccessLogSettings>,
     /// The listener's routes, in order.
     pub routes: RouteTable,
+}
+
+/// `access_log = { path, format }` on a listener: a line per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// Where lines go.
+    pub path: LogPath,
+    /// How a line looks (`"text"` by default).
+    pub format: crate::access_log::Format,
+}
+
+/// Where an access log's lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LogPath {
+    /// Standard output (`path = "-"`).
+    Stdout,
+    /// A file, appended to (relative paths are relative to the
+    /// configuration file's directory).
+    File(std::path::PathBuf),
 }
 
 /// `http2 = { max_concurrent_streams, stream_window, connection_window }`
@@ -471,6 +492,15 @@ struct RawListener {
     max_requests: Option<Spanned<usize>>,
     tls: Option<Spanned<RawListenerTls>>,
     http2: Option<RawHttp2>,
+    access_log: Option<RawAccessLog>,
+}
+
+/// `access_log = { path, format }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: Spanned<String>,
+    format: Option<Spanned<String>>,
 }
 
 /// `http2 = { max_concurrent_streams, stream_window, connection_window }`.
@@ -1231,6 +1261,35 @@ impl Config {
                 write_timeout: positive(&l.write_timeout, &lines, field("write_timeout"))?,
                 merge_slashes: l.merge_slashes,
                 http2: RawHttp2::settings(l.http2.as_ref(), true, &lines, field)?,
+                access_log: match &l.access_log {
+                    None => None,
+                    Some(a) => {
+                        let p = a.path.get_ref().trim();
+                        let path = match p {
+                            "" => {
+                                return Err(err(
+                                    lines.at(a.path.span().start),
+                                    field("access_log.path"),
+                                    "is empty: give a file, or \"-\" for standard output",
+                                ))
+                            }
+                            "-" => LogPath::Stdout,
+                            p => LogPath::File(p.into()),
+                        };
+                        let format = match &a.format {
+                            None => crate::access_log::Format::parse("text"),
+                            Some(f) => crate::access_log::Format::parse(f.get_ref()),
+                        }
+                        .map_err(|m| {
+                            let line = a
+                                .format
+                                .as_ref()
+                                .map_or(lines.at(a.path.span().start), |f| lines.at(f.span().start));
+                            err(line, field("access_log.format"), m)
+                        })?;
+                        Some(AccessLogSettings { path, format })
+                    }
+                },
                 max_connections: within(
                     &l.max_connections,
                     1..=10_000_000,

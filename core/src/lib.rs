@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod balance;
 pub mod budget;
 pub mod config;
@@ -23,8 +24,8 @@ pub mod route;
 pub use balance::{least_loaded, least_loaded_among, Rng, RoundRobin};
 pub use budget::{BudgetSettings, RetryBudget};
 pub use config::{
-    BalancerKind, Cluster, ClusterLimits, ClusterTls, Config, ConfigError, Driver, Listener, ListenerKind,
-    ListenerTls, NoHealthy, RingSetup, RuntimeSettings,
+    AccessLogSettings, BalancerKind, Cluster, ClusterLimits, ClusterTls, Config, ConfigError, Driver,
+    Listener, ListenerKind, ListenerTls, LogPath, NoHealthy, RingSetup, RuntimeSettings,
 };
 pub use error::{ErrorKind, ProxyError, RetryClass, Side};
 pub use health::{Health, HealthSettings};

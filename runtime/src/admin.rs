@@ -45,6 +45,8 @@ pub(crate) struct WorkerSnapshot {
     pub connections: Vec<(u64, u64)>,
     /// Per cluster, per endpoint: what it is doing now.
     pub endpoints: Vec<Vec<EndpointNow>>,
+    /// Access log lines dropped because the writer could not keep up.
+    pub log_dropped: u64,
 }
 
 /// One endpoint as one worker sees it at a scrape.
@@ -71,6 +73,7 @@ fn snapshot(w: &Worker) -> WorkerSnapshot {
     };
     WorkerSnapshot {
         metrics,
+        log_dropped: w.access_log.as_ref().map_or(0, |l| l.dropped()),
         connections: w.gates.iter().map(|g| (g.opened(), g.count() as u64)).collect(),
         endpoints: w
             .clusters
@@ -146,12 +149,11 @@ impl Mailbox {
     }
 }
 
-/// Marks a mailbox closed when the worker's scrape task ends.
-struct Closing<'a>(&'a Mailbox);
-
-impl Drop for Closing<'_> {
-    fn drop(&mut self) {
-        let mut l = self.0.lock();
+impl Mailbox {
+    /// Closes the mailbox at the worker's end: a scrape then leaves the
+    /// worker out at once instead of waiting for it.
+    pub fn close(&self) {
+        let mut l = self.lock();
         l.closed = true;
         l.asks.clear();
     }
@@ -159,7 +161,6 @@ impl Drop for Closing<'_> {
 
 /// A worker's task that answers scrapes, for as long as the worker runs.
 pub(crate) async fn answer_scrapes(w: Rc<Worker>, mailbox: Arc<Mailbox>) {
-    let _closing = Closing(&mailbox);
     loop {
         for reply in mailbox.next().await {
             let _ = reply.send(snapshot(&w));

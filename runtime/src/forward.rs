@@ -420,11 +420,14 @@ impl<'a> Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// The context of a request whose head arrived at `started`.
     fn new(w: &'a Worker, l: &'a Listener, req: &'a Request, peer_ip: &'a str, started: Instant) -> Self {
+        let mut t = Tracker::new(w, l.index, started);
+        t.req = Some(req);
+        t.peer = Some(peer_ip);
         Ctx {
             w,
             l,
             req,
-            t: Tracker::new(w, l.index, started),
+            t,
             head_started: false,
             peer_ip,
             in_flight: None,

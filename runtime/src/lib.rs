@@ -6,6 +6,7 @@
 //! balancer state, and runs the proxy pipeline that calls `weft-core` for
 //! decisions and `weft-proto` for the wire.
 
+mod access_log;
 mod admin;
 pub mod alloc;
 mod counters;
@@ -33,6 +34,6 @@ mod upstream_h2;
 mod wire;
 mod worker;
 
-pub use server::{IoSetup, Ring, Server, StartError, WorkerCounters};
+pub use server::{IoSetup, ReopenLogs, Ring, Server, StartError, WorkerCounters};
 pub use shutdown::Shutdown;
 pub use weft_core::Config;

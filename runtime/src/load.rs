@@ -35,9 +35,19 @@ pub fn from_file(path: &Path) -> Result<Config, String> {
         )
     })?;
     let mut config = parse(&src).map_err(|e| format!("{}: {e}", path.display()))?;
-    // Certificate and key paths are relative to the file's directory.
+    // Certificate, key and access log paths are relative to the file's
+    // directory.
     let dir = path.parent().unwrap_or(Path::new("."));
     for l in &mut config.listeners {
+        if let Some(weft_core::AccessLogSettings {
+            path: weft_core::LogPath::File(p),
+            ..
+        }) = &mut l.access_log
+        {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
         if let Some(t) = &mut l.tls {
             let pairs = t.sni.iter_mut().flat_map(|(c, k)| [c, k]);
             for p in [&mut t.cert, &mut t.key]

@@ -1,6 +1,6 @@
 //! The `weft` binary: run a configuration, check one, or run the demo.
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,10 +63,12 @@ macro_rules! out {
 }
 
 /// Installs the signal handlers before anything runs: SIGINT and SIGTERM
-/// drain and stop; SIGHUP (whose default action would kill the process) is
-/// logged and otherwise ignored until configuration reload exists.
+/// drain and stop; SIGUSR1 reopens the access log files (log rotation);
+/// SIGHUP (whose default action would kill the process) is logged and
+/// otherwise ignored until configuration reload exists.
 fn signals() -> Result<Signals, ExitCode> {
-    Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| fail(&format!("cannot install signal handlers: {e}")))
+    Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
+        .map_err(|e| fail(&format!("cannot install signal handlers: {e}")))
 }
 
 fn check(file: &str) -> ExitCode {
@@ -121,9 +123,14 @@ fn run(config: Result<weft::Config, String>) -> ExitCode {
 
 fn serve_until_signal(server: Server, mut signals: Signals) -> ExitCode {
     let shutdown = server.shutdown_handle();
+    let reopen = server.reopen_logs();
     std::thread::spawn(move || {
         let mut stops = 0;
         for signal in signals.forever() {
+            if signal == SIGUSR1 {
+                reopen.fire();
+                continue;
+            }
             if signal == SIGHUP {
                 weft::log::write_now(
                     "SIGHUP: configuration reload is not supported yet; still serving the configuration loaded at start",

@@ -1,5 +1,6 @@
 //! Starting and stopping the workers.
 
+use crate::access_log::{self, WorkerLog};
 use crate::admin::{self, Admin, AdminThread, Mailbox};
 pub use crate::counters::WorkerCounters;
 use crate::health::{self, HealthTable};
@@ -85,6 +86,8 @@ pub enum StartError {
     HealthChecks(std::io::Error),
     /// A TLS listener's certificate or key cannot be used.
     Tls(String),
+    /// An access log cannot be opened, or its writer started.
+    AccessLog(String),
     /// A worker could not build its runtime or register its listeners.
     WorkerSetup {
         /// The worker's index.
@@ -106,6 +109,7 @@ impl fmt::Display for StartError {
             ),
             StartError::Worker(e) => write!(f, "cannot start a worker thread: {e}"),
             StartError::Tls(e) => write!(f, "{e}"),
+            StartError::AccessLog(e) => write!(f, "{e}"),
             StartError::HealthChecks(e) => write!(
                 f,
                 "health checks are configured but cannot run: {e} (check the open-file and thread limits, or remove `health_check`)"
@@ -128,6 +132,21 @@ pub struct Server {
     io: IoSetup,
     counters: Vec<Arc<WorkerCounters>>,
     admin: Option<AdminThread>,
+    access_log: Option<access_log::Writer>,
+}
+
+/// Asks the access log writer to reopen its files (SIGUSR1, after log
+/// rotation moved them).
+#[derive(Clone)]
+pub struct ReopenLogs(Option<Arc<AtomicBool>>);
+
+impl ReopenLogs {
+    /// Reopens the files before the next write (nothing without access logs).
+    pub fn fire(&self) {
+        if let Some(flag) = &self.0 {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -290,6 +309,8 @@ impl Server {
             })?),
             None => None,
         };
+        let log_writer = access_log::start(&config).map_err(StartError::AccessLog)?;
+        let log_tx = log_writer.as_ref().map(|w| w.tx.clone());
         let shutdown = Shutdown::new();
         let health = Arc::new(HealthTable::new(&config));
         let mut mailboxes = Vec::new();
@@ -316,6 +337,7 @@ impl Server {
             counters.push(mine_counters.clone());
             let mailbox = Arc::new(Mailbox::default());
             mailboxes.push(mailbox.clone());
+            let log_tx = log_tx.clone();
             let ready = Ready {
                 tx: ready_tx.clone(),
                 worker: i,
@@ -329,6 +351,7 @@ impl Server {
                     }
                     let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9) ^ std::process::id() as u64;
                     let mut worker = Worker::new(config.clone(), health, seed, mine_counters, count);
+                    worker.access_log = log_tx.map(|tx| WorkerLog::new(&config, tx));
                     // Each worker its own TLS configurations: no state
                     // shared with another core per connection.
                     worker.tls = tls
@@ -448,6 +471,7 @@ impl Server {
             io,
             counters,
             admin,
+            access_log: log_writer,
         })
     }
 
@@ -459,6 +483,11 @@ impl Server {
     /// Every listener's name and bound address.
     pub fn addrs(&self) -> &[(String, SocketAddr)] {
         &self.addrs
+    }
+
+    /// What makes the access log writer reopen its files.
+    pub fn reopen_logs(&self) -> ReopenLogs {
+        ReopenLogs(self.access_log.as_ref().map(access_log::Writer::reopen_flag))
     }
 
     /// The address the admin listener answers on, when there is one.
@@ -496,6 +525,10 @@ impl Server {
         // The admin listener answers (`/ready`: draining) until the end.
         if let Some(admin) = self.admin {
             admin.stop();
+        }
+        // Every worker handed its last lines over: write them.
+        if let Some(writer) = self.access_log {
+            writer.join();
         }
     }
 }

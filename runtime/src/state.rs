@@ -58,6 +58,8 @@ pub(crate) struct Worker {
     /// This worker's request metrics, kept when there is an admin listener
     /// to read them.
     pub metrics: Option<RefCell<Metrics>>,
+    /// This worker's side of the access logs, when a listener has one.
+    pub access_log: Option<crate::access_log::WorkerLog>,
     /// Per listener: this worker's share of its `max_connections`.
     pub gates: Vec<Gate>,
     /// Deadlines of this worker's waits.
@@ -275,6 +277,7 @@ impl Worker {
             draining: Cell::new(false),
             counters,
             metrics,
+            access_log: None,
             gates,
             timers: Rc::new(Timers::default()),
             idle_poll,
@@ -533,6 +536,10 @@ pub(crate) struct Tracker<'w> {
     w: &'w Worker,
     /// The record being filled in.
     pub o: Outcome,
+    /// The request, once its head was taken (for the access log).
+    pub req: Option<&'w weft_proto::Request>,
+    /// The client's address (for the access log).
+    pub peer: Option<&'w str>,
 }
 
 impl<'w> Tracker<'w> {
@@ -546,6 +553,8 @@ impl<'w> Tracker<'w> {
         Tracker {
             w,
             o: Outcome::new(listener, head_at),
+            req: None,
+            peer: None,
         }
     }
 }
@@ -561,6 +570,9 @@ impl Drop for Tracker<'_> {
     fn drop(&mut self) {
         self.o.end_at = Instant::now();
         self.w.record(&self.o);
+        if let Some(log) = &self.w.access_log {
+            log.write(&self.w.config, &self.o, self.req, self.peer);
+        }
     }
 }
 

@@ -95,7 +95,7 @@ pub(crate) async fn run(
     }
     ready.report(Ok(()));
     if worker.config.admin.is_some() {
-        monoio::spawn(crate::admin::answer_scrapes(worker.clone(), mailbox));
+        monoio::spawn(crate::admin::answer_scrapes(worker.clone(), mailbox.clone()));
     }
     let mut accepting = Vec::new();
     for (li, listener) in registered.into_iter().enumerate() {
@@ -155,6 +155,9 @@ pub(crate) async fn run(
         monoio::spawn(crate::spin::run(worker.clone()));
     }
     monoio::spawn(return_memory(worker.clone()));
+    if worker.access_log.is_some() {
+        monoio::spawn(flush_access_log(worker.clone()));
+    }
     let w = worker.clone();
     monoio::spawn(async move { w.timers.run().await });
     shutdown.wait().await;
@@ -174,6 +177,23 @@ pub(crate) async fn run(
     let open = || worker.gates.iter().map(|g| g.count()).sum::<usize>();
     while open() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The worker's tasks may outlive its runtime: let go of what other
+    // threads wait on.
+    mailbox.close();
+    if let Some(log) = &worker.access_log {
+        log.close();
+    }
+}
+
+/// Hands the access log lines the worker buffered to the writer thread
+/// every [`crate::access_log::FLUSH_EVERY`].
+async fn flush_access_log(worker: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(crate::access_log::FLUSH_EVERY).await;
+        if let Some(log) = &worker.access_log {
+            log.flush();
+        }
     }
 }
 

@@ -115,6 +115,14 @@ pub(super) fn render(config: &Config, snaps: &[(usize, WorkerSnapshot)]) -> Stri
             let _ = writeln!(o, "{name}{{listener=\"{}\"}} {v}", esc(&l.name));
         }
     };
+    header(
+        o,
+        "access_log_dropped_lines_total",
+        "counter",
+        "Access log lines dropped because the writer could not keep up.",
+    );
+    let dropped: u64 = snaps.iter().map(|(_, s)| s.log_dropped).sum();
+    let _ = writeln!(o, "access_log_dropped_lines_total {dropped}");
     listener_rows(
         o,
         "tcp_open_total",

@@ -1,0 +1,472 @@
+//! Access log lines: the format a listener's `access_log` names, and the
+//! line one request leaves in it.
+//!
+//! A format is `"json"` (one object per line) or a pattern of text and
+//! `%FIELD%` operators, Envoy's way (`"text"` is [`DEFAULT_PATTERN`]). It is
+//! checked when the configuration loads; writing a line allocates nothing
+//! beyond the output buffer. The start time comes in with the entry: this
+//! module never reads the clock.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+/// The pattern `format = "text"` stands for (and the default): Envoy's
+/// default format, with weft's error code where Envoy has its response
+/// flags.
+pub const DEFAULT_PATTERN: &str =
+    "[%START_TIME%] \"%METHOD% %PATH% %PROTOCOL%\" %RESPONSE_CODE% %WEFT_ERROR% \
+%BYTES_RECEIVED% %BYTES_SENT% %DURATION% %UPSTREAM_TIME% \"%DOWNSTREAM_REMOTE_ADDRESS%\" \"%REQUEST_ID%\" \
+\"%AUTHORITY%\" \"%UPSTREAM_HOST%\" %ATTEMPTS% %TRACE_ID%";
+
+/// What a line shows of one request: one `%FIELD%` operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// When the request head arrived (RFC 3339, UTC, milliseconds).
+    StartTime,
+    /// The method.
+    Method,
+    /// The path as routed (normalised, without the query).
+    Path,
+    /// The authority (`Host`, or `:authority`).
+    Authority,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    Protocol,
+    /// The status sent to the client.
+    ResponseCode,
+    /// The `weft-error` code.
+    WeftError,
+    /// Request bytes read (head and body).
+    BytesReceived,
+    /// Response bytes written (head and body).
+    BytesSent,
+    /// From the head's arrival to the end, in milliseconds.
+    Duration,
+    /// From the first attempt to the upstream's response head, in
+    /// milliseconds.
+    UpstreamTime,
+    /// The endpoint of the last attempt.
+    UpstreamHost,
+    /// Attempts made upstream.
+    Attempts,
+    /// The request's `x-request-id`.
+    RequestId,
+    /// The trace id of its `traceparent` (or B3) field.
+    TraceId,
+    /// The client's address.
+    DownstreamRemoteAddress,
+    /// The listener's name.
+    Listener,
+    /// The route's name.
+    Route,
+    /// The cluster's name.
+    Cluster,
+}
+
+/// Every field with its operator name (in a pattern) and JSON key.
+const FIELDS: &[(Field, &str, &str)] = &[
+    (Field::StartTime, "START_TIME", "start_time"),
+    (Field::Method, "METHOD", "method"),
+    (Field::Path, "PATH", "path"),
+    (Field::Authority, "AUTHORITY", "authority"),
+    (Field::Protocol, "PROTOCOL", "protocol"),
+    (Field::ResponseCode, "RESPONSE_CODE", "response_code"),
+    (Field::WeftError, "WEFT_ERROR", "weft_error"),
+    (Field::BytesReceived, "BYTES_RECEIVED", "bytes_received"),
+    (Field::BytesSent, "BYTES_SENT", "bytes_sent"),
+    (Field::Duration, "DURATION", "duration_ms"),
+    (Field::UpstreamTime, "UPSTREAM_TIME", "upstream_time_ms"),
+    (Field::UpstreamHost, "UPSTREAM_HOST", "upstream_host"),
+    (Field::Attempts, "ATTEMPTS", "attempts"),
+    (Field::RequestId, "REQUEST_ID", "request_id"),
+    (Field::TraceId, "TRACE_ID", "trace_id"),
+    (
+        Field::DownstreamRemoteAddress,
+        "DOWNSTREAM_REMOTE_ADDRESS",
+        "downstream_remote_address",
+    ),
+    (Field::Listener, "LISTENER", "listener"),
+    (Field::Route, "ROUTE", "route"),
+    (Field::Cluster, "CLUSTER", "cluster"),
+];
+
+/// A piece of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Text as written.
+    Text(String),
+    /// A field's value (`-` when the request has none).
+    Field(Field),
+}
+
+/// How a listener's access log writes a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line, every field, `null` where there is none.
+    Json,
+    /// Text and fields.
+    Pattern(Vec<Piece>),
+}
+
+impl Format {
+    /// `"json"`, `"text"` (the default pattern), or a pattern: text with
+    /// `%FIELD%` operators (`%%` is a `%`). An unknown operator, or a `%`
+    /// left open, is an error that names it and lists the known ones.
+    pub fn parse(s: &str) -> Result<Format, String> {
+        match s {
+            "json" => return Ok(Format::Json),
+            "text" => return Format::parse(DEFAULT_PATTERN),
+            _ => {}
+        }
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut rest = s;
+        while let Some(at) = rest.find('%') {
+            text.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            let Some(end) = after.find('%') else {
+                return Err(format!(
+                    "a `%` opens an operator that never closes (after `{}`): write `%%` for a percent sign",
+                    &s[..s.len() - rest.len() + at]
+                ));
+            };
+            let name = &after[..end];
+            if name.is_empty() {
+                text.push('%');
+            } else {
+                let Some((field, _, _)) = FIELDS.iter().find(|(_, n, _)| *n == name) else {
+                    let known: Vec<&str> = FIELDS.iter().map(|(_, n, _)| *n).collect();
+                    return Err(format!(
+                        "unknown operator `%{name}%`: use one of {}",
+                        known.join(", ")
+                    ));
+                };
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(Piece::Field(*field));
+            }
+            rest = &after[end + 1..];
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        Ok(Format::Pattern(pieces))
+    }
+
+    /// Appends the line of `e` (with its newline) to `out`.
+    pub fn write(&self, e: &Entry<'_>, out: &mut Vec<u8>) {
+        match self {
+            Format::Json => {
+                out.push(b'{');
+                for (i, (field, _, key)) in FIELDS.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(key.as_bytes());
+                    out.extend_from_slice(b"\":");
+                    if !e.value(*field, out, true) {
+                        out.extend_from_slice(b"null");
+                    }
+                }
+                out.extend_from_slice(b"}\n");
+            }
+            Format::Pattern(pieces) => {
+                for p in pieces {
+                    match p {
+                        Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+                        Piece::Field(f) => {
+                            if !e.value(*f, out, false) {
+                                out.push(b'-');
+                            }
+                        }
+                    }
+                }
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// One request as its access log line shows it.
+#[derive(Debug, Clone, Default)]
+pub struct Entry<'a> {
+    /// When its head arrived.
+    pub start: Option<SystemTime>,
+    /// Method, path and authority, when a head was parsed.
+    pub method: Option<&'a str>,
+    /// The path as routed.
+    pub path: Option<&'a str>,
+    /// The authority.
+    pub authority: Option<&'a str>,
+    /// The protocol's name.
+    pub protocol: Option<&'static str>,
+    /// The status sent.
+    pub status: Option<u16>,
+    /// The `weft-error` code.
+    pub error: Option<&'a str>,
+    /// Request bytes read.
+    pub bytes_in: u64,
+    /// Response bytes written.
+    pub bytes_out: u64,
+    /// The whole exchange.
+    pub duration: Duration,
+    /// The wait for the upstream.
+    pub upstream_time: Option<Duration>,
+    /// The endpoint of the last attempt.
+    pub upstream_host: Option<SocketAddr>,
+    /// Attempts made upstream.
+    pub attempts: u32,
+    /// `x-request-id`.
+    pub request_id: Option<&'a [u8]>,
+    /// The trace id.
+    pub trace_id: Option<&'a str>,
+    /// The client's address.
+    pub peer: Option<&'a str>,
+    /// Listener, route and cluster names.
+    pub listener: &'a str,
+    /// The route's name.
+    pub route: Option<&'a str>,
+    /// The cluster's name.
+    pub cluster: Option<&'a str>,
+}
+
+impl Entry<'_> {
+    /// Writes the value of `f` (quoted and escaped when `json` and it is a
+    /// string); false, writing nothing, when there is none.
+    fn value(&self, f: Field, out: &mut Vec<u8>, json: bool) -> bool {
+        let text = |out: &mut Vec<u8>, s: &[u8]| {
+            if json {
+                json_string(out, s);
+            } else {
+                plain(out, s);
+            }
+        };
+        match f {
+            Field::StartTime => match self.start {
+                Some(t) => {
+                    let stamp = humantime::format_rfc3339_millis(t).to_string();
+                    text(out, stamp.as_bytes());
+                }
+                None => return false,
+            },
+            Field::Method => return self.method.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::Path => return self.path.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::Authority => return self.authority.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::Protocol => return self.protocol.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::ResponseCode => match self.status {
+                Some(s) => number(out, u64::from(s)),
+                None => return false,
+            },
+            Field::WeftError => return self.error.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::BytesReceived => number(out, self.bytes_in),
+            Field::BytesSent => number(out, self.bytes_out),
+            Field::Duration => millis(out, self.duration),
+            Field::UpstreamTime => match self.upstream_time {
+                Some(d) => millis(out, d),
+                None => return false,
+            },
+            Field::UpstreamHost => match self.upstream_host {
+                Some(a) => text(out, a.to_string().as_bytes()),
+                None => return false,
+            },
+            Field::Attempts => number(out, u64::from(self.attempts)),
+            Field::RequestId => return self.request_id.map(|v| text(out, v)).is_some(),
+            Field::TraceId => return self.trace_id.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::DownstreamRemoteAddress => return self.peer.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::Listener => text(out, self.listener.as_bytes()),
+            Field::Route => return self.route.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::Cluster => return self.cluster.map(|v| text(out, v.as_bytes())).is_some(),
+        }
+        true
+    }
+}
+
+fn number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Milliseconds with three decimals (microseconds).
+fn millis(out: &mut Vec<u8>, d: Duration) {
+    let us = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()));
+    number(out, us / 1_000);
+    let frac = us % 1_000;
+    out.push(b'.');
+    out.push(b'0' + (frac / 100) as u8);
+    out.push(b'0' + (frac / 10 % 10) as u8);
+    out.push(b'0' + (frac % 10) as u8);
+}
+
+/// A value in a text line: bytes outside printable ASCII (which a parsed
+/// head never has, but a log must not carry raw) as `\xNN`.
+fn plain(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        if (0x20..0x7f).contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        }
+    }
+}
+
+/// A JSON string: quotes, backslashes and control bytes escaped; bytes
+/// that are not UTF-8 as U+FFFD.
+fn json_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for ch in String::from_utf8_lossy(s).chars() {
+        match ch {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// The trace id a request carries: from W3C `traceparent`
+/// (`00-<32 hex>-<16 hex>-<2 hex>`, not all zeros), else from B3's single
+/// `b3` field (`<16 or 32 hex>-<16 hex>[-...]`).
+pub fn trace_id<'a>(traceparent: Option<&'a [u8]>, b3: Option<&'a [u8]>) -> Option<&'a str> {
+    let hex = |s: &[u8]| !s.is_empty() && s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let nonzero = |s: &[u8]| s.iter().any(|b| *b != b'0');
+    if let Some(tp) = traceparent {
+        let parts: Vec<&[u8]> = tp.split(|b| *b == b'-').collect();
+        if let [version, id, parent, flags, ..] = parts[..] {
+            let ok = version.len() == 2
+                && hex(version)
+                && version != b"ff"
+                && id.len() == 32
+                && hex(id)
+                && nonzero(id)
+                && parent.len() == 16
+                && hex(parent)
+                && flags.len() == 2
+                && hex(flags);
+            if ok {
+                return std::str::from_utf8(id).ok();
+            }
+        }
+    }
+    let b3 = b3?;
+    let mut parts = b3.split(|b| *b == b'-');
+    let id = parts.next()?;
+    let span = parts.next()?;
+    let ok = (id.len() == 16 || id.len() == 32) && hex(id) && nonzero(id) && span.len() == 16 && hex(span);
+    ok.then(|| std::str::from_utf8(id).ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            start: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)),
+            method: Some("GET"),
+            path: Some("/v1/items"),
+            authority: Some("api.example.com"),
+            protocol: Some("HTTP/1.1"),
+            status: Some(200),
+            error: None,
+            bytes_in: 78,
+            bytes_out: 1_234,
+            duration: Duration::from_micros(2_345),
+            upstream_time: Some(Duration::from_micros(2_001)),
+            upstream_host: Some(([127, 0, 0, 1], 9001).into()),
+            attempts: 1,
+            request_id: Some(b"abc\"def"),
+            trace_id: None,
+            peer: Some("10.0.0.7"),
+            listener: "ingress",
+            route: Some("api"),
+            cluster: Some("api-v1"),
+        }
+    }
+
+    fn line(format: &str, e: &Entry<'_>) -> String {
+        let mut out = Vec::new();
+        Format::parse(format).expect("a valid format").write(e, &mut out);
+        String::from_utf8(out).expect("text")
+    }
+
+    #[test]
+    fn the_default_text_line() {
+        assert_eq!(
+            line("text", &entry()),
+            "[2026-11-18T11:06:40.123Z] \"GET /v1/items HTTP/1.1\" 200 - 78 1234 2.345 2.001 \"10.0.0.7\" \"abc\"def\" \"api.example.com\" \"127.0.0.1:9001\" 1 -\n"
+        );
+    }
+
+    #[test]
+    fn a_pattern_with_text_and_percent_signs() {
+        assert_eq!(
+            line("%METHOD% 100%% %ROUTE%/%CLUSTER%", &entry()),
+            "GET 100% api/api-v1\n"
+        );
+        let e = Entry {
+            listener: "in",
+            ..Entry::default()
+        };
+        assert_eq!(
+            line("%LISTENER% %RESPONSE_CODE% %UPSTREAM_TIME% %DURATION%", &e),
+            "in - - 0.000\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_escape_and_null_what_is_missing() {
+        let mut e = entry();
+        e.request_id = Some(b"a\\b\x01\xff");
+        e.error = Some("upstream-timeout");
+        let text = line("json", &e);
+        assert!(text.ends_with("}\n"), "{text}");
+        assert!(
+            text.contains("\"request_id\":\"a\\\\b\\u0001\u{fffd}\""),
+            "{text}"
+        );
+        assert!(text.contains("\"weft_error\":\"upstream-timeout\""), "{text}");
+        assert!(text.contains("\"trace_id\":null"), "{text}");
+        assert!(text.contains("\"duration_ms\":2.345,"), "{text}");
+        assert!(
+            text.contains("\"start_time\":\"2026-11-18T11:06:40.123Z\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn mistakes_in_a_pattern_are_named() {
+        let e = Format::parse("%METHOD% %STATUS%").expect_err("unknown");
+        assert!(
+            e.contains("unknown operator `%STATUS%`") && e.contains("RESPONSE_CODE"),
+            "{e}"
+        );
+        let e = Format::parse("%METHOD% 50% off").expect_err("open");
+        assert!(e.contains("never closes"), "{e}");
+    }
+
+    #[test]
+    fn trace_ids_from_traceparent_or_b3() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(Some(tp), None), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let zeros = b"00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(Some(zeros), None), None);
+        assert_eq!(trace_id(Some(b"00-XYZ-00f067aa0ba902b7-01"), None), None);
+        let b3 = b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
+        assert_eq!(trace_id(None, Some(b3)), Some("80f198ee56343ba864fe8b2a57d3eff7"));
+        assert_eq!(
+            trace_id(Some(b"junk"), Some(b"a3ce929d0e0e4736-00f067aa0ba902b7")),
+            Some("a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id(None, Some(b"0")), None);
+    }
+}

@@ -1,0 +1,280 @@
+//! Access logs (`access_log = { path, format }` on a listener): a line per
+//! request, written from its outcome record.
+//!
+//! A worker never waits on the disk. Each worker appends lines to a buffer
+//! of its own per destination and hands a buffer to the one writer thread
+//! when it is full, and every [`FLUSH_EVERY`] otherwise, through a bounded
+//! channel. When the channel is full the buffer is dropped and its lines
+//! counted (`access_log_dropped_lines_total` in `/metrics`). SIGUSR1 makes
+//! the writer reopen its files, for log rotation.
+
+use crate::log::log;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::cell::{Cell, RefCell};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+use weft_core::access_log::{trace_id, Entry, Format};
+use weft_core::{Config, LogPath, Outcome};
+use weft_proto::{Request, Version};
+
+/// How often a worker hands over what it has buffered.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// A worker's buffer is handed over once it holds this much.
+const FLUSH_AT: usize = 32 * 1024;
+
+/// Buffers waiting for the writer thread; beyond this, they are dropped.
+const QUEUE: usize = 256;
+
+/// Lines of one destination, from one worker.
+pub(crate) struct Batch {
+    sink: usize,
+    bytes: Vec<u8>,
+}
+
+/// The destinations of a configuration: each distinct path once, and
+/// which one each listener writes to.
+fn sinks(config: &Config) -> (Vec<LogPath>, Vec<Option<usize>>) {
+    let mut paths: Vec<LogPath> = Vec::new();
+    let of_listener = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let a = l.access_log.as_ref()?;
+            Some(match paths.iter().position(|p| *p == a.path) {
+                Some(i) => i,
+                None => {
+                    paths.push(a.path.clone());
+                    paths.len() - 1
+                }
+            })
+        })
+        .collect();
+    (paths, of_listener)
+}
+
+/// One worker's side of the access logs.
+pub(crate) struct WorkerLog {
+    /// Taken at the worker's end ([`WorkerLog::close`]): the writer ends
+    /// once every worker's side is gone.
+    tx: RefCell<Option<Sender<Batch>>>,
+    /// Per listener: its format and destination, when it logs.
+    listeners: Vec<Option<(Format, usize)>>,
+    /// Per destination: the lines buffered and how many.
+    buffers: Vec<RefCell<(Vec<u8>, u64)>>,
+    /// Lines dropped because the writer could not keep up.
+    dropped: Cell<u64>,
+}
+
+impl WorkerLog {
+    /// This worker's access logs, sending to the writer through `tx`.
+    pub fn new(config: &Config, tx: Sender<Batch>) -> Self {
+        let (paths, of_listener) = sinks(config);
+        WorkerLog {
+            tx: RefCell::new(Some(tx)),
+            listeners: config
+                .listeners
+                .iter()
+                .zip(of_listener)
+                .map(|(l, sink)| Some((l.access_log.as_ref()?.format.clone(), sink?)))
+                .collect(),
+            buffers: paths.iter().map(|_| RefCell::new((Vec::new(), 0))).collect(),
+            dropped: Cell::new(0),
+        }
+    }
+
+    /// Writes the line of a request that ended, when its listener logs.
+    pub fn write(&self, config: &Config, o: &Outcome, req: Option<&Request>, peer: Option<&str>) {
+        let Some(Some((format, sink))) = self.listeners.get(o.listener) else {
+            return;
+        };
+        let listener = &config.listeners[o.listener];
+        let duration = o.end_at.saturating_duration_since(o.head_at);
+        let entry = Entry {
+            start: SystemTime::now().checked_sub(duration),
+            method: req.map(Request::method),
+            path: req.map(Request::path),
+            authority: req.and_then(Request::authority),
+            protocol: req.map(|r| match r.version() {
+                Version::Http10 => "HTTP/1.0",
+                Version::Http11 => "HTTP/1.1",
+                Version::Http2 => "HTTP/2",
+            }),
+            status: o.status,
+            error: o.error,
+            bytes_in: o.bytes_in,
+            bytes_out: o.bytes_out,
+            duration,
+            upstream_time: match (o.sent_at, o.upstream_at) {
+                (Some(sent), Some(answered)) => Some(answered.saturating_duration_since(sent)),
+                _ => None,
+            },
+            upstream_host: o.endpoint,
+            attempts: o.attempts,
+            request_id: req.and_then(|r| r.header("x-request-id")),
+            trace_id: req.and_then(|r| trace_id(r.header("traceparent"), r.header("b3"))),
+            peer,
+            listener: &listener.name,
+            route: o
+                .route
+                .and_then(|r| listener.routes.routes().get(r))
+                .map(|r| r.name.as_str()),
+            cluster: o
+                .cluster
+                .and_then(|c| config.clusters.get(c))
+                .map(|c| c.name.as_str()),
+        };
+        let full = {
+            let mut b = self.buffers[*sink].borrow_mut();
+            format.write(&entry, &mut b.0);
+            b.1 += 1;
+            b.0.len() >= FLUSH_AT
+        };
+        if full {
+            self.hand_over(*sink);
+        }
+    }
+
+    /// Hands every buffer with lines to the writer.
+    pub fn flush(&self) {
+        for sink in 0..self.buffers.len() {
+            self.hand_over(sink);
+        }
+    }
+
+    fn hand_over(&self, sink: usize) {
+        let (bytes, lines) = {
+            let mut b = self.buffers[sink].borrow_mut();
+            if b.1 == 0 {
+                return;
+            }
+            let lines = std::mem::take(&mut b.1);
+            (
+                std::mem::replace(&mut b.0, Vec::with_capacity(FLUSH_AT + 1024)),
+                lines,
+            )
+        };
+        let sent = match &*self.tx.borrow() {
+            Some(tx) => tx.try_send(Batch { sink, bytes }),
+            None => Err(TrySendError::Disconnected(Batch { sink, bytes })),
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sent {
+            self.dropped.set(self.dropped.get() + lines);
+        }
+    }
+
+    /// Hands the last lines over and lets go of the writer (at the
+    /// worker's end: its tasks, and this, may outlive the runtime).
+    pub fn close(&self) {
+        self.flush();
+        self.tx.borrow_mut().take();
+    }
+
+    /// Lines this worker dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+}
+
+/// The writer thread: its channel's sending side (one clone per worker)
+/// and what asks it to reopen its files.
+pub(crate) struct Writer {
+    pub tx: Sender<Batch>,
+    reopen: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Writer {
+    /// The flag that asks the writer to reopen its files (after log
+    /// rotation moved them).
+    pub fn reopen_flag(&self) -> Arc<AtomicBool> {
+        self.reopen.clone()
+    }
+
+    /// Waits until every line handed over is written (once every worker,
+    /// and with it every sending side, is gone).
+    pub fn join(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+/// A destination the writer holds open.
+enum Sink {
+    Stdout,
+    File(std::path::PathBuf, File),
+}
+
+fn open(path: &std::path::Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Opens every access log file of `config` and starts the writer thread;
+/// `None` when no listener logs. A file that cannot be opened fails the
+/// start, naming it.
+pub(crate) fn start(config: &Config) -> Result<Option<Writer>, String> {
+    let (paths, _) = sinks(config);
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut open_sinks = Vec::new();
+    for p in paths {
+        open_sinks.push(match p {
+            LogPath::Stdout => Sink::Stdout,
+            LogPath::File(path) => {
+                let f = open(&path).map_err(|e| {
+                    format!(
+                        "cannot open the access log {}: {e} (check the directory exists and weft may write there)",
+                        path.display()
+                    )
+                })?;
+                Sink::File(path, f)
+            }
+        });
+    }
+    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+    let reopen = Arc::new(AtomicBool::new(false));
+    let asked = reopen.clone();
+    let thread = std::thread::Builder::new()
+        .name("weft-access-log".into())
+        .spawn(move || write_batches(rx, open_sinks, &asked))
+        .map_err(|e| format!("cannot start the access log thread: {e}"))?;
+    Ok(Some(Writer { tx, reopen, thread }))
+}
+
+fn write_batches(rx: Receiver<Batch>, mut sinks: Vec<Sink>, reopen: &AtomicBool) {
+    loop {
+        let batch = rx.recv_timeout(Duration::from_millis(500));
+        if reopen.swap(false, Ordering::SeqCst) {
+            for s in &mut sinks {
+                if let Sink::File(path, f) = s {
+                    match open(path) {
+                        Ok(new) => *f = new,
+                        Err(e) => log!(
+                            "cannot reopen the access log {}: {e}; still writing to the old file",
+                            path.display()
+                        ),
+                    }
+                }
+            }
+        }
+        match batch {
+            Ok(b) => {
+                let written = match sinks.get_mut(b.sink) {
+                    Some(Sink::Stdout) => std::io::stdout().lock().write_all(&b.bytes),
+                    Some(Sink::File(_, f)) => f.write_all(&b.bytes),
+                    None => Ok(()),
+                };
+                if let Err(e) = written {
+                    log!("access log: a write failed: {e}");
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}

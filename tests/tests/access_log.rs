@@ -1,0 +1,209 @@
+//! Access logs end to end: a JSON line per request with the fields of the
+//! outcome record and of the request, the default text line, reopening
+//! after rotation, and a log that cannot be opened.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use weft_tests::*;
+
+/// A fresh directory for this test's log files.
+fn dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("weft-access-log-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("a test directory");
+    d
+}
+
+/// The lines of `path` once it has `n` of them (within a bound: a worker
+/// hands its lines over every 100 ms).
+fn lines(path: &PathBuf, n: usize) -> Vec<String> {
+    let read = || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let arrived = eventually(Duration::from_secs(5), || read().len() >= n);
+    let got = read();
+    assert!(
+        arrived,
+        "{} has {} lines, {n} expected:\n{}",
+        path.display(),
+        got.len(),
+        got.join("\n")
+    );
+    got
+}
+
+fn config(up: std::net::SocketAddr, log: &str) -> String {
+    format!(
+        "{runtime}
+[[listener]]
+name = \"in\"
+listen = \"127.0.0.1:0\"
+access_log = {log}
+
+[[route]]
+name = \"ok\"
+match = {{ path_prefix = \"/ok\" }}
+cluster = \"up\"
+
+[[cluster]]
+name = \"up\"
+endpoints = [\"{up}\"]
+",
+        runtime = runtime_section(2)
+    )
+}
+
+/// Each JSON line is an object Python's own parser reads, with what the
+/// request and its outcome say.
+fn a_json_line_per_request() {
+    let up = Upstream::echo("up");
+    let d = dir();
+    let file = d.join("access.json");
+    let weft = start(&config(
+        up.addr,
+        &format!("{{ path = \"{}\", format = \"json\" }}", file.display()),
+    ));
+    let addr = weft.addr("in").expect("listener");
+    let mut c = Client::connect(addr);
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    assert_eq!(
+        c.get(
+            "/ok/1",
+            &format!("x-request-id: req-1\r\ntraceparent: {trace}\r\n")
+        )
+        .status,
+        200
+    );
+    assert_eq!(c.get("/ok/2", "x-status: 503\r\n").status, 503);
+    assert_eq!(c.get("/missing", "").status, 404);
+    let got = lines(&file, 3);
+    assert_eq!(got.len(), 3, "{got:?}");
+    // Python's json module reads every line.
+    let mut py = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys\nfor l in sys.stdin: o=json.loads(l); print(o['path'], o['response_code'], o['weft_error'], o['request_id'], o['trace_id'], o['route'], o['attempts'])",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    py.stdin
+        .take()
+        .expect("stdin")
+        .write_all(got.join("\n").as_bytes())
+        .expect("lines to python");
+    let out = py.wait_with_output().expect("python ran");
+    assert!(out.status.success(), "a line is not JSON:\n{}", got.join("\n"));
+    let mut parsed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    parsed.sort();
+    assert_eq!(
+        parsed,
+        [
+            "/missing 404 no-route None None None 0",
+            "/ok/1 200 None req-1 4bf92f3577b34da6a3ce929d0e0e4736 ok 1",
+            "/ok/2 503 None None None ok 1",
+        ]
+    );
+    let first = got
+        .iter()
+        .find(|l| l.contains("/ok/1"))
+        .expect("the first request's line");
+    for field in [
+        "\"method\":\"GET\"",
+        "\"protocol\":\"HTTP/1.1\"",
+        "\"listener\":\"in\"",
+        "\"cluster\":\"up\"",
+        &format!("\"upstream_host\":\"{}\"", up.addr),
+        "\"downstream_remote_address\":\"127.0.0.1\"",
+    ] {
+        assert!(first.contains(field), "no {field} in {first}");
+    }
+    drop(c);
+    weft.shutdown();
+}
+
+/// The default text line, and a rotation: the file moved away and SIGUSR1
+/// (here its handle) makes weft write to a new file by the old name.
+fn the_text_line_and_reopening_after_rotation() {
+    let up = Upstream::echo("up");
+    let d = dir();
+    let file = d.join("access.log");
+    let weft = start(&config(up.addr, &format!("{{ path = \"{}\" }}", file.display())));
+    let addr = weft.addr("in").expect("listener");
+    assert_eq!(get(addr, "/ok/before").status, 200);
+    let got = lines(&file, 1);
+    assert!(
+        got[0].contains("\"GET /ok/before HTTP/1.1\" 200 - ")
+            && got[0].contains(&format!("\"{}\" 1 -", up.addr)),
+        "{}",
+        got[0]
+    );
+    let rotated = d.join("access.log.1");
+    std::fs::rename(&file, &rotated).expect("rotated");
+    weft.reopen_logs().fire();
+    // The writer reopens before its next write (or within half a second):
+    // requests until one shows in the new file.
+    let mut sent = 0;
+    let reopened = eventually(Duration::from_secs(5), || {
+        sent += 1;
+        assert_eq!(get(addr, "/ok/after").status, 200);
+        std::fs::read_to_string(&file).is_ok_and(|t| t.contains("/ok/after"))
+    });
+    assert!(
+        reopened,
+        "nothing written to a new {} after {sent} requests",
+        file.display()
+    );
+    let old = std::fs::read_to_string(&rotated).expect("the rotated file");
+    assert!(old.contains("/ok/before"), "{old}");
+    weft.shutdown();
+}
+
+on_both_drivers!(
+    a_json_line_per_request,
+    the_text_line_and_reopening_after_rotation
+);
+
+/// A log in a directory that does not exist fails the start, naming it.
+#[test]
+fn a_log_that_cannot_be_opened_fails_the_start() {
+    let up = Upstream::echo("up");
+    let missing = dir().join("no/such/dir/access.log");
+    let text = config(up.addr, &format!("{{ path = \"{}\" }}", missing.display()));
+    let config = weft::load::parse(&text).expect("valid config");
+    match weft::Server::start(config) {
+        Ok(_) => panic!("weft started with an access log it cannot open"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("cannot open the access log") && msg.contains("no/such/dir"),
+                "{msg}"
+            );
+        }
+    }
+}
+
+/// A pattern with an unknown operator is refused at load, on its line.
+#[test]
+fn an_unknown_operator_is_refused() {
+    let text = config(dead_addr(), "{ path = \"-\", format = \"%METHOD% %NOPE%\" }");
+    let e = weft::load::parse(&text).expect_err("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("access_log.format") && msg.contains("%NOPE%"),
+        "{msg}"
+    );
+}
