@@ -157,6 +157,8 @@ WEFT_TARGETS = {
     "weft-epoll": {"driver": "epoll", "ring_setup": None, "expect": "epoll"},
     # weft with its admin listener (metrics kept), scraped every SCRAPE_EVERY.
     "weft-metrics": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED, "admin": True},
+    # ... and a JSON access log to a file (OUT/weft-log-rN.access.json).
+    "weft-log": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED, "admin": True, "access_log": "json"},
     "weft-base": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-tls": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
     "weft-h2": {"driver": "io-uring", "ring_setup": "tuned", "expect": TUNED},
@@ -574,13 +576,15 @@ def tls_files():
     return cert, key
 
 
-def weft_conf(port, up, driver, ring_setup=None, tls=False, idle_poll=None, admin=None):
+def weft_conf(port, up, driver, ring_setup=None, tls=False, idle_poll=None, admin=None, access_log=None):
     ring = f'ring_setup = "{ring_setup}"\n' if ring_setup else ""
     if idle_poll:
         ring += f'idle_poll = "{idle_poll}"\n'
     if admin:
         ring += f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
     tls_line = 'tls = {{ cert = "{}", key = "{}" }}\n'.format(*tls_files()) if tls else ""
+    if access_log:
+        tls_line += f'access_log = {{ path = "{access_log[0]}", format = "{access_log[1]}" }}\n'
     return f"""# weft under benchmark: one worker (pinned by taskset), one route, one cluster.
 [runtime]
 workers = 1
@@ -620,7 +624,8 @@ def start_proxy(target, up, rnd):
         conf = OUT / f"{name}.toml"
         admin = free_port() if spec.get("admin") else None
         conf.write_text(weft_conf(port, up, spec["driver"], spec["ring_setup"], tls=target in TLS_TARGETS,
-                                  idle_poll=spec.get("idle_poll"), admin=admin))
+                                  idle_poll=spec.get("idle_poll"), admin=admin,
+                                  access_log=(OUT / f"{name}.access.json", spec["access_log"]) if spec.get("access_log") else None))
         binary = WEFT_BASE_BIN if target == "weft-base" else WEFT_BIN
         argv = [str(binary), "--config", str(conf)]
     elif target in ("nginx", "nginx-tls", "nginx-h2", "nginx-h2-tls"):

@@ -33,6 +33,8 @@
 #       weft-metrics      weft with `[admin]` (metrics kept), its /metrics scraped
 #                         every SCRAPE_EVERY [1] seconds while it runs (with weft:
 #                         the cost of metrics)
+#       weft-log          weft-metrics with a JSON access log to a file
+#                         (OUT/weft-log-rN.access.json)
 #       weft-base         weft built from BASE_REV (or the binary WEFT_BASE_BIN)
 #                         with weft's configuration: before/after in one run
 #       weft-tls          weft with `tls = { cert, key }` on its listener: the load

@@ -7,8 +7,7 @@
 //! beyond the output buffer. The start time comes in with the entry: this
 //! module never reads the clock.
 
-use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The pattern `format = "text"` stands for (and the default): Envoy's
 /// default format, with weft's error code where Envoy has its response
@@ -62,31 +61,32 @@ pub enum Field {
     Cluster,
 }
 
-/// Every field with its operator name (in a pattern) and JSON key.
+/// Every field with its operator name (in a pattern) and JSON key (quoted,
+/// with its colon: written in one piece).
 const FIELDS: &[(Field, &str, &str)] = &[
-    (Field::StartTime, "START_TIME", "start_time"),
-    (Field::Method, "METHOD", "method"),
-    (Field::Path, "PATH", "path"),
-    (Field::Authority, "AUTHORITY", "authority"),
-    (Field::Protocol, "PROTOCOL", "protocol"),
-    (Field::ResponseCode, "RESPONSE_CODE", "response_code"),
-    (Field::WeftError, "WEFT_ERROR", "weft_error"),
-    (Field::BytesReceived, "BYTES_RECEIVED", "bytes_received"),
-    (Field::BytesSent, "BYTES_SENT", "bytes_sent"),
-    (Field::Duration, "DURATION", "duration_ms"),
-    (Field::UpstreamTime, "UPSTREAM_TIME", "upstream_time_ms"),
-    (Field::UpstreamHost, "UPSTREAM_HOST", "upstream_host"),
-    (Field::Attempts, "ATTEMPTS", "attempts"),
-    (Field::RequestId, "REQUEST_ID", "request_id"),
-    (Field::TraceId, "TRACE_ID", "trace_id"),
+    (Field::StartTime, "START_TIME", "\"start_time\":"),
+    (Field::Method, "METHOD", "\"method\":"),
+    (Field::Path, "PATH", "\"path\":"),
+    (Field::Authority, "AUTHORITY", "\"authority\":"),
+    (Field::Protocol, "PROTOCOL", "\"protocol\":"),
+    (Field::ResponseCode, "RESPONSE_CODE", "\"response_code\":"),
+    (Field::WeftError, "WEFT_ERROR", "\"weft_error\":"),
+    (Field::BytesReceived, "BYTES_RECEIVED", "\"bytes_received\":"),
+    (Field::BytesSent, "BYTES_SENT", "\"bytes_sent\":"),
+    (Field::Duration, "DURATION", "\"duration_ms\":"),
+    (Field::UpstreamTime, "UPSTREAM_TIME", "\"upstream_time_ms\":"),
+    (Field::UpstreamHost, "UPSTREAM_HOST", "\"upstream_host\":"),
+    (Field::Attempts, "ATTEMPTS", "\"attempts\":"),
+    (Field::RequestId, "REQUEST_ID", "\"request_id\":"),
+    (Field::TraceId, "TRACE_ID", "\"trace_id\":"),
     (
         Field::DownstreamRemoteAddress,
         "DOWNSTREAM_REMOTE_ADDRESS",
-        "downstream_remote_address",
+        "\"downstream_remote_address\":",
     ),
-    (Field::Listener, "LISTENER", "listener"),
-    (Field::Route, "ROUTE", "route"),
-    (Field::Cluster, "CLUSTER", "cluster"),
+    (Field::Listener, "LISTENER", "\"listener\":"),
+    (Field::Route, "ROUTE", "\"route\":"),
+    (Field::Cluster, "CLUSTER", "\"cluster\":"),
 ];
 
 /// A piece of a pattern.
@@ -163,9 +163,7 @@ impl Format {
                     if i > 0 {
                         out.push(b',');
                     }
-                    out.push(b'"');
                     out.extend_from_slice(key.as_bytes());
-                    out.extend_from_slice(b"\":");
                     if !e.value(*field, out, true) {
                         out.extend_from_slice(b"null");
                     }
@@ -192,8 +190,8 @@ impl Format {
 /// One request as its access log line shows it.
 #[derive(Debug, Clone, Default)]
 pub struct Entry<'a> {
-    /// When its head arrived.
-    pub start: Option<SystemTime>,
+    /// When its head arrived, as [`Stamp`] wrote it.
+    pub start: Option<&'a str>,
     /// Method, path and authority, when a head was parsed.
     pub method: Option<&'a str>,
     /// The path as routed.
@@ -214,8 +212,8 @@ pub struct Entry<'a> {
     pub duration: Duration,
     /// The wait for the upstream.
     pub upstream_time: Option<Duration>,
-    /// The endpoint of the last attempt.
-    pub upstream_host: Option<SocketAddr>,
+    /// The endpoint of the last attempt (`IP:port`).
+    pub upstream_host: Option<&'a str>,
     /// Attempts made upstream.
     pub attempts: u32,
     /// `x-request-id`.
@@ -236,30 +234,36 @@ impl Entry<'_> {
     /// Writes the value of `f` (quoted and escaped when `json` and it is a
     /// string); false, writing nothing, when there is none.
     fn value(&self, f: Field, out: &mut Vec<u8>, json: bool) -> bool {
+        // Text known to be UTF-8 (a `&str`) skips the check.
         let text = |out: &mut Vec<u8>, s: &[u8]| {
             if json {
-                json_string(out, s);
+                json_utf8(out, s);
             } else {
                 plain(out, s);
             }
         };
+        // Text that never needs escaping (a method, which is a token; an
+        // address; an error code; a time; hex): quoted as it is.
+        let safe = |out: &mut Vec<u8>, s: &[u8]| {
+            if json {
+                out.push(b'"');
+                out.extend_from_slice(s);
+                out.push(b'"');
+            } else {
+                out.extend_from_slice(s);
+            }
+        };
         match f {
-            Field::StartTime => match self.start {
-                Some(t) => {
-                    let stamp = humantime::format_rfc3339_millis(t).to_string();
-                    text(out, stamp.as_bytes());
-                }
-                None => return false,
-            },
-            Field::Method => return self.method.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::StartTime => return self.start.map(|v| safe(out, v.as_bytes())).is_some(),
+            Field::Method => return self.method.map(|v| safe(out, v.as_bytes())).is_some(),
             Field::Path => return self.path.map(|v| text(out, v.as_bytes())).is_some(),
             Field::Authority => return self.authority.map(|v| text(out, v.as_bytes())).is_some(),
-            Field::Protocol => return self.protocol.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::Protocol => return self.protocol.map(|v| safe(out, v.as_bytes())).is_some(),
             Field::ResponseCode => match self.status {
                 Some(s) => number(out, u64::from(s)),
                 None => return false,
             },
-            Field::WeftError => return self.error.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::WeftError => return self.error.map(|v| safe(out, v.as_bytes())).is_some(),
             Field::BytesReceived => number(out, self.bytes_in),
             Field::BytesSent => number(out, self.bytes_out),
             Field::Duration => millis(out, self.duration),
@@ -267,19 +271,55 @@ impl Entry<'_> {
                 Some(d) => millis(out, d),
                 None => return false,
             },
-            Field::UpstreamHost => match self.upstream_host {
-                Some(a) => text(out, a.to_string().as_bytes()),
-                None => return false,
-            },
+            Field::UpstreamHost => return self.upstream_host.map(|v| safe(out, v.as_bytes())).is_some(),
             Field::Attempts => number(out, u64::from(self.attempts)),
-            Field::RequestId => return self.request_id.map(|v| text(out, v)).is_some(),
-            Field::TraceId => return self.trace_id.map(|v| text(out, v.as_bytes())).is_some(),
-            Field::DownstreamRemoteAddress => return self.peer.map(|v| text(out, v.as_bytes())).is_some(),
+            Field::RequestId => {
+                return self
+                    .request_id
+                    .map(|v| if json { json_string(out, v) } else { plain(out, v) })
+                    .is_some()
+            }
+            Field::TraceId => return self.trace_id.map(|v| safe(out, v.as_bytes())).is_some(),
+            Field::DownstreamRemoteAddress => return self.peer.map(|v| safe(out, v.as_bytes())).is_some(),
             Field::Listener => text(out, self.listener.as_bytes()),
             Field::Route => return self.route.map(|v| text(out, v.as_bytes())).is_some(),
             Field::Cluster => return self.cluster.map(|v| text(out, v.as_bytes())).is_some(),
         }
         true
+    }
+}
+
+/// Start times as RFC 3339 text (UTC, milliseconds), formatted in full
+/// once a second and only the milliseconds otherwise.
+#[derive(Debug, Default)]
+pub struct Stamp {
+    second: u64,
+    text: String,
+}
+
+impl Stamp {
+    /// The text of `t`.
+    pub fn format(&mut self, t: SystemTime) -> &str {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let second = since.as_secs();
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text =
+                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_secs(second)).to_string();
+        }
+        // `YYYY-MM-DDTHH:MM:SS.mmmZ`: the milliseconds sit before the `Z`.
+        let ms = since.subsec_millis();
+        let n = self.text.len();
+        if n >= 4 {
+            let digits = [
+                b'0' + (ms / 100) as u8,
+                b'0' + (ms / 10 % 10) as u8,
+                b'0' + (ms % 10) as u8,
+            ];
+            self.text
+                .replace_range(n - 4..n - 1, std::str::from_utf8(&digits).unwrap_or("000"));
+        }
+        &self.text
     }
 }
 
@@ -316,6 +356,81 @@ fn plain(out: &mut Vec<u8>, s: &[u8]) {
 /// A JSON string: quotes, backslashes and control bytes escaped; bytes
 /// that are not UTF-8 as U+FFFD.
 fn json_string(out: &mut Vec<u8>, s: &[u8]) {
+    match std::str::from_utf8(s) {
+        Ok(_) => json_utf8(out, s),
+        Err(_) => json_utf8(out, String::from_utf8_lossy(s).as_bytes()),
+    }
+}
+
+/// Bytes a JSON string must escape: quote, backslash, control bytes.
+const ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t
+};
+
+/// How many leading bytes of `s`, in whole 8-byte words, need no JSON
+/// escaping: a word at a time (a byte below 0x20, or equal to `"`, `\\` or
+/// DEL, stops it).
+fn clean_words(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Has a zero byte (exact as to whether one exists).
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut i = 0;
+    for word in s.chunks_exact(8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(word);
+        let x = u64::from_le_bytes(b);
+        // A byte below 0x20 (bytes from 0x80 up never count: `!x` clears
+        // their high bit).
+        let low = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        if low | zero(x ^ (ONES * 0x22)) | zero(x ^ (ONES * 0x5c)) | zero(x ^ (ONES * 0x7f)) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    i
+}
+
+/// [`json_string`] of bytes known to be UTF-8: only ASCII bytes need
+/// escaping (every byte of a multi-byte character is above 0x7f); runs
+/// between them are copied whole.
+fn json_utf8(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    let mut from = 0;
+    let start = clean_words(s);
+    for (i, &b) in s.iter().enumerate().skip(start) {
+        if ESCAPE[usize::from(b)] {
+            out.extend_from_slice(&s[from..i]);
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                _ => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 0xf)]);
+                }
+            }
+            from = i + 1;
+        }
+    }
+    out.extend_from_slice(&s[from..]);
+    out.push(b'"');
+}
+
+/// A per-character JSON string writer: the model the tests hold
+/// [`json_string`] to.
+#[cfg(test)]
+fn json_string_slow(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
     for ch in String::from_utf8_lossy(s).chars() {
         match ch {
@@ -371,7 +486,7 @@ mod tests {
 
     fn entry() -> Entry<'static> {
         Entry {
-            start: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)),
+            start: Some("2026-11-18T11:06:40.123Z"),
             method: Some("GET"),
             path: Some("/v1/items"),
             authority: Some("api.example.com"),
@@ -382,7 +497,7 @@ mod tests {
             bytes_out: 1_234,
             duration: Duration::from_micros(2_345),
             upstream_time: Some(Duration::from_micros(2_001)),
-            upstream_host: Some(([127, 0, 0, 1], 9001).into()),
+            upstream_host: Some("127.0.0.1:9001"),
             attempts: 1,
             request_id: Some(b"abc\"def"),
             trace_id: None,
@@ -452,6 +567,90 @@ mod tests {
         );
         let e = Format::parse("%METHOD% 50% off").expect_err("open");
         assert!(e.contains("never closes"), "{e}");
+    }
+
+    #[test]
+    fn stamps_keep_the_second_and_change_the_milliseconds() {
+        let mut s = Stamp::default();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        assert_eq!(s.format(t), "2026-11-18T11:06:40.123Z");
+        assert_eq!(
+            s.format(t + Duration::from_millis(870)),
+            "2026-11-18T11:06:40.993Z"
+        );
+        assert_eq!(
+            s.format(t + Duration::from_millis(877)),
+            "2026-11-18T11:06:41.000Z"
+        );
+        assert_eq!(
+            s.format(t + Duration::from_millis(3_600_005)),
+            "2026-11-18T12:06:40.128Z"
+        );
+    }
+
+    #[test]
+    fn json_strings_match_the_slow_writer() {
+        for v in [
+            &b"plain"[..],
+            b"",
+            b"a\"b\\c",
+            b"\x01\x1f\x7f",
+            b"/a/long/path/with/a/\"quote\" late",
+            b"0123456789abcde\\",
+            b"\xe9\xe9\xe9\xe9\xe9\xe9\xe9\xe9 x\x1f",
+            "caf\u{e9} \u{1f600}".as_bytes(),
+            b"\xff\xfe ok",
+            b"x\ny",
+        ] {
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            json_string(&mut fast, v);
+            json_string_slow(&mut slow, v);
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&slow),
+                "{v:?}"
+            );
+        }
+    }
+
+    /// Random strings of quotes, backslashes, control bytes, DEL, ASCII and
+    /// multi-byte characters: the word-at-a-time writer agrees with the
+    /// per-character one.
+    #[test]
+    fn json_strings_of_random_text_match_the_slow_writer() {
+        let alphabet = [
+            "a",
+            "/",
+            "\"",
+            "\\",
+            "\u{1}",
+            "\u{1f}",
+            "\u{7f}",
+            " ",
+            "~",
+            "\u{e9}",
+            "\u{20ac}",
+            "\u{1f600}",
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2_000 {
+            let mut v = String::new();
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            for _ in 0..(seed >> 58) {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                // Mostly plain letters, so that whole clean words occur.
+                let pick = (seed >> 33) as usize % (alphabet.len() * 3);
+                v.push_str(alphabet.get(pick).copied().unwrap_or("x"));
+            }
+            let (mut fast, mut slow) = (Vec::new(), Vec::new());
+            json_string(&mut fast, v.as_bytes());
+            json_string_slow(&mut slow, v.as_bytes());
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&slow),
+                "{v:?}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
-use weft_core::access_log::{trace_id, Entry, Format};
+use weft_core::access_log::{trace_id, Entry, Format, Stamp};
 use weft_core::{Config, LogPath, Outcome};
 use weft_proto::{Request, Version};
 
@@ -68,6 +68,10 @@ pub(crate) struct WorkerLog {
     buffers: Vec<RefCell<(Vec<u8>, u64)>>,
     /// Lines dropped because the writer could not keep up.
     dropped: Cell<u64>,
+    /// Start times as text.
+    stamp: RefCell<Stamp>,
+    /// Per cluster, per endpoint: its address as text.
+    endpoints: Vec<Vec<String>>,
 }
 
 impl WorkerLog {
@@ -84,6 +88,12 @@ impl WorkerLog {
                 .collect(),
             buffers: paths.iter().map(|_| RefCell::new((Vec::new(), 0))).collect(),
             dropped: Cell::new(0),
+            stamp: RefCell::new(Stamp::default()),
+            endpoints: config
+                .clusters
+                .iter()
+                .map(|c| c.endpoints.iter().map(|a| a.to_string()).collect())
+                .collect(),
         }
     }
 
@@ -94,8 +104,9 @@ impl WorkerLog {
         };
         let listener = &config.listeners[o.listener];
         let duration = o.end_at.saturating_duration_since(o.head_at);
+        let mut stamp = self.stamp.borrow_mut();
         let entry = Entry {
-            start: SystemTime::now().checked_sub(duration),
+            start: SystemTime::now().checked_sub(duration).map(|t| stamp.format(t)),
             method: req.map(Request::method),
             path: req.map(Request::path),
             authority: req.and_then(Request::authority),
@@ -113,7 +124,10 @@ impl WorkerLog {
                 (Some(sent), Some(answered)) => Some(answered.saturating_duration_since(sent)),
                 _ => None,
             },
-            upstream_host: o.endpoint,
+            upstream_host: o
+                .target
+                .and_then(|(c, i)| self.endpoints.get(c)?.get(i))
+                .map(String::as_str),
             attempts: o.attempts,
             request_id: req.and_then(|r| r.header("x-request-id")),
             trace_id: req.and_then(|r| trace_id(r.header("traceparent"), r.header("b3"))),
