@@ -582,6 +582,8 @@ fn request_invariants(input: &[u8], head: &RequestHead, rest: &[u8]) {
 const REQ_OPTS: RequestOptions<'static> = RequestOptions {
     deadline: None,
     identity: None,
+    traceparent: None,
+    request_id: None,
     client_ip: "192.0.2.7",
     proto: "https",
     default_host: "upstream.test:8080",
@@ -1462,6 +1464,8 @@ fn h2_opts() -> RequestOptions<'static> {
         default_host: "default.test:80",
         deadline: None,
         identity: None,
+        traceparent: None,
+        request_id: None,
     }
 }
 

@@ -953,6 +953,13 @@ def measure(target, up, rnd, pos):
             stop(proc)
             if "crashed" not in rec and proc.returncode not in (0, -signal.SIGTERM):
                 rec["exit_status"] = proc.returncode
+        # An access log of a loaded run is hundreds of MB: count its lines
+        # and let it go.
+        log = OUT / f"{target}-r{rnd}.access.json"
+        if log.exists():
+            with open(log, "rb") as f:
+                rec["access_log_lines"] = sum(1 for _ in f)
+            log.unlink()
     return rec
 
 

@@ -448,38 +448,6 @@ fn json_string_slow(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
-/// The trace id a request carries: from W3C `traceparent`
-/// (`00-<32 hex>-<16 hex>-<2 hex>`, not all zeros), else from B3's single
-/// `b3` field (`<16 or 32 hex>-<16 hex>[-...]`).
-pub fn trace_id<'a>(traceparent: Option<&'a [u8]>, b3: Option<&'a [u8]>) -> Option<&'a str> {
-    let hex = |s: &[u8]| !s.is_empty() && s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
-    let nonzero = |s: &[u8]| s.iter().any(|b| *b != b'0');
-    if let Some(tp) = traceparent {
-        let parts: Vec<&[u8]> = tp.split(|b| *b == b'-').collect();
-        if let [version, id, parent, flags, ..] = parts[..] {
-            let ok = version.len() == 2
-                && hex(version)
-                && version != b"ff"
-                && id.len() == 32
-                && hex(id)
-                && nonzero(id)
-                && parent.len() == 16
-                && hex(parent)
-                && flags.len() == 2
-                && hex(flags);
-            if ok {
-                return std::str::from_utf8(id).ok();
-            }
-        }
-    }
-    let b3 = b3?;
-    let mut parts = b3.split(|b| *b == b'-');
-    let id = parts.next()?;
-    let span = parts.next()?;
-    let ok = (id.len() == 16 || id.len() == 32) && hex(id) && nonzero(id) && span.len() == 16 && hex(span);
-    ok.then(|| std::str::from_utf8(id).ok()).flatten()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,21 +619,5 @@ mod tests {
                 "{v:?}"
             );
         }
-    }
-
-    #[test]
-    fn trace_ids_from_traceparent_or_b3() {
-        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(trace_id(Some(tp), None), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        let zeros = b"00-00000000000000000000000000000000-00f067aa0ba902b7-01";
-        assert_eq!(trace_id(Some(zeros), None), None);
-        assert_eq!(trace_id(Some(b"00-XYZ-00f067aa0ba902b7-01"), None), None);
-        let b3 = b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1";
-        assert_eq!(trace_id(None, Some(b3)), Some("80f198ee56343ba864fe8b2a57d3eff7"));
-        assert_eq!(
-            trace_id(Some(b"junk"), Some(b"a3ce929d0e0e4736-00f067aa0ba902b7")),
-            Some("a3ce929d0e0e4736")
-        );
-        assert_eq!(trace_id(None, Some(b"0")), None);
     }
 }

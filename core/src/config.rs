@@ -159,6 +159,10 @@ pub struct Listener {
     /// Merge runs of slashes in request paths before routing and forwarding
     /// (`//a///b` is `/a/b`).
     pub merge_slashes: bool,
+    /// Give a request without an `x-request-id` one (a random UUID), sent
+    /// upstream and logged (`generate_request_id`, Envoy's name; default
+    /// on).
+    pub generate_request_id: bool,
     /// Time a client may take to read: a write to it that makes no progress
     /// for this long closes the connection (nginx's send_timeout).
     pub write_timeout: Duration,
@@ -429,6 +433,10 @@ fn pem_path(p: &Spanned<String>, lines: &Lines, field: String) -> Result<std::pa
 /// nothing a sleep would not do as well.
 const MAX_IDLE_POLL: Duration = Duration::from_millis(10);
 
+fn yes() -> bool {
+    true
+}
+
 fn default_drain() -> Dur {
     secs(10)
 }
@@ -487,6 +495,8 @@ struct RawListener {
     write_timeout: Spanned<Dur>,
     #[serde(default)]
     merge_slashes: bool,
+    #[serde(default = "yes")]
+    generate_request_id: bool,
     #[serde(default = "default_max_connections")]
     max_connections: Spanned<usize>,
     max_requests: Option<Spanned<usize>>,
@@ -1260,6 +1270,7 @@ impl Config {
                 idle_timeout: positive(&l.idle_timeout, &lines, field("idle_timeout"))?,
                 write_timeout: positive(&l.write_timeout, &lines, field("write_timeout"))?,
                 merge_slashes: l.merge_slashes,
+                generate_request_id: l.generate_request_id,
                 http2: RawHttp2::settings(l.http2.as_ref(), true, &lines, field)?,
                 access_log: match &l.access_log {
                     None => None,

@@ -20,6 +20,7 @@ pub mod outlier;
 pub mod peak_ewma;
 pub mod rate;
 pub mod route;
+pub mod trace;
 
 pub use balance::{least_loaded, least_loaded_among, Rng, RoundRobin};
 pub use budget::{BudgetSettings, RetryBudget};

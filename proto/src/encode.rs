@@ -28,6 +28,29 @@ pub struct RequestOptions<'a> {
     /// `weft-client-identity`. A client's own field of that name is never
     /// forwarded.
     pub identity: Option<&'a str>,
+    /// The `traceparent` of the next hop, in place of the request's own
+    /// (`None`: the request's goes on as it came, if it had one).
+    pub traceparent: Option<&'a [u8]>,
+    /// An `x-request-id` to add (the request had none).
+    pub request_id: Option<&'a [u8]>,
+}
+
+impl RequestOptions<'_> {
+    /// Whether a field named `name` of the request is replaced by one weft
+    /// writes (its `traceparent` when a new one goes on).
+    pub fn replaces(&self, name: &[u8]) -> bool {
+        self.traceparent.is_some() && name.eq_ignore_ascii_case(b"traceparent")
+    }
+
+    /// Appends the trace fields weft writes.
+    pub fn put_trace(&self, out: &mut BytesMut) {
+        if let Some(tp) = self.traceparent {
+            put_field(out, b"traceparent", tp);
+        }
+        if let Some(id) = self.request_id {
+            put_field(out, b"x-request-id", id);
+        }
+    }
 }
 
 fn put_num(out: &mut BytesMut, n: u64) {
@@ -145,11 +168,12 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
             }
             _ => {}
         }
-        if is_hop_by_hop(raw, h, &req.connection) {
+        if is_hop_by_hop(raw, h, &req.connection) || opts.replaces(&raw[h.name.clone()]) {
             continue;
         }
         put_field(out, &raw[h.name.clone()], &raw[h.value.clone()]);
     }
+    opts.put_trace(out);
     if xff_first {
         put_field(out, b"x-forwarded-for", opts.client_ip.as_bytes());
     }
@@ -302,10 +326,36 @@ mod tests {
     const OPTS: RequestOptions<'static> = RequestOptions {
         deadline: None,
         identity: None,
+        traceparent: None,
+        request_id: None,
         client_ip: "10.0.0.9",
         proto: "http",
         default_host: "up:80",
     };
+
+    /// A new `traceparent` replaces the request's (every field of that
+    /// name, in any case); a request id is added; without them the head is
+    /// as before.
+    #[test]
+    fn trace_fields_replace_and_add() {
+        let r = req(
+            "GET /x HTTP/1.1\r\nHost: a\r\nTraceparent: old\r\ntraceparent: older\r\ntracestate: k=v\r\n\r\n",
+        );
+        let opts = RequestOptions {
+            traceparent: Some(b"new"),
+            request_id: Some(b"id-1"),
+            ..OPTS
+        };
+        let mut out = BytesMut::new();
+        encode_request(&r, &opts, &mut out);
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        assert!(!out.contains("old"), "{out}");
+        assert!(out.contains("\r\ntracestate: k=v\r\n"), "{out}");
+        assert!(out.ends_with("traceparent: new\r\nx-request-id: id-1\r\nx-forwarded-for: 10.0.0.9\r\nx-forwarded-proto: http\r\n\r\n"), "{out}");
+        let mut plain = BytesMut::new();
+        encode_request(&r, &OPTS, &mut plain);
+        assert_eq!(plain.iter().filter(|b| **b == b'\n').count(), 8, "{plain:?}");
+    }
 
     fn enc(s: &str) -> String {
         let mut out = BytesMut::new();

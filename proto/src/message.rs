@@ -331,7 +331,11 @@ impl Request {
             }
             // `te` may only say `trailers` (RFC 9113 §8.2.2); HTTP/1 needs
             // `connection: te` with it, and weft forwards trailers anyway.
-            if dropped_upstream(n) || n == "te" || n == "weft-client-identity" || n == "weft_client_identity"
+            if dropped_upstream(n)
+                || n == "te"
+                || n == "weft-client-identity"
+                || n == "weft_client_identity"
+                || opts.replaces(n.as_bytes())
             {
                 continue;
             }
@@ -358,6 +362,7 @@ impl Request {
         if let Some(id) = opts.identity {
             put_field(out, b"weft-client-identity", id.as_bytes());
         }
+        opts.put_trace(out);
         match f.body {
             BodyLength::Exact(n) => put_length(out, n),
             BodyLength::Unknown => out.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -439,6 +444,7 @@ impl<'a> H2Fields<'a> {
                 }
                 Ok(true)
             }
+            _ if opts.replaces(name) => Ok(true),
             kind => match (kind.deadline(), opts.deadline) {
                 (Some(field), Some(left)) => {
                     // Each field once, with the time left.
@@ -513,6 +519,12 @@ impl Request {
         f.put(b"x-forwarded-proto", opts.proto.as_bytes())?;
         if let Some(id) = opts.identity {
             f.put(b"weft-client-identity", id.as_bytes())?;
+        }
+        if let Some(tp) = opts.traceparent {
+            f.put(b"traceparent", tp)?;
+        }
+        if let Some(id) = opts.request_id {
+            f.put(b"x-request-id", id)?;
         }
         *req.headers_mut() = f.out;
         Ok(req)
@@ -624,6 +636,8 @@ mod tests {
         RequestOptions {
             deadline: None,
             identity: None,
+            traceparent: None,
+            request_id: None,
             client_ip: "10.0.0.9",
             proto: "http",
             default_host: "up.test:80",

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
-use weft_core::access_log::{trace_id, Entry, Format, Stamp};
+use weft_core::access_log::{Entry, Format, Stamp};
+use weft_core::trace::trace_id;
 use weft_core::{Config, LogPath, Outcome};
 use weft_proto::{Request, Version};
 
@@ -98,7 +99,15 @@ impl WorkerLog {
     }
 
     /// Writes the line of a request that ended, when its listener logs.
-    pub fn write(&self, config: &Config, o: &Outcome, req: Option<&Request>, peer: Option<&str>) {
+    /// `generated_id`: the `x-request-id` weft gave it, if it had none.
+    pub fn write(
+        &self,
+        config: &Config,
+        o: &Outcome,
+        req: Option<&Request>,
+        peer: Option<&str>,
+        generated_id: Option<&[u8]>,
+    ) {
         let Some(Some((format, sink))) = self.listeners.get(o.listener) else {
             return;
         };
@@ -129,7 +138,7 @@ impl WorkerLog {
                 .and_then(|(c, i)| self.endpoints.get(c)?.get(i))
                 .map(String::as_str),
             attempts: o.attempts,
-            request_id: req.and_then(|r| r.header("x-request-id")),
+            request_id: generated_id.or_else(|| req.and_then(|r| r.header("x-request-id"))),
             trace_id: req.and_then(|r| trace_id(r.header("traceparent"), r.header("b3"))),
             peer,
             listener: &listener.name,

@@ -172,6 +172,9 @@ struct Ctx<'a> {
     continued: bool,
     /// The client's verified identity (mutual TLS), sent upstream.
     identity: Option<std::rc::Rc<str>>,
+    /// The request's `traceparent` with weft's parent id, sent upstream in
+    /// place of the client's (none when it had no valid one).
+    traceparent: Option<[u8; weft_core::trace::TRACEPARENT_LEN]>,
 }
 
 /// The request body, read from the client's buffer and stream.
@@ -378,6 +381,8 @@ impl<'a> Ctx<'a> {
             proto: if self.l.tls.is_some() { "https" } else { "http" },
             default_host: &to.ep.authority,
             identity: self.identity.as_deref(),
+            traceparent: self.traceparent.as_ref().map(|tp| &tp[..]),
+            request_id: self.t.request_id.as_ref().map(|id| &id[..]),
             deadline: self.deadline.map(|d| {
                 let left = d.saturating_duration_since(Instant::now());
                 self.per_try.map_or(left, |t| t.min(left))
@@ -423,6 +428,12 @@ impl<'a> Ctx<'a> {
         let mut t = Tracker::new(w, l.index, started);
         t.req = Some(req);
         t.peer = Some(peer_ip);
+        if l.generate_request_id && req.header("x-request-id").is_none() {
+            t.request_id = Some(weft_core::trace::request_id(w.random(), w.random()));
+        }
+        let traceparent = req
+            .header("traceparent")
+            .and_then(|tp| weft_core::trace::next_hop(tp, w.random()));
         Ctx {
             w,
             l,
@@ -439,6 +450,7 @@ impl<'a> Ctx<'a> {
             per_try: None,
             continued: false,
             identity: None,
+            traceparent,
         }
     }
 

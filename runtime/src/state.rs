@@ -429,6 +429,11 @@ impl Worker {
         open <= state.limits.max_connections as usize
     }
 
+    /// 64 random bits (trace parent ids, request ids).
+    pub fn random(&self) -> u64 {
+        self.rng.borrow_mut().next_u64()
+    }
+
     /// A wait drawn evenly between zero and `cap` (full jitter).
     pub fn jitter(&self, cap: Duration) -> Duration {
         let nanos = cap.as_nanos().min(u128::from(u64::MAX)) as u64;
@@ -540,6 +545,8 @@ pub(crate) struct Tracker<'w> {
     pub req: Option<&'w weft_proto::Request>,
     /// The client's address (for the access log).
     pub peer: Option<&'w str>,
+    /// The `x-request-id` weft gave the request (it came without one).
+    pub request_id: Option<[u8; weft_core::trace::REQUEST_ID_LEN]>,
 }
 
 impl<'w> Tracker<'w> {
@@ -555,6 +562,7 @@ impl<'w> Tracker<'w> {
             o: Outcome::new(listener, head_at),
             req: None,
             peer: None,
+            request_id: None,
         }
     }
 }
@@ -571,7 +579,8 @@ impl Drop for Tracker<'_> {
         self.o.end_at = Instant::now();
         self.w.record(&self.o);
         if let Some(log) = &self.w.access_log {
-            log.write(&self.w.config, &self.o, self.req, self.peer);
+            let id = self.request_id.as_ref().map(|id| &id[..]);
+            log.write(&self.w.config, &self.o, self.req, self.peer, id);
         }
     }
 }
