@@ -63,20 +63,21 @@ pub fn next_hop(traceparent: &[u8], span: u64) -> Option<[u8; TRACEPARENT_LEN]> 
 
 /// A request id made of 122 random bits: a version-4 UUID's text form.
 pub fn request_id(a: u64, b: u64) -> [u8; REQUEST_ID_LEN] {
-    let mut bits = u128::from(a) << 64 | u128::from(b);
-    // Version 4, variant 10.
-    bits = (bits & !(0xf << 76)) | (0x4 << 76);
-    bits = (bits & !(0x3 << 62)) | (0x2 << 62);
-    let mut out = [0u8; REQUEST_ID_LEN];
-    let mut nibble = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-            continue;
-        }
-        *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
+    // The 32 hex digits of the 128 bits, two per byte.
+    let mut hex = [0u8; 32];
+    for (i, byte) in a.to_be_bytes().into_iter().chain(b.to_be_bytes()).enumerate() {
+        hex[2 * i] = HEX[usize::from(byte >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
+    // Version 4; variant 10 (the digit is 8, 9, a or b).
+    hex[12] = b'4';
+    hex[16] = HEX[8 | (usize::from(b.to_be_bytes()[0] >> 4) & 0x3)];
+    let mut out = [b'-'; REQUEST_ID_LEN];
+    out[..8].copy_from_slice(&hex[..8]);
+    out[9..13].copy_from_slice(&hex[8..12]);
+    out[14..18].copy_from_slice(&hex[12..16]);
+    out[19..23].copy_from_slice(&hex[16..20]);
+    out[24..].copy_from_slice(&hex[20..]);
     out
 }
 

@@ -38,6 +38,7 @@ pub struct RequestOptions<'a> {
 impl RequestOptions<'_> {
     /// Whether a field named `name` of the request is replaced by one weft
     /// writes (its `traceparent` when a new one goes on).
+    #[inline]
     pub fn replaces(&self, name: &[u8]) -> bool {
         self.traceparent.is_some() && name.eq_ignore_ascii_case(b"traceparent")
     }
