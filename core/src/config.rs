@@ -99,6 +99,26 @@ pub enum Protocol {
     Http2,
 }
 
+/// How much of weft's own diagnostics is written (`runtime.log_level`;
+/// the `WEFT_LOG` environment variable wins over it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    /// Nothing.
+    Off,
+    /// What failed.
+    Error,
+    /// And what works less well than configured.
+    Warn,
+    /// And what happened (start, drain, a failed TLS handshake).
+    #[default]
+    Info,
+    /// And detail for finding a fault.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
 /// `[runtime]`: threads and drivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeSettings {
@@ -117,6 +137,8 @@ pub struct RuntimeSettings {
     /// is then seen at once instead of after the wake-up of an idle core,
     /// at the price of the CPU spent polling. Seastar's `idle-poll-time-us`.
     pub idle_poll: Duration,
+    /// weft's own diagnostics: the least severe level written.
+    pub log_level: LogLevel,
 }
 
 /// What a listener serves.
@@ -397,6 +419,8 @@ struct RawRuntime {
     drain_timeout: Dur,
     #[serde(default = "default_idle_poll")]
     idle_poll: Spanned<Dur>,
+    #[serde(default)]
+    log_level: LogLevel,
 }
 
 impl Default for RawRuntime {
@@ -408,6 +432,7 @@ impl Default for RawRuntime {
             pin_cores: false,
             drain_timeout: default_drain(),
             idle_poll: default_idle_poll(),
+            log_level: LogLevel::Info,
         }
     }
 }
@@ -1020,6 +1045,7 @@ impl Config {
                 }
                 d
             },
+            log_level: raw.runtime.log_level,
         };
 
         // Clusters first: routes refer to them by name.
@@ -2045,6 +2071,17 @@ pool = { max_idle = 4, idle_timeout = "5s" }
             "{base}[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:3\"\n"
         ));
         assert!(e.message.contains("duplicate listener"), "{e}");
+    }
+
+    #[test]
+    fn log_level_defaults_to_info() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        assert_eq!(parse(base).expect("valid").runtime.log_level, LogLevel::Info);
+        let c = parse(&format!("[runtime]\nlog_level = \"debug\"\n{base}")).expect("valid");
+        assert_eq!(c.runtime.log_level, LogLevel::Debug);
+        let e = error_of(&format!("[runtime]\nlog_level = \"loud\"\n{base}"));
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("unknown variant `loud`"), "{e}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use balance::{least_loaded, least_loaded_among, Rng, RoundRobin};
 pub use budget::{BudgetSettings, RetryBudget};
 pub use config::{
     AccessLogSettings, BalancerKind, Cluster, ClusterLimits, ClusterTls, Config, ConfigError, Driver,
-    Listener, ListenerKind, ListenerTls, LogPath, NoHealthy, RingSetup, RuntimeSettings,
+    Listener, ListenerKind, ListenerTls, LogLevel, LogPath, NoHealthy, RingSetup, RuntimeSettings,
 };
 pub use error::{ErrorKind, ProxyError, RetryClass, Side};
 pub use health::{Health, HealthSettings};

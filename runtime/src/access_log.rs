@@ -8,7 +8,6 @@
 //! counted (`access_log_dropped_lines_total` in `/metrics`). SIGUSR1 makes
 //! the writer reopen its files, for log rotation.
 
-use crate::log::log;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
@@ -277,7 +276,7 @@ fn write_batches(rx: Receiver<Batch>, mut sinks: Vec<Sink>, reopen: &AtomicBool)
                 if let Sink::File(path, f) = s {
                     match open(path) {
                         Ok(new) => *f = new,
-                        Err(e) => log!(
+                        Err(e) => tracing::error!(
                             "cannot reopen the access log {}: {e}; still writing to the old file",
                             path.display()
                         ),
@@ -293,7 +292,7 @@ fn write_batches(rx: Receiver<Batch>, mut sinks: Vec<Sink>, reopen: &AtomicBool)
                     None => Ok(()),
                 };
                 if let Err(e) = written {
-                    log!("access log: a write failed: {e}");
+                    tracing::error!("access log: a write failed: {e}");
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}

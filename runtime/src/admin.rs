@@ -12,7 +12,6 @@
 mod exposition;
 
 use crate::health::HealthTable;
-use crate::log::log;
 use crate::shutdown::Shutdown;
 use crate::state::Worker;
 use std::io::{Read, Write};
@@ -220,7 +219,7 @@ pub(crate) fn start(listener: TcpListener, admin: Admin) -> std::io::Result<Admi
                 match conn {
                     Ok(stream) => serve(stream, &admin),
                     Err(e) => {
-                        log!("admin listener: cannot accept: {e}");
+                        tracing::error!("admin listener: cannot accept: {e}");
                         // Out of descriptors, say: give them time to free up.
                         std::thread::sleep(Duration::from_millis(100));
                     }
@@ -330,7 +329,7 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
         }
         "/drain" if method == "POST" => {
             if !admin.shutdown.is_fired() {
-                log!("admin: drain asked: no new connections, finishing requests in flight");
+                tracing::info!("admin: drain asked: no new connections, finishing requests in flight");
                 admin.shutdown.fire();
             }
             Answer::text(202, "draining\n")

@@ -8,7 +8,6 @@
 //! down (one load per pick otherwise).
 
 use crate::io::read_more;
-use crate::log::log;
 use crate::shutdown::Shutdown;
 use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -202,7 +201,7 @@ async fn watch(t: Target, s: HealthSettings, table: Arc<HealthTable>) {
                 Err(e) => e.clone(),
             };
             let standing = if now { "healthy again" } else { "unhealthy" };
-            log!(
+            tracing::warn!(
                 "cluster `{}` endpoint {} is {standing} (health check {}: {why})",
                 t.cluster,
                 t.addr,

@@ -1,25 +1,21 @@
-//! The process log: one line per event on stderr, `weft: ` first.
+//! The process log: weft's own diagnostics, one line per event on stderr,
+//! `weft: ` first.
 //!
-//! Logging never stops or blocks a worker. Lines go to one writer thread
-//! through a bounded queue; when the queue is full the line is dropped (and
-//! counted), and write errors (stderr closed: EPIPE) are ignored, where
-//! the standard printing macros would panic and the release profile would
-//! abort. A line repeated within a second is written once, then counted.
+//! Events are `tracing` events (`error!`, `warn!`, `info!`, `debug!`): an
+//! event below the level in force (`runtime.log_level`, or the `WEFT_LOG`
+//! environment variable, which wins) is never formatted. Logging never
+//! stops or blocks a worker. Lines go to one writer thread through a
+//! bounded queue; when the queue is full the line is dropped (and counted),
+//! and write errors (stderr closed: EPIPE) are ignored, where the standard
+//! printing macros would panic and the release profile would abort. A line
+//! repeated within a second is written once, then counted.
 
-use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// Writes one log line (formatted like `format!`) without ever blocking.
-macro_rules! log {
-    ($($arg:tt)*) => {
-        $crate::log::line(format_args!($($arg)*))
-    };
-}
-pub(crate) use log;
+use tracing_subscriber::filter::LevelFilter;
 
 /// Lines waiting for the writer thread; beyond this, lines are dropped.
 const QUEUE: usize = 1024;
@@ -57,13 +53,75 @@ fn queue() -> &'static Queue {
 }
 
 /// Queues one line for stderr; drops it when the queue is full.
-pub fn line(args: fmt::Arguments<'_>) {
+fn line(text: String) {
     let q = queue();
-    match q.tx.try_send(Msg::Line(args.to_string())) {
+    match q.tx.try_send(Msg::Line(text)) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             q.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The level `WEFT_LOG` asks for (`error`, `warn`, `info`, `debug`,
+/// `trace` or `off`), if it is set to one.
+fn env_level() -> Option<LevelFilter> {
+    std::env::var("WEFT_LOG").ok()?.trim().parse().ok()
+}
+
+/// Installs weft's diagnostics for the process: events at `level` and
+/// above (or at `WEFT_LOG`'s, when set) go to stderr through the queue.
+/// The first call wins (a process has one log); later ones change nothing.
+pub fn init(level: LevelFilter) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let level = env_level().unwrap_or(level);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(MakeLine)
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_max_level(level)
+            .finish();
+        // Another subscriber already installed (a program embedding weft)
+        // keeps its place.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
+/// Where the formatter writes one event: its bytes, queued as one line
+/// when it is done.
+struct LineWriter(Vec<u8>);
+
+impl std::io::Write for LineWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let text = text.trim();
+        if !text.is_empty() {
+            line(text.to_string());
+        }
+    }
+}
+
+/// Makes a [`LineWriter`] per event.
+struct MakeLine;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MakeLine {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter(Vec::with_capacity(128))
     }
 }
 

@@ -4,7 +4,6 @@ use crate::access_log::{self, WorkerLog};
 use crate::admin::{self, Admin, AdminThread, Mailbox};
 pub use crate::counters::WorkerCounters;
 use crate::health::{self, HealthTable};
-use crate::log::log;
 use crate::shutdown::Shutdown;
 use crate::state::Worker;
 use crate::tls;
@@ -18,7 +17,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use weft_core::{Config, Driver, RingSetup};
+use tracing_subscriber::filter::LevelFilter;
+use weft_core::{Config, Driver, LogLevel, RingSetup};
 
 /// The IO driver the workers are started on (what they report is [`IoSetup`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +159,7 @@ fn choose_driver(want: Driver) -> Result<DriverInUse, StartError> {
         Driver::Auto if monoio::utils::detect_uring() => Ok(DriverInUse::IoUring),
         Driver::Auto => {
             if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
-                log!("io_uring is unavailable here (old kernel, sysctl or seccomp): using epoll");
+                tracing::warn!("io_uring is unavailable here (old kernel, sysctl or seccomp): using epoll");
             }
             Ok(DriverInUse::Epoll)
         }
@@ -245,7 +245,7 @@ fn raise_open_file_limit() {
                 rlim_max: lim.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                log!(
+                tracing::warn!(
                     "cannot raise the open-file limit from {} to {}: {}",
                     lim.rlim_cur,
                     lim.rlim_max,
@@ -262,7 +262,7 @@ fn pin_to_core(core: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(core, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            log!(
+            tracing::warn!(
                 "cannot pin a worker to core {core}: {}",
                 std::io::Error::last_os_error()
             );
@@ -276,6 +276,14 @@ impl Server {
     /// so the addresses accept connections; a worker that cannot start fails
     /// the start (and the others stop again).
     pub fn start(config: Config) -> Result<Server, StartError> {
+        crate::log::init(match config.runtime.log_level {
+            LogLevel::Off => LevelFilter::OFF,
+            LogLevel::Error => LevelFilter::ERROR,
+            LogLevel::Warn => LevelFilter::WARN,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Trace => LevelFilter::TRACE,
+        });
         raise_open_file_limit();
         let config = Arc::new(config);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -359,7 +367,7 @@ impl Server {
                         .map(|m| {
                             m.as_ref().and_then(|m| {
                                 tls::server_config(m)
-                                    .map_err(|e| log!("worker {i}: TLS listener setup failed: {e}"))
+                                    .map_err(|e| tracing::error!("worker {i}: TLS listener setup failed: {e}"))
                                     .ok()
                             })
                         })
@@ -370,7 +378,7 @@ impl Server {
                         let cfg = match tls::client_config(m) {
                             Ok(cfg) => cfg,
                             Err(e) => {
-                                log!(
+                                tracing::error!(
                                     "worker {i}: TLS setup of cluster `{}` failed: {e}",
                                     config.clusters[c].name
                                 );
@@ -398,7 +406,7 @@ impl Server {
                                     // asks for events, which monoio makes
                                     // only when it waits: a polling loop
                                     // would see none.
-                                    log!(
+                                    tracing::warn!(
                                         "runtime.idle_poll has no effect on the tuned io_uring ring \
                                          (COOP_TASKRUN or DEFER_TASKRUN); use ring_setup = \"plain\" or driver = \"epoll\" for it"
                                     );

@@ -4,7 +4,6 @@
 
 use crate::downstream;
 use crate::io::nodelay;
-use crate::log::log;
 use crate::shutdown::Shutdown;
 use crate::state::{Admitted, Worker};
 use crate::timer::within;
@@ -46,8 +45,8 @@ async fn serve_tls(
             std::mem::forget(admitted);
             downstream::serve(w.clone(), li, stream, peer).await
         }
-        Some(Err(e)) => log!("listener `{}`: TLS handshake with {peer} failed: {e}", l.name),
-        None => log!(
+        Some(Err(e)) => tracing::info!("listener `{}`: TLS handshake with {peer} failed: {e}", l.name),
+        None => tracing::info!(
             "listener `{}`: {peer} did not complete its TLS handshake within {timeout:?}",
             l.name
         ),
@@ -140,7 +139,7 @@ pub(crate) async fn run(
                         // Out of file descriptors and the like: back off
                         // briefly, and say so at most once a second.
                         if last_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
-                            log!("accept on {}: {e}", w.config.listeners[li].addr);
+                            tracing::error!("accept on {}: {e}", w.config.listeners[li].addr);
                             last_log = Some(Instant::now());
                         }
                         monoio::time::sleep(Duration::from_millis(10)).await;
