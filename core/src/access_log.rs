@@ -342,13 +342,15 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
 }
 
 /// A value in a text line: bytes outside printable ASCII (which a parsed
-/// head never has, but a log must not carry raw) as `\xNN`.
+/// head never has, but a log must not carry raw), and `"` (which would
+/// end a quoted field early), as `\xNN`.
 fn plain(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for &b in s {
-        if (0x20..0x7f).contains(&b) {
+        if (0x20..0x7f).contains(&b) && b != b'"' {
             out.push(b);
         } else {
-            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+            out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
         }
     }
 }
@@ -486,7 +488,7 @@ mod tests {
     fn the_default_text_line() {
         assert_eq!(
             line("text", &entry()),
-            "[2026-11-18T11:06:40.123Z] \"GET /v1/items HTTP/1.1\" 200 - 78 1234 2.345 2.001 \"10.0.0.7\" \"abc\"def\" \"api.example.com\" \"127.0.0.1:9001\" 1 -\n"
+            "[2026-11-18T11:06:40.123Z] \"GET /v1/items HTTP/1.1\" 200 - 78 1234 2.345 2.001 \"10.0.0.7\" \"abc\\x22def\" \"api.example.com\" \"127.0.0.1:9001\" 1 -\n"
         );
     }
 

@@ -1077,6 +1077,16 @@ impl Config {
                         format!("`{e}` resolved to no address"),
                     ));
                 };
+                if let Some(first) = endpoints.iter().position(|a| a == addr) {
+                    return Err(err(
+                        eline,
+                        field("endpoints"),
+                        format!(
+                            "`{e}` is {addr}, which `{}` already gives: list each endpoint once (weight a split instead)",
+                            authorities[first]
+                        ),
+                    ));
+                }
                 endpoints.push(*addr);
                 authorities.push(e.clone());
             }
@@ -2071,6 +2081,18 @@ pool = { max_idle = 4, idle_timeout = "5s" }
             "{base}[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:3\"\n"
         ));
         assert!(e.message.contains("duplicate listener"), "{e}");
+    }
+
+    #[test]
+    fn an_endpoint_listed_twice_is_refused() {
+        let src = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\", \"127.0.0.1:3\", \"127.0.0.1:2\"]\n";
+        let e = error_of(src);
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(8), "cluster[0].endpoints"),
+            "{e}"
+        );
+        assert!(e.message.contains("already gives"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! request's own values.
 
 use crate::config::Config;
-use crate::outcome::Outcome;
+use crate::outcome::{classify, Outcome};
 use std::time::Duration;
 
 /// Bucket bounds of `response_latency_ms`, in microseconds: Linkerd's
@@ -102,6 +102,9 @@ pub struct ResponseSeries {
     pub status: Option<u16>,
     /// The `weft-error` code, if any.
     pub error: Option<&'static str>,
+    /// Whether these requests succeeded ([`crate::outcome::classify`]; the
+    /// overflow series keeps one per class).
+    pub success: bool,
     /// Requests that ended so.
     pub count: u64,
     /// Their time to the response head (Linkerd's `response_latency_ms`).
@@ -109,18 +112,19 @@ pub struct ResponseSeries {
 }
 
 impl ResponseSeries {
-    fn new(cluster: Option<usize>, status: Option<u16>, error: Option<&'static str>) -> Self {
+    fn new(cluster: Option<usize>, status: Option<u16>, error: Option<&'static str>, success: bool) -> Self {
         ResponseSeries {
             cluster,
             status,
             error,
+            success,
             count: 0,
             latency: Histogram::new(LATENCY_BOUNDS_US),
         }
     }
 
-    fn is(&self, cluster: Option<usize>, status: Option<u16>, error: Option<&str>) -> bool {
-        self.status == status && self.cluster == cluster && self.error == error
+    fn is(&self, cluster: Option<usize>, status: Option<u16>, error: Option<&str>, success: bool) -> bool {
+        self.status == status && self.cluster == cluster && self.error == error && self.success == success
     }
 }
 
@@ -214,7 +218,12 @@ impl Metrics {
                     e.failures += 1;
                 }
             }
-            if let Some(e) = o.target.and_then(|(_, i)| c.endpoints.get_mut(i)) {
+            // A request shed before its first attempt never reached it.
+            if let Some(e) = o
+                .target
+                .filter(|_| o.attempts > 0)
+                .and_then(|(_, i)| c.endpoints.get_mut(i))
+            {
                 e.requests += 1;
                 e.failures += u64::from(failed);
             }
@@ -238,10 +247,13 @@ impl Metrics {
         for (mine, theirs) in self.routes.iter_mut().zip(&other.routes) {
             for (slot, from) in mine.iter_mut().zip(theirs) {
                 for s in from {
-                    let to = match slot.iter_mut().position(|x| x.is(s.cluster, s.status, s.error)) {
+                    let to = match slot
+                        .iter_mut()
+                        .position(|x| x.is(s.cluster, s.status, s.error, s.success))
+                    {
                         Some(i) => &mut slot[i],
                         None => {
-                            slot.push(ResponseSeries::new(s.cluster, s.status, s.error));
+                            slot.push(ResponseSeries::new(s.cluster, s.status, s.error, s.success));
                             slot.last_mut().expect("just pushed")
                         }
                     };
@@ -280,7 +292,8 @@ impl ResponseSeries {
 }
 
 /// The series of `slot` for this cluster, status and error, added when new
-/// (up to [`MAX_SERIES_PER_ROUTE`], then the overflow series).
+/// (up to [`MAX_SERIES_PER_ROUTE`], then the overflow series of the
+/// cluster and class: no status, the error [`OVERFLOW`]).
 #[inline]
 fn series<'a>(
     slot: &'a mut Vec<ResponseSeries>,
@@ -288,15 +301,16 @@ fn series<'a>(
     status: Option<u16>,
     error: Option<&'static str>,
 ) -> &'a mut ResponseSeries {
-    let (cluster, status, error) = match slot.iter().position(|s| s.is(cluster, status, error)) {
+    let success = classify(status, error);
+    let (status, error) = match slot.iter().position(|s| s.is(cluster, status, error, success)) {
         Some(i) => return &mut slot[i],
-        None if slot.len() < MAX_SERIES_PER_ROUTE => (cluster, status, error),
-        None => (None, None, Some(OVERFLOW)),
+        None if slot.len() < MAX_SERIES_PER_ROUTE => (status, error),
+        None => (None, Some(OVERFLOW)),
     };
-    match slot.iter().position(|s| s.is(cluster, status, error)) {
+    match slot.iter().position(|s| s.is(cluster, status, error, success)) {
         Some(i) => &mut slot[i],
         None => {
-            slot.push(ResponseSeries::new(cluster, status, error));
+            slot.push(ResponseSeries::new(cluster, status, error, success));
             slot.last_mut().expect("just pushed")
         }
     }
@@ -411,12 +425,24 @@ endpoints = ["127.0.0.1:4"]
         for status in 100..400u16 {
             m.record(&outcome(Some(1), Some(status), None), false);
         }
+        // Past the cap, a 5xx and a 2xx each land in their class's
+        // overflow series, with their cluster.
+        m.record(&outcome(Some(1), Some(503), None), false);
+        m.record(&outcome(Some(1), Some(299), None), false);
         let slot = &m.routes[0][1];
-        assert_eq!(slot.len(), MAX_SERIES_PER_ROUTE + 1);
-        let over = slot.last().expect("overflow series");
-        assert_eq!((over.status, over.error), (None, Some(OVERFLOW)));
-        assert_eq!(over.count, 300 - MAX_SERIES_PER_ROUTE as u64);
-        assert_eq!(m.requests(0, 1), 300);
+        assert_eq!(slot.len(), MAX_SERIES_PER_ROUTE + 2);
+        let over = &slot[MAX_SERIES_PER_ROUTE];
+        assert_eq!(
+            (over.status, over.error, over.success, over.cluster),
+            (None, Some(OVERFLOW), true, Some(0))
+        );
+        assert_eq!(over.count, 300 - MAX_SERIES_PER_ROUTE as u64 + 1);
+        let failed = &slot[MAX_SERIES_PER_ROUTE + 1];
+        assert_eq!(
+            (failed.error, failed.success, failed.count),
+            (Some(OVERFLOW), false, 1)
+        );
+        assert_eq!(m.requests(0, 1), 302);
     }
 
     #[test]

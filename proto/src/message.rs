@@ -211,6 +211,20 @@ impl Request {
         }
     }
 
+    /// The value of field `name` when the head has exactly one field of
+    /// that name; `None` when it has none or several (W3C trace context
+    /// treats a repeated `traceparent` as none).
+    pub fn single_header(&self, name: &str) -> Option<&[u8]> {
+        match self {
+            Request::H1(h) => h.single_header(name),
+            Request::Fields(f) => {
+                let mut all = f.parts.headers.get_all(name).iter();
+                let first = all.next()?;
+                all.next().is_none().then(|| first.as_bytes())
+            }
+        }
+    }
+
     /// The body's length as the head tells.
     pub fn body(&self) -> BodyLength {
         match self {
@@ -663,6 +677,44 @@ mod tests {
 
     fn text(out: &BytesMut) -> &str {
         std::str::from_utf8(out).expect("ASCII head")
+    }
+
+    /// Towards an HTTP/2 upstream, a new `traceparent` replaces the
+    /// request's and a request id is added, from an HTTP/1 head and from
+    /// HTTP/2 fields alike.
+    #[test]
+    fn trace_fields_go_to_http2_upstreams() {
+        let opts = RequestOptions {
+            traceparent: Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-0123456789abcdef-01"),
+            request_id: Some(b"id-7"),
+            ..opts()
+        };
+        let mut buf =
+            BytesMut::from("GET /p HTTP/1.1\r\nhost: a\r\ntraceparent: old\r\ntracestate: k=v\r\n\r\n");
+        let h1 = Request::H1(parse_request(&mut buf, &LIMITS).unwrap().unwrap());
+        let h2 = h2_request(
+            "GET",
+            "http://a/p",
+            &[("traceparent", "old"), ("tracestate", "k=v")],
+            BodyLength::Empty,
+        )
+        .unwrap();
+        for req in [h1, h2] {
+            let out = req.to_h2(&opts, "http").unwrap();
+            let tp: Vec<_> = out.headers().get_all("traceparent").iter().collect();
+            assert_eq!(tp, ["00-4bf92f3577b34da6a3ce929d0e0e4736-0123456789abcdef-01"]);
+            assert_eq!(out.headers()["x-request-id"], "id-7");
+            assert_eq!(out.headers()["tracestate"], "k=v");
+            let mut h1_out = BytesMut::new();
+            req.encode_h1(&opts, &mut h1_out);
+            let text = String::from_utf8(h1_out.to_vec()).unwrap();
+            assert!(
+                !text.contains("old")
+                    && text.contains("\r\ntraceparent: 00-4bf9")
+                    && text.contains("\r\nx-request-id: id-7\r\n"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -131,6 +131,17 @@ impl RequestHead {
             .map(|h| &self.raw[h.value.clone()])
     }
 
+    /// The value of field `name` when the head has exactly one field of
+    /// that name (case-insensitive); `None` when it has none or several.
+    pub fn single_header(&self, name: &str) -> Option<&[u8]> {
+        let mut named = self
+            .headers
+            .iter()
+            .filter(|h| self.raw[h.name.clone()].eq_ignore_ascii_case(name.as_bytes()));
+        let first = named.next()?;
+        named.next().is_none().then(|| &self.raw[first.value.clone()])
+    }
+
     /// True for methods whose response never has a body (HEAD).
     pub fn is_head(&self) -> bool {
         &self.raw[self.method.clone()] == b"HEAD"

@@ -110,6 +110,12 @@ impl WorkerLog {
         let Some(Some((format, sink))) = self.listeners.get(o.listener) else {
             return;
         };
+        if self.tx.borrow().is_none() {
+            // The worker has ended (a request outlived the drain): nothing
+            // will hand the line over any more.
+            self.dropped.set(self.dropped.get() + 1);
+            return;
+        }
         let listener = &config.listeners[o.listener];
         let duration = o.end_at.saturating_duration_since(o.head_at);
         let mut stamp = self.stamp.borrow_mut();
@@ -138,7 +144,7 @@ impl WorkerLog {
                 .map(String::as_str),
             attempts: o.attempts,
             request_id: generated_id.or_else(|| req.and_then(|r| r.header("x-request-id"))),
-            trace_id: req.and_then(|r| trace_id(r.header("traceparent"), r.header("b3"))),
+            trace_id: req.and_then(|r| trace_id(r.single_header("traceparent"), r.header("b3"))),
             peer,
             listener: &listener.name,
             route: o
@@ -189,11 +195,23 @@ impl WorkerLog {
         }
     }
 
-    /// Hands the last lines over and lets go of the writer (at the
-    /// worker's end: its tasks, and this, may outlive the runtime).
+    /// Hands the last lines over (waiting up to a second for room) and
+    /// lets go of the writer (at the worker's end: its tasks, and this, may
+    /// outlive the runtime).
     pub fn close(&self) {
-        self.flush();
-        self.tx.borrow_mut().take();
+        let Some(tx) = self.tx.borrow_mut().take() else {
+            return;
+        };
+        for (sink, buffer) in self.buffers.iter().enumerate() {
+            let (bytes, lines) = std::mem::take(&mut *buffer.borrow_mut());
+            if lines > 0
+                && tx
+                    .send_timeout(Batch { sink, bytes }, Duration::from_secs(1))
+                    .is_err()
+            {
+                self.dropped.set(self.dropped.get() + lines);
+            }
+        }
     }
 
     /// Lines this worker dropped because the writer could not keep up.

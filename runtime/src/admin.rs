@@ -172,6 +172,9 @@ pub(crate) struct Admin {
     pub config: Arc<Config>,
     /// Per worker, in worker order.
     pub mailboxes: Vec<Arc<Mailbox>>,
+    /// Per worker, its last snapshot: what a scrape shows of a worker
+    /// that does not answer (counters must never seem to go down).
+    pub last: Mutex<Vec<Option<WorkerSnapshot>>>,
     pub health: Arc<HealthTable>,
     pub shutdown: Shutdown,
 }
@@ -234,6 +237,8 @@ struct Answer {
     status: u16,
     content_type: &'static str,
     body: String,
+    /// A `HEAD` request's answer: the head alone.
+    head_only: bool,
 }
 
 impl Answer {
@@ -242,6 +247,7 @@ impl Answer {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.into(),
+            head_only: false,
         }
     }
 }
@@ -272,9 +278,17 @@ fn serve(mut stream: TcpStream, admin: &Admin) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
-    let answer = route(admin, &method, &path);
+    let mut answer = route(admin, &method, &path);
+    if method == "HEAD" {
+        // The head says the body's length; the body stays home.
+        answer.head_only = true;
+    }
     reply(stream, answer);
 }
+
+/// How long the admin thread lingers after an answer for the client to
+/// read it and close.
+const LINGER: Duration = Duration::from_millis(200);
 
 fn reply(mut stream: TcpStream, a: Answer) {
     let reason = match a.status {
@@ -294,10 +308,14 @@ fn reply(mut stream: TcpStream, a: Answer) {
         a.body.len()
     );
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(a.body.as_bytes());
+    if !a.head_only {
+        let _ = stream.write_all(a.body.as_bytes());
+    }
     let _ = stream.shutdown(std::net::Shutdown::Write);
     // Let the client read it all before the close (a close with unread
-    // request bytes would reset the connection).
+    // request bytes would reset the connection), briefly: the next
+    // connection (a readiness probe) is waiting.
+    let _ = stream.set_read_timeout(Some(LINGER));
     let _ = stream.read(&mut [0u8; 512]);
 }
 
@@ -312,6 +330,7 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: exposition::render(&admin.config, &snaps),
+                head_only: false,
             }
         }
         "/live" if wants("GET") => Answer::text(200, "live\n"),
@@ -344,17 +363,26 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
     }
 }
 
-/// Every worker's snapshot with its worker's number (a worker that does
-/// not answer within [`SCRAPE_WAIT`], or has stopped, is left out).
+/// Every worker's snapshot with its worker's number: a worker that does
+/// not answer within [`SCRAPE_WAIT`] (busy, or stopped) is shown as it
+/// last answered.
 fn scrape(admin: &Admin) -> Vec<(usize, WorkerSnapshot)> {
     let asked: Vec<_> = admin.mailboxes.iter().map(|m| m.ask()).collect();
     let deadline = Instant::now() + SCRAPE_WAIT;
+    let mut last = admin.last.lock().unwrap_or_else(|p| p.into_inner());
+    last.resize(asked.len(), None);
     asked
         .into_iter()
         .enumerate()
         .filter_map(|(i, rx)| {
             let left = deadline.saturating_duration_since(Instant::now());
-            rx.recv_timeout(left).ok().map(|s| (i, s))
+            match rx.recv_timeout(left) {
+                Ok(s) => {
+                    last[i] = Some(s.clone());
+                    Some((i, s))
+                }
+                Err(_) => last[i].clone().map(|s| (i, s)),
+            }
         })
         .collect()
 }

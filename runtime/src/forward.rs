@@ -214,7 +214,7 @@ impl<'a> Ctx<'a> {
     fn aim(&mut self, to: &Upstream<'a>) {
         self.t.o.endpoint = Some(to.ep.addr);
         self.t.o.target = Some((to.c, to.i));
-        if self.t.o.sent_at.is_none() && self.w.metrics.is_some() {
+        if self.t.o.sent_at.is_none() && (self.w.metrics.is_some() || self.w.access_log.is_some()) {
             self.t.o.sent_at = Some(Instant::now());
         }
         self.in_flight = Some(Counted::new(&to.ep.in_flight));
@@ -431,8 +431,9 @@ impl<'a> Ctx<'a> {
         if l.generate_request_id && req.header("x-request-id").is_none() {
             t.request_id = Some(weft_core::trace::request_id(w.random(), w.random()));
         }
+        // A repeated `traceparent` is invalid: it goes on as it came.
         let traceparent = req
-            .header("traceparent")
+            .single_header("traceparent")
             .and_then(|tp| weft_core::trace::next_hop(tp, w.random()));
         Ctx {
             w,

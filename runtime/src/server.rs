@@ -457,6 +457,7 @@ impl Server {
             Some(listener) => {
                 let state = Admin {
                     config: config.clone(),
+                    last: std::sync::Mutex::new(vec![None; mailboxes.len()]),
                     mailboxes,
                     health: health.clone(),
                     shutdown: shutdown.clone(),

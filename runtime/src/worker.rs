@@ -78,6 +78,10 @@ pub(crate) async fn run(
     ready: Ready,
     mailbox: Arc<crate::admin::Mailbox>,
 ) {
+    let _at_end = AtEnd {
+        mailbox: &mailbox,
+        worker: &worker,
+    };
     let canceller = Canceller::new();
     let mut registered = Vec::new();
     for (li, std_listener) in listeners.into_iter().enumerate() {
@@ -177,11 +181,22 @@ pub(crate) async fn run(
     while open() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
-    // The worker's tasks may outlive its runtime: let go of what other
-    // threads wait on.
-    mailbox.close();
-    if let Some(log) = &worker.access_log {
-        log.close();
+}
+
+/// Lets go of what other threads wait on when the worker ends, whichever
+/// way (its tasks, and the state they hold, may outlive its runtime): the
+/// admin mailbox is closed, the access log's last lines handed over.
+struct AtEnd<'a> {
+    mailbox: &'a crate::admin::Mailbox,
+    worker: &'a Worker,
+}
+
+impl Drop for AtEnd<'_> {
+    fn drop(&mut self) {
+        self.mailbox.close();
+        if let Some(log) = &self.worker.access_log {
+            log.close();
+        }
     }
 }
 

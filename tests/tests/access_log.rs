@@ -90,7 +90,7 @@ fn a_json_line_per_request() {
     let mut py = Command::new("python3")
         .args([
             "-c",
-            "import json,re,sys\nfor l in sys.stdin:\n o=json.loads(l)\n rid=o['request_id']\n rid='uuid' if re.fullmatch('[0-9a-f-]{36}', rid) else rid\n print(o['path'], o['response_code'], o['weft_error'], rid, o['trace_id'], o['route'], o['attempts'])",
+            "import json,re,sys\nfor l in sys.stdin:\n o=json.loads(l)\n rid=o['request_id']\n rid='uuid' if re.fullmatch('[0-9a-f-]{36}', rid) else rid\n up='none' if o['upstream_time_ms'] is None else ('waited' if o['upstream_time_ms'] > 0 else 'zero')\n print(o['path'], o['response_code'], o['weft_error'], rid, o['trace_id'], o['route'], o['attempts'], up)",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -113,9 +113,9 @@ fn a_json_line_per_request() {
         parsed,
         [
             // A request without an id is logged with the one weft gave it.
-            "/missing 404 no-route uuid None None 0",
-            "/ok/1 200 None req-1 4bf92f3577b34da6a3ce929d0e0e4736 ok 1",
-            "/ok/2 503 None uuid None ok 1",
+            "/missing 404 no-route uuid None None 0 none",
+            "/ok/1 200 None req-1 4bf92f3577b34da6a3ce929d0e0e4736 ok 1 waited",
+            "/ok/2 503 None uuid None ok 1 waited",
         ]
     );
     let first = got

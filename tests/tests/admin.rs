@@ -36,8 +36,13 @@ fn scrape(addr: SocketAddr) -> Vec<Sample> {
     let script = "
 import sys
 from prometheus_client.parser import text_string_to_metric_families
+seen = set()
 for family in text_string_to_metric_families(sys.stdin.read()):
     for s in family.samples:
+        key = (s.name, tuple(sorted(s.labels.items())))
+        if key in seen:
+            sys.exit('duplicate series: %r' % (key,))
+        seen.add(key)
         labels = ''.join('\\t%s=%s' % kv for kv in sorted(s.labels.items()))
         print('%s\\t%r%s' % (s.name, s.value, labels))
 ";
@@ -257,6 +262,11 @@ fn ready_live_config_clusters_and_drain() {
         "{clusters}"
     );
     assert_eq!(admin(admin_addr, "GET", "/nothing").0, 404);
+    assert_eq!(
+        admin(admin_addr, "HEAD", "/live"),
+        (200, String::new()),
+        "HEAD: no body"
+    );
     assert_eq!(admin(admin_addr, "GET", "/drain").0, 405);
     assert_eq!(admin(admin_addr, "POST", "/drain"), (202, "draining\n".into()));
     assert_eq!(admin(admin_addr, "GET", "/ready"), (503, "draining\n".into()));

@@ -58,6 +58,17 @@ fn traceparent_gets_a_new_parent_id() {
     let bad = format!("00-{TRACE}-0000000000000000-01");
     assert_eq!(c.get("/", &format!("traceparent: {bad}\r\n")).status, 200);
     assert_eq!(fields(&up.request(2).head, "traceparent"), [bad.as_str()]);
+    // Two traceparents make none (W3C trace context): both go on untouched.
+    let other = format!("00-{TRACE}-1111111111111111-01");
+    assert_eq!(
+        c.get("/", &format!("traceparent: {tp}\r\ntraceparent: {other}\r\n"))
+            .status,
+        200
+    );
+    assert_eq!(
+        fields(&up.request(3).head, "traceparent"),
+        [tp.as_str(), other.as_str()]
+    );
 }
 
 /// A request without an id gets a fresh one; one with an id keeps it.

@@ -8,7 +8,6 @@ use crate::health::HealthTable;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use weft_core::metrics::{Histogram, Metrics, ResponseSeries};
-use weft_core::outcome::classify;
 use weft_core::Config;
 
 /// `/metrics`: the sum of every worker's metrics (and the overhead
@@ -305,11 +304,7 @@ fn header(o: &mut String, name: &str, kind: &str, help: &str) {
 /// classification and error.
 fn response_labels(route: &(String, String), cluster: &str, s: &ResponseSeries) -> String {
     let status = s.status.map_or(String::new(), |s| s.to_string());
-    let class = if classify(s.status, s.error) {
-        "success"
-    } else {
-        "failure"
-    };
+    let class = if s.success { "success" } else { "failure" };
     format!(
         "listener=\"{}\",route=\"{}\",cluster=\"{cluster}\",status_code=\"{status}\",classification=\"{class}\",error=\"{}\"",
         route.0,
