@@ -1662,6 +1662,43 @@ impl Config {
         })
     }
 
+    /// Whether `new` differs from this configuration in its routes only
+    /// (matches, targets and split weights, timeouts, retries, rate
+    /// limits, names): what a reload applies while weft runs. The error
+    /// names what else changed.
+    pub fn routes_only_change(&self, new: &Config) -> Result<(), String> {
+        if self.runtime != new.runtime {
+            return Err("[runtime] changed".into());
+        }
+        if self.admin != new.admin {
+            return Err("[admin] changed".into());
+        }
+        if self.clusters != new.clusters {
+            let names = |c: &Config| c.clusters.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+            let which = new
+                .clusters
+                .iter()
+                .find(|n| !self.clusters.contains(n))
+                .map(|c| format!("cluster `{}`", c.name))
+                .or_else(|| (names(self) != names(new)).then(|| "the list of clusters".to_string()))
+                .unwrap_or_else(|| "a cluster".into());
+            return Err(format!("{which} changed"));
+        }
+        if self.listeners.len() != new.listeners.len() {
+            return Err("the list of listeners changed".into());
+        }
+        for (a, b) in self.listeners.iter().zip(&new.listeners) {
+            let bare = |l: &Listener| Listener {
+                routes: RouteTable::default(),
+                ..l.clone()
+            };
+            if bare(a) != bare(b) {
+                return Err(format!("listener `{}` changed", b.name));
+            }
+        }
+        Ok(())
+    }
+
     /// Routes that can never match because an earlier route of the same
     /// listener matches every request they would: one message each, for
     /// `weft check` and the log. Not an error: the configuration works.
@@ -2093,6 +2130,40 @@ pool = { max_idle = 4, idle_timeout = "5s" }
             "{e}"
         );
         assert!(e.message.contains("already gives"), "{e}");
+    }
+
+    #[test]
+    fn a_reload_takes_route_changes_only() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n[[cluster]]\nname = \"d\"\nendpoints = [\"127.0.0.1:3\"]\n";
+        let one = parse(&format!("{base}[[route]]\nsplit = [{{ cluster = \"c\", weight = 9 }}, {{ cluster = \"d\", weight = 1 }}]\n")).expect("valid");
+        let two = parse(&format!("{base}[[route]]\nmatch = {{ path = \"/x\" }}\ncluster = \"d\"\n[[route]]\nsplit = [{{ cluster = \"c\", weight = 1 }}, {{ cluster = \"d\", weight = 9 }}]\n")).expect("valid");
+        assert_eq!(one.routes_only_change(&two), Ok(()));
+        let cluster = parse(&format!(
+            "{}[[route]]\ncluster = \"c\"\n",
+            base.replace("127.0.0.1:3", "127.0.0.1:4")
+        ))
+        .expect("valid");
+        assert_eq!(
+            one.routes_only_change(&cluster),
+            Err("cluster `d` changed".into())
+        );
+        let listener = parse(&format!(
+            "{}[[route]]\ncluster = \"c\"\n",
+            base.replace(
+                "listen = \"127.0.0.1:1\"",
+                "listen = \"127.0.0.1:1\"\nidle_timeout = \"5s\""
+            )
+        ))
+        .expect("valid");
+        assert_eq!(
+            one.routes_only_change(&listener),
+            Err("listener `a` changed".into())
+        );
+        let runtime = parse(&format!(
+            "[runtime]\nworkers = 3\n{base}[[route]]\ncluster = \"c\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(one.routes_only_change(&runtime), Err("[runtime] changed".into()));
     }
 
     #[test]

@@ -195,16 +195,17 @@ impl Metrics {
         }
     }
 
-    /// Counts one request's outcome. `failed`: whether it counted against
-    /// its endpoint (the breaker's verdict).
-    pub fn record(&mut self, o: &Outcome, failed: bool) {
+    /// Counts one request's outcome, on route `route` (its own, or the same
+    /// route after a reload). `failed`: whether it counted against its
+    /// endpoint (the breaker's verdict).
+    pub fn record(&mut self, o: &Outcome, route: Option<usize>, failed: bool) {
         if let Some(l) = self.listeners.get_mut(o.listener) {
             l.read_bytes += o.bytes_in;
             l.write_bytes += o.bytes_out;
         }
         if let Some(routes) = self.routes.get_mut(o.listener) {
             let unrouted = routes.len() - 1;
-            let slot = &mut routes[o.route.map_or(unrouted, |r| r.min(unrouted))];
+            let slot = &mut routes[route.map_or(unrouted, |r| r.min(unrouted))];
             let latency = o
                 .upstream_at
                 .unwrap_or(o.end_at)
@@ -229,6 +230,40 @@ impl Metrics {
             }
         }
         self.overhead.observe(micros(o.overhead()));
+    }
+
+    /// Reshapes the route series for `new`'s routes (a reload that changed
+    /// routes only): a route's series follow its name; a route that is gone
+    /// takes its series with it (they end); requests no route took stay.
+    pub fn reroute(&mut self, old: &Config, new: &Config) {
+        for (li, routes) in self.routes.iter_mut().enumerate() {
+            let (Some(was), Some(now)) = (old.listeners.get(li), new.listeners.get(li)) else {
+                continue;
+            };
+            let mut slots = vec![Vec::new(); now.routes.len() + 1];
+            let mut taken = std::mem::take(routes);
+            if let Some(unrouted) = taken.pop() {
+                slots[now.routes.len()] = unrouted;
+            }
+            for (route, series) in was.routes.routes().iter().zip(taken) {
+                if let Some(j) = now.routes.routes().iter().position(|r| r.name == route.name) {
+                    slots[j] = series;
+                }
+            }
+            *routes = slots;
+        }
+    }
+
+    /// The route of `new` that route `r` of listener `l` in `old` is, by
+    /// name (for a request that began before a reload and ends after it).
+    pub fn same_route(old: &Config, new: &Config, l: usize, r: usize) -> Option<usize> {
+        let name = &old.listeners.get(l)?.routes.routes().get(r)?.name;
+        new.listeners
+            .get(l)?
+            .routes
+            .routes()
+            .iter()
+            .position(|x| &x.name == name)
     }
 
     /// Counts an ejection of endpoint `i` of cluster `c`.
@@ -368,6 +403,10 @@ endpoints = ["127.0.0.1:4"]
         o
     }
 
+    fn record(m: &mut Metrics, o: &Outcome, failed: bool) {
+        m.record(o, o.route, failed);
+    }
+
     #[test]
     fn a_histogram_counts_each_value_in_the_first_bucket_at_or_above_it() {
         let mut h = Histogram::new(&[10, 20]);
@@ -385,10 +424,14 @@ endpoints = ["127.0.0.1:4"]
     fn outcomes_land_in_their_route_status_and_error_series() {
         let c = config();
         let mut m = Metrics::new(&c);
-        m.record(&outcome(Some(0), Some(200), None), false);
-        m.record(&outcome(Some(0), Some(200), None), false);
-        m.record(&outcome(Some(0), Some(502), Some("connect-refused")), true);
-        m.record(&outcome(None, Some(404), Some("no-route")), false);
+        record(&mut m, &outcome(Some(0), Some(200), None), false);
+        record(&mut m, &outcome(Some(0), Some(200), None), false);
+        record(
+            &mut m,
+            &outcome(Some(0), Some(502), Some("connect-refused")),
+            true,
+        );
+        record(&mut m, &outcome(None, Some(404), Some("no-route")), false);
         assert_eq!(m.requests(0, 0), 3);
         assert_eq!(m.requests(0, 1), 0);
         assert_eq!(m.requests(0, 2), 1, "the unrouted slot");
@@ -423,12 +466,12 @@ endpoints = ["127.0.0.1:4"]
         let c = config();
         let mut m = Metrics::new(&c);
         for status in 100..400u16 {
-            m.record(&outcome(Some(1), Some(status), None), false);
+            record(&mut m, &outcome(Some(1), Some(status), None), false);
         }
         // Past the cap, a 5xx and a 2xx each land in their class's
         // overflow series, with their cluster.
-        m.record(&outcome(Some(1), Some(503), None), false);
-        m.record(&outcome(Some(1), Some(299), None), false);
+        record(&mut m, &outcome(Some(1), Some(503), None), false);
+        record(&mut m, &outcome(Some(1), Some(299), None), false);
         let slot = &m.routes[0][1];
         assert_eq!(slot.len(), MAX_SERIES_PER_ROUTE + 2);
         let over = &slot[MAX_SERIES_PER_ROUTE];
@@ -446,13 +489,59 @@ endpoints = ["127.0.0.1:4"]
     }
 
     #[test]
+    fn series_follow_their_route_by_name_across_a_reload() {
+        let c = config();
+        let mut m = Metrics::new(&c);
+        record(&mut m, &outcome(Some(0), Some(200), None), false);
+        record(&mut m, &outcome(Some(1), Some(201), None), false);
+        record(&mut m, &outcome(None, Some(404), Some("no-route")), false);
+        // The two routes swapped places, and a new one came first.
+        let src = r#"
+[[listener]]
+name = "in"
+listen = "127.0.0.1:1"
+[[route]]
+name = "new"
+match = { path = "/n" }
+cluster = "b"
+[[route]]
+name = "1"
+split = [ { cluster = "a", weight = 1 }, { cluster = "b", weight = 1 } ]
+[[route]]
+name = "0"
+match = { path_prefix = "/a" }
+cluster = "a"
+[[cluster]]
+name = "a"
+endpoints = ["127.0.0.1:2", "127.0.0.1:3"]
+[[cluster]]
+name = "b"
+endpoints = ["127.0.0.1:4"]
+"#;
+        let new = Config::parse(src, &crate::config::literal_only).expect("valid");
+        m.reroute(&c, &new);
+        assert_eq!(
+            (
+                m.requests(0, 0),
+                m.requests(0, 1),
+                m.requests(0, 2),
+                m.requests(0, 3)
+            ),
+            (0, 1, 1, 1)
+        );
+        assert_eq!(m.routes[0][2][0].status, Some(200));
+        assert_eq!(Metrics::same_route(&c, &new, 0, 0), Some(2));
+        assert_eq!(Metrics::same_route(&new, &c, 0, 0), None);
+    }
+
+    #[test]
     fn merged_workers_add_up() {
         let c = config();
         let mut a = Metrics::new(&c);
         let mut b = Metrics::new(&c);
-        a.record(&outcome(Some(0), Some(200), None), false);
-        b.record(&outcome(Some(0), Some(200), None), false);
-        b.record(&outcome(Some(0), Some(503), Some("no-endpoint")), false);
+        record(&mut a, &outcome(Some(0), Some(200), None), false);
+        record(&mut b, &outcome(Some(0), Some(200), None), false);
+        record(&mut b, &outcome(Some(0), Some(503), Some("no-endpoint")), false);
         b.ejected(0, 1);
         a.merge(&b);
         assert_eq!(a.requests(0, 0), 3);

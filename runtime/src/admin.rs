@@ -95,9 +95,9 @@ fn snapshot(w: &Worker) -> WorkerSnapshot {
     }
 }
 
-/// Where the admin thread leaves its requests for one worker's snapshot.
-/// The lock is taken by the admin thread when it asks and by the worker's
-/// scrape task when it answers: never on the request path.
+/// Where other threads leave a worker its letters: requests for a snapshot
+/// (scrapes) and new routes (reloads). The lock is taken by the sender
+/// and by the worker's mail task: never on the request path.
 #[derive(Default)]
 pub(crate) struct Mailbox {
     inner: Mutex<Letters>,
@@ -106,6 +106,8 @@ pub(crate) struct Mailbox {
 #[derive(Default)]
 struct Letters {
     asks: Vec<mpsc::Sender<WorkerSnapshot>>,
+    /// The configuration whose routes to take (the latest reload's).
+    routes: Option<Arc<Config>>,
     waker: Option<Waker>,
     closed: bool,
 }
@@ -133,15 +135,32 @@ impl Mailbox {
         rx
     }
 
-    /// The worker's side: resolves with the requests waiting.
-    async fn next(&self) -> Vec<mpsc::Sender<WorkerSnapshot>> {
+    /// Hands the worker the routes of `config` (a reload).
+    pub fn reload(&self, config: Arc<Config>) {
+        let waker = {
+            let mut l = self.lock();
+            if l.closed {
+                return;
+            }
+            l.routes = Some(config);
+            l.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The worker's side: resolves with the letters waiting (new routes
+    /// first, so that a scrape after a reload sees them).
+    #[allow(clippy::type_complexity)]
+    async fn next(&self) -> (Option<Arc<Config>>, Vec<mpsc::Sender<WorkerSnapshot>>) {
         std::future::poll_fn(|cx| {
             let mut l = self.lock();
-            if l.asks.is_empty() {
+            if l.asks.is_empty() && l.routes.is_none() {
                 l.waker = Some(cx.waker().clone());
                 Poll::Pending
             } else {
-                Poll::Ready(std::mem::take(&mut l.asks))
+                Poll::Ready((l.routes.take(), std::mem::take(&mut l.asks)))
             }
         })
         .await
@@ -158,10 +177,16 @@ impl Mailbox {
     }
 }
 
-/// A worker's task that answers scrapes, for as long as the worker runs.
-pub(crate) async fn answer_scrapes(w: Rc<Worker>, mailbox: Arc<Mailbox>) {
+/// A worker's task that takes its letters, for as long as the worker
+/// runs: new routes, then snapshots. It runs between requests, so a
+/// request sees the routes of one configuration from start to end.
+pub(crate) async fn answer_mail(w: Rc<Worker>, mailbox: Arc<Mailbox>) {
     loop {
-        for reply in mailbox.next().await {
+        let (routes, asks) = mailbox.next().await;
+        if let Some(config) = routes {
+            w.swap_routes(config);
+        }
+        for reply in asks {
             let _ = reply.send(snapshot(&w));
         }
     }
@@ -169,7 +194,8 @@ pub(crate) async fn answer_scrapes(w: Rc<Worker>, mailbox: Arc<Mailbox>) {
 
 /// What the admin thread serves from.
 pub(crate) struct Admin {
-    pub config: Arc<Config>,
+    /// The configuration in force, and reloads.
+    pub reload: crate::reload::Reload,
     /// Per worker, in worker order.
     pub mailboxes: Vec<Arc<Mailbox>>,
     /// Per worker, its last snapshot: what a scrape shows of a worker
@@ -297,6 +323,7 @@ fn reply(mut stream: TcpStream, a: Answer) {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "",
@@ -329,7 +356,7 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
             Answer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: exposition::render(&admin.config, &snaps),
+                body: exposition::render(&admin.reload, &snaps),
                 head_only: false,
             }
         }
@@ -341,11 +368,25 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
                 Answer::text(200, "ready\n")
             }
         }
-        "/config" if wants("GET") => Answer::text(200, format!("generation: 1\n{}", admin.config.describe())),
+        "/config" if wants("GET") => Answer::text(
+            200,
+            format!(
+                "generation: {}\n{}",
+                admin.reload.generation(),
+                admin.reload.config().describe()
+            ),
+        ),
         "/clusters" if wants("GET") => {
             let snaps = scrape(admin);
-            Answer::text(200, exposition::clusters(&admin.config, &snaps, &admin.health))
+            Answer::text(
+                200,
+                exposition::clusters(&admin.reload.config(), &snaps, &admin.health),
+            )
         }
+        "/reload" if method == "POST" => match admin.reload.from_source() {
+            Ok(generation) => Answer::text(200, format!("reloaded: generation {generation}\n")),
+            Err(why) => Answer::text(409, format!("{why}\n")),
+        },
         "/drain" if method == "POST" => {
             if !admin.shutdown.is_fired() {
                 tracing::info!("admin: drain asked: no new connections, finishing requests in flight");
@@ -353,12 +394,12 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
             }
             Answer::text(202, "draining\n")
         }
-        "/metrics" | "/live" | "/ready" | "/config" | "/clusters" | "/drain" => {
+        "/metrics" | "/live" | "/ready" | "/config" | "/clusters" | "/drain" | "/reload" => {
             Answer::text(405, format!("{method} is not served on {path}\n"))
         }
         _ => Answer::text(
             404,
-            "not found: try /metrics, /ready, /live, /config, /clusters or POST /drain\n",
+            "not found: try /metrics, /ready, /live, /config, /clusters, POST /reload or POST /drain\n",
         ),
     }
 }

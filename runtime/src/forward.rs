@@ -15,7 +15,7 @@
 
 use crate::io::{read_more, write_one, write_two, Peek, Stream, READ_CHUNK};
 use crate::reply::{reply_error, After};
-use crate::state::{Counted, Tracker, Worker};
+use crate::state::{Counted, Routes, Tracker, Worker};
 use crate::timer::{within, Deadline, Timers};
 use crate::upstream::{Conn, Endpoint, UpIo};
 use bytes::{Bytes, BytesMut};
@@ -139,6 +139,9 @@ impl Failed {
 struct Ctx<'a> {
     w: &'a Worker,
     l: &'a Listener,
+    /// The routes in force when the request came (a reload does not
+    /// change them under it).
+    routes: &'a Routes,
     req: &'a Request,
     /// The outcome record.
     t: Tracker<'a>,
@@ -424,8 +427,16 @@ impl<'a> Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     /// The context of a request whose head arrived at `started`.
-    fn new(w: &'a Worker, l: &'a Listener, req: &'a Request, peer_ip: &'a str, started: Instant) -> Self {
+    fn new(
+        w: &'a Worker,
+        l: &'a Listener,
+        routes: &'a Routes,
+        req: &'a Request,
+        peer_ip: &'a str,
+        started: Instant,
+    ) -> Self {
         let mut t = Tracker::new(w, l.index, started);
+        t.routes = Some(routes);
         t.req = Some(req);
         t.peer = Some(peer_ip);
         if l.generate_request_id && req.header("x-request-id").is_none() {
@@ -438,6 +449,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             w,
             l,
+            routes,
             req,
             t,
             head_started: false,
@@ -468,8 +480,10 @@ impl<'a> Ctx<'a> {
             Err(()) => return Err(ErrorKind::Overflow),
         }
         let identity = self.identity.as_deref();
-        let (ri, route) = l
+        let (ri, route) = self
             .routes
+            .table(l.index)
+            .ok_or(ErrorKind::NoRoute)?
             .find_indexed(req.host(), req.path(), req.method(), |n| {
                 // Routes match `weft-client-identity` against the verified
                 // identity only, never a client's own field of that name.
@@ -481,7 +495,7 @@ impl<'a> Ctx<'a> {
             })
             .ok_or(ErrorKind::NoRoute)?;
         self.t.o.route = Some(ri);
-        if route.rate_limit.is_some() && !w.admit(l, ri, started) {
+        if route.rate_limit.is_some() && !self.routes.admit(l.index, ri, started) {
             return Err(ErrorKind::RateLimited);
         }
         let c = w.pick_cluster(&route.target);
@@ -533,7 +547,8 @@ pub(crate) async fn exchange<S: Stream>(
     peer_ip: &str,
     started: Instant,
 ) -> Next<S> {
-    let mut x = Ctx::new(w, l, req, peer_ip, started);
+    let routes = w.routes();
+    let mut x = Ctx::new(w, l, &routes, req, peer_ip, started);
     x.identity = client.identity();
     x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {

@@ -22,6 +22,7 @@ pub mod log;
 mod mem;
 #[cfg(test)]
 mod pipeline;
+mod reload;
 mod reply;
 mod server;
 mod shutdown;
@@ -34,6 +35,7 @@ mod upstream_h2;
 mod wire;
 mod worker;
 
+pub use reload::Reload;
 pub use server::{IoSetup, ReopenLogs, Ring, Server, StartError, WorkerCounters};
 pub use shutdown::Shutdown;
 pub use weft_core::Config;

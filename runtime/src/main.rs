@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
-        ["--config" | "-c", file] => run(load::from_file(&PathBuf::from(file))),
+        ["--config" | "-c", file] => run(load::from_file(&PathBuf::from(file)), Some(PathBuf::from(file))),
         ["check", file] => check(file),
         ["demo"] => run_demo(None),
         ["demo", "--listen", addr] => match addr.parse() {
@@ -63,9 +63,8 @@ macro_rules! out {
 }
 
 /// Installs the signal handlers before anything runs: SIGINT and SIGTERM
-/// drain and stop; SIGUSR1 reopens the access log files (log rotation);
-/// SIGHUP (whose default action would kill the process) is logged and
-/// otherwise ignored until configuration reload exists.
+/// drain and stop; SIGHUP reloads the configuration file; SIGUSR1 reopens
+/// the access log files (log rotation).
 fn signals() -> Result<Signals, ExitCode> {
     Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
         .map_err(|e| fail(&format!("cannot install signal handlers: {e}")))
@@ -89,7 +88,7 @@ fn check(file: &str) -> ExitCode {
     }
 }
 
-fn run(config: Result<weft::Config, String>) -> ExitCode {
+fn run(config: Result<weft::Config, String>, source: Option<PathBuf>) -> ExitCode {
     let config = match config {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -113,6 +112,9 @@ fn run(config: Result<weft::Config, String>) -> ExitCode {
     for (name, addr) in server.addrs() {
         weft::log::write_now(&format!("listener {name} on {addr}"));
     }
+    if let Some(path) = source {
+        server.reload_handle().set_source(path);
+    }
     if let Some(addr) = server.admin_addr() {
         weft::log::write_now(&format!(
             "admin on http://{addr} (/metrics, /ready, /live, /config, /clusters, POST /drain)"
@@ -124,6 +126,7 @@ fn run(config: Result<weft::Config, String>) -> ExitCode {
 fn serve_until_signal(server: Server, mut signals: Signals) -> ExitCode {
     let shutdown = server.shutdown_handle();
     let reopen = server.reopen_logs();
+    let reload = server.reload_handle();
     std::thread::spawn(move || {
         let mut stops = 0;
         for signal in signals.forever() {
@@ -132,9 +135,8 @@ fn serve_until_signal(server: Server, mut signals: Signals) -> ExitCode {
                 continue;
             }
             if signal == SIGHUP {
-                weft::log::write_now(
-                    "SIGHUP: configuration reload is not supported yet; still serving the configuration loaded at start",
-                );
+                // Applied or refused, the reload says so in the log.
+                let _ = reload.from_source();
                 continue;
             }
             stops += 1;

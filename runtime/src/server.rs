@@ -4,6 +4,7 @@ use crate::access_log::{self, WorkerLog};
 use crate::admin::{self, Admin, AdminThread, Mailbox};
 pub use crate::counters::WorkerCounters;
 use crate::health::{self, HealthTable};
+use crate::reload::Reload;
 use crate::shutdown::Shutdown;
 use crate::state::Worker;
 use crate::tls;
@@ -133,6 +134,7 @@ pub struct Server {
     counters: Vec<Arc<WorkerCounters>>,
     admin: Option<AdminThread>,
     access_log: Option<access_log::Writer>,
+    reload: Reload,
 }
 
 /// Asks the access log writer to reopen its files (SIGUSR1, after log
@@ -453,10 +455,11 @@ impl Server {
             Ok(None) => {}
             Err(e) => return abort(workers, &shutdown, StartError::HealthChecks(e)),
         }
+        let reload = Reload::new(config.clone(), mailboxes.clone());
         let admin = match admin_listener {
             Some(listener) => {
                 let state = Admin {
-                    config: config.clone(),
+                    reload: reload.clone(),
                     last: std::sync::Mutex::new(vec![None; mailboxes.len()]),
                     mailboxes,
                     health: health.clone(),
@@ -481,6 +484,7 @@ impl Server {
             counters,
             admin,
             access_log: log_writer,
+            reload,
         })
     }
 
@@ -492,6 +496,11 @@ impl Server {
     /// Every listener's name and bound address.
     pub fn addrs(&self) -> &[(String, SocketAddr)] {
         &self.addrs
+    }
+
+    /// What reloads the running configuration (SIGHUP, `POST /reload`).
+    pub fn reload_handle(&self) -> Reload {
+        self.reload.clone()
     }
 
     /// What makes the access log writer reopen its files.

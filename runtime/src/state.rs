@@ -70,9 +70,11 @@ pub(crate) struct Worker {
     /// Per listener: requests in flight on this worker, and its share of
     /// the listener's `max_requests`.
     pub listener_requests: Vec<(Cell<u32>, Option<u32>)>,
-    /// Per listener and route: this worker's share of the route's rate
-    /// limit, if it has one.
-    rate_limits: Vec<Vec<Option<RefCell<TokenBucket>>>>,
+    /// The routes in force (replaced by a reload; a request keeps the ones
+    /// it began with).
+    routes: RefCell<Rc<Routes>>,
+    /// How many workers share the listeners (rate limits are split).
+    workers: usize,
     /// Connections with a read posted in the hot window (at most
     /// [`HOT_READS`]).
     pub hot_reads: Cell<usize>,
@@ -95,6 +97,51 @@ const HEADS_BUFFER: usize = 8 * 1024;
 /// Room a head usually needs: below it, the next head starts a new buffer
 /// (a larger head grows the buffer itself).
 const HEAD_ROOM: usize = 1024;
+
+/// The routes a worker runs: a configuration's route tables (the rest of
+/// it is the worker's own, which a reload does not change), with this
+/// worker's share of each route's rate limit.
+pub(crate) struct Routes {
+    /// The configuration the routes are read from (`listeners[i].routes`).
+    pub config: Arc<Config>,
+    /// Per listener and route: this worker's share of the route's rate
+    /// limit, if it has one.
+    rate_limits: Vec<Vec<Option<RefCell<TokenBucket>>>>,
+}
+
+impl Routes {
+    fn new(config: Arc<Config>, workers: usize) -> Self {
+        let rate_limits = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.routes
+                    .routes()
+                    .iter()
+                    .map(|r| {
+                        r.rate_limit
+                            .map(|rl| RefCell::new(TokenBucket::new(Instant::now(), rl.per_worker(workers))))
+                    })
+                    .collect()
+            })
+            .collect();
+        Routes { config, rate_limits }
+    }
+
+    /// The route table of listener `li`.
+    pub fn table(&self, li: usize) -> Option<&weft_core::RouteTable> {
+        self.config.listeners.get(li).map(|l| &l.routes)
+    }
+
+    /// Takes a token from the rate limit of route `ri` of listener `li`, if
+    /// it has one; false when the limit is spent.
+    pub fn admit(&self, li: usize, ri: usize, now: Instant) -> bool {
+        match self.rate_limits.get(li).and_then(|r| r.get(ri)) {
+            Some(Some(bucket)) => bucket.borrow_mut().take(now),
+            _ => true,
+        }
+    }
+}
 
 /// A listener's connection limit on one worker: the accept loop waits for
 /// room before it accepts, a connection gives its place back when it ends.
@@ -252,20 +299,7 @@ impl Worker {
                 (Cell::new(0), share)
             })
             .collect();
-        let rate_limits = config
-            .listeners
-            .iter()
-            .map(|l| {
-                l.routes
-                    .routes()
-                    .iter()
-                    .map(|r| {
-                        r.rate_limit
-                            .map(|rl| RefCell::new(TokenBucket::new(Instant::now(), rl.per_worker(workers))))
-                    })
-                    .collect()
-            })
-            .collect();
+        let routes = RefCell::new(Rc::new(Routes::new(config.clone(), workers)));
         let idle_poll = crate::spin::Spin::new(config.runtime.idle_poll);
         Worker {
             config,
@@ -283,7 +317,8 @@ impl Worker {
             idle_poll,
             hot_reads: Cell::new(0),
             heads: RefCell::new(BytesMut::new()),
-            rate_limits,
+            routes,
+            workers,
             listener_requests,
             #[cfg(test)]
             net: None,
@@ -318,7 +353,8 @@ impl Worker {
 
     /// Takes the outcome of one request. Today it feeds the counters;
     /// breakers, metrics and access logs will read it here.
-    pub fn record(&self, o: &Outcome) {
+    /// `routes`: the routes the request was routed by, when it was.
+    pub fn record(&self, o: &Outcome, routes: Option<&Routes>) {
         self.counters.outcome(o.success());
         let mut failed = false;
         if let Some((c, i)) = o.target {
@@ -351,7 +387,15 @@ impl Worker {
             }
         }
         if let Some(m) = &self.metrics {
-            m.borrow_mut().record(o, failed);
+            // A request routed before a reload: its route by name now.
+            let now = self.routes.borrow();
+            let route = match (o.route, routes) {
+                (Some(r), Some(was)) if !std::ptr::eq(was, &**now) => {
+                    Metrics::same_route(&was.config, &now.config, o.listener, r)
+                }
+                (route, _) => route,
+            };
+            m.borrow_mut().record(o, route, failed);
         }
         #[cfg(test)]
         self.outcomes.borrow_mut().push(o.clone());
@@ -407,13 +451,20 @@ impl Worker {
         }
     }
 
-    /// Takes a token from the rate limit of route `ri` of listener `l`, if
-    /// it has one; false when the limit is spent.
-    pub fn admit(&self, l: &weft_core::Listener, ri: usize, now: Instant) -> bool {
-        match self.rate_limits.get(l.index).and_then(|r| r.get(ri)) {
-            Some(Some(bucket)) => bucket.borrow_mut().take(now),
-            _ => true,
+    /// The routes in force now.
+    pub fn routes(&self) -> Rc<Routes> {
+        self.routes.borrow().clone()
+    }
+
+    /// Takes the routes of `new` (a reload that changed routes only):
+    /// requests from now on use them; requests in flight finish on theirs.
+    /// Series in the metrics follow their routes by name.
+    pub fn swap_routes(&self, new: Arc<Config>) {
+        let old = self.routes();
+        if let Some(m) = &self.metrics {
+            m.borrow_mut().reroute(&old.config, &new);
         }
+        *self.routes.borrow_mut() = Rc::new(Routes::new(new, self.workers));
     }
 
     /// True when cluster `c` may open one more connection on this worker:
@@ -547,6 +598,8 @@ pub(crate) struct Tracker<'w> {
     pub peer: Option<&'w str>,
     /// The `x-request-id` weft gave the request (it came without one).
     pub request_id: Option<[u8; weft_core::trace::REQUEST_ID_LEN]>,
+    /// The routes the request was routed by (its route index is theirs).
+    pub routes: Option<&'w Routes>,
 }
 
 impl<'w> Tracker<'w> {
@@ -563,6 +616,7 @@ impl<'w> Tracker<'w> {
             req: None,
             peer: None,
             request_id: None,
+            routes: None,
         }
     }
 }
@@ -577,10 +631,11 @@ impl<'w> Tracker<'w> {
 impl Drop for Tracker<'_> {
     fn drop(&mut self) {
         self.o.end_at = Instant::now();
-        self.w.record(&self.o);
+        self.w.record(&self.o, self.routes);
         if let Some(log) = &self.w.access_log {
             let id = self.request_id.as_ref().map(|id| &id[..]);
-            log.write(&self.w.config, &self.o, self.req, self.peer, id);
+            let config = self.routes.map_or(&*self.w.config, |r| &*r.config);
+            log.write(config, &self.o, self.req, self.peer, id);
         }
     }
 }

@@ -97,9 +97,8 @@ pub(crate) async fn run(
         }
     }
     ready.report(Ok(()));
-    if worker.config.admin.is_some() {
-        monoio::spawn(crate::admin::answer_scrapes(worker.clone(), mailbox.clone()));
-    }
+    // Scrapes and reloads.
+    monoio::spawn(crate::admin::answer_mail(worker.clone(), mailbox.clone()));
     let mut accepting = Vec::new();
     for (li, listener) in registered.into_iter().enumerate() {
         let handle = canceller.handle();

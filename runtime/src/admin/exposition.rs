@@ -12,7 +12,8 @@ use weft_core::Config;
 
 /// `/metrics`: the sum of every worker's metrics (and the overhead
 /// histogram per worker).
-pub(super) fn render(config: &Config, snaps: &[(usize, WorkerSnapshot)]) -> String {
+pub(super) fn render(reload: &crate::reload::Reload, snaps: &[(usize, WorkerSnapshot)]) -> String {
+    let config = &*reload.config();
     let mut total = Metrics::new(config);
     for (_, s) in snaps {
         total.merge(&s.metrics);
@@ -114,6 +115,20 @@ pub(super) fn render(config: &Config, snaps: &[(usize, WorkerSnapshot)]) -> Stri
             let _ = writeln!(o, "{name}{{listener=\"{}\"}} {v}", esc(&l.name));
         }
     };
+    header(
+        o,
+        "config_generation",
+        "gauge",
+        "The configuration in force: 1 at start, one more per reload applied.",
+    );
+    let _ = writeln!(o, "config_generation {}", reload.generation());
+    header(
+        o,
+        "config_reload_failures_total",
+        "counter",
+        "Reloads refused: a bad file, or a change a reload cannot apply (the running configuration stayed).",
+    );
+    let _ = writeln!(o, "config_reload_failures_total {}", reload.failures());
     header(
         o,
         "access_log_dropped_lines_total",

@@ -116,7 +116,8 @@ pub(crate) async fn exchange(
             return;
         }
     };
-    let mut x = Ctx::new(w, l, &req, &peer_ip, started);
+    let routes = w.routes();
+    let mut x = Ctx::new(w, l, &routes, &req, &peer_ip, started);
     x.identity = identity;
     x.t.o.bytes_in = req.wire_len() as u64;
     let (route, c, deadline) = match x.route(started) {

@@ -1,0 +1,244 @@
+//! Reload end to end: split weights flipped under load through
+//! `POST /reload` (no request fails, traffic follows within a second,
+//! upstream connections are kept), a bad file and a change a reload cannot
+//! apply (nothing changes, the refusal is counted and says why).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use weft_tests::*;
+
+/// One admin request; the status and body of the answer.
+fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("admin listener accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout set");
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: admin\r\n\r\n").expect("request sent");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("answer read to its close");
+    let text = String::from_utf8(raw).expect("a text answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = parse_status_line(head.lines().next().unwrap_or("")).expect("a status line");
+    (status, body.to_string())
+}
+
+/// A fresh directory for this test's configuration file.
+fn dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("weft-reload-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("a test directory");
+    d
+}
+
+/// The configuration: a split between upstreams `a` and `b` with these
+/// weights; `extra` goes into the listener.
+fn text(a: SocketAddr, b: SocketAddr, weights: (u32, u32), extra: &str) -> String {
+    format!(
+        "{runtime}
+[admin]
+listen = \"127.0.0.1:0\"
+
+[[listener]]
+name = \"in\"
+listen = \"127.0.0.1:0\"
+{extra}
+
+[[route]]
+name = \"split\"
+split = [ {{ cluster = \"a\", weight = {wa} }}, {{ cluster = \"b\", weight = {wb} }} ]
+
+[[cluster]]
+name = \"a\"
+endpoints = [\"{a}\"]
+
+[[cluster]]
+name = \"b\"
+endpoints = [\"{b}\"]
+",
+        runtime = runtime_section(2),
+        wa = weights.0,
+        wb = weights.1,
+    )
+}
+
+/// weft started from the file at `path` (so that it reloads from it).
+fn start_file(path: &std::path::Path) -> weft::Server {
+    let config = weft::load::from_file(path).expect("a valid file");
+    let server = weft::Server::start(config).expect("weft starts");
+    server.reload_handle().set_source(path.to_path_buf());
+    server
+}
+
+/// What the load saw: per response, when its request was sent and which
+/// upstream answered; and the failures.
+#[derive(Default)]
+struct Seen {
+    answers: Vec<(Instant, String)>,
+    failures: Vec<String>,
+}
+
+/// Flips the split between two upstreams eight times under a steady load
+/// of keep-alive clients: every request succeeds, requests sent 100 ms
+/// after a reload all go where the new weights say (and one does within a
+/// second), and the upstreams see no new connections for the reloads.
+fn weights_flip_under_load_without_a_failure() {
+    let (a, b) = (Upstream::echo("a"), Upstream::echo("b"));
+    let d = dir();
+    let path = d.join("weft.toml");
+    std::fs::write(&path, text(a.addr, b.addr, (1, 0), "")).expect("file written");
+    let server = start_file(&path);
+    let addr = server.addr("in").expect("listener");
+    let admin_addr = server.admin_addr().expect("admin");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                while !stop.load(Ordering::SeqCst) {
+                    let sent = Instant::now();
+                    c.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n");
+                    let answer = c.response(false);
+                    let mut s = seen.lock().expect("lock");
+                    match answer {
+                        Some(r) if r.status == 200 => {
+                            let up = r.header("x-upstream").unwrap_or("?").to_string();
+                            s.answers.push((sent, up));
+                        }
+                        other => {
+                            s.failures.push(format!("{other:?}"));
+                            return;
+                        }
+                    }
+                    drop(s);
+                    // About 2,000 requests a second over the four clients.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    let wait_for = |after: Instant, upstream: &str| {
+        eventually(Duration::from_secs(1), || {
+            seen.lock()
+                .expect("lock")
+                .answers
+                .iter()
+                .any(|(t, u)| *t > after && u == upstream)
+        })
+    };
+    assert!(wait_for(Instant::now(), "a"), "no traffic to `a` at start");
+    let mut flips = Vec::new();
+    for i in 0..8u64 {
+        let weights = if i % 2 == 0 { (0, 1) } else { (1, 0) };
+        let expected = if weights.0 == 1 { "a" } else { "b" };
+        std::fs::write(&path, text(a.addr, b.addr, weights, "")).expect("file written");
+        let at = Instant::now();
+        let (status, body) = admin(admin_addr, "POST", "/reload");
+        assert_eq!((status, body), (200, format!("reloaded: generation {}\n", i + 2)));
+        assert!(
+            wait_for(at, expected),
+            "reload {i}: no request reached `{expected}` within a second"
+        );
+        flips.push((at, expected));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().expect("a client thread");
+    }
+    let seen = seen.lock().expect("lock");
+    assert!(seen.failures.is_empty(), "failed requests: {:?}", seen.failures);
+    // Requests sent well after a reload (100 ms: the workers take new
+    // routes between requests) and before the next one went where it said.
+    for (k, (at, expected)) in flips.iter().enumerate() {
+        let until = flips.get(k + 1).map(|f| f.0);
+        let wrong = seen
+            .answers
+            .iter()
+            .filter(|(t, _)| *t > *at + Duration::from_millis(100) && until.is_none_or(|u| *t < u))
+            .filter(|(_, u)| u != expected)
+            .count();
+        assert_eq!(
+            wrong, 0,
+            "after reload {k}, {wrong} requests did not go to `{expected}`"
+        );
+    }
+    assert!(
+        seen.answers.len() > 1_000,
+        "too little load: {}",
+        seen.answers.len()
+    );
+    // Pools survived: each upstream saw at most one connection per client
+    // (and a little slack), where rebuilt pools would open new ones at
+    // each of its four turns.
+    for up in [&a, &b] {
+        assert!(
+            up.accepted() <= 6,
+            "{} upstream connections for 4 clients",
+            up.accepted()
+        );
+    }
+    let (_, config) = admin(admin_addr, "GET", "/config");
+    assert!(config.starts_with("generation: 9\n"), "{config}");
+    server.shutdown();
+}
+
+/// A file that does not parse, and one that changes a listener, change
+/// nothing: the answer says why, `/metrics` counts them, traffic goes on.
+fn refused_reloads_change_nothing() {
+    let (a, b) = (Upstream::echo("a"), Upstream::echo("b"));
+    let d = dir();
+    let path = d.join("weft.toml");
+    std::fs::write(&path, text(a.addr, b.addr, (1, 0), "")).expect("file written");
+    let server = start_file(&path);
+    let addr = server.addr("in").expect("listener");
+    let admin_addr = server.admin_addr().expect("admin");
+    std::fs::write(&path, "[[listener]]\nname = \"in\"\nlisten = 7\n").expect("file written");
+    let (status, why) = admin(admin_addr, "POST", "/reload");
+    assert_eq!(status, 409, "{why}");
+    assert!(
+        why.contains("still running generation 1") && why.contains("line 3"),
+        "{why}"
+    );
+    let changed = text(a.addr, b.addr, (0, 1), "idle_timeout = \"5s\"");
+    std::fs::write(&path, changed).expect("file written");
+    let (status, why) = admin(admin_addr, "POST", "/reload");
+    assert_eq!(status, 409, "{why}");
+    assert!(
+        why.contains("listener `in` changed") && why.contains("restart"),
+        "{why}"
+    );
+    assert_eq!(
+        get(addr, "/").header("x-upstream"),
+        Some("a"),
+        "the old routes run"
+    );
+    let (_, metrics) = admin(admin_addr, "GET", "/metrics");
+    assert!(metrics.contains("\nconfig_generation 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nconfig_reload_failures_total 2\n"),
+        "{metrics}"
+    );
+    server.shutdown();
+}
+
+on_both_drivers!(
+    weights_flip_under_load_without_a_failure,
+    refused_reloads_change_nothing
+);
+
+/// weft started from configuration text has no file to reload.
+#[test]
+fn no_file_no_reload() {
+    let up = Upstream::echo("up");
+    let (weft, _) = proxy(&[up.addr]);
+    let e = weft.reload_handle().from_source().expect_err("nothing to reload");
+    assert!(e.contains("not started from a file"), "{e}");
+    assert_eq!(weft.reload_handle().failures(), 1);
+}
