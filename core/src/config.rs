@@ -1673,12 +1673,23 @@ impl Config {
         if self.admin != new.admin {
             return Err("[admin] changed".into());
         }
-        if self.clusters != new.clusters {
-            let names = |c: &Config| c.clusters.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-            let which = new
-                .clusters
+        // As written: a host name that resolves differently now is the
+        // same endpoint (the running addresses stay; see `keep_clusters`).
+        let written = |c: &Config| {
+            c.clusters
                 .iter()
-                .find(|n| !self.clusters.contains(n))
+                .map(|c| Cluster {
+                    endpoints: Vec::new(),
+                    ..c.clone()
+                })
+                .collect::<Vec<_>>()
+        };
+        if written(self) != written(new) {
+            let names = |c: &Config| c.clusters.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+            let (mine, theirs) = (written(self), written(new));
+            let which = theirs
+                .iter()
+                .find(|n| !mine.contains(n))
                 .map(|c| format!("cluster `{}`", c.name))
                 .or_else(|| (names(self) != names(new)).then(|| "the list of clusters".to_string()))
                 .unwrap_or_else(|| "a cluster".into());

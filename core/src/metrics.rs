@@ -196,14 +196,19 @@ impl Metrics {
     }
 
     /// Counts one request's outcome, on route `route` (its own, or the same
-    /// route after a reload). `failed`: whether it counted against its
-    /// endpoint (the breaker's verdict).
+    /// route after a reload; `None` for a routed request: its route is
+    /// gone, and only the listener, cluster and overhead count it).
+    /// `failed`: whether it counted against its endpoint (the breaker's
+    /// verdict).
     pub fn record(&mut self, o: &Outcome, route: Option<usize>, failed: bool) {
         if let Some(l) = self.listeners.get_mut(o.listener) {
             l.read_bytes += o.bytes_in;
             l.write_bytes += o.bytes_out;
         }
-        if let Some(routes) = self.routes.get_mut(o.listener) {
+        // A route removed by a reload while the request ran: its series
+        // are gone; the request is not one that no route took.
+        let gone = o.route.is_some() && route.is_none();
+        if let Some(routes) = self.routes.get_mut(o.listener).filter(|_| !gone) {
             let unrouted = routes.len() - 1;
             let slot = &mut routes[route.map_or(unrouted, |r| r.min(unrouted))];
             let latency = o

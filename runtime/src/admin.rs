@@ -46,6 +46,9 @@ pub(crate) struct WorkerSnapshot {
     pub endpoints: Vec<Vec<EndpointNow>>,
     /// Access log lines dropped because the writer could not keep up.
     pub log_dropped: u64,
+    /// The configuration the metrics' routes are shaped by (the worker's
+    /// routes when it answered).
+    pub config: Arc<Config>,
 }
 
 /// One endpoint as one worker sees it at a scrape.
@@ -71,6 +74,7 @@ fn snapshot(w: &Worker) -> WorkerSnapshot {
         None => Metrics::new(&w.config),
     };
     WorkerSnapshot {
+        config: w.routes().config.clone(),
         metrics,
         log_dropped: w.access_log.as_ref().map_or(0, |l| l.dropped()),
         connections: w.gates.iter().map(|g| (g.opened(), g.count() as u64)).collect(),

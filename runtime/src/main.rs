@@ -117,7 +117,7 @@ fn run(config: Result<weft::Config, String>, source: Option<PathBuf>) -> ExitCod
     }
     if let Some(addr) = server.admin_addr() {
         weft::log::write_now(&format!(
-            "admin on http://{addr} (/metrics, /ready, /live, /config, /clusters, POST /drain)"
+            "admin on http://{addr} (/metrics, /ready, /live, /config, /clusters, POST /reload, POST /drain)"
         ));
     }
     serve_until_signal(server, signals)
@@ -135,8 +135,13 @@ fn serve_until_signal(server: Server, mut signals: Signals) -> ExitCode {
                 continue;
             }
             if signal == SIGHUP {
-                // Applied or refused, the reload says so in the log.
-                let _ = reload.from_source();
+                // Applied or refused, the reload says so in the log; on a
+                // thread of its own, so that a slow resolver never holds
+                // up a SIGTERM.
+                let reload = reload.clone();
+                let _ = std::thread::Builder::new()
+                    .name("weft-reload".into())
+                    .spawn(move || reload.from_source());
                 continue;
             }
             stops += 1;

@@ -80,6 +80,12 @@ impl Reload {
                 "{what}: a reload applies route changes only (matches, splits, timeouts, retries, rate limits); restart weft to apply this one"
             )));
         }
+        // The clusters as running (their endpoints as resolved at start).
+        let mut new = new;
+        new.clusters = current.clusters.clone();
+        for w in new.warnings() {
+            tracing::warn!("reload: {w}");
+        }
         let new = Arc::new(new);
         *current = new.clone();
         let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;

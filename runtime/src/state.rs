@@ -110,17 +110,31 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    fn new(config: Arc<Config>, workers: usize) -> Self {
+    /// The routes of `config`; a route of `before` with the same name and
+    /// limit keeps its bucket's state (a reload is no reason to let a
+    /// burst through).
+    fn new(config: Arc<Config>, workers: usize, before: Option<&Routes>) -> Self {
         let rate_limits = config
             .listeners
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(li, l)| {
                 l.routes
                     .routes()
                     .iter()
                     .map(|r| {
-                        r.rate_limit
-                            .map(|rl| RefCell::new(TokenBucket::new(Instant::now(), rl.per_worker(workers))))
+                        let rl = r.rate_limit?;
+                        let kept = before.and_then(|b| {
+                            let old = b.config.listeners.get(li)?.routes.routes();
+                            let j = old
+                                .iter()
+                                .position(|o| o.name == r.name && o.rate_limit == r.rate_limit)?;
+                            let bucket = b.rate_limits.get(li)?.get(j)?.as_ref()?;
+                            Some(*bucket.borrow())
+                        });
+                        Some(RefCell::new(kept.unwrap_or_else(|| {
+                            TokenBucket::new(Instant::now(), rl.per_worker(workers))
+                        })))
                     })
                     .collect()
             })
@@ -299,7 +313,7 @@ impl Worker {
                 (Cell::new(0), share)
             })
             .collect();
-        let routes = RefCell::new(Rc::new(Routes::new(config.clone(), workers)));
+        let routes = RefCell::new(Rc::new(Routes::new(config.clone(), workers, None)));
         let idle_poll = crate::spin::Spin::new(config.runtime.idle_poll);
         Worker {
             config,
@@ -464,7 +478,8 @@ impl Worker {
         if let Some(m) = &self.metrics {
             m.borrow_mut().reroute(&old.config, &new);
         }
-        *self.routes.borrow_mut() = Rc::new(Routes::new(new, self.workers));
+        let next = Rc::new(Routes::new(new, self.workers, Some(&old)));
+        *self.routes.borrow_mut() = next;
     }
 
     /// True when cluster `c` may open one more connection on this worker:

@@ -96,7 +96,8 @@ fn weights_flip_under_load_without_a_failure() {
     let admin_addr = server.admin_addr().expect("admin");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
+    const CLIENTS: usize = 6;
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (seen, stop) = (seen.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -117,8 +118,8 @@ fn weights_flip_under_load_without_a_failure() {
                         }
                     }
                     drop(s);
-                    // About 2,000 requests a second over the four clients.
-                    std::thread::sleep(Duration::from_millis(2));
+                    // About 2,000 requests a second over the clients.
+                    std::thread::sleep(Duration::from_millis(3));
                 }
             })
         })
@@ -138,14 +139,16 @@ fn weights_flip_under_load_without_a_failure() {
         let weights = if i % 2 == 0 { (0, 1) } else { (1, 0) };
         let expected = if weights.0 == 1 { "a" } else { "b" };
         std::fs::write(&path, text(a.addr, b.addr, weights, "")).expect("file written");
-        let at = Instant::now();
+        let asked = Instant::now();
         let (status, body) = admin(admin_addr, "POST", "/reload");
+        // Applied by the time the answer came (the workers take it at once).
+        let at = Instant::now();
         assert_eq!((status, body), (200, format!("reloaded: generation {}\n", i + 2)));
         assert!(
             wait_for(at, expected),
             "reload {i}: no request reached `{expected}` within a second"
         );
-        flips.push((at, expected));
+        flips.push((asked, at, expected));
         std::thread::sleep(Duration::from_millis(250));
     }
     stop.store(true, Ordering::SeqCst);
@@ -156,7 +159,8 @@ fn weights_flip_under_load_without_a_failure() {
     assert!(seen.failures.is_empty(), "failed requests: {:?}", seen.failures);
     // Requests sent well after a reload (100 ms: the workers take new
     // routes between requests) and before the next one went where it said.
-    for (k, (at, expected)) in flips.iter().enumerate() {
+    // (Until the next reload was asked for.)
+    for (k, (_, at, expected)) in flips.iter().enumerate() {
         let until = flips.get(k + 1).map(|f| f.0);
         let wrong = seen
             .answers
@@ -228,9 +232,57 @@ fn refused_reloads_change_nothing() {
     server.shutdown();
 }
 
+/// Counters follow their route by name across a reload that puts a new
+/// route before it, also for a request in flight during the reload.
+fn metrics_follow_their_route_across_a_reload() {
+    let (a, b) = (Upstream::echo("a"), Upstream::echo("b"));
+    let d = dir();
+    let path = d.join("weft.toml");
+    std::fs::write(&path, text(a.addr, b.addr, (1, 0), "")).expect("file written");
+    let server = start_file(&path);
+    let addr = server.addr("in").expect("listener");
+    let admin_addr = server.admin_addr().expect("admin");
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+    // A request in flight across the reload (the upstream waits 300 ms).
+    let slow = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.get("/", "x-delay-ms: 300\r\n").status
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || a.count() == 4),
+        "the slow request did not arrive"
+    );
+    let first = "[[route]]\nname = \"first\"\nmatch = { path = \"/first\" }\ncluster = \"b\"\n\n[[route]]\nname = \"split\"";
+    std::fs::write(
+        &path,
+        text(a.addr, b.addr, (1, 0), "").replace("[[route]]\nname = \"split\"", first),
+    )
+    .expect("file written");
+    assert_eq!(admin(admin_addr, "POST", "/reload").0, 200);
+    assert_eq!(slow.join().expect("the slow request"), 200);
+    assert_eq!(get(addr, "/").status, 200);
+    assert_eq!(get(addr, "/first").header("x-upstream"), Some("b"));
+    let count = |route: &str| -> Option<String> {
+        let (_, metrics) = admin(admin_addr, "GET", "/metrics");
+        let series = format!("request_total{{listener=\"in\",route=\"{route}\",cluster=\"a\"}}");
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+    };
+    // 3 before, the slow one, 1 after: all on `split`, none on `first`'s `a`.
+    let counted = eventually(Duration::from_secs(5), || count("split").as_deref() == Some("5"));
+    assert!(counted, "request_total on route split: {:?}", count("split"));
+    assert_eq!(count("first"), None);
+    server.shutdown();
+}
+
 on_both_drivers!(
     weights_flip_under_load_without_a_failure,
-    refused_reloads_change_nothing
+    refused_reloads_change_nothing,
+    metrics_follow_their_route_across_a_reload
 );
 
 /// weft started from configuration text has no file to reload.

@@ -13,10 +13,19 @@ use weft_core::Config;
 /// `/metrics`: the sum of every worker's metrics (and the overhead
 /// histogram per worker).
 pub(super) fn render(reload: &crate::reload::Reload, snaps: &[(usize, WorkerSnapshot)]) -> String {
-    let config = &*reload.config();
+    let current = reload.config();
+    let config = &*current;
     let mut total = Metrics::new(config);
     for (_, s) in snaps {
-        total.merge(&s.metrics);
+        if std::sync::Arc::ptr_eq(&s.config, &current) {
+            total.merge(&s.metrics);
+        } else {
+            // Taken before a reload (or a worker's last answer): its route
+            // series follow their names into the routes in force.
+            let mut m = s.metrics.clone();
+            m.reroute(&s.config, config);
+            total.merge(&m);
+        }
     }
     let mut out = String::with_capacity(4096);
     let o = &mut out;
