@@ -381,6 +381,12 @@ match = { path_prefix = "/a" }
 cluster = "a"
 [[route]]
 split = [ { cluster = "a", weight = 1 }, { cluster = "b", weight = 1 } ]
+"#;
+        Config::parse(&[src, CLUSTERS].concat(), &crate::config::literal_only).expect("valid")
+    }
+
+    /// The clusters of the test configurations.
+    const CLUSTERS: &str = r#"
 [[cluster]]
 name = "a"
 endpoints = ["127.0.0.1:2", "127.0.0.1:3"]
@@ -388,8 +394,6 @@ endpoints = ["127.0.0.1:2", "127.0.0.1:3"]
 name = "b"
 endpoints = ["127.0.0.1:4"]
 "#;
-        Config::parse(src, &crate::config::literal_only).expect("valid")
-    }
 
     fn outcome(route: Option<usize>, status: Option<u16>, error: Option<&'static str>) -> Outcome {
         let t = Instant::now();
@@ -516,14 +520,8 @@ split = [ { cluster = "a", weight = 1 }, { cluster = "b", weight = 1 } ]
 name = "0"
 match = { path_prefix = "/a" }
 cluster = "a"
-[[cluster]]
-name = "a"
-endpoints = ["127.0.0.1:2", "127.0.0.1:3"]
-[[cluster]]
-name = "b"
-endpoints = ["127.0.0.1:4"]
 "#;
-        let new = Config::parse(src, &crate::config::literal_only).expect("valid");
+        let new = Config::parse(&[src, CLUSTERS].concat(), &crate::config::literal_only).expect("valid");
         m.reroute(&c, &new);
         assert_eq!(
             (

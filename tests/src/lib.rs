@@ -779,6 +779,32 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// A fresh, empty directory of this test process for `what` (files a
+/// test writes: configurations, logs, certificates).
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("weft-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("a test directory");
+    d
+}
+
+/// One request to weft's admin listener (`method path`, connection
+/// closed after it): the status and body of the answer.
+pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("admin listener accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout set");
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: admin\r\n\r\n").expect("request sent");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("answer read to its close");
+    let text = String::from_utf8(raw).expect("a text answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = parse_status_line(head.lines().next().unwrap_or("")).expect("a status line");
+    (status, body.to_string())
+}
+
 /// An address on which nothing listens (bound, then closed).
 pub fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

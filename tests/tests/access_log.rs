@@ -4,19 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use weft_tests::*;
-
-/// A fresh directory for this test's log files.
-fn dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let d = std::env::temp_dir().join(format!("weft-access-log-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("a test directory");
-    d
-}
 
 /// The lines of `path` once it has `n` of them (within a bound: a worker
 /// hands its lines over every 100 ms).
@@ -65,7 +54,7 @@ endpoints = [\"{up}\"]
 /// request and its outcome say.
 fn a_json_line_per_request() {
     let up = Upstream::echo("up");
-    let d = dir();
+    let d = scratch_dir("access-log");
     let file = d.join("access.json");
     let weft = start(&config(
         up.addr,
@@ -140,7 +129,7 @@ fn a_json_line_per_request() {
 /// (here its handle) makes weft write to a new file by the old name.
 fn the_text_line_and_reopening_after_rotation() {
     let up = Upstream::echo("up");
-    let d = dir();
+    let d = scratch_dir("access-log");
     let file = d.join("access.log");
     let weft = start(&config(up.addr, &format!("{{ path = \"{}\" }}", file.display())));
     let addr = weft.addr("in").expect("listener");
@@ -182,7 +171,7 @@ on_both_drivers!(
 #[test]
 fn a_log_that_cannot_be_opened_fails_the_start() {
     let up = Upstream::echo("up");
-    let missing = dir().join("no/such/dir/access.log");
+    let missing = scratch_dir("access-log").join("no/such/dir/access.log");
     let text = config(up.addr, &format!("{{ path = \"{}\" }}", missing.display()));
     let config = weft::load::parse(&text).expect("valid config");
     match weft::Server::start(config) {

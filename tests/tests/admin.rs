@@ -5,25 +5,12 @@
 //! an admin address already in use.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use weft_tests::*;
-
-/// One admin request; the status and body of the answer.
-fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("admin listener accepts");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout set");
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: admin\r\n\r\n").expect("request sent");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("answer read to its close");
-    let text = String::from_utf8(raw).expect("a text answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let status = parse_status_line(head.lines().next().unwrap_or("")).expect("a status line");
-    (status, body.to_string())
-}
 
 /// A sample: metric name, labels, value.
 type Sample = (String, HashMap<String, String>, f64);
@@ -31,7 +18,7 @@ type Sample = (String, HashMap<String, String>, f64);
 /// `/metrics` as Prometheus's client library parses it: a malformed
 /// exposition fails the test.
 fn scrape(addr: SocketAddr) -> Vec<Sample> {
-    let (status, text) = admin(addr, "GET", "/metrics");
+    let (status, text) = admin_request(addr, "GET", "/metrics");
     assert_eq!(status, 200, "{text}");
     let script = "
 import sys
@@ -247,13 +234,16 @@ fn ready_live_config_clusters_and_drain() {
     let addr = weft.addr("in").expect("listener");
     let admin_addr = weft.admin_addr().expect("admin listener");
     assert_eq!(get(addr, "/ok").status, 200);
-    assert_eq!(admin(admin_addr, "GET", "/live"), (200, "live\n".into()));
-    assert_eq!(admin(admin_addr, "GET", "/ready"), (200, "ready\n".into()));
-    let (status, config) = admin(admin_addr, "GET", "/config");
+    assert_eq!(admin_request(admin_addr, "GET", "/live"), (200, "live\n".into()));
+    assert_eq!(
+        admin_request(admin_addr, "GET", "/ready"),
+        (200, "ready\n".into())
+    );
+    let (status, config) = admin_request(admin_addr, "GET", "/config");
     assert_eq!(status, 200);
     assert!(config.starts_with("generation: 1\n"), "{config}");
     assert!(config.contains("cluster up"), "{config}");
-    let (status, clusters) = admin(admin_addr, "GET", "/clusters");
+    let (status, clusters) = admin_request(admin_addr, "GET", "/clusters");
     assert_eq!(status, 200);
     let fact = format!("up::{}::requests::1\n", up.addr);
     assert!(clusters.contains(&fact), "no `{fact}` in:\n{clusters}");
@@ -261,15 +251,21 @@ fn ready_live_config_clusters_and_drain() {
         clusters.contains(&format!("up::{}::healthy::true\n", up.addr)),
         "{clusters}"
     );
-    assert_eq!(admin(admin_addr, "GET", "/nothing").0, 404);
+    assert_eq!(admin_request(admin_addr, "GET", "/nothing").0, 404);
     assert_eq!(
-        admin(admin_addr, "HEAD", "/live"),
+        admin_request(admin_addr, "HEAD", "/live"),
         (200, String::new()),
         "HEAD: no body"
     );
-    assert_eq!(admin(admin_addr, "GET", "/drain").0, 405);
-    assert_eq!(admin(admin_addr, "POST", "/drain"), (202, "draining\n".into()));
-    assert_eq!(admin(admin_addr, "GET", "/ready"), (503, "draining\n".into()));
+    assert_eq!(admin_request(admin_addr, "GET", "/drain").0, 405);
+    assert_eq!(
+        admin_request(admin_addr, "POST", "/drain"),
+        (202, "draining\n".into())
+    );
+    assert_eq!(
+        admin_request(admin_addr, "GET", "/ready"),
+        (503, "draining\n".into())
+    );
     // The drain ends weft: the workers finish and exit on their own.
     weft.join();
 }

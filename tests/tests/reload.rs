@@ -3,37 +3,12 @@
 //! upstream connections are kept), a bad file and a change a reload cannot
 //! apply (nothing changes, the refusal is counted and says why).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weft_tests::*;
-
-/// One admin request; the status and body of the answer.
-fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("admin listener accepts");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout set");
-    write!(s, "{method} {path} HTTP/1.1\r\nhost: admin\r\n\r\n").expect("request sent");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("answer read to its close");
-    let text = String::from_utf8(raw).expect("a text answer");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let status = parse_status_line(head.lines().next().unwrap_or("")).expect("a status line");
-    (status, body.to_string())
-}
-
-/// A fresh directory for this test's configuration file.
-fn dir() -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let d = std::env::temp_dir().join(format!("weft-reload-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("a test directory");
-    d
-}
 
 /// The configuration: a split between upstreams `a` and `b` with these
 /// weights; `extra` goes into the listener.
@@ -66,12 +41,36 @@ endpoints = [\"{b}\"]
     )
 }
 
-/// weft started from the file at `path` (so that it reloads from it).
-fn start_file(path: &std::path::Path) -> weft::Server {
-    let config = weft::load::from_file(path).expect("a valid file");
-    let server = weft::Server::start(config).expect("weft starts");
-    server.reload_handle().set_source(path.to_path_buf());
-    server
+/// weft started from a file that splits between upstreams `a` and `b`
+/// (all to `a`), so that it reloads from that file.
+struct Setup {
+    a: Upstream,
+    b: Upstream,
+    path: PathBuf,
+    server: weft::Server,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Setup {
+    fn start() -> Setup {
+        let (a, b) = (Upstream::echo("a"), Upstream::echo("b"));
+        let path = scratch_dir("reload").join("weft.toml");
+        std::fs::write(&path, text(a.addr, b.addr, (1, 0), "")).expect("file written");
+        let config = weft::load::from_file(&path).expect("a valid file");
+        let server = weft::Server::start(config).expect("weft starts");
+        server.reload_handle().set_source(path.clone());
+        let addr = server.addr("in").expect("listener");
+        let admin = server.admin_addr().expect("admin");
+        Setup {
+            a,
+            b,
+            path,
+            server,
+            addr,
+            admin,
+        }
+    }
 }
 
 /// What the load saw: per response, when its request was sent and which
@@ -87,13 +86,8 @@ struct Seen {
 /// after a reload all go where the new weights say (and one does within a
 /// second), and the upstreams see no new connections for the reloads.
 fn weights_flip_under_load_without_a_failure() {
-    let (a, b) = (Upstream::echo("a"), Upstream::echo("b"));
-    let d = dir();
-    let path = d.join("weft.toml");
-    std::fs::write(&path, text(a.addr, b.addr, (1, 0), "")).expect("file written");
-    let server = start_file(&path);
-    let addr = server.addr("in").expect("listener");
-    let admin_addr = server.admin_addr().expect("admin");
+    let s = Setup::start();
+    let (addr, admin_addr) = (s.addr, s.admin);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(AtomicBool::new(false));
     const CLIENTS: usize = 6;
@@ -106,19 +100,20 @@ fn weights_flip_under_load_without_a_failure() {
                     let sent = Instant::now();
                     c.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n");
                     let answer = c.response(false);
-                    let mut s = seen.lock().expect("lock");
+                    let mut log = seen.lock().expect("lock");
                     match answer {
                         Some(r) if r.status == 200 => {
                             let up = r.header("x-upstream").unwrap_or("?").to_string();
-                            s.answers.push((sent, up));
+                            log.answers.push((sent, up));
                         }
                         other => {
-                            s.failures.push(format!("{other:?}"));
+                            log.failures.push(format!("{other:?}"));
                             return;
                         }
                     }
-                    drop(s);
-                    // About 2,000 requests a second over the clients.
+                    drop(log);
+                    // Pacing, not a wait: about 2,000 requests a second
+                    // over the clients.
                     std::thread::sleep(Duration::from_millis(3));
                 }
             })
@@ -138,9 +133,9 @@ fn weights_flip_under_load_without_a_failure() {
     for i in 0..8u64 {
         let weights = if i % 2 == 0 { (0, 1) } else { (1, 0) };
         let expected = if weights.0 == 1 { "a" } else { "b" };
-        std::fs::write(&path, text(a.addr, b.addr, weights, "")).expect("file written");
+        std::fs::write(&s.path, text(s.a.addr, s.b.addr, weights, "")).expect("file written");
         let asked = Instant::now();
-        let (status, body) = admin(admin_addr, "POST", "/reload");
+        let (status, body) = admin_request(admin_addr, "POST", "/reload");
         // Applied by the time the answer came (the workers take it at once).
         let at = Instant::now();
         assert_eq!((status, body), (200, format!("reloaded: generation {}\n", i + 2)));
@@ -149,7 +144,19 @@ fn weights_flip_under_load_without_a_failure() {
             "reload {i}: no request reached `{expected}` within a second"
         );
         flips.push((asked, at, expected));
-        std::thread::sleep(Duration::from_millis(250));
+        // Traffic on the new routes before the next flip: 50 answers to
+        // requests sent 100 ms after this reload.
+        let settled = at + Duration::from_millis(100);
+        let flowed = eventually(Duration::from_secs(5), || {
+            seen.lock()
+                .expect("lock")
+                .answers
+                .iter()
+                .filter(|(t, _)| *t > settled)
+                .count()
+                >= 50
+        });
+        assert!(flowed, "reload {i}: the load stopped");
     }
     stop.store(true, Ordering::SeqCst);
     for c in clients {
@@ -181,38 +188,33 @@ fn weights_flip_under_load_without_a_failure() {
     // Pools survived: each upstream saw at most one connection per client
     // (and a little slack), where rebuilt pools would open new ones at
     // each of its four turns.
-    for up in [&a, &b] {
+    for up in [&s.a, &s.b] {
         assert!(
             up.accepted() <= 6,
             "{} upstream connections for 4 clients",
             up.accepted()
         );
     }
-    let (_, config) = admin(admin_addr, "GET", "/config");
+    let (_, config) = admin_request(admin_addr, "GET", "/config");
     assert!(config.starts_with("generation: 9\n"), "{config}");
-    server.shutdown();
+    s.server.shutdown();
 }
 
 /// A file that does not parse, and one that changes a listener, change
 /// nothing: the answer says why, `/metrics` counts them, traffic goes on.
 fn refused_reloads_change_nothing() {
-    let (a, b) = (Upstream::echo("a"), Upstream::echo("b"));
-    let d = dir();
-    let path = d.join("weft.toml");
-    std::fs::write(&path, text(a.addr, b.addr, (1, 0), "")).expect("file written");
-    let server = start_file(&path);
-    let addr = server.addr("in").expect("listener");
-    let admin_addr = server.admin_addr().expect("admin");
-    std::fs::write(&path, "[[listener]]\nname = \"in\"\nlisten = 7\n").expect("file written");
-    let (status, why) = admin(admin_addr, "POST", "/reload");
+    let s = Setup::start();
+    let (addr, admin_addr) = (s.addr, s.admin);
+    std::fs::write(&s.path, "[[listener]]\nname = \"in\"\nlisten = 7\n").expect("file written");
+    let (status, why) = admin_request(admin_addr, "POST", "/reload");
     assert_eq!(status, 409, "{why}");
     assert!(
         why.contains("still running generation 1") && why.contains("line 3"),
         "{why}"
     );
-    let changed = text(a.addr, b.addr, (0, 1), "idle_timeout = \"5s\"");
-    std::fs::write(&path, changed).expect("file written");
-    let (status, why) = admin(admin_addr, "POST", "/reload");
+    let changed = text(s.a.addr, s.b.addr, (0, 1), "idle_timeout = \"5s\"");
+    std::fs::write(&s.path, changed).expect("file written");
+    let (status, why) = admin_request(admin_addr, "POST", "/reload");
     assert_eq!(status, 409, "{why}");
     assert!(
         why.contains("listener `in` changed") && why.contains("restart"),
@@ -223,25 +225,20 @@ fn refused_reloads_change_nothing() {
         Some("a"),
         "the old routes run"
     );
-    let (_, metrics) = admin(admin_addr, "GET", "/metrics");
+    let (_, metrics) = admin_request(admin_addr, "GET", "/metrics");
     assert!(metrics.contains("\nconfig_generation 1\n"), "{metrics}");
     assert!(
         metrics.contains("\nconfig_reload_failures_total 2\n"),
         "{metrics}"
     );
-    server.shutdown();
+    s.server.shutdown();
 }
 
 /// Counters follow their route by name across a reload that puts a new
 /// route before it, also for a request in flight during the reload.
 fn metrics_follow_their_route_across_a_reload() {
-    let (a, b) = (Upstream::echo("a"), Upstream::echo("b"));
-    let d = dir();
-    let path = d.join("weft.toml");
-    std::fs::write(&path, text(a.addr, b.addr, (1, 0), "")).expect("file written");
-    let server = start_file(&path);
-    let addr = server.addr("in").expect("listener");
-    let admin_addr = server.admin_addr().expect("admin");
+    let s = Setup::start();
+    let (addr, admin_addr) = (s.addr, s.admin);
     for _ in 0..3 {
         assert_eq!(get(addr, "/").status, 200);
     }
@@ -251,21 +248,21 @@ fn metrics_follow_their_route_across_a_reload() {
         c.get("/", "x-delay-ms: 300\r\n").status
     });
     assert!(
-        eventually(Duration::from_secs(5), || a.count() == 4),
+        eventually(Duration::from_secs(5), || s.a.count() == 4),
         "the slow request did not arrive"
     );
     let first = "[[route]]\nname = \"first\"\nmatch = { path = \"/first\" }\ncluster = \"b\"\n\n[[route]]\nname = \"split\"";
     std::fs::write(
-        &path,
-        text(a.addr, b.addr, (1, 0), "").replace("[[route]]\nname = \"split\"", first),
+        &s.path,
+        text(s.a.addr, s.b.addr, (1, 0), "").replace("[[route]]\nname = \"split\"", first),
     )
     .expect("file written");
-    assert_eq!(admin(admin_addr, "POST", "/reload").0, 200);
+    assert_eq!(admin_request(admin_addr, "POST", "/reload").0, 200);
     assert_eq!(slow.join().expect("the slow request"), 200);
     assert_eq!(get(addr, "/").status, 200);
     assert_eq!(get(addr, "/first").header("x-upstream"), Some("b"));
     let count = |route: &str| -> Option<String> {
-        let (_, metrics) = admin(admin_addr, "GET", "/metrics");
+        let (_, metrics) = admin_request(admin_addr, "GET", "/metrics");
         let series = format!("request_total{{listener=\"in\",route=\"{route}\",cluster=\"a\"}}");
         metrics
             .lines()
@@ -276,7 +273,7 @@ fn metrics_follow_their_route_across_a_reload() {
     let counted = eventually(Duration::from_secs(5), || count("split").as_deref() == Some("5"));
     assert!(counted, "request_total on route split: {:?}", count("split"));
     assert_eq!(count("first"), None);
-    server.shutdown();
+    s.server.shutdown();
 }
 
 on_both_drivers!(

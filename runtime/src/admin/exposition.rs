@@ -10,23 +10,29 @@ use std::fmt::Write;
 use weft_core::metrics::{Histogram, Metrics, ResponseSeries};
 use weft_core::Config;
 
-/// `/metrics`: the sum of every worker's metrics (and the overhead
-/// histogram per worker).
-pub(super) fn render(reload: &crate::reload::Reload, snaps: &[(usize, WorkerSnapshot)]) -> String {
-    let current = reload.config();
-    let config = &*current;
-    let mut total = Metrics::new(config);
+/// Every worker's metrics added up, shaped after `current`.
+fn total(current: &std::sync::Arc<Config>, snaps: &[(usize, WorkerSnapshot)]) -> Metrics {
+    let mut total = Metrics::new(current);
     for (_, s) in snaps {
-        if std::sync::Arc::ptr_eq(&s.config, &current) {
+        if std::sync::Arc::ptr_eq(&s.config, current) {
             total.merge(&s.metrics);
         } else {
             // Taken before a reload (or a worker's last answer): its route
             // series follow their names into the routes in force.
             let mut m = s.metrics.clone();
-            m.reroute(&s.config, config);
+            m.reroute(&s.config, current);
             total.merge(&m);
         }
     }
+    total
+}
+
+/// `/metrics`: the sum of every worker's metrics (and the overhead
+/// histogram per worker).
+pub(super) fn render(reload: &crate::reload::Reload, snaps: &[(usize, WorkerSnapshot)]) -> String {
+    let current = reload.config();
+    let config = &*current;
+    let total = total(&current, snaps);
     let mut out = String::with_capacity(4096);
     let o = &mut out;
 
@@ -282,7 +288,13 @@ pub(super) fn render(reload: &crate::reload::Reload, snaps: &[(usize, WorkerSnap
 
 /// `/clusters`: a line per endpoint fact, `cluster::endpoint::fact::value`
 /// (Envoy's layout).
-pub(super) fn clusters(config: &Config, snaps: &[(usize, WorkerSnapshot)], health: &HealthTable) -> String {
+pub(super) fn clusters(
+    current: &std::sync::Arc<Config>,
+    snaps: &[(usize, WorkerSnapshot)],
+    health: &HealthTable,
+) -> String {
+    let config = &**current;
+    let total = total(current, snaps);
     let mut out = String::new();
     for (ci, c) in config.clusters.iter().enumerate() {
         for (ei, addr) in c.endpoints.iter().enumerate() {
@@ -292,14 +304,12 @@ pub(super) fn clusters(config: &Config, snaps: &[(usize, WorkerSnapshot)], healt
                 .collect();
             let sum = |f: &dyn Fn(&super::EndpointNow) -> u64| -> u64 { nows.iter().map(|n| f(n)).sum() };
             let rtt = nows.iter().map(|n| n.rtt_us).max().unwrap_or(0);
-            let mut stats = weft_core::metrics::EndpointStats::default();
-            for (_, s) in snaps {
-                if let Some(e) = s.metrics.clusters.get(ci).and_then(|c| c.endpoints.get(ei)) {
-                    stats.requests += e.requests;
-                    stats.failures += e.failures;
-                    stats.ejections += e.ejections;
-                }
-            }
+            let stats = total
+                .clusters
+                .get(ci)
+                .and_then(|c| c.endpoints.get(ei))
+                .cloned()
+                .unwrap_or_default();
             let name = &c.name;
             let facts: [(&str, String); 9] = [
                 ("healthy", health.healthy(ci, ei).to_string()),
