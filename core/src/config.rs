@@ -198,6 +198,15 @@ pub struct Listener {
     pub routes: RouteTable,
 }
 
+impl Listener {
+    /// Whether `new` (of a reloaded configuration) keeps this listener's
+    /// socket: the same address, and for an address with port 0 (any free
+    /// port) also the same name.
+    pub fn same_socket(&self, new: &Listener) -> bool {
+        self.addr == new.addr && (self.addr.port() != 0 || self.name == new.name)
+    }
+}
+
 /// `access_log = { path, format }` on a listener: a line per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLogSettings {
@@ -314,6 +323,10 @@ pub struct Cluster {
     /// What a request does when every endpoint is ejected or unhealthy
     /// (`no_healthy`).
     pub no_healthy: NoHealthy,
+    /// How often endpoints given by host name are resolved again
+    /// (`dns_refresh`, default 5 s as Envoy's `dns_refresh_rate`; `"0s"`:
+    /// never). Each host name stands for its first address.
+    pub dns_refresh: Option<Duration>,
     /// TLS to the endpoints (`tls = { ... }`); none by default.
     pub tls: Option<ClusterTls>,
 }
@@ -496,6 +509,9 @@ fn default_route_timeout() -> Spanned<Dur> {
 }
 fn default_connect() -> Spanned<Dur> {
     dflt(secs(1))
+}
+fn default_dns_refresh() -> Spanned<Dur> {
+    dflt(secs(5))
 }
 fn default_max_idle() -> usize {
     64
@@ -873,6 +889,8 @@ struct RawCluster {
     #[serde(default)]
     no_healthy: NoHealthy,
     tls: Option<Spanned<RawClusterTls>>,
+    #[serde(default = "default_dns_refresh")]
+    dns_refresh: Spanned<Dur>,
 }
 
 /// `tls = { ca, sni, cert, key }` on a cluster.
@@ -1229,6 +1247,7 @@ impl Config {
                 health_check,
                 http2: RawHttp2::settings(c.http2.as_ref(), false, &lines, field)?,
                 no_healthy: c.no_healthy,
+                dns_refresh: Some(c.dns_refresh.get_ref().0).filter(|d| !d.is_zero()),
                 tls: match &c.tls {
                     None => None,
                     Some(t) => {
@@ -1662,50 +1681,16 @@ impl Config {
         })
     }
 
-    /// Whether `new` differs from this configuration in its routes only
-    /// (matches, targets and split weights, timeouts, retries, rate
-    /// limits, names): what a reload applies while weft runs. The error
-    /// names what else changed.
-    pub fn routes_only_change(&self, new: &Config) -> Result<(), String> {
+    /// Whether a running weft can take `new` in place of this
+    /// configuration (a reload): everything but `[runtime]` (workers,
+    /// driver, ring) and `[admin]`, which are set up once at start. The
+    /// error names what changed.
+    pub fn reloadable(&self, new: &Config) -> Result<(), String> {
         if self.runtime != new.runtime {
             return Err("[runtime] changed".into());
         }
         if self.admin != new.admin {
             return Err("[admin] changed".into());
-        }
-        // As written: a host name that resolves differently now is the
-        // same endpoint (the running addresses stay; see `keep_clusters`).
-        let written = |c: &Config| {
-            c.clusters
-                .iter()
-                .map(|c| Cluster {
-                    endpoints: Vec::new(),
-                    ..c.clone()
-                })
-                .collect::<Vec<_>>()
-        };
-        if written(self) != written(new) {
-            let names = |c: &Config| c.clusters.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-            let (mine, theirs) = (written(self), written(new));
-            let which = theirs
-                .iter()
-                .find(|n| !mine.contains(n))
-                .map(|c| format!("cluster `{}`", c.name))
-                .or_else(|| (names(self) != names(new)).then(|| "the list of clusters".to_string()))
-                .unwrap_or_else(|| "a cluster".into());
-            return Err(format!("{which} changed"));
-        }
-        if self.listeners.len() != new.listeners.len() {
-            return Err("the list of listeners changed".into());
-        }
-        for (a, b) in self.listeners.iter().zip(&new.listeners) {
-            let bare = |l: &Listener| Listener {
-                routes: RouteTable::default(),
-                ..l.clone()
-            };
-            if bare(a) != bare(b) {
-                return Err(format!("listener `{}` changed", b.name));
-            }
         }
         Ok(())
     }
@@ -1778,7 +1763,21 @@ impl Config {
             }
         }
         for c in &self.clusters {
-            let eps: Vec<String> = c.endpoints.iter().map(|e| e.to_string()).collect();
+            // A host name with the address it stands for now.
+            let eps: Vec<String> = c
+                .endpoints
+                .iter()
+                .zip(&c.authorities)
+                .map(|(e, a)| match a.parse::<SocketAddr>() {
+                    Ok(_) => e.to_string(),
+                    Err(_) => format!("{a}={e}"),
+                })
+                .collect();
+            let named = c.authorities.iter().any(|a| a.parse::<SocketAddr>().is_err());
+            let refresh = match c.dns_refresh {
+                Some(every) if named => format!(" (names resolved again every {every:?})"),
+                _ => String::new(),
+            };
             let proto = match (c.protocol, c.tls.is_some()) {
                 (Protocol::Http1, false) => "HTTP/1.1",
                 (Protocol::Http1, true) => "HTTP/1.1 over TLS",
@@ -1787,7 +1786,7 @@ impl Config {
             };
             let _ = writeln!(
                 s,
-                "cluster {} ({:?}, {proto}): {}",
+                "cluster {} ({:?}, {proto}): {}{refresh}",
                 c.name,
                 c.balancer,
                 eps.join(", ")
@@ -2144,37 +2143,33 @@ pool = { max_idle = 4, idle_timeout = "5s" }
     }
 
     #[test]
-    fn a_reload_takes_route_changes_only() {
-        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n[[cluster]]\nname = \"d\"\nendpoints = [\"127.0.0.1:3\"]\n";
-        let one = parse(&format!("{base}[[route]]\nsplit = [{{ cluster = \"c\", weight = 9 }}, {{ cluster = \"d\", weight = 1 }}]\n")).expect("valid");
-        let two = parse(&format!("{base}[[route]]\nmatch = {{ path = \"/x\" }}\ncluster = \"d\"\n[[route]]\nsplit = [{{ cluster = \"c\", weight = 1 }}, {{ cluster = \"d\", weight = 9 }}]\n")).expect("valid");
-        assert_eq!(one.routes_only_change(&two), Ok(()));
-        let cluster = parse(&format!(
-            "{}[[route]]\ncluster = \"c\"\n",
-            base.replace("127.0.0.1:3", "127.0.0.1:4")
-        ))
+    fn a_reload_takes_all_but_runtime_and_admin() {
+        let base = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n[[cluster]]\nname = \"c\"\nendpoints = [\"127.0.0.1:2\"]\n";
+        let one = parse(base).expect("valid");
+        let other = parse(
+            &base
+                .replace("127.0.0.1:2", "127.0.0.1:3")
+                .replace("127.0.0.1:1", "127.0.0.1:4"),
+        )
         .expect("valid");
-        assert_eq!(
-            one.routes_only_change(&cluster),
-            Err("cluster `d` changed".into())
-        );
-        let listener = parse(&format!(
-            "{}[[route]]\ncluster = \"c\"\n",
-            base.replace(
-                "listen = \"127.0.0.1:1\"",
-                "listen = \"127.0.0.1:1\"\nidle_timeout = \"5s\""
-            )
-        ))
+        assert_eq!(one.reloadable(&other), Ok(()));
+        let runtime = parse(&format!("[runtime]\nworkers = 3\n{base}")).expect("valid");
+        assert_eq!(one.reloadable(&runtime), Err("[runtime] changed".into()));
+        let admin = parse(&format!("[admin]\nlisten = \"127.0.0.1:9\"\n{base}")).expect("valid");
+        assert_eq!(one.reloadable(&admin), Err("[admin] changed".into()));
+        // A listener keeps its socket at the same address; one on port 0
+        // only under the same name.
+        let (a, b) = (&one.listeners[0], &other.listeners[0]);
+        assert!(a.same_socket(a) && !a.same_socket(b));
+        let zero = parse(&base.replace("127.0.0.1:1", "127.0.0.1:0")).expect("valid");
+        let renamed = parse(
+            &base
+                .replace("127.0.0.1:1", "127.0.0.1:0")
+                .replace("name = \"a\"", "name = \"b\""),
+        )
         .expect("valid");
-        assert_eq!(
-            one.routes_only_change(&listener),
-            Err("listener `a` changed".into())
-        );
-        let runtime = parse(&format!(
-            "[runtime]\nworkers = 3\n{base}[[route]]\ncluster = \"c\"\n"
-        ))
-        .expect("valid");
-        assert_eq!(one.routes_only_change(&runtime), Err("[runtime] changed".into()));
+        assert!(zero.listeners[0].same_socket(&zero.listeners[0]));
+        assert!(!zero.listeners[0].same_socket(&renamed.listeners[0]));
     }
 
     #[test]

@@ -237,38 +237,59 @@ impl Metrics {
         self.overhead.observe(micros(o.overhead()));
     }
 
-    /// Reshapes the route series for `new`'s routes (a reload that changed
-    /// routes only): a route's series follow its name; a route that is gone
-    /// takes its series with it (they end); requests no route took stay.
-    pub fn reroute(&mut self, old: &Config, new: &Config) {
-        for (li, routes) in self.routes.iter_mut().enumerate() {
-            let (Some(was), Some(now)) = (old.listeners.get(li), new.listeners.get(li)) else {
+    /// Reshapes these metrics for `new` (a reload): listeners, routes and
+    /// clusters follow their names, endpoints their addresses; what `new`
+    /// no longer has takes its counts with it (those series end), and what
+    /// it adds starts at zero. Requests no route took stay with their
+    /// listener.
+    pub fn reshape(&mut self, old: &Config, new: &Config) {
+        let mut next = Metrics::new(new);
+        let clusters = |c: Option<usize>| c.and_then(|c| same_cluster(old, new, c));
+        for (li, was) in old.listeners.iter().enumerate() {
+            let Some(lj) = new.listeners.iter().position(|l| l.name == was.name) else {
                 continue;
             };
-            let mut slots = vec![Vec::new(); now.routes.len() + 1];
-            let mut taken = std::mem::take(routes);
-            if let Some(unrouted) = taken.pop() {
-                slots[now.routes.len()] = unrouted;
+            if let Some(stats) = self.listeners.get(li) {
+                next.listeners[lj] = stats.clone();
             }
-            for (route, series) in was.routes.routes().iter().zip(taken) {
+            let Some(routes) = self.routes.get_mut(li) else {
+                continue;
+            };
+            let now = &new.listeners[lj];
+            let mut taken = std::mem::take(routes);
+            let unrouted = taken.pop().unwrap_or_default();
+            let mut moved = |slot: Vec<ResponseSeries>, to: usize| {
+                next.routes[lj][to] = slot
+                    .into_iter()
+                    .filter_map(|mut s| {
+                        if s.cluster.is_some() {
+                            s.cluster = Some(clusters(s.cluster)?);
+                        }
+                        Some(s)
+                    })
+                    .collect();
+            };
+            moved(unrouted, now.routes.len());
+            for (route, slot) in was.routes.routes().iter().zip(taken) {
                 if let Some(j) = now.routes.routes().iter().position(|r| r.name == route.name) {
-                    slots[j] = series;
+                    moved(slot, j);
                 }
             }
-            *routes = slots;
         }
-    }
-
-    /// The route of `new` that route `r` of listener `l` in `old` is, by
-    /// name (for a request that began before a reload and ends after it).
-    pub fn same_route(old: &Config, new: &Config, l: usize, r: usize) -> Option<usize> {
-        let name = &old.listeners.get(l)?.routes.routes().get(r)?.name;
-        new.listeners
-            .get(l)?
-            .routes
-            .routes()
-            .iter()
-            .position(|x| &x.name == name)
+        for (ci, stats) in self.clusters.iter().enumerate() {
+            let Some(cj) = same_cluster(old, new, ci) else {
+                continue;
+            };
+            let to = &mut next.clusters[cj];
+            to.retries = stats.retries;
+            for (i, e) in stats.endpoints.iter().enumerate() {
+                if let Some((_, j)) = same_endpoint(old, new, ci, i) {
+                    to.endpoints[j] = e.clone();
+                }
+            }
+        }
+        next.overhead = std::mem::replace(&mut self.overhead, Histogram::new(OVERHEAD_BOUNDS_US));
+        *self = next;
     }
 
     /// Counts an ejection of endpoint `i` of cluster `c`.
@@ -321,6 +342,55 @@ impl Metrics {
             .and_then(|routes| routes.get(r))
             .map_or(0, |slot| slot.iter().map(|s| s.count).sum())
     }
+}
+
+/// The index in `new` of cluster `c` of `old`, by name.
+pub fn same_cluster(old: &Config, new: &Config, c: usize) -> Option<usize> {
+    let name = &old.clusters.get(c)?.name;
+    new.clusters.iter().position(|x| &x.name == name)
+}
+
+/// The place in `new` of endpoint `i` of cluster `c` of `old`: the
+/// cluster by name, the endpoint by address.
+pub fn same_endpoint(old: &Config, new: &Config, c: usize, i: usize) -> Option<(usize, usize)> {
+    let addr = old.clusters.get(c)?.endpoints.get(i)?;
+    let cj = same_cluster(old, new, c)?;
+    let j = new.clusters[cj].endpoints.iter().position(|a| a == addr)?;
+    Some((cj, j))
+}
+
+/// The record of a request that ran on `old` with its indices moved into
+/// `new` (a request in flight across a reload): listener, route and
+/// cluster by name, endpoints by address. What `new` no longer has is
+/// left out (a listener gone: an index no series has).
+pub fn moved(o: &Outcome, old: &Config, new: &Config) -> Outcome {
+    let listener = old
+        .listeners
+        .get(o.listener)
+        .and_then(|l| new.listeners.iter().position(|x| x.name == l.name));
+    let route = o.route.and_then(|r| {
+        let name = &old.listeners.get(o.listener)?.routes.routes().get(r)?.name;
+        new.listeners
+            .get(listener?)?
+            .routes
+            .routes()
+            .iter()
+            .position(|x| &x.name == name)
+    });
+    let mut moved = o.clone();
+    moved.listener = listener.unwrap_or(usize::MAX);
+    moved.route = route;
+    moved.cluster = o.cluster.and_then(|c| same_cluster(old, new, c));
+    moved.target = o.target.and_then(|(c, i)| same_endpoint(old, new, c, i));
+    moved.failed_attempts = match o.target {
+        Some((c, _)) => o
+            .failed_attempts
+            .iter()
+            .filter_map(|&i| Some(same_endpoint(old, new, c, i)?.1))
+            .collect(),
+        None => Vec::new(),
+    };
+    moved
 }
 
 impl ResponseSeries {
@@ -522,7 +592,7 @@ match = { path_prefix = "/a" }
 cluster = "a"
 "#;
         let new = Config::parse(&[src, CLUSTERS].concat(), &crate::config::literal_only).expect("valid");
-        m.reroute(&c, &new);
+        m.reshape(&c, &new);
         assert_eq!(
             (
                 m.requests(0, 0),
@@ -533,8 +603,75 @@ cluster = "a"
             (0, 1, 1, 1)
         );
         assert_eq!(m.routes[0][2][0].status, Some(200));
-        assert_eq!(Metrics::same_route(&c, &new, 0, 0), Some(2));
-        assert_eq!(Metrics::same_route(&new, &c, 0, 0), None);
+        // A request that began before the reload lands on its route by name.
+        let o = outcome(Some(0), Some(200), None);
+        assert_eq!(moved(&o, &c, &new).route, Some(2));
+        assert_eq!(moved(&outcome(Some(0), Some(200), None), &new, &c).route, None);
+    }
+
+    #[test]
+    fn listeners_clusters_and_endpoints_follow_their_names_and_addresses_across_a_reload() {
+        let c = config();
+        let mut m = Metrics::new(&c);
+        let mut o = outcome(Some(0), Some(200), None);
+        o.failed_attempts = vec![0];
+        record(&mut m, &o, false);
+        m.ejected(0, 0);
+        // A listener first, cluster `a` moved behind a new cluster and
+        // given another endpoint before its own two, which swapped places;
+        // cluster `b` gone.
+        let src = r#"
+[[listener]]
+name = "other"
+listen = "127.0.0.1:5"
+[[route]]
+listener = "other"
+cluster = "n"
+[[listener]]
+name = "in"
+listen = "127.0.0.1:1"
+[[route]]
+listener = "in"
+match = { path_prefix = "/a" }
+cluster = "a"
+[[cluster]]
+name = "n"
+endpoints = ["127.0.0.1:6"]
+[[cluster]]
+name = "a"
+endpoints = ["127.0.0.1:7", "127.0.0.1:3", "127.0.0.1:2"]
+"#;
+        let new = Config::parse(src, &crate::config::literal_only).expect("valid");
+        m.reshape(&c, &new);
+        assert_eq!(m.listeners[0], ListenerStats::default());
+        assert_eq!(m.listeners[1].read_bytes, 10);
+        assert_eq!(m.requests(1, 0), 1);
+        // The series' cluster label follows the cluster.
+        assert_eq!(m.routes[1][0][0].cluster, Some(1));
+        assert_eq!(
+            m.clusters[0],
+            ClusterStats {
+                retries: 0,
+                endpoints: vec![EndpointStats::default()]
+            }
+        );
+        assert_eq!(m.clusters[1].retries, 1);
+        let e = &m.clusters[1].endpoints;
+        // 127.0.0.1:3 had the request, 127.0.0.1:2 the failure and ejection.
+        assert_eq!((e[0].requests, e[1].requests, e[2].requests), (0, 1, 0));
+        assert_eq!((e[2].failures, e[2].ejections), (1, 1));
+        assert_eq!(same_endpoint(&c, &new, 0, 1), Some((1, 1)));
+        assert_eq!(same_endpoint(&c, &new, 1, 0), None);
+        // A request in flight across the reload: all its indices move.
+        let later = moved(&o, &c, &new);
+        assert_eq!(
+            (later.listener, later.route, later.cluster, later.target),
+            (1, Some(0), Some(1), Some((1, 1)))
+        );
+        assert_eq!(later.failed_attempts, vec![2]);
+        record(&mut m, &later, false);
+        assert_eq!(m.requests(1, 0), 2);
+        assert_eq!(m.clusters[1].endpoints[2].failures, 2);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub(crate) struct Batch {
 
 /// The destinations of a configuration: each distinct path once, and
 /// which one each listener writes to.
-fn sinks(config: &Config) -> (Vec<LogPath>, Vec<Option<usize>>) {
+pub(crate) fn sinks(config: &Config) -> (Vec<LogPath>, Vec<Option<usize>>) {
     let mut paths: Vec<LogPath> = Vec::new();
     let of_listener = config
         .listeners
@@ -62,33 +62,49 @@ pub(crate) struct WorkerLog {
     /// Taken at the worker's end ([`WorkerLog::close`]): the writer ends
     /// once every worker's side is gone.
     tx: RefCell<Option<Sender<Batch>>>,
-    /// Per listener: its format and destination, when it logs.
-    listeners: Vec<Option<(Format, usize)>>,
+    /// The destinations, as opened at start.
+    paths: Vec<LogPath>,
     /// Per destination: the lines buffered and how many.
     buffers: Vec<RefCell<(Vec<u8>, u64)>>,
     /// Lines dropped because the writer could not keep up.
     dropped: Cell<u64>,
     /// Start times as text.
     stamp: RefCell<Stamp>,
-    /// Per cluster, per endpoint: its address as text.
+}
+
+/// How one configuration logs, made once per generation: per listener
+/// its format and destination, per endpoint its address as text.
+pub(crate) struct LogShape {
+    listeners: Vec<Option<(Format, usize)>>,
     endpoints: Vec<Vec<String>>,
 }
 
 impl WorkerLog {
     /// This worker's access logs, sending to the writer through `tx`.
     pub fn new(config: &Config, tx: Sender<Batch>) -> Self {
-        let (paths, of_listener) = sinks(config);
+        let (paths, _) = sinks(config);
         WorkerLog {
             tx: RefCell::new(Some(tx)),
+            buffers: paths.iter().map(|_| RefCell::new((Vec::new(), 0))).collect(),
+            paths,
+            dropped: Cell::new(0),
+            stamp: RefCell::new(Stamp::default()),
+        }
+    }
+
+    /// How `config` logs. A destination that was not opened at start is
+    /// not written to (a reload that names one is refused before this).
+    pub fn shape(&self, config: &Config) -> LogShape {
+        LogShape {
             listeners: config
                 .listeners
                 .iter()
-                .zip(of_listener)
-                .map(|(l, sink)| Some((l.access_log.as_ref()?.format.clone(), sink?)))
+                .map(|l| {
+                    let a = l.access_log.as_ref()?;
+                    let sink = self.paths.iter().position(|p| *p == a.path)?;
+                    Some((a.format.clone(), sink))
+                })
                 .collect(),
-            buffers: paths.iter().map(|_| RefCell::new((Vec::new(), 0))).collect(),
-            dropped: Cell::new(0),
-            stamp: RefCell::new(Stamp::default()),
             endpoints: config
                 .clusters
                 .iter()
@@ -98,16 +114,17 @@ impl WorkerLog {
     }
 
     /// Writes the line of a request that ended, when its listener logs.
-    /// `generated_id`: the `x-request-id` weft gave it, if it had none.
+    /// `config` and `shape`: the generation it ran on. `generated_id`: the
+    /// `x-request-id` weft gave it, if it had none.
     pub fn write(
         &self,
-        config: &Config,
+        (config, shape): (&Config, &LogShape),
         o: &Outcome,
         req: Option<&Request>,
         peer: Option<&str>,
         generated_id: Option<&[u8]>,
     ) {
-        let Some(Some((format, sink))) = self.listeners.get(o.listener) else {
+        let Some(Some((format, sink))) = shape.listeners.get(o.listener) else {
             return;
         };
         if self.tx.borrow().is_none() {
@@ -140,7 +157,7 @@ impl WorkerLog {
             },
             upstream_host: o
                 .target
-                .and_then(|(c, i)| self.endpoints.get(c)?.get(i))
+                .and_then(|(c, i)| shape.endpoints.get(c)?.get(i))
                 .map(String::as_str),
             attempts: o.attempts,
             request_id: generated_id.or_else(|| req.and_then(|r| r.header("x-request-id"))),

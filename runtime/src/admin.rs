@@ -11,9 +11,8 @@
 
 mod exposition;
 
-use crate::health::HealthTable;
 use crate::shutdown::Shutdown;
-use crate::state::Worker;
+use crate::state::{Material, Worker};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
@@ -46,8 +45,8 @@ pub(crate) struct WorkerSnapshot {
     pub endpoints: Vec<Vec<EndpointNow>>,
     /// Access log lines dropped because the writer could not keep up.
     pub log_dropped: u64,
-    /// The configuration the metrics' routes are shaped by (the worker's
-    /// routes when it answered).
+    /// The configuration the metrics are shaped by (the worker's newest
+    /// when it answered).
     pub config: Arc<Config>,
 }
 
@@ -69,19 +68,24 @@ pub(crate) struct EndpointNow {
 /// The copy of a worker's state that a scrape takes.
 fn snapshot(w: &Worker) -> WorkerSnapshot {
     let now = Instant::now();
+    let gen = w.generation();
     let metrics = match &w.metrics {
         Some(m) => m.borrow().clone(),
-        None => Metrics::new(&w.config),
+        None => Metrics::new(&gen.config),
     };
     WorkerSnapshot {
-        config: w.routes().config.clone(),
+        config: gen.config.clone(),
         metrics,
         log_dropped: w.access_log.as_ref().map_or(0, |l| l.dropped()),
-        connections: w.gates.iter().map(|g| (g.opened(), g.count() as u64)).collect(),
-        endpoints: w
+        connections: gen
+            .listeners
+            .iter()
+            .map(|l| (l.gate.opened(), l.gate.count() as u64))
+            .collect(),
+        endpoints: gen
             .clusters
             .iter()
-            .zip(&w.config.clusters)
+            .zip(&gen.config.clusters)
             .map(|(state, cluster)| {
                 state
                     .endpoints
@@ -100,7 +104,7 @@ fn snapshot(w: &Worker) -> WorkerSnapshot {
 }
 
 /// Where other threads leave a worker its letters: requests for a snapshot
-/// (scrapes) and new routes (reloads). The lock is taken by the sender
+/// (scrapes) and new configurations (reloads). The lock is taken by the sender
 /// and by the worker's mail task: never on the request path.
 #[derive(Default)]
 pub(crate) struct Mailbox {
@@ -110,8 +114,8 @@ pub(crate) struct Mailbox {
 #[derive(Default)]
 struct Letters {
     asks: Vec<mpsc::Sender<WorkerSnapshot>>,
-    /// The configuration whose routes to take (the latest reload's).
-    routes: Option<Arc<Config>>,
+    /// Reloads to take, in order.
+    reloads: Vec<Reloaded>,
     waker: Option<Waker>,
     closed: bool,
 }
@@ -139,14 +143,14 @@ impl Mailbox {
         rx
     }
 
-    /// Hands the worker the routes of `config` (a reload).
-    pub fn reload(&self, config: Arc<Config>) {
+    /// Hands the worker a reload's configuration.
+    pub fn reload(&self, r: Reloaded) {
         let waker = {
             let mut l = self.lock();
             if l.closed {
                 return;
             }
-            l.routes = Some(config);
+            l.reloads.push(r);
             l.waker.take()
         };
         if let Some(w) = waker {
@@ -154,17 +158,16 @@ impl Mailbox {
         }
     }
 
-    /// The worker's side: resolves with the letters waiting (new routes
+    /// The worker's side: resolves with the letters waiting (reloads
     /// first, so that a scrape after a reload sees them).
-    #[allow(clippy::type_complexity)]
-    async fn next(&self) -> (Option<Arc<Config>>, Vec<mpsc::Sender<WorkerSnapshot>>) {
+    async fn next(&self) -> (Vec<Reloaded>, Vec<mpsc::Sender<WorkerSnapshot>>) {
         std::future::poll_fn(|cx| {
             let mut l = self.lock();
-            if l.asks.is_empty() && l.routes.is_none() {
+            if l.asks.is_empty() && l.reloads.is_empty() {
                 l.waker = Some(cx.waker().clone());
                 Poll::Pending
             } else {
-                Poll::Ready((l.routes.take(), std::mem::take(&mut l.asks)))
+                Poll::Ready((std::mem::take(&mut l.reloads), std::mem::take(&mut l.asks)))
             }
         })
         .await
@@ -178,17 +181,37 @@ impl Mailbox {
         let mut l = self.lock();
         l.closed = true;
         l.asks.clear();
+        l.reloads.clear();
     }
 }
 
+/// One reload, as one worker takes it.
+pub(crate) struct Reloaded {
+    /// The new configuration and what goes with it.
+    pub material: Arc<Material>,
+    /// This worker's sockets for the listeners the reload added (or
+    /// moved to another address), by their index in the new
+    /// configuration.
+    pub sockets: Vec<(usize, std::net::TcpListener)>,
+    /// Told once the worker runs the new configuration.
+    pub done: mpsc::Sender<()>,
+}
+
 /// A worker's task that takes its letters, for as long as the worker
-/// runs: new routes, then snapshots. It runs between requests, so a
-/// request sees the routes of one configuration from start to end.
+/// runs: reloads, then snapshots. It runs between requests, so a request
+/// sees one configuration from start to end.
 pub(crate) async fn answer_mail(w: Rc<Worker>, mailbox: Arc<Mailbox>) {
     loop {
-        let (routes, asks) = mailbox.next().await;
-        if let Some(config) = routes {
-            w.swap_routes(config);
+        let (reloads, asks) = mailbox.next().await;
+        for r in reloads {
+            w.install(&r.material);
+            let gen = w.generation();
+            for (li, socket) in r.sockets {
+                if let Some(state) = gen.listeners.get(li) {
+                    crate::worker::start_accepting(&w, state.clone(), socket);
+                }
+            }
+            let _ = r.done.send(());
         }
         for reply in asks {
             let _ = reply.send(snapshot(&w));
@@ -205,7 +228,6 @@ pub(crate) struct Admin {
     /// Per worker, its last snapshot: what a scrape shows of a worker
     /// that does not answer (counters must never seem to go down).
     pub last: Mutex<Vec<Option<WorkerSnapshot>>>,
-    pub health: Arc<HealthTable>,
     pub shutdown: Shutdown,
 }
 
@@ -356,11 +378,11 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
     let wants = |m: &str| method == m || (m == "GET" && method == "HEAD");
     match path {
         "/metrics" if wants("GET") => {
-            let snaps = scrape(admin);
+            let (current, snaps) = scrape(admin);
             Answer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: exposition::render(&admin.reload, &snaps),
+                body: exposition::render(&admin.reload, &current, &snaps),
                 head_only: false,
             }
         }
@@ -381,11 +403,9 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
             ),
         ),
         "/clusters" if wants("GET") => {
-            let snaps = scrape(admin);
-            Answer::text(
-                200,
-                exposition::clusters(&admin.reload.config(), &snaps, &admin.health),
-            )
+            let (current, snaps) = scrape(admin);
+            let health = admin.reload.health();
+            Answer::text(200, exposition::clusters(&current, &snaps, &health))
         }
         "/reload" if method == "POST" => match admin.reload.from_source() {
             Ok(generation) => Answer::text(200, format!("reloaded: generation {generation}\n")),
@@ -408,15 +428,16 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
     }
 }
 
-/// Every worker's snapshot with its worker's number: a worker that does
-/// not answer within [`SCRAPE_WAIT`] (busy, or stopped) is shown as it
-/// last answered.
-fn scrape(admin: &Admin) -> Vec<(usize, WorkerSnapshot)> {
+/// Every worker's snapshot with its worker's number, shaped after the
+/// configuration in force (returned with them): a worker that does not
+/// answer within [`SCRAPE_WAIT`] (busy, or stopped) is shown as it last
+/// answered.
+fn scrape(admin: &Admin) -> (Arc<Config>, Vec<(usize, WorkerSnapshot)>) {
     let asked: Vec<_> = admin.mailboxes.iter().map(|m| m.ask()).collect();
     let deadline = Instant::now() + SCRAPE_WAIT;
     let mut last = admin.last.lock().unwrap_or_else(|p| p.into_inner());
     last.resize(asked.len(), None);
-    asked
+    let snaps = asked
         .into_iter()
         .enumerate()
         .filter_map(|(i, rx)| {
@@ -429,5 +450,8 @@ fn scrape(admin: &Admin) -> Vec<(usize, WorkerSnapshot)> {
                 Err(_) => last[i].clone().map(|s| (i, s)),
             }
         })
-        .collect()
+        .collect();
+    let current = admin.reload.config();
+    let snaps = exposition::reshaped(&current, snaps);
+    (current, snaps)
 }

@@ -8,11 +8,12 @@ use crate::forward::exchange;
 use crate::forward::Next;
 use crate::io::{read_more, Stream, FIRST_READ, READ_CHUNK};
 use crate::reply::{refuse, After};
-use crate::state::{Admitted, HotRead, Worker};
+use crate::state::{Admitted, Generation, HotRead, ListenerState, Worker};
 use crate::timer::{within, Timers};
 use crate::upstream::UpIo;
 use bytes::BytesMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -45,6 +46,7 @@ enum HeadRead {
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn serve<S: Stream>(
     w: Rc<Worker>,
+    gen: Rc<Generation>,
     li: usize,
     mut client: S,
     peer: SocketAddr,
@@ -52,12 +54,16 @@ pub(crate) fn serve<S: Stream>(
     // Made before the task: the task keeps the text, not the address too.
     let peer_ip = peer.ip().to_string();
     async move {
-        let _admitted = Admitted(&w.gates[li]);
-        let l = &w.config.listeners[li];
-        let mut buf = BytesMut::new();
+        let admitted = Admitted(gen.listeners[li].clone());
+        let listener = &*admitted.0;
         // Hot: a read is posted at once (a new connection's first request,
         // and a busy client's next one, usually come within microseconds).
-        let (mut idle_until, mut hot) = idle_and_hot(l);
+        let (mut idle_until, mut hot) = idle_and_hot(&gen.config.listeners[li]);
+        let on = On {
+            gen: RefCell::new(Some(gen)),
+            li: Cell::new(li),
+        };
+        let mut buf = BytesMut::new();
         // Where a request is served: on the heap, so that an idle
         // connection's task stays small, and kept while the connection is
         // busy, so that a keep-alive client's requests reuse one place
@@ -65,6 +71,12 @@ pub(crate) fn serve<S: Stream>(
         let mut place = None;
         loop {
             if hot.is_none() {
+                // No generation held while idle.
+                on.gen.replace(None);
+                if listener.index.get().is_none() {
+                    // A reload removed the listener: idle, weft closes.
+                    return farewell(&w, client);
+                }
                 // Idle between requests: wait for data here, with no buffer and a
                 // small future, so that idle keep-alive connections cost little.
                 // An idle wait also ends when the worker starts draining: then
@@ -75,12 +87,22 @@ pub(crate) fn serve<S: Stream>(
                 let ready = within(w.timers.idle_until(idle_until), client.readable(false)).await;
                 match ready {
                     Some(Ok(())) => {}
+                    // Woken to look again (a reload removed a listener).
+                    None if !w.draining.get() && Instant::now() < idle_until => continue,
                     // Idle for too long, or draining: weft closes.
                     None => return farewell(&w, client),
                     Some(Err(_)) => return,
                 }
             }
-            let step = request_owning(&w, l, client, std::mem::take(&mut buf), idle_until, hot, &peer_ip);
+            let wait = (idle_until, hot);
+            let step = request_owning(
+                &w,
+                (&on, listener),
+                client,
+                std::mem::take(&mut buf),
+                wait,
+                &peer_ip,
+            );
             let served = place.get_or_insert_with(|| Box::pin(None));
             served.set(Some(step));
             let (step, b) = std::future::poll_fn(|cx| match served.as_mut().as_pin_mut() {
@@ -93,7 +115,10 @@ pub(crate) fn serve<S: Stream>(
             match step {
                 Step::Again(c) => {
                     client = c;
-                    (idle_until, hot) = idle_and_hot(l);
+                    let gen = on.gen.borrow();
+                    if let Some(gen) = &*gen {
+                        (idle_until, hot) = idle_and_hot(&gen.config.listeners[on.li.get()]);
+                    }
                 }
                 Step::Quiet(c) => {
                     // Give the buffers, and the place, back while the
@@ -106,9 +131,12 @@ pub(crate) fn serve<S: Stream>(
                 }
                 Step::Http2(c) => {
                     drop(place);
+                    let Some((gen, li)) = on.current(&w, listener) else {
+                        return;
+                    };
                     // Boxed: an HTTP/1 connection's task stays small.
                     let read = std::mem::take(&mut buf);
-                    Box::pin(crate::downstream_h2::serve(&w, li, c, read, peer_ip.into())).await;
+                    Box::pin(crate::downstream_h2::serve(&w, gen, li, c, read, peer_ip.into())).await;
                     return;
                 }
                 Step::Done => return,
@@ -129,32 +157,66 @@ enum Step<S> {
     Http2(S),
 }
 
+/// The generation a connection is on, and its listener's index there:
+/// none while the connection idles, so that an idle connection holds no
+/// configuration a reload replaced.
+struct On {
+    gen: RefCell<Option<Rc<Generation>>>,
+    li: Cell<usize>,
+}
+
+impl On {
+    /// The newest generation for the connection's `listener`, taken now;
+    /// when a reload removed the listener, the one the connection was on
+    /// (to serve what came, and close), or none (idle: it closes).
+    fn current(&self, w: &Worker, listener: &ListenerState) -> Option<(Rc<Generation>, usize)> {
+        let mut gen = self.gen.borrow_mut();
+        let mut li = self.li.get();
+        match gen.as_mut() {
+            Some(g) => {
+                w.refresh(g, &mut li);
+            }
+            None => {
+                li = listener.index.get()?;
+                *gen = Some(w.generation());
+            }
+        }
+        self.li.set(li);
+        gen.clone().map(|g| (g, li))
+    }
+}
+
 /// [`request`] with the connection's buffer moved in and handed back, so
 /// that the future borrows nothing of the connection's own state and can
 /// take the place of the one before it.
 async fn request_owning<S: Stream>(
     w: &Rc<Worker>,
-    l: &Listener,
+    at: (&On, &ListenerState),
     client: S,
     mut buf: BytesMut,
-    idle_until: Instant,
-    hot: Option<Instant>,
+    wait: (Instant, Option<Instant>),
     peer_ip: &str,
 ) -> (Step<S>, BytesMut) {
-    let step = request(w, l, client, &mut buf, idle_until, hot, peer_ip).await;
+    let step = request(w, at, client, &mut buf, wait, peer_ip).await;
     (step, buf)
 }
 
 /// Reads one request head and serves it: the exchange, or weft's refusal.
+/// The newest generation is taken once the head is in (`on`, for the
+/// connection's `listener`). `wait`: until when the connection may idle,
+/// and until when a read stays posted (hot).
 async fn request<S: Stream>(
     w: &Rc<Worker>,
-    l: &Listener,
+    (on, listener): (&On, &ListenerState),
     mut client: S,
     buf: &mut BytesMut,
-    idle_until: Instant,
-    hot: Option<Instant>,
+    (idle_until, hot): (Instant, Option<Instant>),
     peer_ip: &str,
 ) -> Step<S> {
+    let Some((gen, li)) = on.current(w, listener) else {
+        return Step::Done;
+    };
+    let l = &gen.config.listeners[li];
     // A posted read needs one of the worker's hot places; without one, the
     // connection waits for readiness with no buffer.
     let slot = match hot {
@@ -171,12 +233,19 @@ async fn request<S: Stream>(
             }
             let head = Request::H1(h);
             let started = Instant::now();
+            // A reload while the head came in: the newest configuration.
+            let Some((gen, li)) = on.current(w, listener) else {
+                return Step::Done;
+            };
+            let l = &gen.config.listeners[li];
             // Not boxed: the request's future is kept from one request to
             // the next (`serve`'s place), and the states of read_head and of
             // the exchange, never alive together, share its memory.
-            let next = exchange(w, l, client, buf, &head, peer_ip, started).await;
+            let next = exchange(w, &gen, l, client, buf, &head, peer_ip, started).await;
+            // A listener a reload removed serves what came, and closes.
+            let open = gen.listeners[li].index.get().is_some();
             return match next {
-                Next::KeepAlive(c) if !w.draining.get() => Step::Again(c),
+                Next::KeepAlive(c) if !w.draining.get() && open => Step::Again(c),
                 // After the request's outcome is recorded: a lingering
                 // close or a tunnel is no part of the exchange.
                 end => {
@@ -206,14 +275,20 @@ async fn request<S: Stream>(
             (e, msg)
         }
     };
-    Box::pin(refuse_and_close(w, l, client, refusal)).await;
+    Box::pin(refuse_and_close(w, &gen, l, client, refusal)).await;
     Step::Done
 }
 
 /// Refuses a head weft cannot take and closes the connection.
-async fn refuse_and_close<S: Stream>(w: &Worker, l: &Listener, mut client: S, e: (ProxyError, String)) {
+async fn refuse_and_close<S: Stream>(
+    w: &Worker,
+    gen: &Generation,
+    l: &Listener,
+    mut client: S,
+    e: (ProxyError, String),
+) {
     let (e, msg) = e;
-    if let After::Linger = refuse(w, l, &mut client, e, &msg).await {
+    if let After::Linger = refuse(w, gen, l, &mut client, e, &msg).await {
         linger(&mut client, &w.timers).await;
     }
 }
@@ -340,6 +415,8 @@ async fn read_head<S: Stream>(
                 }
             }
             None if started => return HeadRead::Timeout,
+            // Woken to look again (a reload removed a listener).
+            None if !w.draining.get() && Instant::now() < deadline => {}
             None => return HeadRead::Idle,
         }
     }

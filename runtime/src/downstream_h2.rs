@@ -8,7 +8,7 @@
 
 use crate::forward::{exchange_h2, H2Stream};
 use crate::io::Stream;
-use crate::state::Worker;
+use crate::state::{Generation, Worker};
 use crate::timer::within;
 use crate::wire::{carry, wire};
 use bytes::{Bytes, BytesMut};
@@ -38,8 +38,17 @@ pub(crate) fn preface(buf: &[u8]) -> Option<bool> {
 
 /// Serves an HTTP/2 connection until it closes. `read`: its first bytes,
 /// already read (the preface, when it was detected on a plain listener).
-pub(crate) async fn serve<S: Stream>(w: &Rc<Worker>, li: usize, client: S, read: BytesMut, peer_ip: Rc<str>) {
-    let l = &w.config.listeners[li];
+/// It serves on listener `li` of `gen` (each stream on the newest
+/// generation when it comes).
+pub(crate) async fn serve<S: Stream>(
+    w: &Rc<Worker>,
+    gen: Rc<Generation>,
+    li: usize,
+    client: S,
+    read: BytesMut,
+    peer_ip: Rc<str>,
+) {
+    let l = &gen.config.listeners[li];
     let identity = client.identity();
     let (wire, pump) = wire(read);
     let driver = async {
@@ -57,7 +66,7 @@ pub(crate) async fn serve<S: Stream>(w: &Rc<Worker>, li: usize, client: S, read:
             Some(Ok(conn)) => conn,
             _ => return,
         };
-        drive(w, li, l, &mut conn, &peer_ip, identity).await;
+        drive(w, (gen.clone(), li), l, &mut conn, &peer_ip, identity).await;
     };
     carry(&w.timers, l.write_timeout, client, pump, driver).await;
 }
@@ -67,7 +76,7 @@ pub(crate) async fn serve<S: Stream>(w: &Rc<Worker>, li: usize, client: S, read:
 /// stream open) for the listener's idle timeout, or when the worker drains.
 async fn drive(
     w: &Rc<Worker>,
-    li: usize,
+    (mut gen, mut li): (Rc<Generation>, usize),
     l: &Listener,
     conn: &mut h2::server::Connection<crate::wire::Wire, Bytes>,
     peer_ip: &Rc<str>,
@@ -87,10 +96,11 @@ async fn drive(
                 idle_until = Instant::now() + l.idle_timeout;
                 let s = H2Stream { req, respond };
                 let place = Place::take(&live);
-                let (w, peer_ip, identity) = (w.clone(), peer_ip.clone(), identity.clone());
+                w.refresh(&mut gen, &mut li);
+                let (w, gen, peer_ip, identity) = (w.clone(), gen.clone(), peer_ip.clone(), identity.clone());
                 monoio::spawn(async move {
                     let _place = place;
-                    exchange_h2(w, li, s, peer_ip, identity).await
+                    exchange_h2(w, gen, li, s, peer_ip, identity).await
                 });
                 // A stream the client reset frees its place in h2 at once,
                 // but its exchange may run on a while (it notices the reset
@@ -123,9 +133,15 @@ async fn drive(
             }
             None => {
                 let now = Instant::now();
-                if w.draining.get() || !conn.has_streams() {
+                // A listener a reload removed closes as in a drain.
+                let removed = gen.listeners[li].index.get().is_none();
+                if !w.draining.get() && !removed && now < idle_until {
+                    // Woken to look again (a reload removed a listener).
+                    continue;
+                }
+                if w.draining.get() || removed || !conn.has_streams() {
                     conn.graceful_shutdown();
-                    closing = Some(now + w.config.runtime.drain_timeout);
+                    closing = Some(now + gen.config.runtime.drain_timeout);
                 } else {
                     idle_until = now + l.idle_timeout;
                 }

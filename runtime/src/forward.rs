@@ -15,7 +15,7 @@
 
 use crate::io::{read_more, write_one, write_two, Peek, Stream, READ_CHUNK};
 use crate::reply::{reply_error, After};
-use crate::state::{Counted, Routes, Tracker, Worker};
+use crate::state::{Counted, Generation, Tracker, Worker};
 use crate::timer::{within, Deadline, Timers};
 use crate::upstream::{Conn, Endpoint, UpIo};
 use bytes::{Bytes, BytesMut};
@@ -139,9 +139,9 @@ impl Failed {
 struct Ctx<'a> {
     w: &'a Worker,
     l: &'a Listener,
-    /// The routes in force when the request came (a reload does not
-    /// change them under it).
-    routes: &'a Routes,
+    /// The generation in force when the request came (a reload does not
+    /// change it under the request).
+    gen: &'a Generation,
     req: &'a Request,
     /// The outcome record.
     t: Tracker<'a>,
@@ -306,7 +306,7 @@ impl<'a> Ctx<'a> {
         let Some((c, _)) = self.t.o.target else {
             return false;
         };
-        let state = &self.w.clusters[c];
+        let state = &self.gen.clusters[c];
         if state.retries.get() >= state.limits.max_retries {
             return false;
         }
@@ -335,12 +335,18 @@ impl<'a> Ctx<'a> {
     fn next_endpoint(&mut self, to: &mut Upstream<'a>, other: bool, failed: bool) -> bool {
         let tried = &self.t.o.failed_attempts;
         let current = to.i;
-        let next = self.w.pick_other(to.c, |j| j == current || tried.contains(&j));
+        let next = self
+            .w
+            .pick_other(self.gen, to.c, |j| j == current || tried.contains(&j));
         if other && next.is_none() {
             return false;
         }
         // Retries may add only so much to the cluster's traffic.
-        if !self.w.clusters[to.c].budget.borrow_mut().withdraw(Instant::now()) {
+        if !self.gen.clusters[to.c]
+            .budget
+            .borrow_mut()
+            .withdraw(Instant::now())
+        {
             return false;
         }
         if failed {
@@ -430,13 +436,12 @@ impl<'a> Ctx<'a> {
     fn new(
         w: &'a Worker,
         l: &'a Listener,
-        routes: &'a Routes,
+        gen: &'a Generation,
         req: &'a Request,
         peer_ip: &'a str,
         started: Instant,
     ) -> Self {
-        let mut t = Tracker::new(w, l.index, started);
-        t.routes = Some(routes);
+        let mut t = Tracker::new(w, gen, l.index, started);
         t.req = Some(req);
         t.peer = Some(peer_ip);
         if l.generate_request_id && req.header("x-request-id").is_none() {
@@ -449,7 +454,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             w,
             l,
-            routes,
+            gen,
             req,
             t,
             head_started: false,
@@ -474,14 +479,14 @@ impl<'a> Ctx<'a> {
     /// The error is weft's answer.
     fn route(&mut self, started: Instant) -> Result<(&'a Route, usize, Instant), ErrorKind> {
         let (w, l, req) = (self.w, self.l, self.req);
-        match w.listener_slot(l) {
+        match self.gen.listeners[l.index].slot() {
             Ok(slot) => self.listener_request = slot.map(Counted::new),
             // The listener is full: shed the request at once.
             Err(()) => return Err(ErrorKind::Overflow),
         }
         let identity = self.identity.as_deref();
         let (ri, route) = self
-            .routes
+            .gen
             .table(l.index)
             .ok_or(ErrorKind::NoRoute)?
             .find_indexed(req.host(), req.path(), req.method(), |n| {
@@ -495,7 +500,7 @@ impl<'a> Ctx<'a> {
             })
             .ok_or(ErrorKind::NoRoute)?;
         self.t.o.route = Some(ri);
-        if route.rate_limit.is_some() && !self.routes.admit(l.index, ri, started) {
+        if route.rate_limit.is_some() && !self.gen.admit(l.index, ri, started) {
             return Err(ErrorKind::RateLimited);
         }
         let c = w.pick_cluster(&route.target);
@@ -517,15 +522,16 @@ impl<'a> Ctx<'a> {
     /// weft answers at once rather than queue).
     fn first_endpoint(&mut self, c: usize) -> Result<Upstream<'a>, ErrorKind> {
         let w = self.w;
-        let (i, ep) = w.pick_endpoint(c).ok_or(ErrorKind::NoEndpoint)?;
+        let gen = self.gen;
+        let (i, ep) = w.pick_endpoint(gen, c).ok_or(ErrorKind::NoEndpoint)?;
         let to = Upstream {
             c,
             i,
             ep,
-            cluster: &w.config.clusters[c],
+            cluster: &gen.config.clusters[c],
         };
         self.aim(&to);
-        let state = &w.clusters[c];
+        let state = &gen.clusters[c];
         if state.requests.get() >= state.limits.max_requests {
             return Err(ErrorKind::Overflow);
         }
@@ -536,10 +542,12 @@ impl<'a> Ctx<'a> {
 }
 
 /// Forwards one request and its response, and writes its outcome record
-/// when it ends. `started`: when its head arrived (the route timeout counts
-/// from there).
+/// when it ends, on listener `l` of generation `gen`. `started`: when its
+/// head arrived (the route timeout counts from there).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn exchange<S: Stream>(
     w: &Worker,
+    gen: &Generation,
     l: &Listener,
     mut client: S,
     cbuf: &mut BytesMut,
@@ -547,8 +555,7 @@ pub(crate) async fn exchange<S: Stream>(
     peer_ip: &str,
     started: Instant,
 ) -> Next<S> {
-    let routes = w.routes();
-    let mut x = Ctx::new(w, l, &routes, req, peer_ip, started);
+    let mut x = Ctx::new(w, l, gen, req, peer_ip, started);
     x.identity = client.identity();
     x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {
@@ -566,7 +573,7 @@ pub(crate) async fn exchange<S: Stream>(
     // A request with `Upgrade` is never carried over HTTP/2: to a
     // cleartext HTTP/2 cluster it goes over HTTP/1.1 to the same endpoint
     // (a weft there speaks both on one port), as linkerd2-proxy does.
-    let cluster = &w.config.clusters[c];
+    let cluster = &gen.config.clusters[c];
     let to_h2 = cluster.protocol == Protocol::Http2 && !(req.upgrade() && cluster.tls.is_none());
     if to_h2 && req.framing() == BodyFraming::Chunked {
         // The payload goes up as DATA: the chunked framing comes off.
@@ -751,11 +758,11 @@ async fn open<'a>(
 ) -> Result<Conn, Failed> {
     let mut tries = 1;
     loop {
-        let (w, c) = (x.w, to.c);
+        let state = &x.gen.clusters[to.c];
         let opened = if fresh {
             Box::pin(Conn::connect(&x.w.dialer(), to.ep, to.cluster)).await
         } else {
-            Conn::open(&x.w.dialer(), to.ep, to.cluster, || w.may_connect(c)).await
+            Conn::open(&x.w.dialer(), to.ep, to.cluster, || state.may_connect()).await
         };
         match opened {
             Ok(conn) => return Ok(conn),

@@ -12,6 +12,7 @@ use crate::shutdown::Shutdown;
 use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,6 +51,24 @@ impl HealthTable {
         }
     }
 
+    /// The table of `config` after a reload from `old`: an endpoint of a
+    /// cluster of the same name at the same address keeps its standing
+    /// (a reload is no reason to send traffic to one known down).
+    pub fn carried(config: &Config, old: &Config, table: &HealthTable) -> Self {
+        let t = HealthTable::new(config);
+        for (c, cluster) in config.clusters.iter().enumerate() {
+            for i in 0..cluster.endpoints.len() {
+                let was = weft_core::metrics::same_endpoint(config, old, c, i);
+                if let Some((oc, oi)) = was {
+                    if old.clusters[oc].health_check.is_some() && cluster.health_check.is_some() {
+                        t.set(c, i, table.healthy(oc, oi));
+                    }
+                }
+            }
+        }
+        t
+    }
+
     /// True when some endpoint of cluster `c` fails its health check.
     pub fn any_down(&self, c: usize) -> bool {
         self.clusters
@@ -84,20 +103,37 @@ impl HealthTable {
     }
 }
 
+/// The prober thread of one configuration's clusters.
+pub(crate) struct Prober {
+    thread: JoinHandle<()>,
+    stop: Shutdown,
+}
+
+impl Prober {
+    /// Stops the prober and waits for its thread.
+    pub fn stop(self) {
+        self.stop.fire();
+        let _ = self.thread.join();
+    }
+}
+
 /// Starts the prober thread when some cluster has a health check. It stops
-/// when `stop` fires.
+/// when `shutdown` fires (weft's end) or [`Prober::stop`] is called (a
+/// reload replaced it).
 /// `tls`: per cluster, its TLS material (probes of a TLS cluster go over
 /// TLS, as its requests do).
 pub fn start(
     config: &Arc<Config>,
     table: &Arc<HealthTable>,
     tls: Vec<Option<crate::tls::ClientMaterial>>,
-    stop: Shutdown,
-) -> std::io::Result<Option<JoinHandle<()>>> {
+    shutdown: Shutdown,
+) -> std::io::Result<Option<Prober>> {
     if config.clusters.iter().all(|c| c.health_check.is_none()) {
         return Ok(None);
     }
     let (config, table) = (config.clone(), table.clone());
+    let stop = Shutdown::new();
+    let stopped = stop.clone();
     // The thread says whether its runtime runs: without it, checks that
     // were asked for would silently be off.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -147,11 +183,19 @@ pub fn start(
                         monoio::spawn(watch(target, s.clone(), table.clone()));
                     }
                 }
-                stop.wait().await;
+                let (mut a, mut b) = (std::pin::pin!(stopped.wait()), std::pin::pin!(shutdown.wait()));
+                std::future::poll_fn(|cx| {
+                    if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                })
+                .await;
             });
         })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(Some(handle)),
+        Ok(Ok(())) => Ok(Some(Prober { thread: handle, stop })),
         Ok(Err(e)) => {
             let _ = handle.join();
             Err(std::io::Error::new(

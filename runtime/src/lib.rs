@@ -11,6 +11,7 @@ mod admin;
 pub mod alloc;
 mod counters;
 pub mod demo;
+pub mod dns;
 mod downstream;
 mod downstream_h2;
 mod forward;

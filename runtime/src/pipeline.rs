@@ -58,7 +58,13 @@ impl Kit {
         let net = Rc::new(Net::default());
         let config = Arc::new(config);
         let health = Arc::new(crate::health::HealthTable::new(&config));
-        let mut w = Worker::new(config, health, 7, Arc::new(WorkerCounters::default()), 1);
+        let material = crate::state::Material {
+            tls: vec![None; config.listeners.len()],
+            cluster_tls: vec![None; config.clusters.len()],
+            config,
+            health,
+        };
+        let mut w = Worker::new(&material, 7, Arc::new(WorkerCounters::default()), 1, None);
         w.net = Some(net.clone());
         let w = Rc::new(w);
         let sweeper = w.clone();
@@ -75,7 +81,7 @@ impl Kit {
     fn client_with(&self, cap: usize) -> MemStream {
         let (near, far) = mem::pair(cap);
         let peer: SocketAddr = PEER.parse().expect("address");
-        monoio::spawn(serve(self.w.clone(), 0, far, peer));
+        monoio::spawn(serve(self.w.clone(), self.w.generation(), 0, far, peer));
         near
     }
 

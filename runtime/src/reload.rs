@@ -3,17 +3,34 @@
 //! takes it between requests (requests in flight finish on theirs); a bad
 //! one changes nothing and is counted.
 //!
-//! What a reload applies today: routes (matches, targets and split
-//! weights, timeouts, retries, rate limits, names). Listeners, clusters,
-//! `[runtime]` and `[admin]` are the workers' own and stay as they started;
-//! a file that changes them is refused with a message naming the change, so
-//! that upstream pools and balancer state are never disturbed by a reload.
+//! A reload applies everything but `[runtime]` and `[admin]`:
+//! - routes, as written;
+//! - clusters: one equal to its running self (endpoints as resolved now)
+//!   keeps its state whole (pools, balancer, outlier records, budgets); a
+//!   changed one keeps the endpoints it still has, with their pools, when
+//!   the way to reach them (protocol, TLS, pool settings) is the same;
+//! - listeners: one at the same address keeps its socket and connections;
+//!   a new address is bound before anything changes (a clash refuses the
+//!   reload), and a listener removed stops accepting, its connections
+//!   finishing what they serve;
+//! - certificates and keys are read again.
+//!
+//! Health checks start again on the new clusters (an endpoint keeps its
+//! standing). Access log files are opened at start: a reload may point a
+//! listener at one of them, or at none, but not at a new file.
 
-use crate::admin::Mailbox;
+use crate::admin::{Mailbox, Reloaded};
+use crate::health::{self, HealthTable, Prober};
+use crate::shutdown::Shutdown;
+use crate::state::Material;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use weft_core::Config;
+use std::sync::{Arc, Mutex, MutexGuard};
+use weft_core::{Config, LogPath};
+
+/// How long a reload waits for every worker to take it before it answers.
+const TAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A handle that reloads the running configuration; cheap to clone.
 #[derive(Clone)]
@@ -22,38 +39,68 @@ pub struct Reload {
 }
 
 struct Inner {
-    /// The configuration in force, and the lock that puts reloads in a row.
-    config: Mutex<Arc<Config>>,
+    /// What runs now (read by the admin thread).
+    current: Mutex<Arc<Material>>,
+    /// The addresses the listeners are bound to, by name.
+    addrs: Mutex<Vec<(String, SocketAddr)>>,
+    /// Puts reloads in a row; holds the health prober of the running
+    /// clusters, if they have checks.
+    applying: Mutex<Option<Prober>>,
     /// 1 at start, one more per reload applied.
     generation: AtomicU64,
     /// Reloads refused (a bad file, or a change a reload cannot apply).
     failures: AtomicU64,
-    /// Per worker: where its new routes go.
+    /// Per worker: where its reloads go.
     mailboxes: Vec<Arc<Mailbox>>,
     /// The file reloads read, when weft was started from one.
     source: Mutex<Option<PathBuf>>,
+    /// The access log destinations opened at start.
+    log_paths: Vec<LogPath>,
+    /// weft's shutdown (health probers stop with it).
+    shutdown: Shutdown,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Reload {
-    pub(crate) fn new(config: Arc<Config>, mailboxes: Vec<Arc<Mailbox>>) -> Self {
+    pub(crate) fn new(
+        material: Arc<Material>,
+        addrs: Vec<(String, SocketAddr)>,
+        mailboxes: Vec<Arc<Mailbox>>,
+        prober: Option<Prober>,
+        shutdown: Shutdown,
+    ) -> Self {
+        let (log_paths, _) = crate::access_log::sinks(&material.config);
         Reload {
             inner: Arc::new(Inner {
-                config: Mutex::new(config),
+                current: Mutex::new(material),
+                addrs: Mutex::new(addrs),
+                applying: Mutex::new(prober),
                 generation: AtomicU64::new(1),
                 failures: AtomicU64::new(0),
                 mailboxes,
                 source: Mutex::new(None),
+                log_paths,
+                shutdown,
             }),
         }
     }
 
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
-        self.inner
-            .config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.inner.current).config.clone()
+    }
+
+    /// The health table of the clusters in force.
+    pub(crate) fn health(&self) -> Arc<HealthTable> {
+        lock(&self.inner.current).health.clone()
+    }
+
+    /// Every listener's name and bound address, as of the last reload.
+    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.inner.addrs).clone()
     }
 
     /// The generation in force: 1 at start, one more per reload applied.
@@ -68,29 +115,121 @@ impl Reload {
 
     /// Names the file [`Reload::from_source`] reads.
     pub fn set_source(&self, path: PathBuf) {
-        *self.inner.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+        *lock(&self.inner.source) = Some(path);
     }
 
-    /// Applies `new` when it changes routes only; its generation, or why
-    /// not (the running configuration stays).
+    /// Applies `new`; its generation, or why not (the running
+    /// configuration stays).
     pub fn apply(&self, new: Config) -> Result<u64, String> {
-        let mut current = self.inner.config.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(what) = current.routes_only_change(&new) {
+        let mut prober = lock(&self.inner.applying);
+        self.apply_locked(&mut prober, new)
+    }
+
+    /// Applies what `change` makes of the running configuration, if it
+    /// makes anything (in a row with other reloads: `change` sees the
+    /// configuration as it runs).
+    pub(crate) fn apply_with(
+        &self,
+        change: impl FnOnce(&Config) -> Option<Config>,
+    ) -> Option<Result<u64, String>> {
+        let mut prober = lock(&self.inner.applying);
+        let running = self.config();
+        let new = change(&running)?;
+        Some(self.apply_locked(&mut prober, new))
+    }
+
+    fn apply_locked(&self, prober: &mut Option<Prober>, new: Config) -> Result<u64, String> {
+        let old = lock(&self.inner.current).clone();
+        if let Err(what) = old.config.reloadable(&new) {
             return Err(self.refused(format!(
-                "{what}: a reload applies route changes only (matches, splits, timeouts, retries, rate limits); restart weft to apply this one"
+                "{what}: {}",
+                "[runtime] and [admin] are set up at start; restart weft to apply this one"
             )));
         }
-        // The clusters as running (their endpoints as resolved at start).
-        let mut new = new;
-        new.clusters = current.clusters.clone();
+        let (paths, _) = crate::access_log::sinks(&new);
+        if let Some(p) = paths.iter().find(|p| !self.inner.log_paths.contains(p)) {
+            return Err(self.refused(format!(
+                "access log {} was not open at start: access log files are opened at start; restart weft to log there",
+                match p {
+                    LogPath::Stdout => "-".to_string(),
+                    LogPath::File(f) => f.display().to_string(),
+                }
+            )));
+        }
+        // Everything that can fail, before anything changes.
+        let tls = crate::tls::load(&new).map_err(|e| self.refused(e))?;
+        let cluster_tls = crate::tls::load_clusters(&new).map_err(|e| self.refused(e))?;
+        let workers = self.inner.mailboxes.len();
+        let mut sockets: Vec<Vec<(usize, std::net::TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        let running = lock(&self.inner.addrs).clone();
+        for (li, l) in new.listeners.iter().enumerate() {
+            let kept = old
+                .config
+                .listeners
+                .iter()
+                .position(|o| o.same_socket(l))
+                .and_then(|i| running.iter().find(|(n, _)| *n == old.config.listeners[i].name));
+            if let Some((_, addr)) = kept {
+                addrs.push((l.name.clone(), *addr));
+                continue;
+            }
+            let bound = crate::server::bind_all(l.addr, workers).map_err(|e| {
+                self.refused(format!(
+                    "listener `{}` cannot bind {}: {e} (is another process using it? change `listen`)",
+                    l.name, l.addr
+                ))
+            })?;
+            let at = bound[0].local_addr().map_err(|e| self.refused(e.to_string()))?;
+            addrs.push((l.name.clone(), at));
+            for (w, socket) in bound.into_iter().enumerate() {
+                sockets[w].push((li, socket));
+            }
+        }
+        let health = Arc::new(HealthTable::carried(&new, &old.config, &old.health));
+        let new = Arc::new(new);
+        let next_prober = health::start(&new, &health, cluster_tls.clone(), self.inner.shutdown.clone())
+            .map_err(|e| self.refused(format!("health checks cannot run: {e}")))?;
         for w in new.warnings() {
             tracing::warn!("reload: {w}");
         }
-        let new = Arc::new(new);
-        *current = new.clone();
+        let material = Arc::new(Material {
+            config: new,
+            health,
+            tls,
+            cluster_tls,
+        });
+        // From here on the reload happens.
+        if let Some(old) = std::mem::replace(prober, next_prober) {
+            old.stop();
+        }
+        *lock(&self.inner.current) = material.clone();
+        *lock(&self.inner.addrs) = addrs;
         let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        for m in &self.inner.mailboxes {
-            m.reload(new.clone());
+        let (done, taken) = std::sync::mpsc::channel();
+        for (m, sockets) in self.inner.mailboxes.iter().zip(sockets) {
+            m.reload(Reloaded {
+                material: material.clone(),
+                sockets,
+                done: done.clone(),
+            });
+        }
+        drop(done);
+        // Answered once every worker runs it (a worker that has stopped
+        // has let go of its letter), within a bound.
+        let deadline = std::time::Instant::now() + TAKE_WAIT;
+        let mut waiting = workers;
+        while waiting > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match taken.recv_timeout(left) {
+                Ok(()) => waiting -= 1,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    tracing::warn!("reload: {waiting} workers have not taken generation {generation} within {TAKE_WAIT:?}; they take it between requests");
+                    break;
+                }
+            }
         }
         tracing::info!("configuration reloaded: generation {generation}");
         Ok(generation)
@@ -98,12 +237,7 @@ impl Reload {
 
     /// Reads and checks the file weft was started from, and applies it.
     pub fn from_source(&self) -> Result<u64, String> {
-        let source = self
-            .inner
-            .source
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let source = lock(&self.inner.source).clone();
         let Some(path) = source else {
             return Err(self.refused(
                 "weft was not started from a file (`weft --config FILE`): there is nothing to reload from"
@@ -113,6 +247,13 @@ impl Reload {
         match crate::load::from_file(&path) {
             Ok(config) => self.apply(config),
             Err(e) => Err(self.refused(e)),
+        }
+    }
+
+    /// Stops the health prober (at weft's end) and waits for it.
+    pub(crate) fn stop_prober(&self) {
+        if let Some(p) = lock(&self.inner.applying).take() {
+            p.stop();
         }
     }
 

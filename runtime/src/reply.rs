@@ -3,7 +3,7 @@
 //! a lingering close when the connection must end.
 
 use crate::io::write_one;
-use crate::state::{Tracker, Worker};
+use crate::state::{Generation, Tracker, Worker};
 use crate::timer::within;
 use monoio::io::AsyncWriteRent;
 use std::time::{Duration, Instant};
@@ -26,15 +26,16 @@ pub(crate) enum After {
 /// Refuses a request whose head weft cannot take (a downstream error: a
 /// refused head or the header timeout, `msg` naming the cause), and closes
 /// the connection.
-/// `l`: the listener it came in on.
+/// `l`: the listener of `gen` it came in on.
 pub(crate) async fn refuse<W: AsyncWriteRent>(
     w: &Worker,
+    gen: &Generation,
     l: &Listener,
     client: &mut W,
     e: ProxyError,
     msg: &str,
 ) -> After {
-    let mut t = Tracker::new(w, l.index, Instant::now());
+    let mut t = Tracker::new(w, gen, l.index, Instant::now());
     answer(client, &mut t, Reply::of(&e, msg), (true, false), l.write_timeout).await
 }
 

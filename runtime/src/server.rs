@@ -6,7 +6,7 @@ pub use crate::counters::WorkerCounters;
 use crate::health::{self, HealthTable};
 use crate::reload::Reload;
 use crate::shutdown::Shutdown;
-use crate::state::Worker;
+use crate::state::{Material, Worker};
 use crate::tls;
 use crate::worker::{self, Ready};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -129,12 +129,13 @@ impl std::error::Error for StartError {}
 pub struct Server {
     workers: Vec<JoinHandle<()>>,
     shutdown: Shutdown,
-    addrs: Vec<(String, SocketAddr)>,
     io: IoSetup,
     counters: Vec<Arc<WorkerCounters>>,
     admin: Option<AdminThread>,
     access_log: Option<access_log::Writer>,
     reload: Reload,
+    /// The thread that resolves endpoint host names again, and what ends it.
+    dns: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 /// Asks the access log writer to reopen its files (SIGUSR1, after log
@@ -180,7 +181,7 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Binds `count` SO_REUSEPORT sockets on `addr`. Fails if another process
 /// already listens there: the kernel would otherwise share the port silently.
-fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+pub(crate) fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     if addr.port() != 0 {
         let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         probe.set_reuse_address(true)?;
@@ -276,8 +277,16 @@ impl Server {
     /// Binds every listener on every worker and starts the workers. Returns
     /// once every worker has built its runtime and registered its listeners,
     /// so the addresses accept connections; a worker that cannot start fails
-    /// the start (and the others stop again).
+    /// the start (and the others stop again). Endpoint host names are
+    /// resolved again (`dns_refresh`) with the system resolver.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        Server::start_with_resolver(config, Arc::new(crate::load::resolve))
+    }
+
+    /// [`Server::start`], with endpoint host names resolved again
+    /// (`dns_refresh`) by `resolver` (`host:port` to its addresses): for a
+    /// program that embeds weft and knows its endpoints' addresses itself.
+    pub fn start_with_resolver(config: Config, resolver: crate::dns::Resolver) -> Result<Server, StartError> {
         crate::log::init(match config.runtime.log_level {
             LogLevel::Off => LevelFilter::OFF,
             LogLevel::Error => LevelFilter::ERROR,
@@ -323,6 +332,12 @@ impl Server {
         let log_tx = log_writer.as_ref().map(|w| w.tx.clone());
         let shutdown = Shutdown::new();
         let health = Arc::new(HealthTable::new(&config));
+        let material = Arc::new(Material {
+            config: config.clone(),
+            health: health.clone(),
+            tls,
+            cluster_tls,
+        });
         let mut mailboxes = Vec::new();
         let mut workers = Vec::new();
         let mut counters = Vec::new();
@@ -337,12 +352,10 @@ impl Server {
         };
         for i in (0..count).rev() {
             let mine: Vec<_> = sockets.iter_mut().map(|s| s.remove(i)).collect();
-            let config = config.clone();
-            let health = health.clone();
-            let tls = tls.clone();
-            let cluster_tls = cluster_tls.clone();
+            let material = material.clone();
             let stop = shutdown.clone();
             let pin = config.runtime.pin_cores.then_some(i % cores);
+            let ring_setup = config.runtime.ring_setup;
             let mine_counters = Arc::new(WorkerCounters::default());
             counters.push(mine_counters.clone());
             let mailbox = Arc::new(Mailbox::default());
@@ -360,47 +373,11 @@ impl Server {
                         pin_to_core(core);
                     }
                     let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9) ^ std::process::id() as u64;
-                    let mut worker = Worker::new(config.clone(), health, seed, mine_counters, count);
-                    worker.access_log = log_tx.map(|tx| WorkerLog::new(&config, tx));
-                    // Each worker its own TLS configurations: no state
-                    // shared with another core per connection.
-                    worker.tls = tls
-                        .iter()
-                        .map(|m| {
-                            m.as_ref().and_then(|m| {
-                                tls::server_config(m)
-                                    .map_err(|e| tracing::error!("worker {i}: TLS listener setup failed: {e}"))
-                                    .ok()
-                            })
-                        })
-                        .collect();
-                    for (c, m) in cluster_tls.iter().enumerate() {
-                        let Some(m) = m else { continue };
-                        // Checked at start: these do not fail here.
-                        let cfg = match tls::client_config(m) {
-                            Ok(cfg) => cfg,
-                            Err(e) => {
-                                tracing::error!(
-                                    "worker {i}: TLS setup of cluster `{}` failed: {e}",
-                                    config.clusters[c].name
-                                );
-                                continue;
-                            }
-                        };
-                        let sni = config.clusters[c].tls.as_ref().and_then(|t| t.sni.as_deref());
-                        for (ep, authority) in worker.clusters[c]
-                            .endpoints
-                            .iter_mut()
-                            .zip(&config.clusters[c].authorities)
-                        {
-                            ep.tls = tls::server_name(sni, authority)
-                                .ok()
-                                .map(|name| (cfg.clone(), name));
-                        }
-                    }
+                    let log = log_tx.map(|tx| WorkerLog::new(&material.config, tx));
+                    let worker = Worker::new(&material, seed, mine_counters, count, log);
                     let mut worker = worker;
                     match driver {
-                        DriverInUse::IoUring => match uring_runtime(config.runtime.ring_setup) {
+                        DriverInUse::IoUring => match uring_runtime(ring_setup) {
                             Ok((mut rt, ring)) => {
                                 if ring != Ring::Plain && worker.idle_poll.take().is_some() && i == 0 {
                                     // COOP_TASKRUN and DEFER_TASKRUN defer
@@ -450,24 +427,37 @@ impl Server {
             }
         }
         // Probes start once the workers run (and stop with them).
-        match health::start(&config, &health, cluster_tls.clone(), shutdown.clone()) {
-            Ok(Some(prober)) => workers.push(prober),
-            Ok(None) => {}
+        let prober = match health::start(&config, &health, material.cluster_tls.clone(), shutdown.clone()) {
+            Ok(prober) => prober,
             Err(e) => return abort(workers, &shutdown, StartError::HealthChecks(e)),
-        }
-        let reload = Reload::new(config.clone(), mailboxes.clone());
+        };
+        let reload = Reload::new(material, addrs, mailboxes.clone(), prober, shutdown.clone());
+        let (dns_stop, stopped) = mpsc::channel();
+        let dns = match crate::dns::start(reload.clone(), resolver, stopped) {
+            Ok(thread) => thread.map(|t| (dns_stop, t)),
+            Err(e) => {
+                reload.stop_prober();
+                return abort(workers, &shutdown, StartError::Worker(e));
+            }
+        };
         let admin = match admin_listener {
             Some(listener) => {
                 let state = Admin {
                     reload: reload.clone(),
                     last: std::sync::Mutex::new(vec![None; mailboxes.len()]),
                     mailboxes,
-                    health: health.clone(),
                     shutdown: shutdown.clone(),
                 };
                 match admin::start(listener, state) {
                     Ok(a) => Some(a),
-                    Err(e) => return abort(workers, &shutdown, StartError::Worker(e)),
+                    Err(e) => {
+                        if let Some((stop, thread)) = dns {
+                            drop(stop);
+                            let _ = thread.join();
+                        }
+                        reload.stop_prober();
+                        return abort(workers, &shutdown, StartError::Worker(e));
+                    }
                 }
             }
             None => None,
@@ -479,23 +469,28 @@ impl Server {
         Ok(Server {
             workers,
             shutdown,
-            addrs,
             io,
             counters,
             admin,
             access_log: log_writer,
             reload,
+            dns,
         })
     }
 
-    /// The address listener `name` is bound to (the real port when 0 was configured).
+    /// The address listener `name` is bound to (the real port when 0 was
+    /// configured), as of the last reload.
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.reload
+            .addrs()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
     }
 
-    /// Every listener's name and bound address.
-    pub fn addrs(&self) -> &[(String, SocketAddr)] {
-        &self.addrs
+    /// Every listener's name and bound address, as of the last reload.
+    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.reload.addrs()
     }
 
     /// What reloads the running configuration (SIGHUP, `POST /reload`).
@@ -540,6 +535,11 @@ impl Server {
         for w in self.workers {
             let _ = w.join();
         }
+        if let Some((stop, thread)) = self.dns {
+            drop(stop);
+            let _ = thread.join();
+        }
+        self.reload.stop_prober();
         // The admin listener answers (`/ready`: draining) until the end.
         if let Some(admin) = self.admin {
             admin.stop();

@@ -1,6 +1,6 @@
-//! The per-core state of one worker: configuration, per-cluster endpoint
-//! state and pools, listener gates, deadlines, and the outcome record each
-//! request leaves. Shared by the worker's tasks through `Rc`; nothing here
+//! The per-core state of one worker: its generations (a configuration
+//! with per-cluster endpoint state and pools, listener gates and rate
+//! limits), deadlines, and the outcome record each request leaves. Shared by the worker's tasks through `Rc`; nothing here
 //! is shared with other workers, and nothing here runs the worker (that is
 //! `worker`).
 
@@ -9,6 +9,7 @@ use crate::health::HealthTable;
 use crate::timer::Timers;
 use crate::upstream::{Dialer, Endpoint};
 use bytes::{Bytes, BytesMut};
+use monoio::io::{CancelHandle, Canceller};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,13 +18,15 @@ use std::time::{Duration, Instant};
 use weft_core::balance::pick_weighted;
 use weft_core::metrics::Metrics;
 use weft_core::{
-    least_loaded, least_loaded_among, BalancerKind, BudgetSettings, ClusterLimits, Config, NoHealthy,
-    Outcome, RetryBudget, Rng, RoundRobin, Target, TokenBucket,
+    least_loaded, least_loaded_among, BalancerKind, BudgetSettings, Cluster, ClusterLimits, Config,
+    NoHealthy, Outcome, OutlierSettings, RetryBudget, Rng, RoundRobin, Target, TokenBucket,
 };
 
-/// A cluster as this worker sees it.
+/// A cluster as this worker sees it. Shared by the generations that keep
+/// the cluster unchanged, so that a reload leaves its pools and balancer
+/// state alone.
 pub(crate) struct ClusterState {
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<Rc<Endpoint>>,
     /// When the last ejection in force ends (None: no endpoint is out), so
     /// that a pick looks at ejections only while there are some.
     ejected_until: Cell<Option<Instant>>,
@@ -38,15 +41,311 @@ pub(crate) struct ClusterState {
     rr: RefCell<RoundRobin>,
 }
 
-/// Per-worker state, shared by the worker's tasks through `Rc`.
-pub(crate) struct Worker {
+impl ClusterState {
+    /// The state of cluster `c` on a worker of `workers`. `tls`: this
+    /// worker's client configuration for it (a cluster with `tls`).
+    /// `before`: the cluster's state in the generation before, whose
+    /// endpoints with the same address and authority are kept (with their
+    /// pools) when the way to reach them did not change.
+    pub fn new(
+        c: &Cluster,
+        workers: usize,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        before: Option<(&Cluster, &ClusterState)>,
+    ) -> Self {
+        let sni = c.tls.as_ref().and_then(|t| t.sni.as_deref());
+        let same_way = |old: &Cluster| old.protocol == c.protocol && old.tls == c.tls && old.pool == c.pool;
+        let endpoints = c
+            .endpoints
+            .iter()
+            .zip(&c.authorities)
+            .map(|(a, auth)| {
+                let kept = before.filter(|(old, _)| same_way(old)).and_then(|(_, state)| {
+                    state
+                        .endpoints
+                        .iter()
+                        .find(|e| e.addr == *a && e.authority == *auth)
+                });
+                let e = match kept {
+                    Some(e) => e.clone(),
+                    None => Rc::new(Endpoint::new(*a, auth.clone(), &c.peak_ewma)),
+                };
+                set_tls(&e, tls, sni);
+                e
+            })
+            .collect();
+        ClusterState {
+            endpoints,
+            rr: RefCell::new(RoundRobin::default()),
+            ejected_until: Cell::new(None),
+            limits: c.limits.per_worker(workers),
+            requests: Cell::new(0),
+            retries: Cell::new(0),
+            budget: RefCell::new(RetryBudget::new(
+                Instant::now(),
+                BudgetSettings {
+                    // Each worker gets its share of the floor.
+                    min_per_second: c.retry_budget.min_per_second.div_ceil(workers.max(1) as u32),
+                    ..c.retry_budget
+                },
+            )),
+        }
+    }
+
+    /// True when the cluster may open one more connection on this worker:
+    /// its connections (one per request in flight, the one about to open
+    /// included, and the pooled ones) stay within `max_connections`.
+    pub fn may_connect(&self) -> bool {
+        let open: usize = self
+            .endpoints
+            .iter()
+            .map(|e| e.in_flight.get() as usize + e.idle_count())
+            .sum();
+        open <= self.limits.max_connections as usize
+    }
+}
+
+/// Gives endpoint `e` TLS with client configuration `tls` (for a TLS
+/// cluster; `sni`: the cluster's server name, else the endpoint's host).
+fn set_tls(e: &Endpoint, tls: Option<&Arc<rustls::ClientConfig>>, sni: Option<&str>) {
+    *e.tls.borrow_mut() =
+        tls.and_then(|cfg| Some((cfg.clone(), crate::tls::server_name(sni, &e.authority).ok()?)));
+}
+
+/// A listener as one worker runs it: its connection gate and its requests
+/// in flight. Kept across reloads that keep the listener's name and
+/// address (its socket, accept loop and connections go on); connections
+/// and the accept loop hold it.
+pub(crate) struct ListenerState {
+    pub gate: Gate,
+    /// Requests in flight on this worker (`max_requests`).
+    pub requests: Cell<u32>,
+    /// This worker's share of the listener's `max_requests`.
+    requests_cap: Cell<Option<u32>>,
+    /// Its index in the worker's newest generation; `None` once a reload
+    /// removed it.
+    pub index: Cell<Option<usize>>,
+    /// Ends its accept loop's wait for a connection.
+    canceller: RefCell<Option<Canceller>>,
+}
+
+impl ListenerState {
+    fn new(l: &weft_core::Listener, workers: usize) -> Self {
+        let s = ListenerState {
+            gate: Gate::new(1),
+            requests: Cell::new(0),
+            requests_cap: Cell::new(None),
+            index: Cell::new(Some(l.index)),
+            canceller: RefCell::new(Some(Canceller::new())),
+        };
+        s.configure(l, workers);
+        s
+    }
+
+    /// What the accept loop's accept is cancelled with.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        match &*self.canceller.borrow() {
+            Some(c) => c.handle(),
+            // Stopped already: a handle that is cancelled at once.
+            None => Canceller::new().cancel().handle(),
+        }
+    }
+
+    /// Stops its accept loop (at shutdown, or removed by a reload): the
+    /// loop's wait ends and its socket closes.
+    pub fn stop(&self) {
+        if let Some(c) = self.canceller.borrow_mut().take() {
+            let _ = c.cancel();
+        }
+        self.gate.close();
+    }
+
+    /// Takes `l`'s limits (at start, and when a reload changed them).
+    fn configure(&self, l: &weft_core::Listener, workers: usize) {
+        self.gate.set_limit(l.max_connections.div_ceil(workers.max(1)));
+        let share = l.max_requests.map(|m| m.div_ceil(workers.max(1)).max(1) as u32);
+        self.requests_cap.set(share);
+        self.index.set(Some(l.index));
+    }
+
+    /// The counter of requests in flight, when the listener has a cap and
+    /// room under it; `Err(())` when it is full; `Ok(None)` when it has no
+    /// cap.
+    pub fn slot(&self) -> Result<Option<&Cell<u32>>, ()> {
+        match self.requests_cap.get() {
+            None => Ok(None),
+            Some(cap) if self.requests.get() >= cap => Err(()),
+            Some(_) => Ok(Some(&self.requests)),
+        }
+    }
+}
+
+/// One configuration as a worker runs it: the configuration, and this
+/// worker's state for its clusters, listeners and route rate limits. A
+/// reload makes a new one; requests keep the one they began with, and
+/// connections move to the newest between requests. Clusters and
+/// listeners a reload left unchanged are shared with the generation
+/// before (their `Rc`s).
+pub(crate) struct Generation {
+    /// The configuration (`clusters[c]` is `config.clusters[c]`'s state,
+    /// `listeners[l]` is `config.listeners[l]`'s).
     pub config: Arc<Config>,
-    pub clusters: Vec<ClusterState>,
+    /// Per cluster.
+    pub clusters: Vec<Rc<ClusterState>>,
+    /// Per listener.
+    pub listeners: Vec<Rc<ListenerState>>,
+    /// Per listener: this worker's own TLS configuration, for a TLS one.
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     /// Every endpoint's standing with the health prober (shared by all
     /// workers, written by the prober).
     pub health: Arc<HealthTable>,
-    /// Per listener: this worker's own TLS configuration, for a TLS one.
-    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Per listener and route: this worker's share of the route's rate
+    /// limit, if it has one.
+    rate_limits: Vec<Vec<Option<RefCell<TokenBucket>>>>,
+    /// How the configuration logs, when the worker has access logs.
+    pub log: Option<crate::access_log::LogShape>,
+}
+
+/// What a worker needs to run a configuration that it cannot make itself
+/// (made once for all workers, off the request path).
+pub(crate) struct Material {
+    pub config: Arc<Config>,
+    pub health: Arc<HealthTable>,
+    /// Per listener: its TLS material, for a TLS one.
+    pub tls: Vec<Option<crate::tls::TlsMaterial>>,
+    /// Per cluster: its TLS material, for a TLS one.
+    pub cluster_tls: Vec<Option<crate::tls::ClientMaterial>>,
+}
+
+impl Generation {
+    /// `m`'s configuration on a worker of `workers`, sharing what `before`
+    /// has of it unchanged: clusters equal as configured keep their state
+    /// whole, changed ones keep the endpoints they still have; listeners
+    /// that keep their socket ([`weft_core::Listener::same_socket`]) keep
+    /// their state; a route of the same name and
+    /// limit keeps its rate-limit bucket (a reload is no reason to let a
+    /// burst through).
+    /// `log`: the worker's access logs, if it has them.
+    pub fn new(
+        m: &Material,
+        workers: usize,
+        before: Option<&Generation>,
+        log: Option<&crate::access_log::WorkerLog>,
+    ) -> Self {
+        let config = m.config.clone();
+        let clusters = config
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(ci, c)| {
+                let old = before.and_then(|b| {
+                    let j = b.config.clusters.iter().position(|o| o.name == c.name)?;
+                    Some((&b.config.clusters[j], &b.clusters[j]))
+                });
+                let tls = m.cluster_tls[ci].as_ref().and_then(|mat| {
+                    crate::tls::client_config(mat)
+                        .map_err(|e| tracing::error!("TLS setup of cluster `{}` failed: {e}", c.name))
+                        .ok()
+                });
+                if let Some((o, state)) = old {
+                    if o == c {
+                        // Certificates as read now, for new connections.
+                        let sni = c.tls.as_ref().and_then(|t| t.sni.as_deref());
+                        for e in &state.endpoints {
+                            set_tls(e, tls.as_ref(), sni);
+                        }
+                        return state.clone();
+                    }
+                }
+                Rc::new(ClusterState::new(
+                    c,
+                    workers,
+                    tls.as_ref(),
+                    old.map(|(o, s)| (o, &**s)),
+                ))
+            })
+            .collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let kept = before.and_then(|b| {
+                    let j = b.config.listeners.iter().position(|o| o.same_socket(l))?;
+                    Some(b.listeners[j].clone())
+                });
+                match kept {
+                    Some(state) => {
+                        state.configure(l, workers);
+                        state
+                    }
+                    None => Rc::new(ListenerState::new(l, workers)),
+                }
+            })
+            .collect();
+        let tls = m
+            .tls
+            .iter()
+            .map(|mat| {
+                mat.as_ref().and_then(|mat| {
+                    crate::tls::server_config(mat)
+                        .map_err(|e| tracing::error!("TLS listener setup failed: {e}"))
+                        .ok()
+                })
+            })
+            .collect();
+        let rate_limits = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.routes
+                    .routes()
+                    .iter()
+                    .map(|r| {
+                        let rl = r.rate_limit?;
+                        let kept = before.and_then(|b| {
+                            let j = b.config.listeners.iter().position(|o| o.name == l.name)?;
+                            let old = b.config.listeners[j].routes.routes();
+                            let k = old
+                                .iter()
+                                .position(|o| o.name == r.name && o.rate_limit == r.rate_limit)?;
+                            let bucket = b.rate_limits.get(j)?.get(k)?.as_ref()?;
+                            Some(*bucket.borrow())
+                        });
+                        Some(RefCell::new(kept.unwrap_or_else(|| {
+                            TokenBucket::new(Instant::now(), rl.per_worker(workers))
+                        })))
+                    })
+                    .collect()
+            })
+            .collect();
+        Generation {
+            config,
+            clusters,
+            listeners,
+            tls,
+            health: m.health.clone(),
+            rate_limits,
+            log: log.map(|l| l.shape(&m.config)),
+        }
+    }
+
+    /// The route table of listener `li`.
+    pub fn table(&self, li: usize) -> Option<&weft_core::RouteTable> {
+        self.config.listeners.get(li).map(|l| &l.routes)
+    }
+
+    /// Takes a token from the rate limit of route `ri` of listener `li`, if
+    /// it has one; false when the limit is spent.
+    pub fn admit(&self, li: usize, ri: usize, now: Instant) -> bool {
+        match self.rate_limits.get(li).and_then(|r| r.get(ri)) {
+            Some(Some(bucket)) => bucket.borrow_mut().take(now),
+            _ => true,
+        }
+    }
+}
+
+/// Per-worker state, shared by the worker's tasks through `Rc`.
+pub(crate) struct Worker {
     rng: RefCell<Rng>,
     /// The usable endpoints of a pick while some are out (kept to reuse
     /// its memory).
@@ -56,25 +355,22 @@ pub(crate) struct Worker {
     /// This worker's counters, readable from other threads.
     pub counters: Arc<WorkerCounters>,
     /// This worker's request metrics, kept when there is an admin listener
-    /// to read them.
+    /// to read them (shaped by the newest generation's configuration).
     pub metrics: Option<RefCell<Metrics>>,
     /// This worker's side of the access logs, when a listener has one.
     pub access_log: Option<crate::access_log::WorkerLog>,
-    /// Per listener: this worker's share of its `max_connections`.
-    pub gates: Vec<Gate>,
     /// Deadlines of this worker's waits.
     pub timers: Rc<Timers>,
     /// Polling instead of sleeping after activity (`runtime.idle_poll`),
     /// when on.
     pub idle_poll: Option<crate::spin::Spin>,
-    /// Per listener: requests in flight on this worker, and its share of
-    /// the listener's `max_requests`.
-    pub listener_requests: Vec<(Cell<u32>, Option<u32>)>,
-    /// The routes in force (replaced by a reload; a request keeps the ones
-    /// it began with).
-    routes: RefCell<Rc<Routes>>,
-    /// How many workers share the listeners (rate limits are split).
+    /// The configuration in force (replaced by a reload; a request keeps
+    /// the generation it began with).
+    generation: RefCell<Rc<Generation>>,
+    /// How many workers share the listeners (limits are split).
     workers: usize,
+    /// Listeners a reload removed that still have connections.
+    removed: RefCell<Vec<Rc<ListenerState>>>,
     /// Connections with a read posted in the hot window (at most
     /// [`HOT_READS`]).
     pub hot_reads: Cell<usize>,
@@ -98,72 +394,13 @@ const HEADS_BUFFER: usize = 8 * 1024;
 /// (a larger head grows the buffer itself).
 const HEAD_ROOM: usize = 1024;
 
-/// The routes a worker runs: a configuration's route tables (the rest of
-/// it is the worker's own, which a reload does not change), with this
-/// worker's share of each route's rate limit.
-pub(crate) struct Routes {
-    /// The configuration the routes are read from (`listeners[i].routes`).
-    pub config: Arc<Config>,
-    /// Per listener and route: this worker's share of the route's rate
-    /// limit, if it has one.
-    rate_limits: Vec<Vec<Option<RefCell<TokenBucket>>>>,
-}
-
-impl Routes {
-    /// The routes of `config`; a route of `before` with the same name and
-    /// limit keeps its bucket's state (a reload is no reason to let a
-    /// burst through).
-    fn new(config: Arc<Config>, workers: usize, before: Option<&Routes>) -> Self {
-        let rate_limits = config
-            .listeners
-            .iter()
-            .enumerate()
-            .map(|(li, l)| {
-                l.routes
-                    .routes()
-                    .iter()
-                    .map(|r| {
-                        let rl = r.rate_limit?;
-                        let kept = before.and_then(|b| {
-                            let old = b.config.listeners.get(li)?.routes.routes();
-                            let j = old
-                                .iter()
-                                .position(|o| o.name == r.name && o.rate_limit == r.rate_limit)?;
-                            let bucket = b.rate_limits.get(li)?.get(j)?.as_ref()?;
-                            Some(*bucket.borrow())
-                        });
-                        Some(RefCell::new(kept.unwrap_or_else(|| {
-                            TokenBucket::new(Instant::now(), rl.per_worker(workers))
-                        })))
-                    })
-                    .collect()
-            })
-            .collect();
-        Routes { config, rate_limits }
-    }
-
-    /// The route table of listener `li`.
-    pub fn table(&self, li: usize) -> Option<&weft_core::RouteTable> {
-        self.config.listeners.get(li).map(|l| &l.routes)
-    }
-
-    /// Takes a token from the rate limit of route `ri` of listener `li`, if
-    /// it has one; false when the limit is spent.
-    pub fn admit(&self, li: usize, ri: usize, now: Instant) -> bool {
-        match self.rate_limits.get(li).and_then(|r| r.get(ri)) {
-            Some(Some(bucket)) => bucket.borrow_mut().take(now),
-            _ => true,
-        }
-    }
-}
-
 /// A listener's connection limit on one worker: the accept loop waits for
 /// room before it accepts, a connection gives its place back when it ends.
 pub(crate) struct Gate {
     open: Cell<usize>,
     /// Connections accepted through it, ever (`tcp_open_total`).
     opened: Cell<u64>,
-    limit: usize,
+    limit: Cell<usize>,
     waiter: RefCell<Option<Waker>>,
     closed: Cell<bool>,
 }
@@ -173,7 +410,7 @@ impl Gate {
         Gate {
             open: Cell::new(0),
             opened: Cell::new(0),
-            limit: limit.max(1),
+            limit: Cell::new(limit.max(1)),
             waiter: RefCell::new(None),
             closed: Cell::new(false),
         }
@@ -182,13 +419,22 @@ impl Gate {
     /// Resolves once a connection may be accepted (or the gate closed).
     pub fn room(&self) -> impl std::future::Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
-            if self.open.get() < self.limit || self.closed.get() {
+            if self.open.get() < self.limit.get() || self.closed.get() {
                 Poll::Ready(())
             } else {
                 *self.waiter.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
             }
         })
+    }
+
+    /// Sets the most connections open at once (a reload may change it);
+    /// a raised limit lets the accept loop go on at once.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.set(limit.max(1));
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
     }
 
     /// Connections open through this gate.
@@ -253,92 +499,57 @@ impl Drop for HotRead<'_> {
 }
 
 /// Gives a connection's place at its listener's gate back when dropped.
-pub(crate) struct Admitted<'a>(pub &'a Gate);
+pub(crate) struct Admitted(pub Rc<ListenerState>);
 
-impl Drop for Admitted<'_> {
+impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.leave();
+        self.0.gate.leave();
     }
 }
 
 impl Worker {
-    /// `workers`: how many workers share the listeners (their connection
-    /// limits are split evenly).
+    /// A worker running `m`'s configuration. `workers`: how many workers
+    /// share the listeners (their limits are split evenly). `access_log`:
+    /// its side of the access logs, when a listener has one.
     pub fn new(
-        config: Arc<Config>,
-        health: Arc<HealthTable>,
+        m: &Material,
         seed: u64,
         counters: Arc<WorkerCounters>,
         workers: usize,
+        access_log: Option<crate::access_log::WorkerLog>,
     ) -> Self {
-        let metrics = config
-            .admin
-            .is_some()
-            .then(|| RefCell::new(Metrics::new(&config)));
-        let gates = config
-            .listeners
-            .iter()
-            .map(|l| Gate::new(l.max_connections.div_ceil(workers.max(1))))
-            .collect();
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|c| ClusterState {
-                endpoints: c
-                    .endpoints
-                    .iter()
-                    .zip(&c.authorities)
-                    .map(|(a, auth)| Endpoint::new(*a, auth.clone(), &c.peak_ewma))
-                    .collect(),
-                rr: RefCell::new(RoundRobin::default()),
-                ejected_until: Cell::new(None),
-                limits: c.limits.per_worker(workers),
-                requests: Cell::new(0),
-                retries: Cell::new(0),
-                budget: RefCell::new(RetryBudget::new(
-                    Instant::now(),
-                    BudgetSettings {
-                        // Each worker gets its share of the floor.
-                        min_per_second: c.retry_budget.min_per_second.div_ceil(workers.max(1) as u32),
-                        ..c.retry_budget
-                    },
-                )),
-            })
-            .collect();
-        let listener_requests = config
-            .listeners
-            .iter()
-            .map(|l| {
-                let share = l.max_requests.map(|m| m.div_ceil(workers.max(1)).max(1) as u32);
-                (Cell::new(0), share)
-            })
-            .collect();
-        let routes = RefCell::new(Rc::new(Routes::new(config.clone(), workers, None)));
+        let config = &m.config;
+        let metrics = config.admin.is_some().then(|| RefCell::new(Metrics::new(config)));
         let idle_poll = crate::spin::Spin::new(config.runtime.idle_poll);
         Worker {
-            config,
-            clusters,
-            health,
-            tls: Vec::new(),
+            generation: RefCell::new(Rc::new(Generation::new(m, workers, None, access_log.as_ref()))),
             rng: RefCell::new(Rng::new(seed)),
             usable: RefCell::new(Vec::new()),
             draining: Cell::new(false),
             counters,
             metrics,
-            access_log: None,
-            gates,
+            access_log,
             timers: Rc::new(Timers::default()),
             idle_poll,
             hot_reads: Cell::new(0),
             heads: RefCell::new(BytesMut::new()),
-            routes,
             workers,
-            listener_requests,
+            removed: RefCell::new(Vec::new()),
             #[cfg(test)]
             net: None,
             #[cfg(test)]
             outcomes: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Client connections open on this worker, on every listener (those
+    /// a reload removed included).
+    pub fn open_connections(&self) -> usize {
+        let mut removed = self.removed.borrow_mut();
+        removed.retain(|l| l.gate.count() > 0);
+        let gen = self.generation.borrow();
+        let now: usize = gen.listeners.iter().map(|l| l.gate.count()).sum();
+        now + removed.iter().map(|l| l.gate.count()).sum::<usize>()
     }
 
     /// Encodes a head with `encode` and returns its bytes. Heads are
@@ -365,17 +576,32 @@ impl Worker {
         }
     }
 
-    /// Takes the outcome of one request. Today it feeds the counters;
-    /// breakers, metrics and access logs will read it here.
-    /// `routes`: the routes the request was routed by, when it was.
-    pub fn record(&self, o: &Outcome, routes: Option<&Routes>) {
+    /// Takes the outcome of one request: breaker and latency inputs, the
+    /// counters, the metrics. `gen`: the generation the request ran on
+    /// (its indices are that generation's).
+    pub fn record(&self, o: &Outcome, gen: &Generation) {
         self.counters.outcome(o.success());
+        let now = self.generation.borrow();
+        let same = std::ptr::eq(gen, &**now);
+        // Ejections counted in the metrics, by the endpoint's place now.
+        let ejected = |c: usize, i: usize| {
+            let Some(m) = &self.metrics else { return };
+            let at = if same {
+                Some((c, i))
+            } else {
+                weft_core::metrics::same_endpoint(&gen.config, &now.config, c, i)
+            };
+            if let Some((c, i)) = at {
+                m.borrow_mut().ejected(c, i);
+            }
+        };
         let mut failed = false;
         if let Some((c, i)) = o.target {
-            let cluster = &self.config.clusters[c];
+            let cluster = &gen.config.clusters[c];
+            let state = &gen.clusters[c];
             if let (BalancerKind::PeakEwma, Some(answered)) = (cluster.balancer, o.upstream_at) {
                 // The time to the response head is the round trip weft saw.
-                let ep = &self.clusters[c].endpoints[i];
+                let ep = &state.endpoints[i];
                 let mut rtt = ep.rtt.get();
                 rtt.observe(
                     answered,
@@ -386,30 +612,33 @@ impl Worker {
             }
             let settings = &cluster.breaker;
             for &f in &o.failed_attempts {
-                self.endpoint_failed(c, f, o.end_at);
+                if endpoint_failed(state, settings, f, o.end_at) {
+                    ejected(c, f);
+                }
             }
             match o.endpoint_verdict(settings.failures) {
-                Some(true) => self.clusters[c].endpoints[i]
+                Some(true) => state.endpoints[i]
                     .outlier
                     .borrow_mut()
                     .success(o.end_at, settings),
                 Some(false) => {
                     failed = true;
-                    self.endpoint_failed(c, i, o.end_at)
+                    if endpoint_failed(state, settings, i, o.end_at) {
+                        ejected(c, i);
+                    }
                 }
                 None => {}
             }
         }
         if let Some(m) = &self.metrics {
-            // A request routed before a reload: its route by name now.
-            let now = self.routes.borrow();
-            let route = match (o.route, routes) {
-                (Some(r), Some(was)) if !std::ptr::eq(was, &**now) => {
-                    Metrics::same_route(&was.config, &now.config, o.listener, r)
-                }
-                (route, _) => route,
-            };
-            m.borrow_mut().record(o, route, failed);
+            if same {
+                m.borrow_mut().record(o, o.route, failed);
+            } else {
+                // A request that began before a reload: its listener, route,
+                // cluster and endpoints by name in the configuration now.
+                let moved = weft_core::metrics::moved(o, &gen.config, &now.config);
+                m.borrow_mut().record(&moved, moved.route, failed);
+            }
         }
         #[cfg(test)]
         self.outcomes.borrow_mut().push(o.clone());
@@ -427,72 +656,63 @@ impl Worker {
         }
     }
 
-    /// Counts a failure against endpoint `i` of cluster `c`; ejects it
-    /// when that was one too many and the cluster has room.
-    fn endpoint_failed(&self, c: usize, i: usize, now: Instant) {
-        let state = &self.clusters[c];
-        let settings = &self.config.clusters[c].breaker;
-        let out = state
-            .endpoints
-            .iter()
-            .filter(|e| e.outlier.borrow().ejected(now))
-            .count();
-        let room = weft_core::outlier::may_eject(state.endpoints.len(), out, settings);
-        let mut outlier = state.endpoints[i].outlier.borrow_mut();
-        if outlier.failure(now, settings, room) {
-            if let Some(m) = &self.metrics {
-                m.borrow_mut().ejected(c, i);
+    /// The generation in force now.
+    pub fn generation(&self) -> Rc<Generation> {
+        self.generation.borrow().clone()
+    }
+
+    /// Moves a connection on listener `li` of `gen` to the newest
+    /// generation (between its requests). False when a reload removed its
+    /// listener: then it stays where it is, to serve what already came
+    /// and close.
+    #[inline]
+    pub fn refresh(&self, gen: &mut Rc<Generation>, li: &mut usize) -> bool {
+        let now = self.generation.borrow();
+        if Rc::ptr_eq(gen, &now) {
+            return true;
+        }
+        match gen.listeners.get(*li).and_then(|l| l.index.get()) {
+            Some(j) => {
+                *gen = now.clone();
+                *li = j;
+                true
             }
-            let until = outlier.ejected_until().unwrap_or(now);
-            let later = state.ejected_until.get().map_or(until, |u| u.max(until));
-            state.ejected_until.set(Some(later));
+            None => false,
         }
     }
 
-    /// The counter of requests in flight on listener `l`, when it has a
-    /// cap and room under it; `Err(())` when it is full; `Ok(None)` when it
-    /// has no cap.
-    pub fn listener_slot(&self, l: &weft_core::Listener) -> Result<Option<&Cell<u32>>, ()> {
-        if l.max_requests.is_none() {
-            return Ok(None);
+    /// Takes `m`'s configuration (a reload): requests from now on use it,
+    /// requests in flight finish on theirs. What the new generation shares
+    /// with the one before keeps its state; metrics series follow their
+    /// listeners, routes, clusters and endpoints by name. Listeners it no
+    /// longer has stop accepting, and their connections close once idle.
+    pub fn install(&self, m: &Material) {
+        let old = self.generation();
+        let next = Rc::new(Generation::new(
+            m,
+            self.workers,
+            Some(&old),
+            self.access_log.as_ref(),
+        ));
+        if let Some(metrics) = &self.metrics {
+            metrics.borrow_mut().reshape(&old.config, &next.config);
         }
-        let Some((count, cap)) = self.listener_requests.get(l.index) else {
-            return Ok(None);
-        };
-        match cap {
-            Some(cap) if count.get() >= *cap => Err(()),
-            _ => Ok(Some(count)),
-        }
-    }
-
-    /// The routes in force now.
-    pub fn routes(&self) -> Rc<Routes> {
-        self.routes.borrow().clone()
-    }
-
-    /// Takes the routes of `new` (a reload that changed routes only):
-    /// requests from now on use them; requests in flight finish on theirs.
-    /// Series in the metrics follow their routes by name.
-    pub fn swap_routes(&self, new: Arc<Config>) {
-        let old = self.routes();
-        if let Some(m) = &self.metrics {
-            m.borrow_mut().reroute(&old.config, &new);
-        }
-        let next = Rc::new(Routes::new(new, self.workers, Some(&old)));
-        *self.routes.borrow_mut() = next;
-    }
-
-    /// True when cluster `c` may open one more connection on this worker:
-    /// its connections (one per request in flight, the one about to open
-    /// included, and the pooled ones) stay within `max_connections`.
-    pub fn may_connect(&self, c: usize) -> bool {
-        let state = &self.clusters[c];
-        let open: usize = state
-            .endpoints
+        let removed = old
+            .listeners
             .iter()
-            .map(|e| e.in_flight.get() as usize + e.idle_count())
-            .sum();
-        open <= state.limits.max_connections as usize
+            .filter(|l| !next.listeners.iter().any(|n| Rc::ptr_eq(l, n)))
+            .cloned()
+            .collect::<Vec<_>>();
+        for l in &removed {
+            l.index.set(None);
+            l.stop();
+        }
+        self.removed.borrow_mut().extend(removed.iter().cloned());
+        *self.generation.borrow_mut() = next;
+        // Idle connections look again: those of a removed listener close.
+        if !removed.is_empty() {
+            self.timers.wake_idle_waits();
+        }
     }
 
     /// 64 random bits (trace parent ids, request ids).
@@ -512,17 +732,24 @@ impl Worker {
     /// Another endpoint of cluster `c` for a retry: not one that `tried`
     /// names, not ejected, passing its health check, and the least loaded
     /// of those.
-    pub fn pick_other(&self, c: usize, tried: impl Fn(usize) -> bool) -> Option<(usize, &Endpoint)> {
+    pub fn pick_other<'g>(
+        &self,
+        gen: &'g Generation,
+        c: usize,
+        tried: impl Fn(usize) -> bool,
+    ) -> Option<(usize, &'g Endpoint)> {
         let now = Instant::now();
-        let down = self.health.any_down(c);
-        self.clusters[c]
+        let health = &gen.health;
+        let down = health.any_down(c);
+        gen.clusters[c]
             .endpoints
             .iter()
             .enumerate()
             .filter(|(i, e)| {
-                !tried(*i) && !e.outlier.borrow().ejected(now) && (!down || self.health.healthy(c, *i))
+                !tried(*i) && !e.outlier.borrow().ejected(now) && (!down || health.healthy(c, *i))
             })
             .min_by_key(|(_, e)| e.in_flight.get())
+            .map(|(i, e)| (i, &**e))
     }
 
     /// The endpoint of cluster `c` the next request goes to (its index and
@@ -530,8 +757,10 @@ impl Worker {
     /// health check are skipped while another is usable; when none is,
     /// the pick ignores both (fail open, as Envoy does past its panic
     /// threshold), or finds none (`no_healthy = "fail-fast"`).
-    pub fn pick_endpoint(&self, c: usize) -> Option<(usize, &Endpoint)> {
-        let state = &self.clusters[c];
+    pub fn pick_endpoint<'g>(&self, gen: &'g Generation, c: usize) -> Option<(usize, &'g Endpoint)> {
+        let state = &gen.clusters[c];
+        let cluster = &gen.config.clusters[c];
+        let health = &gen.health;
         let n = state.endpoints.len();
         if n == 0 {
             return None;
@@ -546,7 +775,7 @@ impl Worker {
                 None
             }
         });
-        let down = self.health.any_down(c);
+        let down = health.any_down(c);
         // While some endpoint is out, the draw is among the others only,
         // read once (the prober may change its table meanwhile).
         let degraded = ejections.is_some() || down;
@@ -555,14 +784,14 @@ impl Worker {
         if degraded {
             usable.extend((0..n).filter(|&i| {
                 !ejections.is_some_and(|now| state.endpoints[i].outlier.borrow().ejected(now))
-                    && (!down || self.health.healthy(c, i))
+                    && (!down || health.healthy(c, i))
             }));
-            if usable.is_empty() && self.config.clusters[c].no_healthy == NoHealthy::FailFast {
+            if usable.is_empty() && cluster.no_healthy == NoHealthy::FailFast {
                 return None;
             }
         }
         let rng = &mut self.rng.borrow_mut();
-        let i = match self.config.clusters[c].balancer {
+        let i = match cluster.balancer {
             BalancerKind::LeastLoaded => {
                 // Failures in a row count as load: an endpoint that fails
                 // fast has nothing in flight, and would otherwise win.
@@ -576,7 +805,7 @@ impl Worker {
                 least_loaded_among(&usable, load, rng).unwrap_or_else(|| least_loaded(n, load, rng))
             }
             BalancerKind::PeakEwma => {
-                let s = &self.config.clusters[c].peak_ewma;
+                let s = &cluster.peak_ewma;
                 let now = ejections.unwrap_or_else(Instant::now);
                 let cost = |i: usize| {
                     let e = &state.endpoints[i];
@@ -596,8 +825,27 @@ impl Worker {
                 i
             }
         };
-        state.endpoints.get(i).map(|e| (i, e))
+        state.endpoints.get(i).map(|e| (i, &**e))
     }
+}
+
+/// Counts a failure against endpoint `i` of `state`; ejects it when that
+/// was one too many and the cluster has room. True when it was ejected.
+fn endpoint_failed(state: &ClusterState, settings: &OutlierSettings, i: usize, now: Instant) -> bool {
+    let out = state
+        .endpoints
+        .iter()
+        .filter(|e| e.outlier.borrow().ejected(now))
+        .count();
+    let room = weft_core::outlier::may_eject(state.endpoints.len(), out, settings);
+    let mut outlier = state.endpoints[i].outlier.borrow_mut();
+    if !outlier.failure(now, settings, room) {
+        return false;
+    }
+    let until = outlier.ejected_until().unwrap_or(now);
+    let later = state.ejected_until.get().map_or(until, |u| u.max(until));
+    state.ejected_until.set(Some(later));
+    true
 }
 
 /// The outcome of one request, recorded when it is dropped: whatever way
@@ -613,14 +861,14 @@ pub(crate) struct Tracker<'w> {
     pub peer: Option<&'w str>,
     /// The `x-request-id` weft gave the request (it came without one).
     pub request_id: Option<[u8; weft_core::trace::REQUEST_ID_LEN]>,
-    /// The routes the request was routed by (its route index is theirs).
-    pub routes: Option<&'w Routes>,
+    /// The generation the request runs on (its indices are its).
+    pub gen: &'w Generation,
 }
 
 impl<'w> Tracker<'w> {
-    /// Starts the record of a request on listener `listener` whose head
-    /// arrived at `head_at`.
-    pub fn new(w: &'w Worker, listener: usize, head_at: Instant) -> Self {
+    /// Starts the record of a request on listener `listener` of `gen`
+    /// whose head arrived at `head_at`.
+    pub fn new(w: &'w Worker, gen: &'w Generation, listener: usize, head_at: Instant) -> Self {
         w.counters.request();
         if let Some(spin) = &w.idle_poll {
             spin.activity(head_at);
@@ -631,7 +879,7 @@ impl<'w> Tracker<'w> {
             req: None,
             peer: None,
             request_id: None,
-            routes: None,
+            gen,
         }
     }
 }
@@ -646,11 +894,12 @@ impl<'w> Tracker<'w> {
 impl Drop for Tracker<'_> {
     fn drop(&mut self) {
         self.o.end_at = Instant::now();
-        self.w.record(&self.o, self.routes);
+        self.w.record(&self.o, self.gen);
         if let Some(log) = &self.w.access_log {
             let id = self.request_id.as_ref().map(|id| &id[..]);
-            let config = self.routes.map_or(&*self.w.config, |r| &*r.config);
-            log.write(config, &self.o, self.req, self.peer, id);
+            if let Some(shape) = &self.gen.log {
+                log.write((&self.gen.config, shape), &self.o, self.req, self.peer, id);
+            }
         }
     }
 }

@@ -78,6 +78,13 @@ impl Timers {
     /// so that idle connections close themselves.
     pub fn end_idle_waits(&self) {
         self.draining.set(true);
+        self.wake_idle_waits();
+    }
+
+    /// Ends every idle wait now (not later ones), so that idle
+    /// connections look at their state again (a reload removed a
+    /// listener). A wait that ends so before its time starts again.
+    pub fn wake_idle_waits(&self) {
         let mut inner = self.inner.borrow_mut();
         for e in inner.slots.iter_mut().filter(|e| e.idle && !e.fired) {
             if let Some(w) = e.waker.take() {

@@ -18,6 +18,13 @@ use weft_core::config::{Cluster, PoolSettings};
 use weft_core::{ErrorKind, Outlier, PeakEwmaSettings, ProxyError, RttEstimate};
 
 /// One endpoint of a cluster, as this worker sees it.
+/// TLS to an endpoint: the client configuration and the server name to
+/// verify.
+pub(crate) type EndpointTls = (
+    std::sync::Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
 pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     /// The endpoint as configured (`host:port`): the Host for HTTP/1.0 clients.
@@ -29,11 +36,9 @@ pub(crate) struct Endpoint {
     /// Its round-trip estimate on this worker (Peak-EWMA).
     pub rtt: Cell<RttEstimate>,
     /// TLS to it: this worker's client configuration and the server name
-    /// to verify (a cluster with `tls`).
-    pub tls: Option<(
-        std::sync::Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
+    /// to verify (a cluster with `tls`; a reload puts the certificates it
+    /// read in, for connections opened after it).
+    pub tls: RefCell<Option<EndpointTls>>,
     idle: RefCell<VecDeque<(UpIo, Instant)>>,
     /// HTTP/2 connections to it (a cluster of `protocol = "http2"`).
     pub h2: RefCell<Vec<crate::upstream_h2::H2Conn>>,
@@ -54,7 +59,7 @@ impl Endpoint {
             idle: RefCell::new(VecDeque::new()),
             h2: RefCell::new(Vec::new()),
             h2_opening: RefCell::new(None),
-            tls: None,
+            tls: RefCell::new(None),
         }
     }
 
@@ -194,10 +199,11 @@ pub(crate) async fn connect(d: &Dialer<'_>, ep: &Endpoint, timeout: Duration) ->
         }
         let s = TcpStream::connect_addr(addr).await?;
         nodelay(&s);
-        match &ep.tls {
+        let tls = ep.tls.borrow().clone();
+        match tls {
             None => Ok::<_, io::Error>(UpIo::Tcp(s)),
             Some((cfg, name)) => {
-                let s = crate::tls::connect(s, cfg.clone(), name.clone()).await?;
+                let s = crate::tls::connect(s, cfg, name).await?;
                 Ok(UpIo::Tls(Box::new(s)))
             }
         }
@@ -258,7 +264,7 @@ impl Conn {
 
     /// A new connection to `ep`, within the cluster's connect timeout.
     pub async fn connect(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<Conn, ProxyError> {
-        if cluster.tls.is_some() && ep.tls.is_none() {
+        if cluster.tls.is_some() && ep.tls.borrow().is_none() {
             // Never plain text to a TLS cluster (its setup was checked at
             // start, so this does not happen).
             return Err(ProxyError::new(ErrorKind::ConnectFailed));

@@ -198,7 +198,7 @@ pub(crate) async fn stream(
 
 /// Opens a connection to `ep` and starts its task.
 async fn open(d: &Dialer<'_>, ep: &Endpoint, cluster: &Cluster) -> Result<H2Conn, ProxyError> {
-    if cluster.tls.is_some() && ep.tls.is_none() {
+    if cluster.tls.is_some() && ep.tls.borrow().is_none() {
         return Err(ProxyError::new(ErrorKind::ConnectFailed));
     }
     let io = connect(d, ep, cluster.connect_timeout).await?;

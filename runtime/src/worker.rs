@@ -5,11 +5,10 @@
 use crate::downstream;
 use crate::io::nodelay;
 use crate::shutdown::Shutdown;
-use crate::state::{Admitted, Worker};
+use crate::state::{Admitted, Generation, ListenerState, Worker};
 use crate::timer::within;
 use crate::tls;
 use bytes::BytesMut;
-use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -24,26 +23,26 @@ use weft_core::ListenerKind;
 /// handshake ends only this connection, with one line in the log.
 async fn serve_tls(
     w: Rc<Worker>,
-    li: usize,
+    (gen, li): (Rc<Generation>, usize),
     tcp: TcpStream,
     peer: SocketAddr,
     cfg: Arc<rustls::ServerConfig>,
 ) {
-    let l = &w.config.listeners[li];
+    let l = &gen.config.listeners[li];
     let timeout = l
         .tls
         .as_ref()
         .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
     // The connection's place at the gate, until `serve` takes it over.
-    let admitted = Admitted(&w.gates[li]);
+    let admitted = Admitted(gen.listeners[li].clone());
     match within(w.timers.after(timeout), tls::accept(tcp, cfg)).await {
         Some(Ok(stream)) if stream.is_h2() => {
             let peer_ip: Rc<str> = peer.ip().to_string().into();
-            crate::downstream_h2::serve(&w, li, stream, BytesMut::new(), peer_ip).await
+            crate::downstream_h2::serve(&w, gen.clone(), li, stream, BytesMut::new(), peer_ip).await
         }
         Some(Ok(stream)) => {
             std::mem::forget(admitted);
-            downstream::serve(w.clone(), li, stream, peer).await
+            downstream::serve(w.clone(), gen.clone(), li, stream, peer).await
         }
         Some(Err(e)) => tracing::info!("listener `{}`: TLS handshake with {peer} failed: {e}", l.name),
         None => tracing::info!(
@@ -82,13 +81,13 @@ pub(crate) async fn run(
         mailbox: &mailbox,
         worker: &worker,
     };
-    let canceller = Canceller::new();
+    let gen = worker.generation();
     let mut registered = Vec::new();
     for (li, std_listener) in listeners.into_iter().enumerate() {
         match TcpListener::from_std(std_listener) {
             Ok(l) => registered.push(l),
             Err(e) => {
-                let name = &worker.config.listeners[li].name;
+                let name = &gen.config.listeners[li].name;
                 ready.report(Err(format!(
                     "listener `{name}` cannot be registered with the runtime: {e}"
                 )));
@@ -99,58 +98,10 @@ pub(crate) async fn run(
     ready.report(Ok(()));
     // Scrapes and reloads.
     monoio::spawn(crate::admin::answer_mail(worker.clone(), mailbox.clone()));
-    let mut accepting = Vec::new();
     for (li, listener) in registered.into_iter().enumerate() {
-        let handle = canceller.handle();
-        let w = worker.clone();
-        accepting.push(monoio::spawn(async move {
-            let mut last_log: Option<Instant> = None;
-            loop {
-                // At the listener's limit, stop accepting: the kernel's
-                // queue holds the rest until a connection ends.
-                w.gates[li].room().await;
-                if w.draining.get() {
-                    break;
-                }
-                match listener.cancelable_accept(handle.clone()).await {
-                    Ok((stream, peer)) => {
-                        if w.draining.get() {
-                            break;
-                        }
-                        w.counters.connection();
-                        w.gates[li].enter();
-                        match w.config.listeners[li].kind {
-                            ListenerKind::Proxy => {
-                                nodelay(&stream);
-                                if w.config.listeners[li].tls.is_none() {
-                                    monoio::spawn(downstream::serve(w.clone(), li, stream, peer));
-                                } else if let Some(cfg) = w.tls.get(li).cloned().flatten() {
-                                    monoio::spawn(serve_tls(w.clone(), li, stream, peer, cfg));
-                                } else {
-                                    // Never plain text on a TLS listener
-                                    // (its configuration was checked at
-                                    // start, so this does not happen).
-                                    w.gates[li].leave();
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        if w.draining.get() {
-                            break;
-                        }
-                        // Out of file descriptors and the like: back off
-                        // briefly, and say so at most once a second.
-                        if last_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
-                            tracing::error!("accept on {}: {e}", w.config.listeners[li].addr);
-                            last_log = Some(Instant::now());
-                        }
-                        monoio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }));
+        monoio::spawn(accept(worker.clone(), gen.listeners[li].clone(), listener));
     }
+    drop(gen);
     // These run until the runtime ends with the worker.
     monoio::spawn(sweep_pools(worker.clone()));
     if worker.idle_poll.is_some() {
@@ -164,21 +115,85 @@ pub(crate) async fn run(
     monoio::spawn(async move { w.timers.run().await });
     shutdown.wait().await;
     worker.draining.set(true);
-    let _ = canceller.cancel();
-    for gate in &worker.gates {
-        gate.close();
-    }
-    for task in accepting {
-        task.await;
+    let gen = worker.generation();
+    for l in &gen.listeners {
+        l.stop();
     }
     // Idle connections close themselves; busy ones finish their request
     // and close, within the drain timeout. What is left after it ends with
     // the runtime (its sockets are closed).
     worker.timers.end_idle_waits();
-    let deadline = Instant::now() + worker.config.runtime.drain_timeout;
-    let open = || worker.gates.iter().map(|g| g.count()).sum::<usize>();
-    while open() > 0 && Instant::now() < deadline {
+    let deadline = Instant::now() + gen.config.runtime.drain_timeout;
+    drop(gen);
+    while worker.open_connections() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Registers `listener` (a new listener of a reload) with the runtime and
+/// accepts on it.
+pub(crate) fn start_accepting(w: &Rc<Worker>, state: Rc<ListenerState>, listener: std::net::TcpListener) {
+    match TcpListener::from_std(listener) {
+        Ok(l) => {
+            monoio::spawn(accept(w.clone(), state, l));
+        }
+        Err(e) => tracing::error!("a new listener cannot be registered with the runtime: {e}"),
+    }
+}
+
+/// Accepts the connections of one listener, until the worker drains or a
+/// reload removes the listener (then its socket closes; its connections
+/// go on until they end).
+async fn accept(w: Rc<Worker>, state: Rc<ListenerState>, listener: TcpListener) {
+    let handle = state.cancel_handle();
+    let mut last_log: Option<Instant> = None;
+    loop {
+        // At the listener's limit, stop accepting: the kernel's
+        // queue holds the rest until a connection ends.
+        state.gate.room().await;
+        if w.draining.get() || state.index.get().is_none() {
+            break;
+        }
+        match listener.cancelable_accept(handle.clone()).await {
+            Ok((stream, peer)) => {
+                if w.draining.get() {
+                    break;
+                }
+                let gen = w.generation();
+                let Some(li) = state.index.get() else { break };
+                w.counters.connection();
+                state.gate.enter();
+                let l = &gen.config.listeners[li];
+                match l.kind {
+                    ListenerKind::Proxy => {
+                        nodelay(&stream);
+                        if l.tls.is_none() {
+                            monoio::spawn(downstream::serve(w.clone(), gen.clone(), li, stream, peer));
+                        } else if let Some(cfg) = gen.tls.get(li).cloned().flatten() {
+                            monoio::spawn(serve_tls(w.clone(), (gen.clone(), li), stream, peer, cfg));
+                        } else {
+                            // Never plain text on a TLS listener (its
+                            // configuration was checked before it was
+                            // taken, so this does not happen).
+                            state.gate.leave();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if w.draining.get() || state.index.get().is_none() {
+                    break;
+                }
+                // Out of file descriptors and the like: back off
+                // briefly, and say so at most once a second.
+                if last_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    tracing::error!("accept on {addr}: {e}");
+                    last_log = Some(Instant::now());
+                }
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 
@@ -218,7 +233,7 @@ async fn flush_access_log(worker: Rc<Worker>) {
 /// second after activity collects, once.
 async fn return_memory(worker: Rc<Worker>) {
     let activity = || {
-        let open: usize = worker.gates.iter().map(|g| g.count()).sum();
+        let open = worker.open_connections();
         (worker.counters.requests(), worker.counters.connections(), open)
     };
     let mut last = activity();
@@ -244,14 +259,17 @@ async fn return_memory(worker: Rc<Worker>) {
 /// (between 10 ms and 15 s): a connection closes within 1.25 times its
 /// timeout.
 async fn sweep_pools(worker: Rc<Worker>) {
-    let Some(shortest) = worker.config.clusters.iter().map(|c| c.pool.idle_timeout).min() else {
-        return;
-    };
-    let every = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(15));
     loop {
+        let gen = worker.generation();
+        let shortest = gen.config.clusters.iter().map(|c| c.pool.idle_timeout).min();
+        let every = shortest.map_or(Duration::from_secs(15), |s| {
+            (s / 4).clamp(Duration::from_millis(10), Duration::from_secs(15))
+        });
+        drop(gen);
         monoio::time::sleep(every).await;
         let now = Instant::now();
-        for (state, cluster) in worker.clusters.iter().zip(&worker.config.clusters) {
+        let gen = worker.generation();
+        for (state, cluster) in gen.clusters.iter().zip(&gen.config.clusters) {
             for ep in &state.endpoints {
                 ep.evict_expired(&cluster.pool, now);
                 crate::upstream_h2::evict_idle(ep, &cluster.pool, now);

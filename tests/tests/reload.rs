@@ -1,7 +1,8 @@
 //! Reload end to end: split weights flipped under load through
 //! `POST /reload` (no request fails, traffic follows within a second,
-//! upstream connections are kept), a bad file and a change a reload cannot
-//! apply (nothing changes, the refusal is counted and says why).
+//! upstream connections are kept), listeners added and removed, clusters
+//! changed, and a bad file or a change a reload cannot apply (nothing
+//! changes, the refusal is counted and says why).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +72,12 @@ impl Setup {
             admin,
         }
     }
+}
+
+/// Reloads through the admin listener, which must take the file.
+fn reload_ok(admin: SocketAddr) {
+    let (status, body) = admin_request(admin, "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
 }
 
 /// What the load saw: per response, when its request was sent and which
@@ -200,8 +207,9 @@ fn weights_flip_under_load_without_a_failure() {
     s.server.shutdown();
 }
 
-/// A file that does not parse, and one that changes a listener, change
-/// nothing: the answer says why, `/metrics` counts them, traffic goes on.
+/// A file that does not parse, one that changes `[runtime]`, and one with
+/// a new listener on an address in use change nothing: the answer says
+/// why, `/metrics` counts them, traffic goes on.
 fn refused_reloads_change_nothing() {
     let s = Setup::start();
     let (addr, admin_addr) = (s.addr, s.admin);
@@ -212,12 +220,22 @@ fn refused_reloads_change_nothing() {
         why.contains("still running generation 1") && why.contains("line 3"),
         "{why}"
     );
-    let changed = text(s.a.addr, s.b.addr, (0, 1), "idle_timeout = \"5s\"");
+    let changed = text(s.a.addr, s.b.addr, (0, 1), "").replace("workers = 2", "workers = 3");
     std::fs::write(&s.path, changed).expect("file written");
     let (status, why) = admin_request(admin_addr, "POST", "/reload");
     assert_eq!(status, 409, "{why}");
     assert!(
-        why.contains("listener `in` changed") && why.contains("restart"),
+        why.contains("[runtime] changed") && why.contains("restart"),
+        "{why}"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let busy = taken.local_addr().expect("address");
+    let clash = two_listeners(s.a.addr, s.b.addr, &format!("{busy}"), "b");
+    std::fs::write(&s.path, clash).expect("file written");
+    let (status, why) = admin_request(admin_addr, "POST", "/reload");
+    assert_eq!(status, 409, "{why}");
+    assert!(
+        why.contains(&format!("listener `extra` cannot bind {busy}")),
         "{why}"
     );
     assert_eq!(
@@ -228,8 +246,135 @@ fn refused_reloads_change_nothing() {
     let (_, metrics) = admin_request(admin_addr, "GET", "/metrics");
     assert!(metrics.contains("\nconfig_generation 1\n"), "{metrics}");
     assert!(
-        metrics.contains("\nconfig_reload_failures_total 2\n"),
+        metrics.contains("\nconfig_reload_failures_total 3\n"),
         "{metrics}"
+    );
+    s.server.shutdown();
+}
+
+/// [`text`] (all to `a`) with a second listener, `extra`, on `listen`, whose
+/// one route goes to cluster `to`.
+fn two_listeners(a: SocketAddr, b: SocketAddr, listen: &str, to: &str) -> String {
+    text(a, b, (1, 0), "").replace("name = \"split\"", "name = \"split\"\nlistener = \"in\"")
+        + &format!(
+            "
+[[listener]]
+name = \"extra\"
+listen = \"{listen}\"
+
+[[route]]
+listener = \"extra\"
+cluster = \"{to}\"
+"
+        )
+}
+
+/// A reload adds a listener (it serves at once), then removes it: a request
+/// in flight on it finishes, its idle connection is closed, its port stops
+/// taking connections; the other listener's connections are untouched.
+fn listeners_come_and_go() {
+    let s = Setup::start();
+    let admin_addr = s.admin;
+    let mut kept = Client::connect(s.addr);
+    assert_eq!(kept.get("/", "").status, 200);
+    // A free port (two listeners cannot both ask for port 0).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    std::fs::write(&s.path, two_listeners(s.a.addr, s.b.addr, &free.to_string(), "b")).expect("file written");
+    reload_ok(admin_addr);
+    let extra = s.server.addr("extra").expect("the new listener's address");
+    let r = get(extra, "/");
+    assert_eq!((r.status, r.header("x-upstream")), (200, Some("b")));
+    // The first listener's connection goes on across the reload.
+    assert_eq!(kept.get("/", "").header("x-upstream"), Some("a"));
+    let mut idle = Client::connect(extra);
+    assert_eq!(idle.get("/", "").status, 200);
+    // A request in flight on `extra` (the upstream waits 300 ms) while a
+    // reload removes it.
+    let before = s.b.count();
+    let slow = std::thread::spawn(move || {
+        let mut c = Client::connect(extra);
+        let r = c.get("/", "x-delay-ms: 300\r\n");
+        (
+            r.status,
+            r.header("x-upstream").map(str::to_string),
+            c.is_closed(),
+        )
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || s.b.count() == before + 1),
+        "the slow request did not arrive"
+    );
+    std::fs::write(&s.path, text(s.a.addr, s.b.addr, (1, 0), "")).expect("file written");
+    reload_ok(admin_addr);
+    let (status, upstream, closed) = slow.join().expect("the slow request");
+    assert_eq!(
+        (status, upstream.as_deref()),
+        (200, Some("b")),
+        "the request in flight finished"
+    );
+    assert!(closed, "its connection closed after it");
+    assert!(
+        idle.is_closed(),
+        "the idle connection of the removed listener was closed"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || std::net::TcpStream::connect(extra)
+            .is_err()),
+        "the removed listener still takes connections"
+    );
+    assert_eq!(s.server.addr("extra"), None);
+    assert_eq!(kept.get("/", "").header("x-upstream"), Some("a"));
+    assert_eq!(s.a.accepted(), 1, "the kept listener's upstream pool was kept");
+    s.server.shutdown();
+}
+
+/// A reload that changes one cluster's endpoints and adds another: traffic
+/// follows at once; the unchanged cluster keeps its pooled connections;
+/// `/metrics` and `/clusters` show the endpoints now configured.
+fn clusters_change_and_unchanged_ones_keep_their_pools() {
+    let s = Setup::start();
+    let admin_addr = s.admin;
+    let c = Upstream::echo("c");
+    let d = Upstream::echo("d");
+    let mut client = Client::connect(s.addr);
+    for _ in 0..3 {
+        assert_eq!(client.get("/", "").header("x-upstream"), Some("a"));
+    }
+    // Cluster `b` now at `c`; a new cluster `d` behind a new route.
+    let route_d =
+        "[[route]]\nname = \"d\"\nmatch = { path = \"/d\" }\ncluster = \"d\"\n\n[[route]]\nname = \"split\"";
+    let moved = |weights| {
+        text(s.a.addr, c.addr, weights, "").replace("[[route]]\nname = \"split\"", route_d)
+            + &format!("\n[[cluster]]\nname = \"d\"\nendpoints = [\"{}\"]\n", d.addr)
+    };
+    std::fs::write(&s.path, moved((1, 0))).expect("file written");
+    reload_ok(admin_addr);
+    for _ in 0..3 {
+        assert_eq!(client.get("/", "").header("x-upstream"), Some("a"));
+    }
+    assert_eq!(client.get("/d", "").header("x-upstream"), Some("d"));
+    assert_eq!(
+        s.a.accepted(),
+        1,
+        "cluster `a` did not change: its pooled connection stays"
+    );
+    std::fs::write(&s.path, moved((0, 1))).expect("file written");
+    reload_ok(admin_addr);
+    assert_eq!(client.get("/", "").header("x-upstream"), Some("c"));
+    assert_eq!(s.b.count(), 0, "nothing went to the endpoint `b` no longer has");
+    let (_, metrics) = admin_request(admin_addr, "GET", "/metrics");
+    let series = |cluster: &str, addr: SocketAddr| {
+        format!("endpoint_request_total{{cluster=\"{cluster}\",endpoint=\"{addr}\"}} 1\n")
+    };
+    assert!(metrics.contains(&series("b", c.addr)), "{metrics}");
+    assert!(metrics.contains(&series("d", d.addr)), "{metrics}");
+    assert!(!metrics.contains(&s.b.addr.to_string()), "{metrics}");
+    let (_, clusters) = admin_request(admin_addr, "GET", "/clusters");
+    assert!(
+        clusters.contains(&format!("d::{}::requests::1", d.addr)),
+        "{clusters}"
     );
     s.server.shutdown();
 }
@@ -257,7 +402,7 @@ fn metrics_follow_their_route_across_a_reload() {
         text(s.a.addr, s.b.addr, (1, 0), "").replace("[[route]]\nname = \"split\"", first),
     )
     .expect("file written");
-    assert_eq!(admin_request(admin_addr, "POST", "/reload").0, 200);
+    reload_ok(admin_addr);
     assert_eq!(slow.join().expect("the slow request"), 200);
     assert_eq!(get(addr, "/").status, 200);
     assert_eq!(get(addr, "/first").header("x-upstream"), Some("b"));
@@ -279,7 +424,9 @@ fn metrics_follow_their_route_across_a_reload() {
 on_both_drivers!(
     weights_flip_under_load_without_a_failure,
     refused_reloads_change_nothing,
-    metrics_follow_their_route_across_a_reload
+    metrics_follow_their_route_across_a_reload,
+    listeners_come_and_go,
+    clusters_change_and_unchanged_ones_keep_their_pools
 );
 
 /// weft started from configuration text has no file to reload.

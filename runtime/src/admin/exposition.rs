@@ -7,32 +7,84 @@ use super::WorkerSnapshot;
 use crate::health::HealthTable;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 use weft_core::metrics::{Histogram, Metrics, ResponseSeries};
 use weft_core::Config;
 
 /// Every worker's metrics added up, shaped after `current`.
-fn total(current: &std::sync::Arc<Config>, snaps: &[(usize, WorkerSnapshot)]) -> Metrics {
+fn total(current: &Config, snaps: &[(usize, WorkerSnapshot)]) -> Metrics {
     let mut total = Metrics::new(current);
     for (_, s) in snaps {
-        if std::sync::Arc::ptr_eq(&s.config, current) {
-            total.merge(&s.metrics);
-        } else {
-            // Taken before a reload (or a worker's last answer): its route
-            // series follow their names into the routes in force.
-            let mut m = s.metrics.clone();
-            m.reroute(&s.config, current);
-            total.merge(&m);
-        }
+        total.merge(&s.metrics);
     }
     total
 }
 
+/// The snapshots shaped after `current`: one taken before a reload (or a
+/// worker's last answer) has its listeners, routes and clusters follow
+/// their names, its endpoints their addresses.
+pub(super) fn reshaped(
+    current: &Arc<Config>,
+    snaps: Vec<(usize, WorkerSnapshot)>,
+) -> Vec<(usize, WorkerSnapshot)> {
+    snaps
+        .into_iter()
+        .map(|(w, s)| {
+            if Arc::ptr_eq(&s.config, current) {
+                return (w, s);
+            }
+            let old = &*s.config;
+            let mut metrics = s.metrics;
+            metrics.reshape(old, current);
+            let connections = current
+                .listeners
+                .iter()
+                .map(|l| {
+                    old.listeners
+                        .iter()
+                        .position(|o| o.name == l.name)
+                        .and_then(|i| s.connections.get(i).copied())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let endpoints = current
+                .clusters
+                .iter()
+                .map(|c| {
+                    let was = old.clusters.iter().position(|o| o.name == c.name);
+                    c.endpoints
+                        .iter()
+                        .map(|addr| {
+                            was.and_then(|ci| {
+                                let ei = old.clusters[ci].endpoints.iter().position(|a| a == addr)?;
+                                s.endpoints.get(ci)?.get(ei).copied()
+                            })
+                            .unwrap_or_default()
+                        })
+                        .collect()
+                })
+                .collect();
+            let s = WorkerSnapshot {
+                metrics,
+                connections,
+                endpoints,
+                log_dropped: s.log_dropped,
+                config: current.clone(),
+            };
+            (w, s)
+        })
+        .collect()
+}
+
 /// `/metrics`: the sum of every worker's metrics (and the overhead
 /// histogram per worker).
-pub(super) fn render(reload: &crate::reload::Reload, snaps: &[(usize, WorkerSnapshot)]) -> String {
-    let current = reload.config();
-    let config = &*current;
-    let total = total(&current, snaps);
+/// `snaps`: shaped after the configuration in force ([`reshaped`]).
+pub(super) fn render(
+    reload: &crate::reload::Reload,
+    config: &Config,
+    snaps: &[(usize, WorkerSnapshot)],
+) -> String {
+    let total = total(config, snaps);
     let mut out = String::with_capacity(4096);
     let o = &mut out;
 
@@ -288,13 +340,9 @@ pub(super) fn render(reload: &crate::reload::Reload, snaps: &[(usize, WorkerSnap
 
 /// `/clusters`: a line per endpoint fact, `cluster::endpoint::fact::value`
 /// (Envoy's layout).
-pub(super) fn clusters(
-    current: &std::sync::Arc<Config>,
-    snaps: &[(usize, WorkerSnapshot)],
-    health: &HealthTable,
-) -> String {
-    let config = &**current;
-    let total = total(current, snaps);
+/// `snaps`: shaped after `config` ([`reshaped`]).
+pub(super) fn clusters(config: &Config, snaps: &[(usize, WorkerSnapshot)], health: &HealthTable) -> String {
+    let total = total(config, snaps);
     let mut out = String::new();
     for (ci, c) in config.clusters.iter().enumerate() {
         for (ei, addr) in c.endpoints.iter().enumerate() {

@@ -12,7 +12,7 @@
 
 use super::{attempts, final_head, open, replayable, send_start, within, Ctx, Failed, Upstream, Waiting};
 use crate::io::{read_more, write_one};
-use crate::state::Worker;
+use crate::state::{Generation, Worker};
 use crate::timer::Timers;
 use crate::upstream::Conn;
 use ::h2::server::SendResponse;
@@ -86,13 +86,14 @@ fn body_length(parts: &http::request::Parts, recv: &RecvStream) -> BodyLength {
 /// and its response back, and writes its outcome record.
 pub(crate) async fn exchange(
     w: Rc<Worker>,
+    gen: Rc<Generation>,
     li: usize,
     s: Stream,
     peer_ip: Rc<str>,
     identity: Option<Rc<str>>,
 ) {
-    let w = &*w;
-    let l = &w.config.listeners[li];
+    let (w, gen) = (&*w, &*gen);
+    let l = &gen.config.listeners[li];
     let started = Instant::now();
     let (parts, recv) = s.req.into_parts();
     let length = body_length(&parts, &recv);
@@ -110,14 +111,13 @@ pub(crate) async fn exchange(
                 status: 400,
                 code: "bad-request",
             };
-            let mut t = crate::state::Tracker::new(w, li, started);
+            let mut t = crate::state::Tracker::new(w, gen, li, started);
             let msg = format!("the request head was refused: {e:?}");
             reply(&mut t, &mut client.respond, ProxyError::new(kind), &msg, false);
             return;
         }
     };
-    let routes = w.routes();
-    let mut x = Ctx::new(w, l, &routes, &req, &peer_ip, started);
+    let mut x = Ctx::new(w, l, gen, &req, &peer_ip, started);
     x.identity = identity;
     x.t.o.bytes_in = req.wire_len() as u64;
     let (route, c, deadline) = match x.route(started) {
@@ -125,7 +125,7 @@ pub(crate) async fn exchange(
         Err(kind) => return fail(&mut x, &mut client.respond, ProxyError::new(kind)),
     };
     let whole = client.body.recv.is_end_stream();
-    let to_h2 = w.config.clusters[c].protocol == Protocol::Http2;
+    let to_h2 = gen.config.clusters[c].protocol == Protocol::Http2;
     if to_h2 {
         // The payload goes up as DATA: no HTTP/1 framing.
         client.body.chunked = false;

@@ -80,8 +80,8 @@ async fn open_stream<'a>(
 ) -> Result<H2Stream, Failed> {
     let mut tries = 1;
     loop {
-        let (w, c) = (x.w, to.c);
-        match upstream_h2::stream(&w.dialer(), to.ep, to.cluster, || w.may_connect(c)).await {
+        let state = &x.gen.clusters[to.c];
+        match upstream_h2::stream(&x.w.dialer(), to.ep, to.cluster, || state.may_connect()).await {
             Ok(s) => return Ok(s),
             Err(e) => x.connect_failed(to, retry, e, &mut tries)?,
         }
