@@ -82,6 +82,14 @@
 #   workers, nothing pinned (whole-box throughput on a 2-core machine); settings
 #   ROUNDS [3], DURATION [6s], WARMUP [2s], SCALE_CONNS [128], SKIP_BUILD, OUT.
 #
+# SCENARIO=reload runs reload.py instead: weft splitting between two nginx
+#   upstreams at RATE [2000] requests a second over LAT_CONNS [16] keep-alive
+#   connections for DURATION [20s], reloaded every RELOAD_EVERY [1.0] seconds
+#   with the split flipped (one reload with a broken file); checks that no
+#   request fails, that requests after each reload go where it says, and that
+#   upstream connections do not grow; settings PROXY_CORE, LOAD_CORE,
+#   SKIP_BUILD, OUT.
+#
 # Quick check while developing: ROUNDS=1 DURATION=2s WARMUP=1s IDLE_CONNS=1000 benches/load/run.sh
 # Summary of an earlier or interrupted run again: python3 benches/load/bench.py --summary bench-results/<time>
 #
@@ -222,7 +230,8 @@ case "${SCENARIO:-load}" in
     load) script=bench.py ;;
     faults) script=faults.py ;;
     scale) script=scale.py ;;
-    *) die "SCENARIO=${SCENARIO} is unknown: use load (the default), faults or scale" ;;
+    reload) script=reload.py ;;
+    *) die "SCENARIO=${SCENARIO} is unknown: use load (the default), faults, scale or reload" ;;
 esac
 python3 "$HERE/$script" &
 BENCH_PID=$!
