@@ -24,7 +24,8 @@ Reported (and checked; a failed check fails the run):
   their turn (the pools growing to the load's peak concurrency).
 (oha cancels the requests in flight when its time is up: those are
 reported, not counted as failures.)
-Results in OUT/summary.md and OUT/results.json. Settings: RATE [2000],
+Results in OUT/summary.md and OUT/results.json (the logs are removed once
+counted). Settings: RATE [2000],
 LAT_CONNS [16], DURATION [20s], RELOAD_EVERY [1.0], PROXY_CORE, LOAD_CORE, OUT.
 """
 
@@ -211,6 +212,9 @@ def main():
         "achieved_rps": oha["summary"]["requestsPerSec"],
     }
     (OUT / "results.json").write_text(json.dumps(result, indent=2))
+    # Counted: the logs (about 18 MB a run) go.
+    for f in (access_log, OUT / "a.access", OUT / "b.access"):
+        f.unlink(missing_ok=True)
     checks = [
         ("every request answered 200", ok == total and total > 0),
         ("every good reload applied (200)", result["reloads_ok"] == len(good) and len(good) >= 10),
