@@ -61,6 +61,8 @@ pub(crate) struct EndpointNow {
     pub idle: usize,
     /// HTTP/2 connections to it.
     pub h2: usize,
+    /// Streams open on those connections.
+    pub h2_streams: u32,
     /// Its round-trip estimate (Peak-EWMA), in microseconds.
     pub rtt_us: u64,
 }
@@ -95,6 +97,7 @@ fn snapshot(w: &Worker) -> WorkerSnapshot {
                         ejected: e.outlier.borrow().ejected(now),
                         idle: e.idle_count(),
                         h2: e.h2.borrow().len(),
+                        h2_streams: e.h2.borrow().iter().map(|c| c.open_streams()).sum(),
                         rtt_us: (e.rtt.get().estimate(now, &cluster.peak_ewma) / 1_000.0) as u64,
                     })
                     .collect()

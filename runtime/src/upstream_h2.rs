@@ -78,6 +78,11 @@ impl H2Stream {
 const RESPONSE_HEAD_LIMIT: u32 = 64 * 1024;
 
 impl H2Conn {
+    /// Streams open on this connection now.
+    pub(crate) fn open_streams(&self) -> u32 {
+        self.shared.open.get()
+    }
+
     fn stream(&self) -> H2Stream {
         self.shared.open.set(self.shared.open.get() + 1);
         H2Stream {

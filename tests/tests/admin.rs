@@ -270,7 +270,61 @@ fn ready_live_config_clusters_and_drain() {
     weft.join();
 }
 
+/// An HTTP/2 cluster's endpoint shows its connections and the streams
+/// open on them: one while a request's body is still coming, none after.
+fn http2_streams_and_connections_per_endpoint() {
+    let up = weft_tests::h2c::H2Upstream::start();
+    let text = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\ncluster = \"h2\"\n\n[[cluster]]\nname = \"h2\"\nendpoints = [\"{}\"]\nprotocol = \"http2\"\n",
+        runtime_section(1),
+        up.addr
+    );
+    let weft = start(&text);
+    let (addr, admin) = (
+        weft.addr("in").expect("listener"),
+        weft.admin_addr().expect("admin"),
+    );
+    let endpoint = up.addr.to_string();
+    let gauge = |name: &str| {
+        sum(
+            &scrape(admin),
+            name,
+            &[("cluster", "h2"), ("endpoint", &endpoint)],
+        )
+    };
+    let mut c = Client::connect(addr);
+    // `/stream` answers at once and echoes the body as it comes.
+    c.send(b"POST /stream HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    assert!(
+        eventually(Duration::from_secs(5), || gauge("http2_streams") == 1.0),
+        "http2_streams: {}",
+        gauge("http2_streams")
+    );
+    assert_eq!(gauge("http2_connections"), 1.0);
+    c.send(b"0\r\n\r\n");
+    let r = c.response(false).expect("a response");
+    assert_eq!(r.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || gauge("http2_streams") == 0.0),
+        "http2_streams after the request: {}",
+        gauge("http2_streams")
+    );
+    assert_eq!(
+        gauge("http2_connections"),
+        1.0,
+        "the connection stays for the next request"
+    );
+    let (_, clusters) = admin_request(admin, "GET", "/clusters");
+    assert!(
+        clusters.contains(&format!("h2::{endpoint}::http2_streams::0")),
+        "{clusters}"
+    );
+    weft.shutdown();
+}
+
 on_both_drivers!(
+    http2_streams_and_connections_per_endpoint,
     metrics_count_every_request_by_status_and_error,
     ready_live_config_clusters_and_drain
 );

@@ -335,6 +335,13 @@ pub(super) fn render(
         "HTTP/2 connections to the endpoint.",
         &|c, e| now(c, e, &|n| n.h2 as u64),
     );
+    endpoint_rows(
+        o,
+        "http2_streams",
+        "gauge",
+        "Streams open on HTTP/2 connections to the endpoint.",
+        &|c, e| now(c, e, &|n| u64::from(n.h2_streams)),
+    );
     out
 }
 
@@ -359,12 +366,13 @@ pub(super) fn clusters(config: &Config, snaps: &[(usize, WorkerSnapshot)], healt
                 .cloned()
                 .unwrap_or_default();
             let name = &c.name;
-            let facts: [(&str, String); 9] = [
+            let facts: [(&str, String); 10] = [
                 ("healthy", health.healthy(ci, ei).to_string()),
                 ("ejected_workers", sum(&|n| u64::from(n.ejected)).to_string()),
                 ("in_flight", sum(&|n| u64::from(n.in_flight)).to_string()),
                 ("idle_connections", sum(&|n| n.idle as u64).to_string()),
                 ("http2_connections", sum(&|n| n.h2 as u64).to_string()),
+                ("http2_streams", sum(&|n| u64::from(n.h2_streams)).to_string()),
                 ("rtt_estimate_us", rtt.to_string()),
                 ("requests", stats.requests.to_string()),
                 ("failures", stats.failures.to_string()),
