@@ -965,7 +965,31 @@ impl Lines {
 
     /// The 1-based line of byte `offset`.
     fn at(&self, offset: usize) -> usize {
-        self.0.partition_point(|start| *start <= offset).max(1)
+        self.0
+            .partition_point(|start| {
+                #[cfg(test)]
+                probes::count();
+                *start <= offset
+            })
+            .max(1)
+    }
+}
+
+/// How many line starts the lookups of this thread compared (tests: the
+/// work of loading a file stays in proportion to its size).
+#[cfg(test)]
+mod probes {
+    use std::cell::Cell;
+
+    thread_local!(static PROBES: Cell<u64> = const { Cell::new(0) });
+
+    pub fn count() {
+        PROBES.with(|p| p.set(p.get() + 1));
+    }
+
+    /// The count so far, and from zero again.
+    pub fn take() -> u64 {
+        PROBES.with(|p| p.replace(0))
     }
 }
 
@@ -1799,6 +1823,52 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A generated file of `routes` routes (one per host) and `clusters`
+    /// clusters of five endpoints each.
+    fn large(routes: usize, clusters: usize) -> String {
+        let mut src = String::from("[[listener]]\nname = \"in\"\nlisten = \"127.0.0.1:1\"\n");
+        for r in 0..routes {
+            src.push_str(&format!(
+                "[[route]]\nmatch = {{ host = \"h{r}.example\" }}\ncluster = \"c{}\"\n",
+                r % clusters
+            ));
+        }
+        for c in 0..clusters {
+            let eps: Vec<String> = (0..5)
+                .map(|e| format!("\"10.{}.{}.{e}:80\"", c / 250, c % 250))
+                .collect();
+            src.push_str(&format!(
+                "[[cluster]]\nname = \"c{c}\"\nendpoints = [{}]\n",
+                eps.join(", ")
+            ));
+        }
+        src
+    }
+
+    #[test]
+    fn loading_grows_in_proportion_to_the_file() {
+        // 10,000 routes and 2,000 clusters (about 870 KB) against an
+        // eighth of it: the work of finding line numbers (the part that once
+        // counted newlines for every field) grows by about eight, not by
+        // sixty-four; binary search makes it a little more than eight.
+        let mut work = Vec::new();
+        for (routes, clusters) in [(1_250, 250), (10_000, 2_000)] {
+            let src = large(routes, clusters);
+            probes::take();
+            let c = Config::parse(&src, &literal_only).expect("valid");
+            assert_eq!(
+                (c.listeners[0].routes.len(), c.clusters.len()),
+                (routes, clusters)
+            );
+            work.push(probes::take() as f64);
+        }
+        let ratio = work[1] / work[0];
+        assert!(
+            ratio > 4.0 && ratio < 12.0,
+            "line lookups grew {ratio:.1} times for 8 times the file: {work:?}"
+        );
+    }
 
     #[test]
     fn line_numbers_match_a_count_of_newlines() {
