@@ -320,4 +320,25 @@ mod tests {
         assert!(!t.any_down(0), "a repeated write counts once");
         assert!(t.healthy(5, 5), "no such endpoint: no check");
     }
+
+    #[test]
+    fn an_endpoint_keeps_its_standing_across_a_reload() {
+        let text = |eps: &str| {
+            format!(
+                "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\ncluster = \"c\"\n\
+                 [[cluster]]\nname = \"n\"\nendpoints = [\"127.0.0.1:9\"]\nhealth_check = {{}}\n\
+                 [[cluster]]\nname = \"c\"\nendpoints = [{eps}]\nhealth_check = {{}}\n"
+            )
+        };
+        let parse = |src: &str| Config::parse(src, &weft_core::config::literal_only).expect("valid");
+        let old = parse(&text("\"127.0.0.1:2\", \"127.0.0.1:3\""));
+        let t = HealthTable::new(&old);
+        t.set(1, 1, false);
+        // 127.0.0.1:3 moved to the front, a new endpoint behind it.
+        let new = parse(&text("\"127.0.0.1:3\", \"127.0.0.1:4\""));
+        let carried = HealthTable::carried(&new, &old, &t);
+        assert!(!carried.healthy(1, 0), "the endpoint down stays down");
+        assert!(carried.healthy(1, 1), "a new endpoint starts healthy");
+        assert!(carried.any_down(1) && !carried.any_down(0));
+    }
 }

@@ -1,6 +1,7 @@
 //! TLS termination on real sockets: a rustls client against a weft
 //! listener with `tls = { cert, key }`, certificates made at test time.
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -694,7 +695,50 @@ fn http2_by_alpn_with_a_client_identity() {
     assert_eq!(weft.failures(), 0);
 }
 
+/// A reload reads the listener's certificate again (rotated in place):
+/// new connections get the new one; a connection made before keeps going.
+fn a_reload_reads_the_certificate_again() {
+    let certs = Certs::new();
+    let up = Upstream::echo("up");
+    let path = certs.dir.join("weft.toml");
+    std::fs::write(&path, tls_config(&certs, up.addr, "")).expect("file written");
+    let server =
+        weft::Server::start(weft::load::from_file(&path).expect("a valid file")).expect("weft starts");
+    server.reload_handle().set_source(path.clone());
+    let addr = server.addr("in").expect("listener `in`");
+    let get = |s: &mut Tls| {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .expect("request written");
+        let (status, _, _) = response(s);
+        let peer = s.conn.peer_certificates().expect("the server's certificate")[0].clone();
+        (status, peer)
+    };
+    let mut kept = connect(addr, certs.client(&[b"http/1.1"]));
+    let (status, first) = get(&mut kept);
+    assert_eq!(status, 200);
+    // A new certificate and key in the same files.
+    certs.server_pair("rotated", &["localhost", "127.0.0.1"]);
+    for (from, to) in [("rotated.pem", "cert.pem"), ("rotated.key", "key.pem")] {
+        std::fs::copy(certs.dir.join(from), certs.dir.join(to)).expect("rotated in place");
+    }
+    assert_eq!(server.reload_handle().from_source(), Ok(2));
+    let (status, second) = get(&mut connect(addr, certs.client(&[b"http/1.1"])));
+    assert_eq!(status, 200);
+    assert_ne!(first, second, "a new connection got the old certificate");
+    let rotated =
+        CertificateDer::from_pem_file(certs.dir.join("rotated.pem")).expect("the rotated certificate");
+    assert_eq!(second, rotated, "the new connection got the rotated certificate");
+    let (status, still) = get(&mut kept);
+    assert_eq!(
+        (status, still),
+        (200, first),
+        "the connection made before goes on"
+    );
+    server.shutdown();
+}
+
 on_both_drivers!(
+    a_reload_reads_the_certificate_again,
     requests_over_tls_keep_alive_and_carry_large_bodies,
     http2_by_alpn_with_a_client_identity,
     bad_tls_clients_end_only_their_own_connection,
