@@ -71,6 +71,16 @@ impl Health {
         }
     }
 
+    /// An endpoint whose standing is already known (carried across a
+    /// reload): the thresholds apply from the first probe on.
+    pub fn known(healthy: bool) -> Self {
+        Health {
+            healthy,
+            fresh: false,
+            streak: 0,
+        }
+    }
+
     /// True when the endpoint may take requests.
     pub fn healthy(&self) -> bool {
         self.healthy
@@ -147,5 +157,19 @@ mod tests {
         assert!(status_passes(204));
         assert!(!status_passes(301));
         assert!(!status_passes(503));
+    }
+
+    #[test]
+    fn a_known_standing_changes_only_past_its_threshold() {
+        let s = HealthSettings {
+            healthy: 2,
+            unhealthy: 3,
+            ..HealthSettings::default()
+        };
+        let mut h = Health::known(false);
+        assert_eq!(h.probed(true, &s), None, "one pass is not enough");
+        assert_eq!(h.probed(true, &s), Some(true));
+        let mut h = Health::known(true);
+        assert_eq!(h.probed(false, &s), None, "one failure is not enough");
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::config::Config;
 use crate::outcome::{classify, Outcome};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Bucket bounds of `response_latency_ms`, in microseconds: Linkerd's
@@ -244,7 +245,20 @@ impl Metrics {
     /// listener.
     pub fn reshape(&mut self, old: &Config, new: &Config) {
         let mut next = Metrics::new(new);
-        let clusters = |c: Option<usize>| c.and_then(|c| same_cluster(old, new, c));
+        // Names looked up once each: a reload of thousands of routes and
+        // clusters stays linear.
+        let new_clusters: HashMap<&str, usize> = new
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect();
+        let cluster_now: Vec<Option<usize>> = old
+            .clusters
+            .iter()
+            .map(|c| new_clusters.get(c.name.as_str()).copied())
+            .collect();
+        let clusters = |c: Option<usize>| c.and_then(|c| *cluster_now.get(c)?);
         for (li, was) in old.listeners.iter().enumerate() {
             let Some(lj) = new.listeners.iter().position(|l| l.name == was.name) else {
                 continue;
@@ -256,6 +270,13 @@ impl Metrics {
                 continue;
             };
             let now = &new.listeners[lj];
+            let new_routes: HashMap<&str, usize> = now
+                .routes
+                .routes()
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name.as_str(), i))
+                .collect();
             let mut taken = std::mem::take(routes);
             let unrouted = taken.pop().unwrap_or_default();
             let mut moved = |slot: Vec<ResponseSeries>, to: usize| {
@@ -271,19 +292,20 @@ impl Metrics {
             };
             moved(unrouted, now.routes.len());
             for (route, slot) in was.routes.routes().iter().zip(taken) {
-                if let Some(j) = now.routes.routes().iter().position(|r| r.name == route.name) {
+                if let Some(&j) = new_routes.get(route.name.as_str()) {
                     moved(slot, j);
                 }
             }
         }
         for (ci, stats) in self.clusters.iter().enumerate() {
-            let Some(cj) = same_cluster(old, new, ci) else {
+            let Some(cj) = clusters(Some(ci)) else {
                 continue;
             };
             let to = &mut next.clusters[cj];
             to.retries = stats.retries;
-            for (i, e) in stats.endpoints.iter().enumerate() {
-                if let Some((_, j)) = same_endpoint(old, new, ci, i) {
+            let eps = &new.clusters[cj].endpoints;
+            for (addr, e) in old.clusters[ci].endpoints.iter().zip(&stats.endpoints) {
+                if let Some(j) = eps.iter().position(|a| a == addr) {
                     to.endpoints[j] = e.clone();
                 }
             }

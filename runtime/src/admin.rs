@@ -385,7 +385,7 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
             Answer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: exposition::render(&admin.reload, &current, &snaps),
+                body: exposition::render(&admin.reload, &current.config, &snaps),
                 head_only: false,
             }
         }
@@ -407,8 +407,10 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
         ),
         "/clusters" if wants("GET") => {
             let (current, snaps) = scrape(admin);
-            let health = admin.reload.health();
-            Answer::text(200, exposition::clusters(&current, &snaps, &health))
+            Answer::text(
+                200,
+                exposition::clusters(&current.config, &snaps, &current.health),
+            )
         }
         "/reload" if method == "POST" => match admin.reload.from_source() {
             Ok(generation) => Answer::text(200, format!("reloaded: generation {generation}\n")),
@@ -435,7 +437,7 @@ fn route(admin: &Admin, method: &str, path: &str) -> Answer {
 /// configuration in force (returned with them): a worker that does not
 /// answer within [`SCRAPE_WAIT`] (busy, or stopped) is shown as it last
 /// answered.
-fn scrape(admin: &Admin) -> (Arc<Config>, Vec<(usize, WorkerSnapshot)>) {
+fn scrape(admin: &Admin) -> (Arc<Material>, Vec<(usize, WorkerSnapshot)>) {
     let asked: Vec<_> = admin.mailboxes.iter().map(|m| m.ask()).collect();
     let deadline = Instant::now() + SCRAPE_WAIT;
     let mut last = admin.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -454,7 +456,7 @@ fn scrape(admin: &Admin) -> (Arc<Config>, Vec<(usize, WorkerSnapshot)>) {
             }
         })
         .collect();
-    let current = admin.reload.config();
-    let snaps = exposition::reshaped(&current, snaps);
+    let current = admin.reload.material();
+    let snaps = exposition::reshaped(&current.config, snaps);
     (current, snaps)
 }

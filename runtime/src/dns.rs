@@ -15,6 +15,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use weft_core::Config;
 
+/// How often the thread looks at the running configuration.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 /// The host names of `config` to resolve again: per cluster with a
 /// `dns_refresh`, its endpoints written as a name (not an address).
 fn hosts(config: &Config) -> Vec<(String, Duration, Vec<String>)> {
@@ -79,21 +82,17 @@ pub fn refreshed(config: &Config, resolved: &HashMap<String, SocketAddr>) -> Opt
 /// [`crate::load::resolve`]).
 pub type Resolver = std::sync::Arc<dyn Fn(&str) -> Result<Vec<SocketAddr>, String> + Send + Sync>;
 
-/// Starts the resolving thread when some cluster has an endpoint given by
-/// host name and a `dns_refresh`; it ends when `stop` is dropped or sent
-/// to.
+/// Starts the resolving thread; it ends when `stop` is dropped or sent to.
+/// It looks at the running configuration every second (a reload may add
+/// host names) and resolves what is due.
 pub(crate) fn start(
     reload: Reload,
     resolver: Resolver,
     stop: Receiver<()>,
-) -> std::io::Result<Option<JoinHandle<()>>> {
-    if hosts(&reload.config()).is_empty() {
-        return Ok(None);
-    }
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("weft-dns".into())
         .spawn(move || run(&reload, &*resolver, &stop))
-        .map(Some)
 }
 
 fn run(
@@ -107,7 +106,7 @@ fn run(
         let now = Instant::now();
         let wanted = hosts(&reload.config());
         let mut names = Vec::new();
-        let mut next = now + Duration::from_secs(60);
+        let mut next = now + LOOK_EVERY;
         for (cluster, every, hosts) in &wanted {
             let at = *due.entry(cluster.clone()).or_insert(now + *every);
             if at <= now {

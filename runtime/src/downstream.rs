@@ -134,6 +134,8 @@ pub(crate) fn serve<S: Stream>(
                     let Some((gen, li)) = on.current(&w, listener) else {
                         return;
                     };
+                    // The HTTP/2 session takes the newest generation per stream.
+                    on.gen.replace(None);
                     // Boxed: an HTTP/1 connection's task stays small.
                     let read = std::mem::take(&mut buf);
                     Box::pin(crate::downstream_h2::serve(&w, gen, li, c, read, peer_ip.into())).await;
@@ -233,6 +235,7 @@ async fn request<S: Stream>(
             }
             let head = Request::H1(h);
             let started = Instant::now();
+            drop(gen);
             // A reload while the head came in: the newest configuration.
             let Some((gen, li)) = on.current(w, listener) else {
                 return Step::Done;
@@ -249,6 +252,9 @@ async fn request<S: Stream>(
                 // After the request's outcome is recorded: a lingering
                 // close or a tunnel is no part of the exchange.
                 end => {
+                    // A tunnel may last for hours: it holds no generation.
+                    drop(gen);
+                    on.gen.replace(None);
                     Box::pin(finish(&w.timers, end, std::mem::take(buf))).await;
                     Step::Done
                 }

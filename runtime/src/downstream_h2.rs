@@ -8,7 +8,7 @@
 
 use crate::forward::{exchange_h2, H2Stream};
 use crate::io::Stream;
-use crate::state::{Generation, Worker};
+use crate::state::{Generation, ListenerState, Worker};
 use crate::timer::within;
 use crate::wire::{carry, wire};
 use bytes::{Bytes, BytesMut};
@@ -39,7 +39,7 @@ pub(crate) fn preface(buf: &[u8]) -> Option<bool> {
 /// Serves an HTTP/2 connection until it closes. `read`: its first bytes,
 /// already read (the preface, when it was detected on a plain listener).
 /// It serves on listener `li` of `gen` (each stream on the newest
-/// generation when it comes).
+/// generation when it comes; the connection holds none meanwhile).
 pub(crate) async fn serve<S: Stream>(
     w: &Rc<Worker>,
     gen: Rc<Generation>,
@@ -48,7 +48,12 @@ pub(crate) async fn serve<S: Stream>(
     read: BytesMut,
     peer_ip: Rc<str>,
 ) {
-    let l = &gen.config.listeners[li];
+    // What the connection needs of its listener, copied: it holds no
+    // generation while it waits (a reload's replaced clusters, and their
+    // pools, go once their requests end).
+    let l = Limits::of(&gen.config.listeners[li], gen.config.runtime.drain_timeout);
+    let listener = gen.listeners[li].clone();
+    drop(gen);
     let identity = client.identity();
     let (wire, pump) = wire(read);
     let driver = async {
@@ -66,9 +71,32 @@ pub(crate) async fn serve<S: Stream>(
             Some(Ok(conn)) => conn,
             _ => return,
         };
-        drive(w, (gen.clone(), li), l, &mut conn, &peer_ip, identity).await;
+        drive(w, &listener, &l, &mut conn, &peer_ip, identity).await;
     };
     carry(&w.timers, l.write_timeout, client, pump, driver).await;
+}
+
+/// A listener's settings an HTTP/2 connection reads, copied at its start.
+struct Limits {
+    http2: weft_core::config::Http2Settings,
+    max_header_bytes: usize,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    write_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+impl Limits {
+    fn of(l: &Listener, drain_timeout: Duration) -> Self {
+        Limits {
+            http2: l.http2,
+            max_header_bytes: l.max_header_bytes,
+            header_timeout: l.header_timeout,
+            idle_timeout: l.idle_timeout,
+            write_timeout: l.write_timeout,
+            drain_timeout,
+        }
+    }
 }
 
 /// Accepts the connection's streams, each into a task of its own, until
@@ -76,8 +104,8 @@ pub(crate) async fn serve<S: Stream>(
 /// stream open) for the listener's idle timeout, or when the worker drains.
 async fn drive(
     w: &Rc<Worker>,
-    (mut gen, mut li): (Rc<Generation>, usize),
-    l: &Listener,
+    listener: &ListenerState,
+    l: &Limits,
     conn: &mut h2::server::Connection<crate::wire::Wire, Bytes>,
     peer_ip: &Rc<str>,
     identity: Option<Rc<str>>,
@@ -96,8 +124,18 @@ async fn drive(
                 idle_until = Instant::now() + l.idle_timeout;
                 let s = H2Stream { req, respond };
                 let place = Place::take(&live);
-                w.refresh(&mut gen, &mut li);
-                let (w, gen, peer_ip, identity) = (w.clone(), gen.clone(), peer_ip.clone(), identity.clone());
+                // Each stream on the newest generation; on a listener a
+                // reload removed, none is taken (REFUSED_STREAM: the client
+                // may send it again elsewhere) and the connection closes.
+                let Some(li) = listener.index.get() else {
+                    let mut respond = s.respond;
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    conn.graceful_shutdown();
+                    closing = closing.or(Some(Instant::now() + l.drain_timeout));
+                    continue;
+                };
+                let gen = w.generation();
+                let (w, peer_ip, identity) = (w.clone(), peer_ip.clone(), identity.clone());
                 monoio::spawn(async move {
                     let _place = place;
                     exchange_h2(w, gen, li, s, peer_ip, identity).await
@@ -134,14 +172,14 @@ async fn drive(
             None => {
                 let now = Instant::now();
                 // A listener a reload removed closes as in a drain.
-                let removed = gen.listeners[li].index.get().is_none();
+                let removed = listener.index.get().is_none();
                 if !w.draining.get() && !removed && now < idle_until {
                     // Woken to look again (a reload removed a listener).
                     continue;
                 }
                 if w.draining.get() || removed || !conn.has_streams() {
                     conn.graceful_shutdown();
-                    closing = Some(now + gen.config.runtime.drain_timeout);
+                    closing = Some(now + l.drain_timeout);
                 } else {
                     idle_until = now + l.idle_timeout;
                 }

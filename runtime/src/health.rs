@@ -34,6 +34,9 @@ struct ClusterHealth {
     down: AtomicUsize,
     /// Per endpoint: passes its health check (or has none).
     up: Box<[AtomicBool]>,
+    /// Per endpoint: its standing came from the configuration before a
+    /// reload (its probes go on from it, not from scratch).
+    carried: Box<[AtomicBool]>,
 }
 
 impl HealthTable {
@@ -46,6 +49,7 @@ impl HealthTable {
                 .map(|c| ClusterHealth {
                     down: AtomicUsize::new(0),
                     up: c.endpoints.iter().map(|_| AtomicBool::new(true)).collect(),
+                    carried: c.endpoints.iter().map(|_| AtomicBool::new(false)).collect(),
                 })
                 .collect(),
         }
@@ -56,13 +60,23 @@ impl HealthTable {
     /// (a reload is no reason to send traffic to one known down).
     pub fn carried(config: &Config, old: &Config, table: &HealthTable) -> Self {
         let t = HealthTable::new(config);
+        let by_name: std::collections::HashMap<&str, usize> = old
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect();
         for (c, cluster) in config.clusters.iter().enumerate() {
-            for i in 0..cluster.endpoints.len() {
-                let was = weft_core::metrics::same_endpoint(config, old, c, i);
-                if let Some((oc, oi)) = was {
-                    if old.clusters[oc].health_check.is_some() && cluster.health_check.is_some() {
-                        t.set(c, i, table.healthy(oc, oi));
-                    }
+            let Some(&oc) = by_name.get(cluster.name.as_str()) else {
+                continue;
+            };
+            if old.clusters[oc].health_check.is_none() || cluster.health_check.is_none() {
+                continue;
+            }
+            for (i, addr) in cluster.endpoints.iter().enumerate() {
+                if let Some(oi) = old.clusters[oc].endpoints.iter().position(|a| a == addr) {
+                    t.set(c, i, table.healthy(oc, oi));
+                    t.clusters[c].carried[i].store(true, Ordering::Relaxed);
                 }
             }
         }
@@ -231,7 +245,18 @@ fn request(s: &HealthSettings, authority: &str) -> Bytes {
 
 /// Probes one endpoint every interval, for as long as the prober runs.
 async fn watch(t: Target, s: HealthSettings, table: Arc<HealthTable>) {
-    let mut health = Health::new();
+    // An endpoint carried across a reload goes on from its standing (a
+    // recovered one is marked up again once its thresholds say so).
+    let carried = table
+        .clusters
+        .get(t.c)
+        .and_then(|h| h.carried.get(t.i))
+        .is_some_and(|k| k.load(Ordering::Relaxed));
+    let mut health = if carried {
+        Health::known(table.healthy(t.c, t.i))
+    } else {
+        Health::new()
+    };
     loop {
         let result = match monoio::time::timeout(s.timeout, probe(&t)).await {
             Ok(r) => r,
@@ -340,5 +365,8 @@ mod tests {
         assert!(!carried.healthy(1, 0), "the endpoint down stays down");
         assert!(carried.healthy(1, 1), "a new endpoint starts healthy");
         assert!(carried.any_down(1) && !carried.any_down(0));
+        // Its prober goes on from its standing; a new one starts afresh.
+        assert!(carried.clusters[1].carried[0].load(Ordering::Relaxed));
+        assert!(!carried.clusters[1].carried[1].load(Ordering::Relaxed));
     }
 }

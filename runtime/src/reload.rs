@@ -29,6 +29,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use weft_core::{Config, LogPath};
 
+/// Binds `count` sockets on `addr` ([`crate::server::bind_all`]); an
+/// address in use is tried again for up to [`BIND_WAIT`], so that a
+/// listener a reload just removed (its socket closes once its accept loop
+/// has seen the reload) can come back at the same address.
+fn bind_soon(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let deadline = std::time::Instant::now() + BIND_WAIT;
+    loop {
+        match crate::server::bind_all(addr, count) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a reload tries again to bind an address in use.
+const BIND_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How long a reload waits for every worker to take it before it answers.
 const TAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -93,9 +112,10 @@ impl Reload {
         lock(&self.inner.current).config.clone()
     }
 
-    /// The health table of the clusters in force.
-    pub(crate) fn health(&self) -> Arc<HealthTable> {
-        lock(&self.inner.current).health.clone()
+    /// The configuration in force with what goes with it (its health
+    /// table), read together.
+    pub(crate) fn material(&self) -> Arc<Material> {
+        lock(&self.inner.current).clone()
     }
 
     /// Every listener's name and bound address, as of the last reload.
@@ -175,7 +195,7 @@ impl Reload {
                 addrs.push((l.name.clone(), *addr));
                 continue;
             }
-            let bound = crate::server::bind_all(l.addr, workers).map_err(|e| {
+            let bound = bind_soon(l.addr, workers).map_err(|e| {
                 self.refused(format!(
                     "listener `{}` cannot bind {}: {e} (is another process using it? change `listen`)",
                     l.name, l.addr
@@ -244,8 +264,11 @@ impl Reload {
                     .into(),
             ));
         };
+        // Read under the lock: two reloads in a row apply the files in the
+        // order they were read (the last read wins).
+        let mut prober = lock(&self.inner.applying);
         match crate::load::from_file(&path) {
-            Ok(config) => self.apply(config),
+            Ok(config) => self.apply_locked(&mut prober, config),
             Err(e) => Err(self.refused(e)),
         }
     }

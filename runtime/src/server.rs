@@ -434,7 +434,7 @@ impl Server {
         let reload = Reload::new(material, addrs, mailboxes.clone(), prober, shutdown.clone());
         let (dns_stop, stopped) = mpsc::channel();
         let dns = match crate::dns::start(reload.clone(), resolver, stopped) {
-            Ok(thread) => thread.map(|t| (dns_stop, t)),
+            Ok(thread) => Some((dns_stop, thread)),
             Err(e) => {
                 reload.stop_prober();
                 return abort(workers, &shutdown, StartError::Worker(e));

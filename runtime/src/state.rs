@@ -11,6 +11,7 @@ use crate::upstream::{Dialer, Endpoint};
 use bytes::{Bytes, BytesMut};
 use monoio::io::{CancelHandle, Canceller};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -55,7 +56,7 @@ impl ClusterState {
     ) -> Self {
         let sni = c.tls.as_ref().and_then(|t| t.sni.as_deref());
         let same_way = |old: &Cluster| old.protocol == c.protocol && old.tls == c.tls && old.pool == c.pool;
-        let endpoints = c
+        let endpoints: Vec<Rc<Endpoint>> = c
             .endpoints
             .iter()
             .zip(&c.authorities)
@@ -74,10 +75,15 @@ impl ClusterState {
                 e
             })
             .collect();
+        // Endpoints kept may be out still.
+        let ejected_until = endpoints
+            .iter()
+            .filter_map(|e| e.outlier.borrow().ejected_until())
+            .max();
         ClusterState {
             endpoints,
             rr: RefCell::new(RoundRobin::default()),
-            ejected_until: Cell::new(None),
+            ejected_until: Cell::new(ejected_until),
             limits: c.limits.per_worker(workers),
             requests: Cell::new(0),
             retries: Cell::new(0),
@@ -90,6 +96,13 @@ impl ClusterState {
                 },
             )),
         }
+    }
+
+    /// An endpoint of the cluster is ejected until `until`: picks look at
+    /// ejections until then.
+    fn ejected_by(&self, until: Instant) {
+        let later = self.ejected_until.get().map_or(until, |u| u.max(until));
+        self.ejected_until.set(Some(later));
     }
 
     /// True when the cluster may open one more connection on this worker:
@@ -233,13 +246,26 @@ impl Generation {
         log: Option<&crate::access_log::WorkerLog>,
     ) -> Self {
         let config = m.config.clone();
+        // Names of the generation before, looked up once each (a reload
+        // of thousands of clusters and routes must not take quadratic time
+        // on every worker).
+        let old_clusters: HashMap<&str, usize> = before
+            .map(|b| {
+                b.config
+                    .clusters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name.as_str(), i))
+                    .collect()
+            })
+            .unwrap_or_default();
         let clusters = config
             .clusters
             .iter()
             .enumerate()
             .map(|(ci, c)| {
                 let old = before.and_then(|b| {
-                    let j = b.config.clusters.iter().position(|o| o.name == c.name)?;
+                    let j = *old_clusters.get(c.name.as_str())?;
                     Some((&b.config.clusters[j], &b.clusters[j]))
                 });
                 let tls = m.cluster_tls[ci].as_ref().and_then(|mat| {
@@ -278,7 +304,17 @@ impl Generation {
                         state.configure(l, workers);
                         state
                     }
-                    None => Rc::new(ListenerState::new(l, workers)),
+                    None => {
+                        let state = ListenerState::new(l, workers);
+                        // At a new address under the same name: its count of
+                        // connections goes on (a counter never goes down).
+                        if let Some(b) = before {
+                            if let Some(j) = b.config.listeners.iter().position(|o| o.name == l.name) {
+                                state.gate.opened.set(b.listeners[j].gate.opened());
+                            }
+                        }
+                        Rc::new(state)
+                    }
                 }
             })
             .collect();
@@ -293,6 +329,26 @@ impl Generation {
                 })
             })
             .collect();
+        // Rate-limited routes of the generation before, by listener and
+        // route name: their buckets and limits.
+        type Bucket<'b> = (&'b RefCell<TokenBucket>, Option<weft_core::RateLimit>);
+        let old_limits: HashMap<(&str, &str), Bucket<'_>> = before
+            .map(|b| {
+                b.config
+                    .listeners
+                    .iter()
+                    .zip(&b.rate_limits)
+                    .flat_map(|(l, limits)| {
+                        l.routes.routes().iter().zip(limits).filter_map(|(r, bucket)| {
+                            Some((
+                                (l.name.as_str(), r.name.as_str()),
+                                (bucket.as_ref()?, r.rate_limit),
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let rate_limits = config
             .listeners
             .iter()
@@ -302,15 +358,10 @@ impl Generation {
                     .iter()
                     .map(|r| {
                         let rl = r.rate_limit?;
-                        let kept = before.and_then(|b| {
-                            let j = b.config.listeners.iter().position(|o| o.name == l.name)?;
-                            let old = b.config.listeners[j].routes.routes();
-                            let k = old
-                                .iter()
-                                .position(|o| o.name == r.name && o.rate_limit == r.rate_limit)?;
-                            let bucket = b.rate_limits.get(j)?.get(k)?.as_ref()?;
-                            Some(*bucket.borrow())
-                        });
+                        let kept = old_limits
+                            .get(&(l.name.as_str(), r.name.as_str()))
+                            .filter(|(_, was)| *was == r.rate_limit)
+                            .map(|(bucket, _)| *bucket.borrow());
                         Some(RefCell::new(kept.unwrap_or_else(|| {
                             TokenBucket::new(Instant::now(), rl.per_worker(workers))
                         })))
@@ -583,16 +634,24 @@ impl Worker {
         self.counters.outcome(o.success());
         let now = self.generation.borrow();
         let same = std::ptr::eq(gen, &**now);
-        // Ejections counted in the metrics, by the endpoint's place now.
+        // An ejection, by the endpoint's place now: counted in the metrics,
+        // and seen by the newest generation's state of its cluster (a
+        // changed cluster keeps the endpoint, with its outlier record).
         let ejected = |c: usize, i: usize| {
-            let Some(m) = &self.metrics else { return };
-            let at = if same {
-                Some((c, i))
-            } else {
-                weft_core::metrics::same_endpoint(&gen.config, &now.config, c, i)
+            if same {
+                if let Some(m) = &self.metrics {
+                    m.borrow_mut().ejected(c, i);
+                }
+                return;
+            }
+            let Some((c2, i2)) = weft_core::metrics::same_endpoint(&gen.config, &now.config, c, i) else {
+                return;
             };
-            if let Some((c, i)) = at {
-                m.borrow_mut().ejected(c, i);
+            if let Some(until) = gen.clusters[c].endpoints[i].outlier.borrow().ejected_until() {
+                now.clusters[c2].ejected_by(until);
+            }
+            if let Some(m) = &self.metrics {
+                m.borrow_mut().ejected(c2, i2);
             }
         };
         let mut failed = false;
@@ -842,9 +901,7 @@ fn endpoint_failed(state: &ClusterState, settings: &OutlierSettings, i: usize, n
     if !outlier.failure(now, settings, room) {
         return false;
     }
-    let until = outlier.ejected_until().unwrap_or(now);
-    let later = state.ejected_until.get().map_or(until, |u| u.max(until));
-    state.ejected_until.set(Some(later));
+    state.ejected_by(outlier.ejected_until().unwrap_or(now));
     true
 }
 

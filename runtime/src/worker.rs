@@ -38,11 +38,11 @@ async fn serve_tls(
     match within(w.timers.after(timeout), tls::accept(tcp, cfg)).await {
         Some(Ok(stream)) if stream.is_h2() => {
             let peer_ip: Rc<str> = peer.ip().to_string().into();
-            crate::downstream_h2::serve(&w, gen.clone(), li, stream, BytesMut::new(), peer_ip).await
+            crate::downstream_h2::serve(&w, gen, li, stream, BytesMut::new(), peer_ip).await
         }
         Some(Ok(stream)) => {
             std::mem::forget(admitted);
-            downstream::serve(w.clone(), gen.clone(), li, stream, peer).await
+            downstream::serve(w.clone(), gen, li, stream, peer).await
         }
         Some(Err(e)) => tracing::info!("listener `{}`: TLS handshake with {peer} failed: {e}", l.name),
         None => tracing::info!(

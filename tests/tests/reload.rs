@@ -327,6 +327,52 @@ fn listeners_come_and_go() {
     assert_eq!(s.server.addr("extra"), None);
     assert_eq!(kept.get("/", "").header("x-upstream"), Some("a"));
     assert_eq!(s.a.accepted(), 1, "the kept listener's upstream pool was kept");
+    // And back at the same address.
+    std::fs::write(&s.path, two_listeners(s.a.addr, s.b.addr, &free.to_string(), "b")).expect("file written");
+    reload_ok(admin_addr);
+    assert_eq!(s.server.addr("extra"), Some(extra));
+    assert_eq!(get(extra, "/").header("x-upstream"), Some("b"));
+    s.server.shutdown();
+}
+
+/// A cluster a reload removed lets go of its pooled upstream connections
+/// once its requests are done, though client connections that used it
+/// stay open (idle, over plain HTTP/1.1 and over HTTP/2): they hold no
+/// configuration while they wait.
+fn a_removed_cluster_closes_its_pool() {
+    let s = Setup::start();
+    let admin_addr = s.admin;
+    // Everything to `b`, over a client connection that then idles, and
+    // over an HTTP/2 one.
+    std::fs::write(&s.path, text(s.a.addr, s.b.addr, (0, 1), "")).expect("file written");
+    reload_ok(admin_addr);
+    let mut idle = Client::connect(s.addr);
+    assert_eq!(idle.get("/", "").header("x-upstream"), Some("b"));
+    let mut h2 = weft_tests::h2c::H2::connect(s.addr);
+    let h2_get = |h2: &mut weft_tests::h2c::H2| {
+        let req = weft_tests::h2c::H2::head(s.addr, "GET", "/", &[]);
+        h2.request(req, b"").expect("an HTTP/2 response")
+    };
+    let r = h2_get(&mut h2);
+    assert_eq!((r.status, r.header("x-upstream")), (200, Some("b")));
+    assert!(s.b.accepted() >= 1);
+    // Cluster `b` gone.
+    let without_b = text(s.a.addr, s.b.addr, (1, 0), "").replace(
+        "split = [ { cluster = \"a\", weight = 1 }, { cluster = \"b\", weight = 0 } ]",
+        "cluster = \"a\"",
+    );
+    let without_b = without_b[..without_b.find("[[cluster]]\nname = \"b\"").expect("cluster b")].to_string();
+    std::fs::write(&s.path, without_b).expect("file written");
+    reload_ok(admin_addr);
+    assert!(
+        eventually(Duration::from_secs(5), || s.b.closed() == s.b.accepted()),
+        "upstream `b` still has {} of {} connections open",
+        s.b.accepted() - s.b.closed(),
+        s.b.accepted()
+    );
+    // The client connections are still there, and go to `a` now.
+    assert_eq!(idle.get("/", "").header("x-upstream"), Some("a"));
+    assert_eq!(h2_get(&mut h2).header("x-upstream"), Some("a"));
     s.server.shutdown();
 }
 
@@ -426,7 +472,8 @@ on_both_drivers!(
     refused_reloads_change_nothing,
     metrics_follow_their_route_across_a_reload,
     listeners_come_and_go,
-    clusters_change_and_unchanged_ones_keep_their_pools
+    clusters_change_and_unchanged_ones_keep_their_pools,
+    a_removed_cluster_closes_its_pool
 );
 
 /// weft started from configuration text has no file to reload.
