@@ -231,10 +231,17 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// Collects the framing facts of header fields httparse parsed (so values
-/// hold no control bytes), rejecting malformed framing headers.
-pub(crate) fn scan(base: &[u8], fields: &[httparse::Header<'_>]) -> Result<Scan, HeadError> {
+/// hold no control bytes), rejecting malformed framing headers. The
+/// fields' ranges go into `into` (cleared; its memory reused).
+pub(crate) fn scan(
+    base: &[u8],
+    fields: &[httparse::Header<'_>],
+    mut into: Vec<HeaderRange>,
+) -> Result<Scan, HeadError> {
+    into.clear();
+    into.reserve(fields.len());
     let mut s = Scan {
-        headers: Vec::with_capacity(fields.len()),
+        headers: into,
         ..Scan::default()
     };
     for h in fields {

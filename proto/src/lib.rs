@@ -25,5 +25,5 @@ pub use chunked::{ChunkedDecoder, ChunkedError, Step};
 pub use error::HeadError;
 pub use head::{BodyFraming, HeaderRange, Limits};
 pub use message::{BodyLength, Request, Response, Version};
-pub use request::{parse_request, RequestHead};
-pub use response::{parse_response, ResponseHead};
+pub use request::{parse_request, parse_request_in, RequestHead};
+pub use response::{parse_response, parse_response_in, ResponseHead};

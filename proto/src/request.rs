@@ -201,6 +201,17 @@ fn request_line_len(buf: &[u8]) -> Option<usize> {
 /// are split off `buf` (what follows them, body or pipelined requests, stays).
 /// Errors are final: the connection must answer with [`HeadError::status`] and close.
 pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>, HeadError> {
+    parse_request_in(buf, limits, &mut Vec::new())
+}
+
+/// [`parse_request`], with the head's fields in `spare`'s memory: a
+/// complete head takes the vector (`spare` is left empty), so that a
+/// caller that hands the fields of finished heads back allocates nothing.
+pub fn parse_request_in(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    spare: &mut Vec<HeaderRange>,
+) -> Result<Option<RequestHead>, HeadError> {
     // Tolerate (and drop) empty lines before a request line (RFC 9112 §2.2).
     let blank = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
     if blank > 0 {
@@ -259,7 +270,7 @@ pub fn parse_request(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reque
     // The fields httparse filled (no copy: a vector here was an allocation
     // per message).
     let filled = req.headers.iter().take_while(|h| !h.name.is_empty()).count();
-    let s = scan(base, &req.headers[..filled])?;
+    let s = scan(base, &req.headers[..filled], std::mem::take(spare))?;
 
     // Target forms (RFC 9112 §3.2).
     let t = target.as_bytes();

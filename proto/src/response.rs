@@ -61,6 +61,17 @@ pub fn parse_response(
     limits: &Limits,
     head_request: bool,
 ) -> Result<Option<ResponseHead>, HeadError> {
+    parse_response_in(buf, limits, head_request, &mut Vec::new())
+}
+
+/// [`parse_response`], with the head's fields in `spare`'s memory (a
+/// complete head takes the vector; see [`crate::parse_request_in`]).
+pub fn parse_response_in(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    head_request: bool,
+    spare: &mut Vec<HeaderRange>,
+) -> Result<Option<ResponseHead>, HeadError> {
     let max_headers = limits.max_headers.min(MAX_HEADERS_CAP);
     // Left uninitialised: httparse writes the fields it parses.
     let mut fields = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS_CAP];
@@ -102,7 +113,7 @@ pub fn parse_response(
     // The fields httparse filled (no copy: a vector here was an allocation
     // per message).
     let filled = res.headers.iter().take_while(|h| !h.name.is_empty()).count();
-    let s = scan(base, &res.headers[..filled])?;
+    let s = scan(base, &res.headers[..filled], std::mem::take(spare))?;
     let bodyless = head_request || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if bodyless {
         BodyFraming::None

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use weft_core::config::Listener;
 use weft_core::{ErrorKind, ProxyError};
-use weft_proto::{parse_request, HeadError, Limits, Request, RequestHead};
+use weft_proto::{parse_request_in, HeadError, Limits, Request, RequestHead};
 
 enum HeadRead {
     Head(RequestHead),
@@ -245,6 +245,9 @@ async fn request<S: Stream>(
             // the next (`serve`'s place), and the states of read_head and of
             // the exchange, never alive together, share its memory.
             let next = exchange(w, &gen, l, client, buf, &head, peer_ip, started).await;
+            if let Request::H1(h) = head {
+                w.give_fields(h.headers);
+            }
             // A listener a reload removed serves what came, and closes.
             let open = gen.listeners[li].index.get().is_some();
             return match next {
@@ -380,11 +383,16 @@ async fn read_head<S: Stream>(
                 Some(true) => return HeadRead::Http2,
                 // Maybe HTTP/2's preface: wait for the rest of it.
                 None => {}
-                Some(false) => match parse_request(buf, &limits) {
-                    Ok(Some(h)) => return HeadRead::Head(h),
-                    Ok(None) => {}
-                    Err(e) => return HeadRead::Reject(e),
-                },
+                Some(false) => {
+                    let mut spare = w.take_fields();
+                    let parsed = parse_request_in(buf, &limits, &mut spare);
+                    w.give_fields(spare);
+                    match parsed {
+                        Ok(Some(h)) => return HeadRead::Head(h),
+                        Ok(None) => {}
+                        Err(e) => return HeadRead::Reject(e),
+                    }
+                }
             }
         } else if buf.capacity() == 0 {
             *buf = BytesMut::with_capacity(FIRST_READ);

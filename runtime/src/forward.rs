@@ -28,7 +28,7 @@ use weft_core::route::{RetryPolicy, Route};
 use weft_core::{ErrorKind, ProxyError, RetryClass, Side};
 use weft_proto::body::BodyReader as Body;
 use weft_proto::encode::{encode_response, RequestOptions, ResponseOptions};
-use weft_proto::{parse_response, BodyFraming, BodyLength, Limits, Request, ResponseHead, Version};
+use weft_proto::{parse_response_in, BodyFraming, BodyLength, Limits, Request, ResponseHead, Version};
 
 mod http2;
 mod to_h2;
@@ -894,7 +894,10 @@ async fn response_head<C: Waiting>(
 ) -> Result<ResponseHead, Failed> {
     let mut informational = false;
     loop {
-        match parse_response(&mut up.buf, &RESPONSE_LIMITS, x.req.is_head()) {
+        let mut spare = x.w.take_fields();
+        let parsed = parse_response_in(&mut up.buf, &RESPONSE_LIMITS, x.req.is_head(), &mut spare);
+        x.w.give_fields(spare);
+        match parsed {
             Ok(Some(res)) if res.is_informational() && res.status != 101 => {
                 informational = true;
                 if !(res.status == 100 && x.continued) {
@@ -1012,8 +1015,9 @@ async fn respond<S: Stream>(
         Sent::Whole { close } => {
             // `keep_alive` is false for close-delimited responses (weft-proto).
             if res.keep_alive {
-                up.release(to.ep, &to.cluster.pool);
+                up.release(to.ep, &to.cluster.pool, &x.w.dialer());
             }
+            x.w.give_fields(res.headers);
             if close {
                 Next::Done(client)
             } else {
@@ -1310,9 +1314,10 @@ async fn full_duplex<'a, S: Stream>(
                         buf: ubuf,
                         reused: false,
                     };
-                    conn.release(to.ep, &to.cluster.pool);
+                    conn.release(to.ep, &to.cluster.pool, &x.w.dialer());
                 }
             }
+            x.w.give_fields(res.headers);
             match (upload_whole, close) {
                 (false, _) => Next::Linger(client),
                 (true, true) => Next::Done(client),
@@ -1341,7 +1346,10 @@ async fn final_head<C: Waiting, R: AsyncReadRent>(
     ubuf: &mut BytesMut,
 ) -> Result<ResponseHead, Failed> {
     loop {
-        match parse_response(ubuf, &RESPONSE_LIMITS, x.req.is_head()) {
+        let mut spare = x.w.take_fields();
+        let parsed = parse_response_in(ubuf, &RESPONSE_LIMITS, x.req.is_head(), &mut spare);
+        x.w.give_fields(spare);
+        match parsed {
             Ok(Some(res)) if res.status == 100 => continue,
             Ok(Some(res)) if res.is_informational() && res.status != 101 => {
                 client.interim(x, &res).await?;

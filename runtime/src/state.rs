@@ -425,6 +425,11 @@ pub(crate) struct Worker {
     /// Connections with a read posted in the hot window (at most
     /// [`HOT_READS`]).
     pub hot_reads: Cell<usize>,
+    /// Upstream read buffers given back by finished exchanges, for the
+    /// next ones (emptied when the worker goes quiet).
+    pub spare_reads: RefCell<Vec<BytesMut>>,
+    /// Header field vectors of finished heads, for the next ones.
+    spare_fields: RefCell<Vec<Vec<weft_proto::HeaderRange>>>,
     /// Where HTTP/1 heads going out are encoded: each takes its bytes out
     /// of one shared buffer ([`Worker::encode_head`]), so that a head costs
     /// no allocation of its own.
@@ -437,6 +442,13 @@ pub(crate) struct Worker {
     #[cfg(test)]
     pub outcomes: RefCell<Vec<Outcome>>,
 }
+
+/// Most field vectors a worker keeps for the next heads.
+const SPARE_FIELDS: usize = 64;
+
+/// Field vectors larger than this (a head with hundreds of fields) are not
+/// kept.
+const MAX_KEPT_FIELDS: usize = 64;
 
 /// Size of the buffers heads are encoded into ([`Worker::encode_head`]).
 const HEADS_BUFFER: usize = 8 * 1024;
@@ -584,6 +596,8 @@ impl Worker {
             idle_poll,
             hot_reads: Cell::new(0),
             heads: RefCell::new(BytesMut::new()),
+            spare_reads: RefCell::new(Vec::new()),
+            spare_fields: RefCell::new(Vec::new()),
             workers,
             removed: RefCell::new(Vec::new()),
             #[cfg(test)]
@@ -618,10 +632,28 @@ impl Worker {
         heads.split().freeze()
     }
 
+    /// A vector for a head's header fields: one a finished head gave
+    /// back, else a new (empty) one.
+    #[inline]
+    pub fn take_fields(&self) -> Vec<weft_proto::HeaderRange> {
+        self.spare_fields.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Keeps a head's field vector for the next head (up to
+    /// [`SPARE_FIELDS`]; one that never held anything is not kept).
+    #[inline]
+    pub fn give_fields(&self, fields: Vec<weft_proto::HeaderRange>) {
+        let mut spare = self.spare_fields.borrow_mut();
+        if fields.capacity() > 0 && fields.capacity() <= MAX_KEPT_FIELDS && spare.len() < SPARE_FIELDS {
+            spare.push(fields);
+        }
+    }
+
     /// How this worker opens upstream connections.
     pub fn dialer(&self) -> Dialer<'_> {
         Dialer {
             timers: &self.timers,
+            spare: &self.spare_reads,
             #[cfg(test)]
             net: self.net.as_deref(),
         }

@@ -184,8 +184,31 @@ unsafe impl Split for UpIo {}
 /// in the pipeline tests, an in-memory network).
 pub(crate) struct Dialer<'a> {
     pub timers: &'a std::rc::Rc<Timers>,
+    /// Read buffers of finished exchanges, for the next ones.
+    pub spare: &'a std::cell::RefCell<Vec<BytesMut>>,
     #[cfg(test)]
     pub net: Option<&'a crate::mem::Net>,
+}
+
+/// Most spare read buffers a worker keeps (16 KiB each once used).
+const SPARE_READS: usize = 16;
+
+impl Dialer<'_> {
+    /// A read buffer for an upstream answer: a spare one, whose memory
+    /// is taken again in place once the bytes read into it are gone (no
+    /// allocation), else a new one.
+    pub fn read_buffer(&self) -> BytesMut {
+        self.spare.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Keeps an empty read buffer for the next exchange (up to
+    /// [`SPARE_READS`]).
+    pub fn give_back(&self, buf: BytesMut) {
+        let mut spare = self.spare.borrow_mut();
+        if buf.is_empty() && spare.len() < SPARE_READS {
+            spare.push(buf);
+        }
+    }
 }
 
 /// Opens a new connection to `ep` within `timeout`: TCP, and the TLS
@@ -252,7 +275,7 @@ impl Conn {
         match ep.checkout(&cluster.pool, Instant::now()) {
             Some(io) => Ok(Conn {
                 io,
-                buf: BytesMut::new(),
+                buf: d.read_buffer(),
                 reused: true,
             }),
             // Boxed: a pooled connection is the common case, and a
@@ -271,7 +294,7 @@ impl Conn {
         }
         Ok(Conn {
             io: connect(d, ep, cluster.connect_timeout).await?,
-            buf: BytesMut::new(),
+            buf: d.read_buffer(),
             reused: false,
         })
     }
@@ -284,9 +307,11 @@ impl Conn {
     /// Hands the connection back to `ep`'s pool. Only for a connection
     /// whose response was read whole with nothing left over, that may be
     /// kept alive, and on which no operation was cancelled.
-    pub fn release(self, ep: &Endpoint, pool: &PoolSettings) {
+    /// Its read buffer goes back to `d`'s spares.
+    pub fn release(self, ep: &Endpoint, pool: &PoolSettings, d: &Dialer<'_>) {
         if self.buf.is_empty() {
             ep.checkin(self.io, pool, Instant::now());
+            d.give_back(self.buf);
         }
     }
 }

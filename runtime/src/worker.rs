@@ -246,6 +246,8 @@ async fn return_memory(worker: Rc<Worker>) {
             last = now;
         } else if dirty {
             dirty = false;
+            // The spare read buffers go too.
+            worker.spare_reads.borrow_mut().clear();
             // SAFETY: collects this thread's own heap; no pointers are handed
             // over and nothing allocated is touched.
             unsafe { libmimalloc_sys::mi_collect(false) };
