@@ -6,7 +6,7 @@
 
 use crate::forward::exchange;
 use crate::forward::Next;
-use crate::io::{read_more, Stream, FIRST_READ, READ_CHUNK};
+use crate::io::{read_more, Peek, Stream, FIRST_READ, READ_CHUNK};
 use crate::reply::{refuse, After};
 use crate::state::{Admitted, Generation, HotRead, ListenerState, Worker};
 use crate::timer::{within, Timers};
@@ -86,6 +86,10 @@ pub(crate) fn serve<S: Stream>(
                 // read after it would then wait holding a buffer.
                 let ready = within(w.timers.idle_until(idle_until), client.readable(false)).await;
                 match ready {
+                    // The client closed while idle: gone, with nothing
+                    // taken for it (when thousands close at once, a read
+                    // buffer and a place each would be tens of MiB).
+                    Some(Ok(())) if matches!(client.peek(), Peek::Closed) => return,
                     Some(Ok(())) => {}
                     // Woken to look again (a reload removed a listener).
                     None if !w.draining.get() && Instant::now() < idle_until => continue,
