@@ -80,6 +80,10 @@ fn reload_ok(admin: SocketAddr) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// How long before the next reload a request may be sent and still be
+/// counted against the one before it (its head may arrive after the next).
+const SETTLE: Duration = Duration::from_millis(50);
+
 /// What the load saw: per response, when its request was sent and which
 /// upstream answered; and the failures.
 #[derive(Default)]
@@ -89,9 +93,9 @@ struct Seen {
 }
 
 /// Flips the split between two upstreams eight times under a steady load
-/// of keep-alive clients: every request succeeds, requests sent 100 ms
-/// after a reload all go where the new weights say (and one does within a
-/// second), and the upstreams see no new connections for the reloads.
+/// of keep-alive clients: every request succeeds, requests sent after a
+/// reload's answer (every worker runs it by then) go where the new weights
+/// say, and the upstreams see no new connections for the reloads.
 fn weights_flip_under_load_without_a_failure() {
     let s = Setup::start();
     let (addr, admin_addr) = (s.addr, s.admin);
@@ -152,8 +156,10 @@ fn weights_flip_under_load_without_a_failure() {
         );
         flips.push((asked, at, expected));
         // Traffic on the new routes before the next flip: 50 answers to
-        // requests sent 100 ms after this reload.
-        let settled = at + Duration::from_millis(100);
+        // requests sent 50 ms after this reload's answer (and so, at this
+        // rate, about as many sent in those 50 ms: the window checked
+        // below).
+        let settled = at + SETTLE;
         let flowed = eventually(Duration::from_secs(5), || {
             seen.lock()
                 .expect("lock")
@@ -171,17 +177,21 @@ fn weights_flip_under_load_without_a_failure() {
     }
     let seen = seen.lock().expect("lock");
     assert!(seen.failures.is_empty(), "failed requests: {:?}", seen.failures);
-    // Requests sent well after a reload (100 ms: the workers take new
-    // routes between requests) and before the next one went where it said.
-    // (Until the next reload was asked for.)
+    // Requests sent after a reload's answer went where it said: every
+    // worker runs it by then. Up to `SETTLE` before the next reload was
+    // asked for: a request sent just before it may arrive after it.
     for (k, (_, at, expected)) in flips.iter().enumerate() {
         let until = flips.get(k + 1).map(|f| f.0);
-        let wrong = seen
+        let window: Vec<_> = seen
             .answers
             .iter()
-            .filter(|(t, _)| *t > *at + Duration::from_millis(100) && until.is_none_or(|u| *t < u))
-            .filter(|(_, u)| u != expected)
-            .count();
+            .filter(|(t, _)| *t > *at && until.is_none_or(|u| *t + SETTLE < u))
+            .collect();
+        assert!(
+            !window.is_empty(),
+            "no request sent in the window after reload {k}"
+        );
+        let wrong = window.iter().filter(|(_, u)| u != expected).count();
         assert_eq!(
             wrong, 0,
             "after reload {k}, {wrong} requests did not go to `{expected}`"
