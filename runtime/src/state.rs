@@ -649,6 +649,11 @@ impl Worker {
         }
     }
 
+    /// Lets the kept field vectors go (the worker went quiet).
+    pub fn clear_fields(&self) {
+        self.spare_fields.borrow_mut().clear();
+    }
+
     /// How this worker opens upstream connections.
     pub fn dialer(&self) -> Dialer<'_> {
         Dialer {

@@ -190,7 +190,8 @@ pub(crate) struct Dialer<'a> {
     pub net: Option<&'a crate::mem::Net>,
 }
 
-/// Most spare read buffers a worker keeps (16 KiB each once used).
+/// Most spare read buffers a worker keeps (16 KiB each once used, at
+/// most 32 KiB).
 const SPARE_READS: usize = 16;
 
 impl Dialer<'_> {
@@ -198,7 +199,16 @@ impl Dialer<'_> {
     /// is taken again in place once the bytes read into it are gone (no
     /// allocation), else a new one.
     pub fn read_buffer(&self) -> BytesMut {
-        self.spare.borrow_mut().pop().unwrap_or_default()
+        let mut spare = self.spare.borrow_mut();
+        while let Some(mut buf) = spare.pop() {
+            // Its memory taken back now when nothing else holds it; one
+            // that grew for a large head (more than two reads' room) is
+            // let go instead of kept.
+            if !buf.try_reclaim(crate::io::READ_CHUNK) || buf.capacity() <= 2 * crate::io::READ_CHUNK {
+                return buf;
+            }
+        }
+        BytesMut::new()
     }
 
     /// Keeps an empty read buffer for the next exchange (up to

@@ -246,8 +246,9 @@ async fn return_memory(worker: Rc<Worker>) {
             last = now;
         } else if dirty {
             dirty = false;
-            // The spare read buffers go too.
+            // The spare read buffers and field vectors go too.
             worker.spare_reads.borrow_mut().clear();
+            worker.clear_fields();
             // SAFETY: collects this thread's own heap; no pointers are handed
             // over and nothing allocated is touched.
             unsafe { libmimalloc_sys::mi_collect(false) };
