@@ -51,20 +51,30 @@ fn slow_upstream(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, seen)
 }
 
-/// Reads stderr lines of `child` until one contains `needle`; returns it.
-fn wait_for_line(out: &mut impl BufRead, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
+/// Reads lines of `out` until one contains `needle`; returns it, and
+/// `out` for more. Bounded: the reading happens on a thread of its own, and
+/// no such line within 10 s fails the test (a silent child cannot hang it).
+fn wait_for_line<R: BufRead + Send + 'static>(mut out: R, needle: &str) -> (String, R) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = needle.to_string();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match out.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line.contains(&wanted) => {
+                    let _ = tx.send((line, out));
+                    return;
+                }
+                Ok(_) => {}
+            }
         }
-        if line.contains(needle) {
-            return line;
-        }
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(found) => found,
+        Err(_) => panic!("weft never printed `{needle}` (within 10 s)"),
     }
-    panic!("weft never printed `{needle}`");
 }
 
 fn get(addr: &str, path: &str) -> String {
@@ -155,9 +165,10 @@ fn launch(name: &str, config: &str) -> (Weft, String) {
 /// [`launch`] with a prepared command (arguments, limits).
 fn launch_cmd(mut cmd: Command) -> (Weft, String) {
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let setup = wait_for_line(&mut err, " worker(s) on ");
-    let addr = listener_addr(&wait_for_line(&mut err, "listener in on "));
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let (setup, err) = wait_for_line(err, " worker(s) on ");
+    let (line, err) = wait_for_line(err, "listener in on ");
+    let addr = listener_addr(&line);
     let err = Lines::new(err);
     (Weft { child, err, addr }, setup)
 }
@@ -294,8 +305,9 @@ fn a_closed_stderr_does_not_stop_weft() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let addr = listener_addr(&wait_for_line(&mut err, "listener in on "));
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let (line, err) = wait_for_line(err, "listener in on ");
+    let addr = listener_addr(&line);
     drop(err);
     // Each of these makes weft write a log line into the closed pipe.
     signal(&child, libc::SIGHUP);
@@ -654,8 +666,8 @@ fn demo_splits_between_two_upstreams() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let line = wait_for_line(&mut out, "proxy on http://");
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (line, _out) = wait_for_line(out, "proxy on http://");
     let addr = line.trim().rsplit("http://").next().unwrap().to_string();
     let (mut blue, mut green) = (0, 0);
     for _ in 0..600 {
