@@ -177,18 +177,11 @@ impl On {
     /// (to serve what came, and close), or none (idle: it closes).
     fn current(&self, w: &Worker, listener: &ListenerState) -> Option<(Rc<Generation>, usize)> {
         let mut gen = self.gen.borrow_mut();
-        let mut li = self.li.get();
-        match gen.as_mut() {
-            Some(g) => {
-                w.refresh(g, &mut li);
-            }
-            None => {
-                li = listener.index.get()?;
-                *gen = Some(w.generation());
-            }
+        if let Some((newest, li)) = w.newest_for(listener) {
+            *gen = Some(newest);
+            self.li.set(li);
         }
-        self.li.set(li);
-        gen.clone().map(|g| (g, li))
+        gen.clone().map(|g| (g, self.li.get()))
     }
 }
 

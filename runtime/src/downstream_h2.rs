@@ -127,14 +127,13 @@ async fn drive(
                 // Each stream on the newest generation; on a listener a
                 // reload removed, none is taken (REFUSED_STREAM: the client
                 // may send it again elsewhere) and the connection closes.
-                let Some(li) = listener.index.get() else {
+                let Some((gen, li)) = w.newest_for(listener) else {
                     let mut respond = s.respond;
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                     conn.graceful_shutdown();
                     closing = closing.or(Some(Instant::now() + l.drain_timeout));
                     continue;
                 };
-                let gen = w.generation();
                 let (w, peer_ip, identity) = (w.clone(), peer_ip.clone(), identity.clone());
                 monoio::spawn(async move {
                     let _place = place;

@@ -427,9 +427,9 @@ pub(crate) struct Worker {
     pub hot_reads: Cell<usize>,
     /// Upstream read buffers given back by finished exchanges, for the
     /// next ones (emptied when the worker goes quiet).
-    pub spare_reads: RefCell<Vec<BytesMut>>,
+    spare_reads: Spares<BytesMut>,
     /// Header field vectors of finished heads, for the next ones.
-    spare_fields: RefCell<Vec<Vec<weft_proto::HeaderRange>>>,
+    spare_fields: Spares<Vec<weft_proto::HeaderRange>>,
     /// Where HTTP/1 heads going out are encoded: each takes its bytes out
     /// of one shared buffer ([`Worker::encode_head`]), so that a head costs
     /// no allocation of its own.
@@ -441,6 +441,42 @@ pub(crate) struct Worker {
     /// The pipeline tests read every outcome record here.
     #[cfg(test)]
     pub outcomes: RefCell<Vec<Outcome>>,
+}
+
+/// Things of finished requests kept for the next ones, up to a number:
+/// one worker's, taken and given back between its requests.
+pub(crate) struct Spares<T> {
+    kept: RefCell<Vec<T>>,
+    most: usize,
+}
+
+impl<T> Spares<T> {
+    fn new(most: usize) -> Self {
+        Spares {
+            kept: RefCell::new(Vec::new()),
+            most,
+        }
+    }
+
+    /// The last one given back, if any.
+    #[inline]
+    pub fn take(&self) -> Option<T> {
+        self.kept.borrow_mut().pop()
+    }
+
+    /// Keeps `t` for the next taker, unless as many as allowed are kept.
+    #[inline]
+    pub fn give(&self, t: T) {
+        let mut kept = self.kept.borrow_mut();
+        if kept.len() < self.most {
+            kept.push(t);
+        }
+    }
+
+    /// Lets every kept one go.
+    fn clear(&self) {
+        self.kept.borrow_mut().clear();
+    }
 }
 
 /// Most field vectors a worker keeps for the next heads.
@@ -596,8 +632,8 @@ impl Worker {
             idle_poll,
             hot_reads: Cell::new(0),
             heads: RefCell::new(BytesMut::new()),
-            spare_reads: RefCell::new(Vec::new()),
-            spare_fields: RefCell::new(Vec::new()),
+            spare_reads: Spares::new(crate::upstream::SPARE_READS),
+            spare_fields: Spares::new(SPARE_FIELDS),
             workers,
             removed: RefCell::new(Vec::new()),
             #[cfg(test)]
@@ -636,22 +672,24 @@ impl Worker {
     /// back, else a new (empty) one.
     #[inline]
     pub fn take_fields(&self) -> Vec<weft_proto::HeaderRange> {
-        self.spare_fields.borrow_mut().pop().unwrap_or_default()
+        self.spare_fields.take().unwrap_or_default()
     }
 
     /// Keeps a head's field vector for the next head (up to
-    /// [`SPARE_FIELDS`]; one that never held anything is not kept).
+    /// [`SPARE_FIELDS`]; one that never held anything, or a very large
+    /// one, is not kept).
     #[inline]
     pub fn give_fields(&self, fields: Vec<weft_proto::HeaderRange>) {
-        let mut spare = self.spare_fields.borrow_mut();
-        if fields.capacity() > 0 && fields.capacity() <= MAX_KEPT_FIELDS && spare.len() < SPARE_FIELDS {
-            spare.push(fields);
+        if fields.capacity() > 0 && fields.capacity() <= MAX_KEPT_FIELDS {
+            self.spare_fields.give(fields);
         }
     }
 
-    /// Lets the kept field vectors go (the worker went quiet).
-    pub fn clear_fields(&self) {
-        self.spare_fields.borrow_mut().clear();
+    /// Lets the kept read buffers and field vectors go (the worker went
+    /// quiet).
+    pub fn clear_spares(&self) {
+        self.spare_reads.clear();
+        self.spare_fields.clear();
     }
 
     /// How this worker opens upstream connections.
@@ -757,24 +795,12 @@ impl Worker {
         self.generation.borrow().clone()
     }
 
-    /// Moves a connection on listener `li` of `gen` to the newest
-    /// generation (between its requests). False when a reload removed its
-    /// listener: then it stays where it is, to serve what already came
-    /// and close.
+    /// The newest generation for `listener`, with its index there; `None`
+    /// once a reload removed it.
     #[inline]
-    pub fn refresh(&self, gen: &mut Rc<Generation>, li: &mut usize) -> bool {
-        let now = self.generation.borrow();
-        if Rc::ptr_eq(gen, &now) {
-            return true;
-        }
-        match gen.listeners.get(*li).and_then(|l| l.index.get()) {
-            Some(j) => {
-                *gen = now.clone();
-                *li = j;
-                true
-            }
-            None => false,
-        }
+    pub fn newest_for(&self, listener: &ListenerState) -> Option<(Rc<Generation>, usize)> {
+        let li = listener.index.get()?;
+        Some((self.generation(), li))
     }
 
     /// Takes `m`'s configuration (a reload): requests from now on use it,

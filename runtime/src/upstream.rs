@@ -185,22 +185,21 @@ unsafe impl Split for UpIo {}
 pub(crate) struct Dialer<'a> {
     pub timers: &'a std::rc::Rc<Timers>,
     /// Read buffers of finished exchanges, for the next ones.
-    pub spare: &'a std::cell::RefCell<Vec<BytesMut>>,
+    pub spare: &'a crate::state::Spares<BytesMut>,
     #[cfg(test)]
     pub net: Option<&'a crate::mem::Net>,
 }
 
 /// Most spare read buffers a worker keeps (16 KiB each once used, at
 /// most 32 KiB).
-const SPARE_READS: usize = 16;
+pub(crate) const SPARE_READS: usize = 16;
 
 impl Dialer<'_> {
     /// A read buffer for an upstream answer: a spare one, whose memory
     /// is taken again in place once the bytes read into it are gone (no
     /// allocation), else a new one.
     pub fn read_buffer(&self) -> BytesMut {
-        let mut spare = self.spare.borrow_mut();
-        while let Some(mut buf) = spare.pop() {
+        while let Some(mut buf) = self.spare.take() {
             // Its memory taken back now when nothing else holds it; one
             // that grew for a large head (more than two reads' room) is
             // let go instead of kept.
@@ -214,9 +213,8 @@ impl Dialer<'_> {
     /// Keeps an empty read buffer for the next exchange (up to
     /// [`SPARE_READS`]).
     pub fn give_back(&self, buf: BytesMut) {
-        let mut spare = self.spare.borrow_mut();
-        if buf.is_empty() && spare.len() < SPARE_READS {
-            spare.push(buf);
+        if buf.is_empty() {
+            self.spare.give(buf);
         }
     }
 }

@@ -159,8 +159,9 @@ async fn accept(w: Rc<Worker>, state: Rc<ListenerState>, listener: TcpListener) 
                 if w.draining.get() {
                     break;
                 }
-                let gen = w.generation();
-                let Some(li) = state.index.get() else { break };
+                let Some((gen, li)) = w.newest_for(&state) else {
+                    break;
+                };
                 w.counters.connection();
                 state.gate.enter();
                 let l = &gen.config.listeners[li];
@@ -247,8 +248,7 @@ async fn return_memory(worker: Rc<Worker>) {
         } else if dirty {
             dirty = false;
             // The spare read buffers and field vectors go too.
-            worker.spare_reads.borrow_mut().clear();
-            worker.clear_fields();
+            worker.clear_spares();
             // SAFETY: collects this thread's own heap; no pointers are handed
             // over and nothing allocated is touched.
             unsafe { libmimalloc_sys::mi_collect(false) };

@@ -50,16 +50,13 @@ pub(super) fn reshaped(
             let endpoints = current
                 .clusters
                 .iter()
-                .map(|c| {
-                    let was = old.clusters.iter().position(|o| o.name == c.name);
-                    c.endpoints
-                        .iter()
-                        .map(|addr| {
-                            was.and_then(|ci| {
-                                let ei = old.clusters[ci].endpoints.iter().position(|a| a == addr)?;
-                                s.endpoints.get(ci)?.get(ei).copied()
-                            })
-                            .unwrap_or_default()
+                .enumerate()
+                .map(|(ci, c)| {
+                    (0..c.endpoints.len())
+                        .map(|ei| {
+                            weft_core::metrics::same_endpoint(current, old, ci, ei)
+                                .and_then(|(oc, oi)| s.endpoints.get(oc)?.get(oi).copied())
+                                .unwrap_or_default()
                         })
                         .collect()
                 })
