@@ -4,8 +4,8 @@
 //! (`forward`), keeps the connection alive, pipelines, and tunnels after
 //! an upgrade.
 
-use crate::forward::exchange;
 use crate::forward::Next;
+use crate::forward::{exchange, write_held};
 use crate::io::{read_more, Peek, Stream, FIRST_READ, READ_CHUNK};
 use crate::reply::{refuse, After};
 use crate::state::{Admitted, Generation, HotRead, ListenerState, Worker};
@@ -200,15 +200,43 @@ async fn request_owning<S: Stream>(
     (step, buf)
 }
 
+/// Serves the next request, and the pipelined ones after it whose
+/// responses are held back to go out together (see [`one_request`]).
+async fn request<S: Stream>(
+    w: &Rc<Worker>,
+    at: (&On, &ListenerState),
+    mut client: S,
+    buf: &mut BytesMut,
+    wait: (Instant, Option<Instant>),
+    peer_ip: &str,
+) -> Step<S> {
+    // Responses held back: written before weft waits for the client, and
+    // before any other write to it.
+    let mut held = BytesMut::new();
+    loop {
+        match one_request(w, at, client, (buf, &mut held), wait, peer_ip).await {
+            // The next request's head is buffered: it is read at once.
+            Step::Again(c) if !held.is_empty() => client = c,
+            step => {
+                if held.capacity() > 0 {
+                    w.dialer().give_back(held);
+                }
+                return step;
+            }
+        }
+    }
+}
+
 /// Reads one request head and serves it: the exchange, or weft's refusal.
 /// The newest generation is taken once the head is in (`on`, for the
 /// connection's `listener`). `wait`: until when the connection may idle,
-/// and until when a read stays posted (hot).
-async fn request<S: Stream>(
+/// and until when a read stays posted (hot). `held`: responses to earlier
+/// pipelined requests not yet written; this one's may join them.
+async fn one_request<S: Stream>(
     w: &Rc<Worker>,
     (on, listener): (&On, &ListenerState),
     mut client: S,
-    buf: &mut BytesMut,
+    (buf, held): (&mut BytesMut, &mut BytesMut),
     (idle_until, hot): (Instant, Option<Instant>),
     peer_ip: &str,
 ) -> Step<S> {
@@ -225,7 +253,11 @@ async fn request<S: Stream>(
         },
         _ => None,
     };
-    let refusal = match read_head(w, &mut client, buf, idle_until, l, (hot, slot)).await {
+    let read = read_head(w, &mut client, (buf, &mut *held), idle_until, l, (hot, slot)).await;
+    if !held.is_empty() && !matches!(read, HeadRead::Head(_)) && !write_held(w, l, &mut client, held).await {
+        return Step::Done;
+    }
+    let refusal = match read {
         HeadRead::Head(mut h) => {
             if l.merge_slashes {
                 h.merge_slashes();
@@ -241,7 +273,7 @@ async fn request<S: Stream>(
             // Not boxed: the request's future is kept from one request to
             // the next (`serve`'s place), and the states of read_head and of
             // the exchange, never alive together, share its memory.
-            let next = exchange(w, &gen, l, client, buf, &head, peer_ip, started).await;
+            let next = exchange(w, &gen, l, client, (buf, &mut *held), &head, peer_ip, started).await;
             if let Request::H1(h) = head {
                 w.give_fields(h.headers);
             }
@@ -251,7 +283,12 @@ async fn request<S: Stream>(
                 Next::KeepAlive(c) if !w.draining.get() && open => Step::Again(c),
                 // After the request's outcome is recorded: a lingering
                 // close or a tunnel is no part of the exchange.
-                end => {
+                mut end => {
+                    if let (false, Next::KeepAlive(c) | Next::Done(c) | Next::Linger(c)) =
+                        (held.is_empty(), &mut end)
+                    {
+                        write_held(w, l, c, held).await;
+                    }
                     // A tunnel may last for hours: it holds no generation.
                     drop(gen);
                     on.gen.replace(None);
@@ -357,7 +394,7 @@ fn idle_and_hot(l: &Listener) -> (Instant, Option<Instant>) {
 async fn read_head<S: Stream>(
     w: &Worker,
     client: &mut S,
-    buf: &mut BytesMut,
+    (buf, held): (&mut BytesMut, &mut BytesMut),
     idle_until: Instant,
     l: &Listener,
     (hot, mut slot): (Option<Instant>, Option<HotRead<'_>>),
@@ -393,6 +430,10 @@ async fn read_head<S: Stream>(
             }
         } else if buf.capacity() == 0 {
             *buf = BytesMut::with_capacity(FIRST_READ);
+        }
+        // Nothing held back while weft waits for the client.
+        if !held.is_empty() && !write_held(w, l, client, held).await {
+            return HeadRead::Closed;
         }
         if let Some(until) = hot_until.take() {
             // A drain ends this wait too (an idle wait).

@@ -178,6 +178,14 @@ struct Ctx<'a> {
     /// The request's `traceparent` with weft's parent id, sent upstream in
     /// place of the client's (none when it had no valid one).
     traceparent: Option<[u8; weft_core::trace::TRACEPARENT_LEN]>,
+    /// Responses to earlier pipelined requests on this connection, held
+    /// back to go out with this one's (HTTP/1 only): written before
+    /// anything else reaches the client.
+    held: Option<&'a mut BytesMut>,
+    /// This response may be held back too: the request came whole and the
+    /// next request's head is already buffered, so weft reads nothing from
+    /// the client before the next response is written.
+    may_hold: bool,
 }
 
 /// The request body, read from the client's buffer and stream.
@@ -416,7 +424,17 @@ impl<'a> Ctx<'a> {
     /// Answers with weft's own error (callers box it: error paths must not
     /// grow the request's future); `close`: the client connection must close.
     async fn fail<W: AsyncWriteRent>(&mut self, client: &mut W, e: ProxyError, close: bool) -> After {
+        self.flush_held(client).await;
         reply_error(client, &mut self.t, e, close, self.req, self.l.write_timeout).await
+    }
+
+    /// Writes the responses held back for earlier pipelined requests (see
+    /// [`Ctx::held`]): false when the client took nothing of them.
+    async fn flush_held<W: AsyncWriteRent>(&mut self, client: &mut W) -> bool {
+        match self.held.as_deref_mut() {
+            Some(held) => write_held(self.w, self.l, client, held).await,
+            None => true,
+        }
     }
 
     /// Answers a failed attempt, or closes when the client is gone.
@@ -469,6 +487,8 @@ impl<'a> Ctx<'a> {
             continued: false,
             identity: None,
             traceparent,
+            held: None,
+            may_hold: false,
         }
     }
 
@@ -550,13 +570,14 @@ pub(crate) async fn exchange<S: Stream>(
     gen: &Generation,
     l: &Listener,
     mut client: S,
-    cbuf: &mut BytesMut,
+    (cbuf, held): (&mut BytesMut, &mut BytesMut),
     req: &Request,
     peer_ip: &str,
     started: Instant,
 ) -> Next<S> {
     let mut x = Ctx::new(w, l, gen, req, peer_ip, started);
     x.identity = client.identity();
+    x.held = Some(held);
     x.t.o.bytes_in = req.wire_len() as u64;
     let mut body = RequestBody {
         cbuf,
@@ -588,6 +609,15 @@ pub(crate) async fn exchange<S: Stream>(
         }
     };
     x.t.o.bytes_in += first.len() as u64;
+    if body.reader.done() && !to_h2 {
+        // Whole, and answered on this path: with the next request's head
+        // buffered, its response may wait to go out with the next one.
+        x.may_hold = head_buffered(body.cbuf);
+    } else if !x.flush_held(&mut client).await {
+        // weft waits for the client's body, or answers from HTTP/2: what
+        // is held goes first.
+        return x.failed(client, Failed::client_closed(), false).await;
+    }
     let mut send_continue = req.expect_continue() && !body.reader.done() && body.cbuf.is_empty();
     let mut first = first;
     if !body.reader.done() && replayable(req, &route.retry, to_h2) {
@@ -695,6 +725,34 @@ fn replayable(req: &Request, retry: &RetryPolicy, h2: bool) -> bool {
 /// Most bytes of response body copied into the head's buffer to go out in
 /// the same write.
 const INLINE_BODY: usize = 1024;
+
+/// Most bytes of responses to pipelined requests held back to go out in
+/// one write; past it they go at once.
+const HOLD_BYTES: usize = 16 * 1024;
+
+/// Writes the responses to pipelined requests held back in `held`
+/// (nothing when there are none), within the listener's write timeout:
+/// false when the client took nothing of them. Weft calls it before it
+/// waits for the client, and before any write of its own.
+pub(crate) async fn write_held<W: AsyncWriteRent>(
+    w: &Worker,
+    l: &Listener,
+    client: &mut W,
+    held: &mut BytesMut,
+) -> bool {
+    if held.is_empty() {
+        return true;
+    }
+    let out = held.split().freeze();
+    let sent = within(w.timers.after(l.write_timeout), write_one(client, out)).await;
+    matches!(sent, Some(Ok(())))
+}
+
+/// True when `buf` holds a whole request head (a blank line ends it): the
+/// next pipelined request, which weft reads without waiting for the client.
+pub(crate) fn head_buffered(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n")
+}
 
 /// `100 Continue`, for a client that waits for it before its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -933,6 +991,9 @@ async fn forward_interim<W: AsyncWriteRent>(
     if x.req.version() == Version::Http10 {
         return Ok(());
     }
+    if !x.flush_held(client).await {
+        return Err(Failed::client_closed());
+    }
     match write_interim(client, res, false).await {
         Ok(n) => {
             x.t.o.bytes_out += n as u64;
@@ -1041,6 +1102,10 @@ async fn upgrade<S: Stream>(x: &mut Ctx<'_>, mut client: S, up: Conn, res: Respo
         let after = Box::pin(x.fail(&mut client, e, true)).await;
         return Next::after(after, client);
     }
+    if !x.flush_held(&mut client).await {
+        x.t.o.fail("client-closed", Side::Downstream);
+        return Next::Close;
+    }
     let sent = within(
         x.w.timers.after(x.l.write_timeout),
         write_interim(&mut client, &res, true),
@@ -1112,6 +1177,29 @@ async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
     // write, where two buffers would need a vectored one (whose iovec list
     // monoio allocates).
     let inline = first.len() <= INLINE_BODY;
+    if inline && body.done() && !close && x.may_hold {
+        if let Some(held) = x.held.as_deref_mut() {
+            // Whole, and the next request is buffered: this response goes
+            // out with the next one's, in one write.
+            if held.capacity() == 0 {
+                *held = x.w.dialer().read_buffer();
+            }
+            let before = held.len();
+            encode_response(res, &opts, held);
+            held.extend_from_slice(&first);
+            x.head_started = true;
+            x.t.o.bytes_out += (held.len() - before) as u64;
+            x.t.o.status = Some(res.status);
+            if held.len() >= HOLD_BYTES && !write_held(x.w, x.l, client, held).await {
+                x.t.o.fail(
+                    ProxyError::new(ErrorKind::DownstreamClosed).code(),
+                    Side::Downstream,
+                );
+                return Sent::Cut;
+            }
+            return Sent::Whole { close };
+        }
+    }
     let out = x.w.encode_head(|out| {
         encode_response(res, &opts, out);
         if inline {
@@ -1119,10 +1207,20 @@ async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
         }
     });
     let first = if inline { Bytes::new() } else { first };
+    // Responses held back for earlier pipelined requests go first, in the
+    // same write when they can.
+    let n = (out.len() + first.len()) as u64;
+    let (out, first) = match x.held.as_deref_mut() {
+        Some(held) if !held.is_empty() && first.is_empty() => (held.split().freeze(), out),
+        Some(held) if !held.is_empty() => {
+            held.extend_from_slice(&out);
+            (held.split().freeze(), first)
+        }
+        _ => (out, first),
+    };
     let timers = &x.w.timers;
     // The client's write deadline counts from when the upstream answered.
     let answered = x.t.o.upstream_at.unwrap_or(x.t.o.head_at);
-    let n = (out.len() + first.len()) as u64;
     x.head_started = true;
     let sent = within(
         timers.at(answered + x.l.write_timeout),

@@ -29,6 +29,8 @@ struct Pipe {
     ended: bool,
     /// The reader went away: writes fail.
     reader_gone: bool,
+    /// Writes that put bytes in.
+    writes: usize,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
 }
@@ -120,6 +122,9 @@ impl MemStream {
                 p.data.extend(&s[..k]);
                 n += k;
             }
+            if n > 0 {
+                p.writes += 1;
+            }
             p.wake_reader();
             Poll::Ready(Ok(n))
         })
@@ -131,6 +136,11 @@ impl MemStream {
     /// Bytes sent to this end and not read yet.
     pub fn unread(&self) -> usize {
         self.rx.borrow().data.len()
+    }
+
+    /// How many writes the peer made to this end (each that put bytes in).
+    pub fn writes_received(&self) -> usize {
+        self.rx.borrow().writes
     }
 }
 

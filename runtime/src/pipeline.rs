@@ -414,6 +414,99 @@ fn a_keep_alive_request_allocates_nothing() {
     });
 }
 
+/// An upstream that answers each request on its one connection with the
+/// request's path as the body.
+fn echo_paths(up: Rc<mem::Listener>) {
+    monoio::spawn(async move {
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        loop {
+            let req = read_message(&mut u, &mut ub).await;
+            let path = req.split(' ').nth(1).unwrap_or("?").to_string();
+            let (res, _) = u.write_all(ok(&path).into_bytes()).await;
+            if res.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n")
+}
+
+#[test]
+fn pipelined_responses_go_out_in_one_write() {
+    pipeline(config("", "", ""), |k| async move {
+        echo_paths(k.upstream());
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(
+            &mut c,
+            &(1..=4).map(|i| get(&format!("/{i}"))).collect::<String>(),
+        )
+        .await;
+        for i in 1..=4 {
+            let res = read_message(&mut c, &mut cb).await;
+            assert!(
+                res.starts_with("HTTP/1.1 200 ") && res.ends_with(&format!("/{i}")),
+                "{i}: {res}"
+            );
+        }
+        // All four answers came in one write (each its own without holding).
+        assert_eq!(c.writes_received(), 1);
+        let o = k.outcomes(4).await;
+        assert!(
+            o.iter().all(|o| o.status == Some(200) && o.error.is_none()),
+            "{o:#?}"
+        );
+        // A request whose head is still coming: the answers before it are
+        // not held while weft waits for the rest of it.
+        let third = get("/7");
+        let (start, rest) = third.split_at(10);
+        send(&mut c, &format!("{}{}{start}", get("/5"), get("/6"))).await;
+        for i in 5..=6 {
+            let res = read_message(&mut c, &mut cb).await;
+            assert!(res.ends_with(&format!("/{i}")), "{i}: {res}");
+        }
+        assert_eq!(c.writes_received(), 2);
+        send(&mut c, rest).await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/7"));
+        assert_eq!(c.writes_received(), 3);
+        // Blank lines before the next head look like a whole head: weft
+        // still writes what it held before it waits for the rest.
+        send(&mut c, &format!("{}\r\n\r\n{start}", get("/8"))).await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/8"));
+        send(&mut c, rest).await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/7"));
+        // A bad head after a good one: the good one's answer comes first,
+        // then weft's 400, and the connection closes.
+        send(
+            &mut c,
+            &format!("{}GET /x HTTP/1.1\r\nBad Header\r\n\r\n", get("/8")),
+        )
+        .await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/8"));
+        let rest = read_to_end(&mut c, &mut cb).await;
+        assert!(rest.starts_with("HTTP/1.1 400 "), "{rest}");
+    });
+}
+
+#[test]
+fn a_request_with_a_body_after_pipelined_ones_gets_the_answers_before_it_first() {
+    // weft waits for the body: what was held goes out before.
+    pipeline(config("", "", ""), |k| async move {
+        echo_paths(k.upstream());
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        let post = "POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n\r\n";
+        send(&mut c, &format!("{}{post}", get("/1"))).await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/1"));
+        send(&mut c, "body").await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/p"));
+    });
+}
+
 #[test]
 fn a_pooled_connection_the_upstream_closed_is_retried_on_a_new_one() {
     pipeline(config("", "", ""), |k| async move {
