@@ -111,6 +111,7 @@ SETTINGS = {
     "LOAD_CORE": env("LOAD_CORE", "1"),
     "WAIT_QUIET": env("WAIT_QUIET", "0"),
     "MEM_SETTLE": env("MEM_SETTLE", "5s"),
+    "PIPELINE": env("PIPELINE", "0"),
 }
 if RESUMMARIZE:
     try:
@@ -131,6 +132,9 @@ PROXY_CORE = SETTINGS["PROXY_CORE"]
 LOAD_CORE = SETTINGS["LOAD_CORE"]
 WAIT_QUIET = seconds(SETTINGS["WAIT_QUIET"])
 MEM_SETTLE = seconds(SETTINGS["MEM_SETTLE"])
+# Requests each wrk connection of the pipelined run sends at once (0: no
+# pipelined run; HTTP/1 targets only).
+PIPELINE = int(SETTINGS.get("PIPELINE", "0"))
 WEFT_BIN = Path(env("WEFT_BIN", str(ROOT / "target/release/weft")))
 # The `weft-base` target: another weft binary (an earlier commit, built by
 # run.sh from BASE_REV) with `weft`'s configuration, for before/after runs.
@@ -738,12 +742,31 @@ def h2load(port, duration, raw_name, conns=None):
     return parse_h2load(out)
 
 
-def wrk(port, duration, raw_name, conns=None, close=False):
+# wrk sends `depth` requests at once on each connection, and again when
+# their answers are in.
+PIPELINE_LUA = """
+init = function(args)
+   local r = {}
+   for i = 1, tonumber(args[1]) do r[i] = wrk.format(nil, "/") end
+   req = table.concat(r)
+end
+request = function() return req end
+"""
+
+
+def wrk(port, duration, raw_name, conns=None, close=False, depth=0):
     """wrk against port; `close`: a new connection (and TLS handshake) per
-    request. An HTTP/2 port gets h2load instead."""
+    request; `depth` > 0: that many requests pipelined on each connection.
+    An HTTP/2 port gets h2load instead."""
     if port in H2_PORTS:
         return h2load(port, duration, raw_name, conns)
     extra = ["-H", "Connection: close"] if close else []
+    if depth:
+        script = OUT / "raw" / "pipeline.lua"
+        script.write_text(PIPELINE_LUA)
+        out = run_tool(["wrk", "-t1", f"-c{conns or CONNS}", f"-d{duration}", "-s", str(script), url(port),
+                        "--", str(depth)], raw_name, timeout=seconds(duration) + 60)
+        return parse_wrk(out)
     out = run_tool(["wrk", "-t1", f"-c{conns or CONNS}", f"-d{duration}", "--latency", *extra, url(port)],
                    raw_name, timeout=seconds(duration) + 60)
     return parse_wrk(out)
@@ -938,6 +961,14 @@ def measure(target, up, rnd, pos):
         rec["latency"] = {}
         for rate in RATES:
             rec["latency"][str(rate)] = with_cpu(pid, lambda: oha(port, rate, f"{target}-r{rnd}-oha-{rate}.json"))
+        if PIPELINE and target not in H2_TARGETS:
+            # The operations counted in a short run of their own (perf's
+            # tracepoint costs CPU), then the measured one.
+            ops = uring_ops(pid, lambda: wrk(port, WARMUP, f"{target}-r{rnd}-pipelined-warmup.txt", depth=PIPELINE),
+                            f"{target}-r{rnd}-pipelined-perf.txt")
+            rec["pipelined"] = with_cpu(pid, lambda: wrk(port, DURATION, f"{target}-r{rnd}-pipelined.txt",
+                                                        depth=PIPELINE))
+            rec["pipelined"]["uring_ops_per_req"] = ops.get("uring_ops_per_req")
         if target in TLS_TARGETS and target not in H2_TARGETS:
             rec["handshakes"] = with_cpu(pid, lambda: wrk(port, DURATION, f"{target}-r{rnd}-handshakes.txt",
                                                          conns=HANDSHAKE_CONNS, close=True))
@@ -1004,7 +1035,8 @@ def record_flags(r):
     """What could make this row's figures wrong: [(phase, text)], phase being
     `throughput`, a rate as text, `memory` or `process`."""
     out = []
-    phases = [("throughput", "throughput", r.get("throughput"), None)] + [
+    phases = [("throughput", "throughput", r.get("throughput"), None),
+              ("pipelined", "pipelined", r.get("pipelined"), None)] + [
         (k, f"{int(k):,} req/s", v, int(k)) for k, v in (r.get("latency") or {}).items()]
     for key, name, p, rate in phases:
         if not p:
@@ -1208,6 +1240,32 @@ def summary(records, machine, command, fatal=None):
         if line:
             L.append(line)
 
+    pl = [t for t in shown if any(get(r, "pipelined", "rps") is not None for r in by[t])]
+    if pl:
+        L.append("")
+        L.append(f"### Pipelined: wrk, {CONNS} connections, {PIPELINE} requests at once on each, {DURATION}")
+        L.append("")
+        L.append("| target | req/s | proxy busy % | proxy µs/req | req per proxy CPU-s | io_uring ops/req | "
+                 "other CPU % | non-2xx | socket errors |")
+        L.append("|---|" + "--:|" * 8)
+        for t in pl:
+            L.append(f"| {label(t, ('pipelined', 'process'))} | {cell(vals(t, 'pipelined', 'rps'))} | "
+                     f"{cell(vals(t, 'pipelined', 'proxy_busy_pct'))} | "
+                     f"{cell(vals(t, 'pipelined', 'proxy_us_per_req'), 1)} | "
+                     f"{cell(vals(t, 'pipelined', 'req_per_cpu_s'))} | "
+                     f"{cell(vals(t, 'pipelined', 'uring_ops_per_req'), 2)} | "
+                     f"{cell(vals(t, 'pipelined', 'other_cpu_pct'))} | "
+                     f"{fmt(sum(get(r, 'pipelined', 'non2xx') or 0 for r in by[t]))} | "
+                     f"{fmt(sum(get(r, 'pipelined', 'socket_errors') or 0 for r in by[t]))} |")
+        for peer in ("nginx", "haproxy", "weft-base"):
+            if peer in pl and "weft" in pl:
+                L.append("")
+                L.append(f"weft req per proxy CPU-s / {peer}'s, pipelined, within each round: "
+                         f"{cell(per_round('weft', ratio(peer, 'pipelined', 'req_per_cpu_s')), 2)}")
+        L.append("")
+        L.append("io_uring ops/req counted in a short pipelined run of its own before the measured one (perf's "
+                 "tracepoint costs CPU).")
+        L.append("")
     hs = [t for t in shown if any(get(r, "handshakes", "rps") is not None for r in by[t])]
     if hs:
         L.append("")

@@ -20,6 +20,9 @@
 #   LAT_CONNS [50]        oha connections
 #   IDLE_CONNS [10000]    idle keep-alive client connections for the memory figure
 #   IDLE_REQUEST [1]      send one request on each idle connection first (0: none)
+#   PIPELINE [0]          when above 0, a pipelined run after the latency runs: wrk
+#                         sending that many requests at once on each connection
+#                         (HTTP/1 targets), with its own io_uring operation count
 #   TARGETS ["direct weft nginx haproxy"]  any of:
 #       direct            no proxy: the load generators talk to the upstream
 #       weft              weft, driver = "io-uring", ring_setup = "tuned"; must
