@@ -249,7 +249,11 @@ async fn one_request<S: Stream>(
     let slot = match hot {
         Some(_) if buf.is_empty() => match HotRead::take(&w.hot_reads) {
             Some(slot) => Some(slot),
-            None => return Step::Quiet(client),
+            None => {
+                // Nothing is held while the buffer is empty.
+                debug_assert!(held.is_empty());
+                return Step::Quiet(client);
+            }
         },
         _ => None,
     };

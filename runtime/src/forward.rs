@@ -424,12 +424,20 @@ impl<'a> Ctx<'a> {
     /// Answers with weft's own error (callers box it: error paths must not
     /// grow the request's future); `close`: the client connection must close.
     async fn fail<W: AsyncWriteRent>(&mut self, client: &mut W, e: ProxyError, close: bool) -> After {
-        self.flush_held(client).await;
+        if !self.flush_held(client).await {
+            // The client took nothing of what was held: nothing may follow it.
+            self.t.o.fail(
+                ProxyError::new(ErrorKind::DownstreamClosed).code(),
+                Side::Downstream,
+            );
+            return After::Close;
+        }
         reply_error(client, &mut self.t, e, close, self.req, self.l.write_timeout).await
     }
 
     /// Writes the responses held back for earlier pipelined requests (see
-    /// [`Ctx::held`]): false when the client took nothing of them.
+    /// [`Ctx::held`]): false when the client did not take them all (gone,
+    /// or slower than the write timeout).
     async fn flush_held<W: AsyncWriteRent>(&mut self, client: &mut W) -> bool {
         match self.held.as_deref_mut() {
             Some(held) => write_held(self.w, self.l, client, held).await,
@@ -732,7 +740,7 @@ const HOLD_BYTES: usize = 16 * 1024;
 
 /// Writes the responses to pipelined requests held back in `held`
 /// (nothing when there are none), within the listener's write timeout:
-/// false when the client took nothing of them. Weft calls it before it
+/// false when the client did not take them all. Weft calls it before it
 /// waits for the client, and before any write of its own.
 pub(crate) async fn write_held<W: AsyncWriteRent>(
     w: &Worker,
@@ -901,6 +909,13 @@ trait Waiting {
     /// connection, reset its stream); never for a client weft does not
     /// watch.
     async fn gone(&mut self);
+
+    /// The upstream takes its time: responses held back for earlier
+    /// pipelined requests go out now instead of waiting for this one's;
+    /// fails when the client took nothing of them.
+    async fn held_out(&mut self, _x: &mut Ctx<'_>) -> Result<(), Failed> {
+        Ok(())
+    }
 }
 
 /// An HTTP/1 client waiting for its answer. `watch`: its end of stream
@@ -913,6 +928,14 @@ struct H1Waiting<'c, S> {
 impl<S: Stream> Waiting for H1Waiting<'_, S> {
     async fn interim(&mut self, x: &mut Ctx<'_>, res: &ResponseHead) -> Result<(), Failed> {
         forward_interim(x, self.client, res).await
+    }
+
+    async fn held_out(&mut self, x: &mut Ctx<'_>) -> Result<(), Failed> {
+        if x.flush_held(self.client).await {
+            Ok(())
+        } else {
+            Err(Failed::client_closed())
+        }
     }
 
     async fn gone(&mut self) {
@@ -968,7 +991,7 @@ async fn response_head<C: Waiting>(
             Err(_) => return Err(Failed::malformed()),
         }
         let grace = x.w.timers.at(x.t.o.head_at + WATCH_AFTER);
-        match read_upstream(up, client, grace).await {
+        match read_upstream(x, up, client, grace).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => {
                 // Nothing of an answer came: on a reused connection, the
@@ -1014,7 +1037,10 @@ const WATCH_AFTER: Duration = Duration::from_millis(20);
 /// Reads more of the upstream's answer. Meanwhile, after `grace`, notices
 /// a client that gives up: the attempt is then abandoned (the caller drops
 /// the upstream connection), as nginx does with its 499.
+/// Responses held back for earlier pipelined requests go out at the end
+/// of `grace` too: they wait for this one's only while it comes quickly.
 async fn read_upstream<C: Waiting>(
+    x: &mut Ctx<'_>,
     up: &mut Conn,
     client: &mut C,
     grace: Deadline<'_>,
@@ -1023,6 +1049,9 @@ async fn read_upstream<C: Waiting>(
     monoio::select! {
         r = &mut read => return Ok(r),
         _ = grace => {}
+    }
+    if client.held_out(x).await.is_err() {
+        return Err(ClientGone);
     }
     monoio::select! {
         r = &mut read => Ok(r),

@@ -10,7 +10,7 @@ use crate::counters::WorkerCounters;
 use crate::downstream::serve;
 use crate::mem::{self, MemStream, Net, PIPE_BYTES};
 use crate::state::Worker;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -489,6 +489,63 @@ fn pipelined_responses_go_out_in_one_write() {
         assert!(read_message(&mut c, &mut cb).await.ends_with("/8"));
         let rest = read_to_end(&mut c, &mut cb).await;
         assert!(rest.starts_with("HTTP/1.1 400 "), "{rest}");
+    });
+}
+
+/// An upstream that answers as [`echo_paths`] does, except `/slow`: that
+/// one once a byte comes on `gate` (never, when the gate's other end is
+/// dropped first).
+fn echo_paths_gated(up: Rc<mem::Listener>, mut gate: MemStream) {
+    monoio::spawn(async move {
+        let mut u = up.accept().await;
+        let mut ub = Vec::new();
+        loop {
+            let req = read_message(&mut u, &mut ub).await;
+            let path = req.split(' ').nth(1).unwrap_or("?").to_string();
+            if path == "/slow" && read_some(&mut gate, &mut Vec::new()).await == 0 {
+                return;
+            }
+            let (res, _) = u.write_all(ok(&path).into_bytes()).await;
+            if res.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[test]
+fn held_answers_do_not_wait_for_a_slow_upstream() {
+    // The answer to /1 is held while /slow's head is read; the upstream
+    // answers /slow only once the client has /1's answer (past the watch's
+    // grace, what is held goes out).
+    pipeline(config("", "", ""), |k| async move {
+        let (mut release, gate) = mem::pair(16);
+        echo_paths_gated(k.upstream(), gate);
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(&mut c, &format!("{}{}", get("/1"), get("/slow"))).await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/1"));
+        send(&mut release, "go").await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/slow"));
+    });
+}
+
+#[test]
+fn a_client_that_half_closes_after_its_batch_gets_the_answers_that_came() {
+    // The client sends two requests and shuts its side down; the upstream
+    // never answers the second. The first answer, held, still arrives;
+    // then weft gives the second up (the client left) and closes.
+    pipeline(config("", "", ""), |k| async move {
+        let (_release, gate) = mem::pair(16);
+        echo_paths_gated(k.upstream(), gate);
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(&mut c, &format!("{}{}", get("/1"), get("/slow"))).await;
+        AsyncWriteRent::shutdown(&mut c).await.expect("a shutdown");
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/1"));
+        assert_eq!(read_to_end(&mut c, &mut cb).await, "");
+        let o = k.outcomes(2).await;
+        assert_eq!((o[0].status, o[1].status), (Some(200), None), "{o:#?}");
     });
 }
 
