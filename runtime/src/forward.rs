@@ -852,6 +852,10 @@ async fn attempts<'a, C: Waiting>(
 ) -> Result<(Conn, ResponseHead), Failed> {
     // The endpoint `head` was encoded for.
     let mut head_at = to.i;
+    if to.ep.idle_count() == 0 {
+        // A connect may take its time: what is held goes first.
+        client.held_out(x).await?;
+    }
     let mut up = open(x, to, retry, false).await?;
     let w: &Worker = x.w;
     let mut retries = 0;
@@ -880,6 +884,7 @@ async fn attempts<'a, C: Waiting>(
                 // request got no answer, and repeating it cannot do harm. On
                 // a new connection, to another endpoint if this one now
                 // refuses (it may have gone away for good).
+                client.held_out(x).await?;
                 up = open(x, to, retry, true).await?;
                 continue;
             }
@@ -893,6 +898,7 @@ async fn attempts<'a, C: Waiting>(
         }
         // This attempt's connection is dropped (its answer unread).
         retries += 1;
+        client.held_out(x).await?;
         x.backoff(retry, retries).await;
         up = open(x, to, retry, false).await?;
     }
@@ -910,9 +916,10 @@ trait Waiting {
     /// watch.
     async fn gone(&mut self);
 
-    /// The upstream takes its time: responses held back for earlier
-    /// pipelined requests go out now instead of waiting for this one's;
-    /// fails when the client took nothing of them.
+    /// The upstream takes its time (a connect, a retry, an answer past
+    /// the watch's grace): responses held back for earlier pipelined
+    /// requests go out now instead of waiting for this one's; fails when
+    /// the client did not take them all.
     async fn held_out(&mut self, _x: &mut Ctx<'_>) -> Result<(), Failed> {
         Ok(())
     }

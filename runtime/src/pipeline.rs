@@ -531,6 +531,30 @@ fn held_answers_do_not_wait_for_a_slow_upstream() {
 }
 
 #[test]
+fn held_answers_do_not_wait_for_a_connect() {
+    // The upstream answers /1 and closes; /2 needs a new connection, and
+    // the connect never completes: /1's answer, held, goes out first.
+    pipeline(config("", "", "connect_timeout = \"1h\""), |k| async move {
+        let up = k.upstream();
+        let net = k.net.clone();
+        monoio::spawn(async move {
+            let mut u = up.accept().await;
+            read_message(&mut u, &mut Vec::new()).await;
+            net.blackhole(UP.parse().expect("address"));
+            send(
+                &mut u,
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n/1",
+            )
+            .await;
+        });
+        let mut c = k.client();
+        let mut cb = Vec::new();
+        send(&mut c, &format!("{}{}", get("/1"), get("/2"))).await;
+        assert!(read_message(&mut c, &mut cb).await.ends_with("/1"));
+    });
+}
+
+#[test]
 fn a_client_that_half_closes_after_its_batch_gets_the_answers_that_came() {
     // The client sends two requests and shuts its side down; the upstream
     // never answers the second. The first answer, held, still arrives;
