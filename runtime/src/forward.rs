@@ -186,6 +186,11 @@ struct Ctx<'a> {
     /// next request's head is already buffered, so weft reads nothing from
     /// the client before the next response is written.
     may_hold: bool,
+    /// A write to the client during the attempts (what was held, an
+    /// interim response) did not finish: it failed, or a deadline cancelled
+    /// it midway. The client may have part of it, so nothing more may be
+    /// written; the connection closes.
+    write_cut: bool,
 }
 
 /// The request body, read from the client's buffer and stream.
@@ -439,9 +444,18 @@ impl<'a> Ctx<'a> {
     /// [`Ctx::held`]): false when the client did not take them all (gone,
     /// or slower than the write timeout).
     async fn flush_held<W: AsyncWriteRent>(&mut self, client: &mut W) -> bool {
+        if self.write_cut {
+            return false;
+        }
         match self.held.as_deref_mut() {
-            Some(held) => write_held(self.w, self.l, client, held).await,
-            None => true,
+            Some(held) if !held.is_empty() => {
+                // Stays set if this write is cancelled midway.
+                self.write_cut = true;
+                let sent = write_held(self.w, self.l, client, held).await;
+                self.write_cut = !sent;
+                sent
+            }
+            _ => true,
         }
     }
 
@@ -497,6 +511,7 @@ impl<'a> Ctx<'a> {
             traceparent,
             held: None,
             may_hold: false,
+            write_cut: false,
         }
     }
 
@@ -1024,8 +1039,11 @@ async fn forward_interim<W: AsyncWriteRent>(
     if !x.flush_held(client).await {
         return Err(Failed::client_closed());
     }
+    // Stays set if this write is cancelled midway.
+    x.write_cut = true;
     match write_interim(client, res, false).await {
         Ok(n) => {
+            x.write_cut = false;
             x.t.o.bytes_out += n as u64;
             Ok(())
         }
@@ -1212,6 +1230,14 @@ async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
     // A small first piece of body goes in the head's buffer: one plain
     // write, where two buffers would need a vectored one (whose iovec list
     // monoio allocates).
+    if x.write_cut {
+        // Part of an earlier write may have gone: nothing may follow it.
+        x.t.o.fail(
+            ProxyError::new(ErrorKind::DownstreamClosed).code(),
+            Side::Downstream,
+        );
+        return Sent::Cut;
+    }
     let inline = first.len() <= INLINE_BODY;
     if inline && body.done() && !close && x.may_hold {
         if let Some(held) = x.held.as_deref_mut() {

@@ -57,12 +57,18 @@ pub(crate) struct MemStream {
 
 /// Two connected ends; each direction holds at most `cap` bytes.
 pub(crate) fn pair(cap: usize) -> (MemStream, MemStream) {
+    pair_with(cap, cap)
+}
+
+/// Two connected ends; the first end's writes hold at most `first` bytes,
+/// the second's at most `second`.
+pub(crate) fn pair_with(first: usize, second: usize) -> (MemStream, MemStream) {
     let a = Rc::new(RefCell::new(Pipe {
-        cap,
+        cap: second,
         ..Pipe::default()
     }));
     let b = Rc::new(RefCell::new(Pipe {
-        cap,
+        cap: first,
         ..Pipe::default()
     }));
     (

@@ -79,7 +79,13 @@ impl Kit {
 
     /// A client connection whose directions hold `cap` bytes each.
     fn client_with(&self, cap: usize) -> MemStream {
-        let (near, far) = mem::pair(cap);
+        self.client_with_caps(cap, cap)
+    }
+
+    /// A client connection whose requests' direction holds `up` bytes and
+    /// whose answers' direction holds `down`.
+    fn client_with_caps(&self, up: usize, down: usize) -> MemStream {
+        let (near, far) = mem::pair_with(up, down);
         let peer: SocketAddr = PEER.parse().expect("address");
         monoio::spawn(serve(self.w.clone(), self.w.generation(), 0, far, peer));
         near
@@ -551,6 +557,56 @@ fn held_answers_do_not_wait_for_a_connect() {
         let mut cb = Vec::new();
         send(&mut c, &format!("{}{}", get("/1"), get("/2"))).await;
         assert!(read_message(&mut c, &mut cb).await.ends_with("/1"));
+    });
+}
+
+#[test]
+fn a_held_answer_cut_by_the_route_timeout_is_followed_by_nothing() {
+    // /1's answer is held; /slow's upstream never answers, so it goes out
+    // at the watch's grace, to a client that takes 16 bytes and then reads
+    // nothing; the route's timeout cancels that write midway. The client
+    // may have part of /1's answer: weft writes nothing more (no 504 after
+    // it) and closes.
+    let config = config("write_timeout = \"1h\"", "timeout = \"100ms\"", "");
+    pipeline(config, |k| async move {
+        let (_release, gate) = mem::pair(16);
+        echo_paths_gated(k.upstream(), gate);
+        let mut c = k.client_with_caps(PIPE_BYTES, 16);
+        let mut cb = Vec::new();
+        send(&mut c, &format!("{}{}", get("/1"), get("/slow"))).await;
+        let o = k.outcomes(2).await;
+        assert_eq!(o[1].status, None, "{o:#?}");
+        let got = read_to_end(&mut c, &mut cb).await;
+        assert!(
+            ok("/1").starts_with(&got) && got.len() < ok("/1").len(),
+            "{got:?}"
+        );
+    });
+}
+
+#[test]
+fn an_interim_answer_cut_by_the_route_timeout_is_followed_by_nothing() {
+    // The upstream sends 103 and nothing more; the client takes 16 bytes
+    // of it and then reads nothing. The route's timeout cancels the 103's
+    // write midway: no 504 may follow the part the client has.
+    const EARLY: &str = "HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n";
+    let config = config("write_timeout = \"1h\"", "timeout = \"100ms\"", "");
+    pipeline(config, |k| async move {
+        let up = k.upstream();
+        monoio::spawn(async move {
+            let mut u = up.accept().await;
+            read_message(&mut u, &mut Vec::new()).await;
+            send(&mut u, EARLY).await;
+            // Silent from here; the connection stays open.
+            read_some(&mut u, &mut Vec::new()).await;
+        });
+        let mut c = k.client_with_caps(PIPE_BYTES, 16);
+        let mut cb = Vec::new();
+        send(&mut c, GET).await;
+        let o = k.outcomes(1).await;
+        assert_eq!(o[0].status, None, "{o:#?}");
+        let got = read_to_end(&mut c, &mut cb).await;
+        assert!(EARLY.starts_with(&got) && got.len() < EARLY.len(), "{got:?}");
     });
 }
 
