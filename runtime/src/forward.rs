@@ -87,6 +87,15 @@ struct Failed {
 impl Failed {
     /// The client's body broke off or was malformed (400), or stalled
     /// (`kind` DownstreamBodyTimeout, 408): answer and close.
+    /// A write to the client was still going when a deadline passed: the
+    /// client is slow, no fault of the endpoint's.
+    fn client_slow() -> Self {
+        Failed {
+            error: ProxyError::new(ErrorKind::DownstreamWriteTimeout),
+            close: true,
+        }
+    }
+
     fn downstream_body(kind: ErrorKind) -> Self {
         Failed {
             error: ProxyError::new(kind),
@@ -430,11 +439,12 @@ impl<'a> Ctx<'a> {
     /// grow the request's future); `close`: the client connection must close.
     async fn fail<W: AsyncWriteRent>(&mut self, client: &mut W, e: ProxyError, close: bool) -> After {
         if !self.flush_held(client).await {
-            // The client took nothing of what was held: nothing may follow it.
-            self.t.o.fail(
-                ProxyError::new(ErrorKind::DownstreamClosed).code(),
-                Side::Downstream,
-            );
+            // A write to the client did not finish: nothing may follow it.
+            let kind = match e.kind {
+                ErrorKind::DownstreamWriteTimeout => e.kind,
+                _ => ErrorKind::DownstreamClosed,
+            };
+            self.t.o.fail(ProxyError::new(kind).code(), Side::Downstream);
             return After::Close;
         }
         reply_error(client, &mut self.t, e, close, self.req, self.l.write_timeout).await
@@ -721,6 +731,8 @@ pub(crate) async fn exchange<S: Stream>(
     let (up, res) = match forwarded {
         Some(Ok(answer)) => answer,
         Some(Err(f)) => return x.failed(client, f, true).await,
+        // Cut while writing to the client: the client is slow.
+        None if x.write_cut => return x.failed(client, Failed::client_slow(), true).await,
         None => return x.failed(client, x.timed_out(), true).await,
     };
     respond(&mut x, client, up, res, to).await
@@ -884,9 +896,12 @@ async fn attempts<'a, C: Waiting>(
             }
         };
         let answer = match retry.per_try_timeout {
-            Some(d) => within(w.timers.after(d), exchange)
-                .await
-                .unwrap_or_else(|| Err(Failed::timeout())),
+            Some(d) => match within(w.timers.after(d), exchange).await {
+                Some(answer) => answer,
+                // Cut while writing to the client: the client is slow.
+                None if x.write_cut => Err(Failed::client_slow()),
+                None => Err(Failed::timeout()),
+            },
             None => exchange.await,
         };
         let again = match &answer {
