@@ -450,6 +450,11 @@ impl<'a> Ctx<'a> {
         reply_error(client, &mut self.t, e, close, self.req, self.l.write_timeout).await
     }
 
+    /// True when responses to earlier pipelined requests are held back.
+    fn holds(&self) -> bool {
+        self.held.as_deref().is_some_and(|h| !h.is_empty())
+    }
+
     /// Writes the responses held back for earlier pipelined requests (see
     /// [`Ctx::held`]): false when the client did not take them all (gone,
     /// or slower than the write timeout).
@@ -879,7 +884,7 @@ async fn attempts<'a, C: Waiting>(
 ) -> Result<(Conn, ResponseHead), Failed> {
     // The endpoint `head` was encoded for.
     let mut head_at = to.i;
-    if to.ep.idle_count() == 0 {
+    if x.holds() && !to.ep.has_fresh_idle(&to.cluster.pool, Instant::now()) {
         // A connect may take its time: what is held goes first.
         client.held_out(x).await?;
     }

@@ -68,6 +68,15 @@ impl Endpoint {
         self.idle.borrow().len()
     }
 
+    /// True when [`Endpoint::checkout`] would find an idle connection at
+    /// `now` (one younger than the pool's idle timeout).
+    pub fn has_fresh_idle(&self, pool: &PoolSettings, now: Instant) -> bool {
+        self.idle
+            .borrow()
+            .back()
+            .is_some_and(|(_, since)| now.duration_since(*since) < pool.idle_timeout)
+    }
+
     /// Takes the most recently used idle connection that is not too old.
     pub fn checkout(&self, pool: &PoolSettings, now: Instant) -> Option<UpIo> {
         let mut idle = self.idle.borrow_mut();
@@ -321,5 +330,33 @@ impl Conn {
             ep.checkin(self.io, pool, Instant::now());
             d.give_back(self.buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_idle_connection_is_one_checkout_would_take() {
+        let ep = Endpoint::new(
+            "10.0.0.1:80".parse().expect("address"),
+            "a".into(),
+            &Default::default(),
+        );
+        let pool = PoolSettings {
+            max_idle: 4,
+            idle_timeout: Duration::from_secs(1),
+        };
+        let t0 = Instant::now();
+        assert!(!ep.has_fresh_idle(&pool, t0));
+        let (io, _peer) = crate::mem::pair(16);
+        ep.checkin(UpIo::Mem(io), &pool, t0);
+        assert!(ep.has_fresh_idle(&pool, t0 + Duration::from_millis(999)));
+        // Expired: still counted idle, but checkout would not take it.
+        let later = t0 + Duration::from_secs(1);
+        assert!(!ep.has_fresh_idle(&pool, later));
+        assert_eq!(ep.idle_count(), 1);
+        assert!(ep.checkout(&pool, later).is_none());
     }
 }
