@@ -288,9 +288,7 @@ async fn one_request<S: Stream>(
                 // After the request's outcome is recorded: a lingering
                 // close or a tunnel is no part of the exchange.
                 mut end => {
-                    if let (false, Next::KeepAlive(c) | Next::Done(c) | Next::Linger(c)) =
-                        (held.is_empty(), &mut end)
-                    {
+                    if let Next::KeepAlive(c) | Next::Done(c) | Next::Linger(c) = &mut end {
                         write_held(w, l, c, held).await;
                     }
                     // A tunnel may last for hours: it holds no generation.

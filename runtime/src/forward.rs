@@ -1269,10 +1269,12 @@ async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
             let before = held.len();
             encode_response(res, &opts, held);
             held.extend_from_slice(&first);
+            let (n, full) = (held.len() - before, held.len() >= HOLD_BYTES);
             x.head_started = true;
-            x.t.o.bytes_out += (held.len() - before) as u64;
+            x.t.o.bytes_out += n as u64;
             x.t.o.status = Some(res.status);
-            if held.len() >= HOLD_BYTES && !write_held(x.w, x.l, client, held).await {
+            // Past the bound, everything held goes now.
+            if full && !x.flush_held(client).await {
                 x.t.o.fail(
                     ProxyError::new(ErrorKind::DownstreamClosed).code(),
                     Side::Downstream,

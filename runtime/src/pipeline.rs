@@ -423,18 +423,31 @@ fn a_keep_alive_request_allocates_nothing() {
 /// An upstream that answers each request on its one connection with the
 /// request's path as the body.
 fn echo_paths(up: Rc<mem::Listener>) {
-    monoio::spawn(async move {
-        let mut u = up.accept().await;
-        let mut ub = Vec::new();
-        loop {
-            let req = read_message(&mut u, &mut ub).await;
-            let path = req.split(' ').nth(1).unwrap_or("?").to_string();
-            let (res, _) = u.write_all(ok(&path).into_bytes()).await;
-            if res.is_err() {
+    monoio::spawn(echo(up, None));
+}
+
+/// As [`echo_paths`], except `/slow`: that one once a byte comes on `gate`
+/// (never, when the gate's other end is dropped first).
+fn echo_paths_gated(up: Rc<mem::Listener>, gate: MemStream) {
+    monoio::spawn(echo(up, Some(gate)));
+}
+
+async fn echo(up: Rc<mem::Listener>, mut gate: Option<MemStream>) {
+    let mut u = up.accept().await;
+    let mut ub = Vec::new();
+    loop {
+        let req = read_message(&mut u, &mut ub).await;
+        let path = req.split(' ').nth(1).unwrap_or("?").to_string();
+        if let (Some(gate), "/slow") = (&mut gate, path.as_str()) {
+            if read_some(gate, &mut Vec::new()).await == 0 {
                 return;
             }
         }
-    });
+        let (res, _) = u.write_all(ok(&path).into_bytes()).await;
+        if res.is_err() {
+            return;
+        }
+    }
 }
 
 fn get(path: &str) -> String {
@@ -495,27 +508,6 @@ fn pipelined_responses_go_out_in_one_write() {
         assert!(read_message(&mut c, &mut cb).await.ends_with("/8"));
         let rest = read_to_end(&mut c, &mut cb).await;
         assert!(rest.starts_with("HTTP/1.1 400 "), "{rest}");
-    });
-}
-
-/// An upstream that answers as [`echo_paths`] does, except `/slow`: that
-/// one once a byte comes on `gate` (never, when the gate's other end is
-/// dropped first).
-fn echo_paths_gated(up: Rc<mem::Listener>, mut gate: MemStream) {
-    monoio::spawn(async move {
-        let mut u = up.accept().await;
-        let mut ub = Vec::new();
-        loop {
-            let req = read_message(&mut u, &mut ub).await;
-            let path = req.split(' ').nth(1).unwrap_or("?").to_string();
-            if path == "/slow" && read_some(&mut gate, &mut Vec::new()).await == 0 {
-                return;
-            }
-            let (res, _) = u.write_all(ok(&path).into_bytes()).await;
-            if res.is_err() {
-                return;
-            }
-        }
     });
 }
 
