@@ -55,7 +55,7 @@ impl RequestOptions<'_> {
 }
 
 fn put_num(out: &mut BytesMut, n: u64) {
-    let _ = write!(out, "{n}");
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends one header field line.
