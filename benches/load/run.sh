@@ -93,6 +93,16 @@
 #   upstream connections do not grow; settings PROXY_CORE, LOAD_CORE,
 #   SKIP_BUILD, OUT.
 #
+# SCENARIO=pairs runs pairs.py instead: every target at once, each given one
+#   short run per cycle, back to back (order rotated per cycle), so that a
+#   ratio between two proxies comes from runs seconds apart; the summary gives
+#   the first target's median ratio to each other one with a 95 % interval of
+#   that median. The way to resolve a gap of a few percent on a noisy host.
+#   Settings: TARGETS ["weft nginx haproxy"], CYCLES [20], DURATION [2s],
+#   WARMUP [2s], CONNS [64], RATE [0] (0: closed loop with wrk; above 0: oha at
+#   that rate, LAT_CONNS [50], latency compared too), PROXY_CORE, LOAD_CORE,
+#   BASE_REV, SKIP_BUILD, OUT.
+#
 # Quick check while developing: ROUNDS=1 DURATION=2s WARMUP=1s IDLE_CONNS=1000 benches/load/run.sh
 # Summary of an earlier or interrupted run again: python3 benches/load/bench.py --summary bench-results/<time>
 #
@@ -234,7 +244,8 @@ case "${SCENARIO:-load}" in
     faults) script=faults.py ;;
     scale) script=scale.py ;;
     reload) script=reload.py ;;
-    *) die "SCENARIO=${SCENARIO} is unknown: use load (the default), faults, scale or reload" ;;
+    pairs) script=pairs.py ;;
+    *) die "SCENARIO=${SCENARIO} is unknown: use load (the default), faults, scale, reload or pairs" ;;
 esac
 python3 "$HERE/$script" &
 BENCH_PID=$!
