@@ -66,6 +66,50 @@ pub(crate) fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
+/// Kept fields of a parsed head, copied from its raw bytes: consecutive
+/// lines already as [`put_field`] writes them (`name: value` and CRLF) go out
+/// in one copy rather than field by field. Anything else written to `out`
+/// between two kept fields must [`flush`](Self::flush) first, so that order
+/// holds.
+#[derive(Default)]
+struct Kept {
+    /// Raw bytes of the lines gathered so far (empty: none).
+    run: std::ops::Range<usize>,
+}
+
+impl Kept {
+    /// Appends field `h` of `raw`, exactly as `put_field` would.
+    #[inline]
+    fn field(&mut self, out: &mut BytesMut, raw: &[u8], h: &crate::head::HeaderRange) {
+        let end = h.value.end + 2;
+        let canonical =
+            raw.get(h.name.end..h.value.start) == Some(b": ") && raw.get(h.value.end..end) == Some(b"\r\n");
+        if !canonical {
+            self.flush(out, raw);
+            put_field(out, &raw[h.name.clone()], &raw[h.value.clone()]);
+            return;
+        }
+        debug_assert_eq!(
+            raw[h.name.start..end],
+            [&raw[h.name.clone()], b": ", &raw[h.value.clone()], b"\r\n"].concat()[..]
+        );
+        if self.run.is_empty() || self.run.end != h.name.start {
+            self.flush(out, raw);
+            self.run.start = h.name.start;
+        }
+        self.run.end = end;
+    }
+
+    /// Writes the lines gathered so far.
+    #[inline]
+    fn flush(&mut self, out: &mut BytesMut, raw: &[u8]) {
+        if !self.run.is_empty() {
+            out.put_slice(&raw[self.run.clone()]);
+            self.run = 0..0;
+        }
+    }
+}
+
 /// Appends `content-length: n`.
 pub(crate) fn put_length(out: &mut BytesMut, n: u64) {
     out.put_slice(b"content-length: ");
@@ -114,6 +158,7 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
         .clone()
         .filter(|a| req.target.start <= a.start && a.end <= req.target.end)
         .map(|a| &raw[a]);
+    let mut kept = Kept::default();
     for h in &req.headers {
         match h.kind {
             HeaderKind::ContentLength => {
@@ -133,6 +178,7 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
                 // One line, where the first field was: all the fields' values
                 // in order, then the client, once.
                 if xff_first {
+                    kept.flush(out, raw);
                     out.put_slice(b"x-forwarded-for: ");
                     for x in req.headers.iter().filter(|x| x.kind == HeaderKind::XForwardedFor) {
                         out.put_slice(&raw[x.value.clone()]);
@@ -153,6 +199,7 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
                         continue;
                     }
                     *once = true;
+                    kept.flush(out, raw);
                     out.put_slice(&raw[h.name.clone()]);
                     out.put_slice(b": ");
                     field.put(left, out);
@@ -163,6 +210,7 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
             HeaderKind::Host => {
                 saw_host = true;
                 if let Some(authority) = uri_authority {
+                    kept.flush(out, raw);
                     put_field(out, &raw[h.name.clone()], authority);
                     continue;
                 }
@@ -172,8 +220,9 @@ pub fn encode_request(req: &RequestHead, opts: &RequestOptions<'_>, out: &mut By
         if is_hop_by_hop(raw, h, &req.connection) || opts.replaces(&raw[h.name.clone()]) {
             continue;
         }
-        put_field(out, &raw[h.name.clone()], &raw[h.value.clone()]);
+        kept.field(out, raw, h);
     }
+    kept.flush(out, raw);
     opts.put_trace(out);
     if xff_first {
         put_field(out, b"x-forwarded-for", opts.client_ip.as_bytes());
@@ -224,14 +273,16 @@ pub fn encode_response(res: &ResponseHead, opts: &ResponseOptions, out: &mut Byt
     out.put_u8(b' ');
     out.put_slice(&raw[res.reason.clone()]);
     out.put_slice(b"\r\n");
+    let mut kept = Kept::default();
     for h in &res.headers {
         if matches!(h.kind, HeaderKind::ContentLength | HeaderKind::TransferEncoding)
             || is_hop_by_hop(raw, h, &res.connection)
         {
             continue;
         }
-        put_field(out, &raw[h.name.clone()], &raw[h.value.clone()]);
+        kept.field(out, raw, h);
     }
+    kept.flush(out, raw);
     match opts.framing {
         BodyFraming::Length(n) => put_length(out, n),
         BodyFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -362,6 +413,40 @@ mod tests {
         let mut out = BytesMut::new();
         encode_request(&req(s), &OPTS, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    /// Kept fields go out as `name: value` lines whatever their spacing;
+    /// runs of lines already in that form are copied whole, and what weft
+    /// writes between kept fields stays in place.
+    #[test]
+    fn kept_fields_are_written_in_order_and_in_one_form() {
+        let out = enc(
+            "GET /x HTTP/1.1\r\nHost: a\r\nA: 1\r\nB:2\r\nC: 3 \r\nD: 4\r\nX-Forwarded-For: 9.9.9.9\r\nE: 5\r\nF:\t6\r\nKeep-Alive: x\r\nG: 7\r\nH: \r\nI:\r\nJ: 10\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "GET /x HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nx-forwarded-for: 9.9.9.9, 10.0.0.9\r\nE: 5\r\nF: 6\r\nG: 7\r\nH: \r\nI: \r\nJ: 10\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        let mut res = parse_response(
+            &mut BytesMut::from("HTTP/1.1 200 OK\r\nServer: s\r\nDate: d\r\nConnection: keep-alive\r\nContent-Length: 2\r\nX-A:a\r\nX-B: b\r\n\r\n"),
+            &Limits::default(),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        res.framing = BodyFraming::Length(2);
+        let opts = ResponseOptions {
+            framing: res.framing,
+            close: false,
+            keep_alive_10: false,
+            upgrade: false,
+        };
+        let mut out = BytesMut::new();
+        encode_response(&res, &opts, &mut out);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 200 OK\r\nServer: s\r\nDate: d\r\nX-A: a\r\nX-B: b\r\ncontent-length: 2\r\n\r\n"
+        );
     }
 
     #[test]
