@@ -116,7 +116,7 @@ impl Stream for TcpStream {
         make_room(buf);
         let owned = std::mem::take(buf);
         let (len, cap) = (owned.len(), owned.capacity());
-        let canceller = Canceller::new();
+        let mut canceller = take_canceller();
         let mut read = std::pin::pin!(self.cancelable_read(owned.slice_mut(len..cap), canceller.handle()));
         let first = monoio::select! {
             r = &mut read => Some(r),
@@ -126,16 +126,50 @@ impl Stream for TcpStream {
         let (res, slice) = match first {
             Some(r) => r,
             None => {
-                let _ = canceller.cancel();
+                canceller = canceller.cancel();
                 read.await
             }
         };
+        // The read is over: its handle is gone and the canceller holds
+        // nothing, ready for the next read.
+        give_canceller(canceller);
         *buf = slice.into_inner();
         match res {
             Err(_) if timed_out => None,
             r => Some(r),
         }
     }
+}
+
+thread_local! {
+    /// This worker's cancellers of finished reads (a worker is a thread).
+    /// monoio's `Canceller::new` allocates, and its set of operations
+    /// allocates again at the first one; a canceller whose reads are over
+    /// holds nothing and serves the next read as a new one would.
+    static CANCELLERS: std::cell::RefCell<Vec<Canceller>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most cancellers a worker keeps: one per read of a burst of 64 at once.
+const SPARE_CANCELLERS: usize = 64;
+
+/// A canceller for one read: a kept one, else a new one.
+fn take_canceller() -> Canceller {
+    CANCELLERS.with(|c| c.borrow_mut().pop()).unwrap_or_default()
+}
+
+/// Keeps a canceller whose read is over for the next read.
+fn give_canceller(canceller: Canceller) {
+    CANCELLERS.with(|c| {
+        let mut kept = c.borrow_mut();
+        if kept.len() < SPARE_CANCELLERS {
+            kept.push(canceller);
+        }
+    });
+}
+
+/// Lets the kept cancellers go (the worker went quiet).
+pub(crate) fn clear_cancellers() {
+    CANCELLERS.with(|c| c.borrow_mut().clear());
 }
 
 /// Makes room for a read: a buffer with less than 1 KiB to spare grows by

@@ -381,19 +381,7 @@ fn a_keep_alive_request_allocates_nothing() {
     const MOST: u64 = 0;
     pipeline(config("", "", ""), |k| async move {
         let up = k.upstream();
-        monoio::spawn(async move {
-            let mut u = up.accept().await;
-            let mut buf = Vec::with_capacity(8192);
-            while read_until_end(&mut u, &mut buf, b"\r\n\r\n").await {
-                buf.clear();
-                let (res, _) = u
-                    .write_all(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
-                    .await;
-                if res.is_err() {
-                    return;
-                }
-            }
-        });
+        monoio::spawn(async move { answer_ok(up.accept().await).await });
         let mut c = k.client();
         let mut buf = Vec::with_capacity(8192);
         let mut round = async |n: usize| {
@@ -416,6 +404,65 @@ fn a_keep_alive_request_allocates_nothing() {
         assert!(
             per_request < MOST as f64 + 0.5,
             "{per_request} allocations per request (at most {MOST})"
+        );
+    });
+}
+
+/// Answers every request on `u` with `200 ok`, allocating nothing per
+/// request, until the connection ends.
+async fn answer_ok(mut u: MemStream) {
+    let mut buf = Vec::with_capacity(8192);
+    while read_until_end(&mut u, &mut buf, b"\r\n\r\n").await {
+        buf.clear();
+        let (res, _) = u
+            .write_all(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
+            .await;
+        if res.is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_burst_of_concurrent_requests_allocates_nothing() {
+    // 64 clients with a request each in flight at once: every exchange
+    // holds a field vector for each head and an upstream read buffer, and
+    // the worker's spares must cover a burst of that size (they covered 16
+    // read buffers before). Counted once the 64 upstream connections are
+    // open and pooled.
+    const CLIENTS: usize = 64;
+    pipeline(config("", "", ""), |k| async move {
+        let up = k.upstream();
+        monoio::spawn(async move {
+            loop {
+                let u = up.accept().await;
+                monoio::spawn(answer_ok(u));
+            }
+        });
+        let mut clients: Vec<MemStream> = (0..CLIENTS).map(|_| k.client()).collect();
+        let mut buf = Vec::with_capacity(8192);
+        let mut round = async || {
+            // Every request is in before any answer is read.
+            for c in clients.iter_mut() {
+                let (res, _) = c.write_all(&b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"[..]).await;
+                res.expect("weft takes the request");
+            }
+            for c in clients.iter_mut() {
+                assert!(read_until_end(c, &mut buf, b"\r\n\r\nok").await, "a whole answer");
+                buf.clear();
+            }
+        };
+        for _ in 0..5 {
+            round().await;
+        }
+        let before = counting::allocations();
+        for _ in 0..10 {
+            round().await;
+        }
+        let per_request = (counting::allocations() - before) as f64 / (10 * CLIENTS) as f64;
+        assert!(
+            per_request < 0.5,
+            "{per_request} allocations per request (at most 0)"
         );
     });
 }

@@ -479,8 +479,9 @@ impl<T> Spares<T> {
     }
 }
 
-/// Most field vectors a worker keeps for the next heads.
-const SPARE_FIELDS: usize = 64;
+/// Most field vectors a worker keeps for the next heads: two per exchange
+/// (the request's and the response's) of a burst of 64 at once.
+const SPARE_FIELDS: usize = 128;
 
 /// Field vectors larger than this (a head with hundreds of fields) are not
 /// kept.
@@ -685,11 +686,12 @@ impl Worker {
         }
     }
 
-    /// Lets the kept read buffers and field vectors go (the worker went
-    /// quiet).
+    /// Lets the kept read buffers, field vectors and read cancellers go
+    /// (the worker went quiet).
     pub fn clear_spares(&self) {
         self.spare_reads.clear();
         self.spare_fields.clear();
+        crate::io::clear_cancellers();
     }
 
     /// How this worker opens upstream connections.

@@ -200,8 +200,11 @@ pub(crate) struct Dialer<'a> {
 }
 
 /// Most spare read buffers a worker keeps (16 KiB each once used, at
-/// most 32 KiB).
-pub(crate) const SPARE_READS: usize = 16;
+/// most 32 KiB): one per exchange of a burst of 64 at once, so that such a
+/// burst takes no new buffer (each new one also costs an allocation for
+/// its shared header at the first split). They go when the worker is
+/// quiet ([`crate::state::Worker::clear_spares`]).
+pub(crate) const SPARE_READS: usize = 64;
 
 impl Dialer<'_> {
     /// A read buffer for an upstream answer: a spare one, whose memory
