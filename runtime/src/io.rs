@@ -1,6 +1,7 @@
 //! The streams weft serves and forwards on, and owned-buffer IO helpers on
 //! top of monoio.
 
+use crate::state::Spares;
 use crate::timer::Deadline;
 use bytes::{Bytes, BytesMut};
 use monoio::buf::{IoBufMut, IoVecBuf};
@@ -142,34 +143,27 @@ impl Stream for TcpStream {
 }
 
 thread_local! {
-    /// This worker's cancellers of finished reads (a worker is a thread).
-    /// monoio's `Canceller::new` allocates, and its set of operations
-    /// allocates again at the first one; a canceller whose reads are over
-    /// holds nothing and serves the next read as a new one would.
-    static CANCELLERS: std::cell::RefCell<Vec<Canceller>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This worker's cancellers of finished reads (a worker is a thread),
+    /// one per read of a burst of 64 at once. monoio's `Canceller::new`
+    /// allocates, and its set of operations allocates again at the first
+    /// one; a canceller whose reads are over holds nothing and serves the
+    /// next read as a new one would.
+    static CANCELLERS: Spares<Canceller> = const { Spares::new(64) };
 }
-
-/// Most cancellers a worker keeps: one per read of a burst of 64 at once.
-const SPARE_CANCELLERS: usize = 64;
 
 /// A canceller for one read: a kept one, else a new one.
 fn take_canceller() -> Canceller {
-    CANCELLERS.with(|c| c.borrow_mut().pop()).unwrap_or_default()
+    CANCELLERS.with(|c| c.take()).unwrap_or_default()
 }
 
 /// Keeps a canceller whose read is over for the next read.
 fn give_canceller(canceller: Canceller) {
-    CANCELLERS.with(|c| {
-        let mut kept = c.borrow_mut();
-        if kept.len() < SPARE_CANCELLERS {
-            kept.push(canceller);
-        }
-    });
+    CANCELLERS.with(|c| c.give(canceller));
 }
 
 /// Lets the kept cancellers go (the worker went quiet).
 pub(crate) fn clear_cancellers() {
-    CANCELLERS.with(|c| c.borrow_mut().clear());
+    CANCELLERS.with(|c| c.clear());
 }
 
 /// Makes room for a read: a buffer with less than 1 KiB to spare grows by

@@ -451,7 +451,8 @@ pub(crate) struct Spares<T> {
 }
 
 impl<T> Spares<T> {
-    fn new(most: usize) -> Self {
+    /// None kept yet; at most `most`.
+    pub const fn new(most: usize) -> Self {
         Spares {
             kept: RefCell::new(Vec::new()),
             most,
@@ -474,7 +475,7 @@ impl<T> Spares<T> {
     }
 
     /// Lets every kept one go.
-    fn clear(&self) {
+    pub fn clear(&self) {
         self.kept.borrow_mut().clear();
     }
 }
