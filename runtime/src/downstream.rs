@@ -58,7 +58,7 @@ pub(crate) fn serve<S: Stream>(
         let listener = &*admitted.0;
         // Hot: a read is posted at once (a new connection's first request,
         // and a busy client's next one, usually come within microseconds).
-        let (mut idle_until, mut hot) = idle_and_hot(&gen.config.listeners[li]);
+        let (mut idle_until, mut hot) = idle_and_hot(&gen.config.listeners[li], Instant::now());
         let on = On {
             gen: RefCell::new(Some(gen)),
             li: Cell::new(li),
@@ -117,11 +117,11 @@ pub(crate) fn serve<S: Stream>(
             served.set(None);
             buf = b;
             match step {
-                Step::Again(c) => {
+                Step::Again(c, ended) => {
                     client = c;
                     let gen = on.gen.borrow();
                     if let Some(gen) = &*gen {
-                        (idle_until, hot) = idle_and_hot(&gen.config.listeners[on.li.get()]);
+                        (idle_until, hot) = idle_and_hot(&gen.config.listeners[on.li.get()], ended);
                     }
                 }
                 Step::Quiet(c) => {
@@ -153,8 +153,9 @@ pub(crate) fn serve<S: Stream>(
 
 /// What the connection does after one request.
 enum Step<S> {
-    /// Serve the next one (a read is posted at once).
-    Again(S),
+    /// Serve the next one (a read is posted at once); the one before
+    /// ended at the instant given.
+    Again(S, Instant),
     /// No request came within the hot window: wait for readiness.
     Quiet(S),
     /// The connection is done.
@@ -216,7 +217,7 @@ async fn request<S: Stream>(
     loop {
         match one_request(w, at, client, (buf, &mut held), wait, peer_ip).await {
             // The next request's head is buffered: it is read at once.
-            Step::Again(c) if !held.is_empty() => client = c,
+            Step::Again(c, _) if !held.is_empty() => client = c,
             step => {
                 if held.capacity() > 0 {
                     w.dialer().give_back(held);
@@ -284,7 +285,8 @@ async fn one_request<S: Stream>(
             // A listener a reload removed serves what came, and closes.
             let open = gen.listeners[li].index.get().is_some();
             return match next {
-                Next::KeepAlive(c) if !w.draining.get() && open => Step::Again(c),
+                // The exchange's record was written as it returned: its end.
+                Next::KeepAlive(c) if !w.draining.get() && open => Step::Again(c, w.last_end.get()),
                 // After the request's outcome is recorded: a lingering
                 // close or a tunnel is no part of the exchange.
                 mut end => {
@@ -380,10 +382,9 @@ async fn goodbye<S: Stream>(timers: &Timers, client: &mut S) {
 /// buffer, so that idle connections stay small.
 pub(crate) const HOT_WINDOW: Duration = Duration::from_secs(1);
 
-/// When a connection that became idle now times out, and until when its
-/// read stays posted (one clock read for both).
-fn idle_and_hot(l: &Listener) -> (Instant, Option<Instant>) {
-    let now = Instant::now();
+/// When a connection that became idle at `now` times out, and until when
+/// its read stays posted.
+fn idle_and_hot(l: &Listener, now: Instant) -> (Instant, Option<Instant>) {
     let idle_until = now + l.idle_timeout;
     (idle_until, Some((now + HOT_WINDOW).min(idle_until)))
 }

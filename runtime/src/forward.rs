@@ -1150,7 +1150,10 @@ async fn respond<S: Stream>(
         Sent::Whole { close } => {
             // `keep_alive` is false for close-delimited responses (weft-proto).
             if res.keep_alive {
-                up.release(to.ep, &to.cluster.pool, &x.w.dialer());
+                // One clock read for the request's end and the
+                // connection's idle start.
+                let end = x.t.end();
+                up.release(to.ep, &to.cluster.pool, &x.w.dialer(), end);
             }
             x.w.give_fields(res.headers);
             if close {
@@ -1496,7 +1499,7 @@ async fn full_duplex<'a, S: Stream>(
                         buf: ubuf,
                         reused: false,
                     };
-                    conn.release(to.ep, &to.cluster.pool, &x.w.dialer());
+                    conn.release(to.ep, &to.cluster.pool, &x.w.dialer(), Instant::now());
                 }
             }
             x.w.give_fields(res.headers);

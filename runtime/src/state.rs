@@ -425,6 +425,11 @@ pub(crate) struct Worker {
     /// Connections with a read posted in the hot window (at most
     /// [`HOT_READS`]).
     pub hot_reads: Cell<usize>,
+    /// When the last request this worker recorded ended. A connection
+    /// whose exchange has just returned (its record is written as the
+    /// exchange returns, in the same poll) reads it as the time the
+    /// exchange ended, instead of reading the clock again.
+    pub last_end: Cell<Instant>,
     /// Upstream read buffers given back by finished exchanges, for the
     /// next ones (emptied when the worker goes quiet).
     spare_reads: Spares<BytesMut>,
@@ -633,6 +638,7 @@ impl Worker {
             timers: Rc::new(Timers::default()),
             idle_poll,
             hot_reads: Cell::new(0),
+            last_end: Cell::new(Instant::now()),
             heads: RefCell::new(BytesMut::new()),
             spare_reads: Spares::new(crate::upstream::SPARE_READS),
             spare_fields: Spares::new(SPARE_FIELDS),
@@ -986,6 +992,8 @@ pub(crate) struct Tracker<'w> {
     pub request_id: Option<[u8; weft_core::trace::REQUEST_ID_LEN]>,
     /// The generation the request runs on (its indices are its).
     pub gen: &'w Generation,
+    /// `o.end_at` is set ([`Tracker::end`]): no clock read at drop.
+    ended: bool,
 }
 
 impl<'w> Tracker<'w> {
@@ -1003,7 +1011,16 @@ impl<'w> Tracker<'w> {
             peer: None,
             request_id: None,
             gen,
+            ended: false,
         }
+    }
+
+    /// The request ends now (its response is out): the end time, read
+    /// once for the record and for whatever else ends with it.
+    pub fn end(&mut self) -> Instant {
+        self.o.end_at = Instant::now();
+        self.ended = true;
+        self.o.end_at
     }
 }
 
@@ -1016,7 +1033,10 @@ impl<'w> Tracker<'w> {
 
 impl Drop for Tracker<'_> {
     fn drop(&mut self) {
-        self.o.end_at = Instant::now();
+        if !self.ended {
+            self.o.end_at = Instant::now();
+        }
+        self.w.last_end.set(self.o.end_at);
         self.w.record(&self.o, self.gen);
         if let Some(log) = &self.w.access_log {
             let id = self.request_id.as_ref().map(|id| &id[..]);

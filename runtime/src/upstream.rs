@@ -327,10 +327,11 @@ impl Conn {
     /// Hands the connection back to `ep`'s pool. Only for a connection
     /// whose response was read whole with nothing left over, that may be
     /// kept alive, and on which no operation was cancelled.
-    /// Its read buffer goes back to `d`'s spares.
-    pub fn release(self, ep: &Endpoint, pool: &PoolSettings, d: &Dialer<'_>) {
+    /// Its read buffer goes back to `d`'s spares. `now`: when it became
+    /// idle.
+    pub fn release(self, ep: &Endpoint, pool: &PoolSettings, d: &Dialer<'_>, now: Instant) {
         if self.buf.is_empty() {
-            ep.checkin(self.io, pool, Instant::now());
+            ep.checkin(self.io, pool, now);
             d.give_back(self.buf);
         }
     }

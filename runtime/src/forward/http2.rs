@@ -204,7 +204,7 @@ pub(crate) async fn exchange(
                 respond_to(&mut x, &mut client.respond, &mut up.io, &mut up.buf, &res, to).await
             {
                 if res.keep_alive {
-                    up.release(to.ep, &to.cluster.pool, &x.w.dialer());
+                    up.release(to.ep, &to.cluster.pool, &x.w.dialer(), Instant::now());
                 }
             }
         }
@@ -655,7 +655,7 @@ async fn full_duplex<'a>(
                     buf: ubuf,
                     reused: false,
                 };
-                conn.release(to.ep, &to.cluster.pool, &x.w.dialer());
+                conn.release(to.ep, &to.cluster.pool, &x.w.dialer(), Instant::now());
             }
         }
         _ => {}
