@@ -13,7 +13,7 @@
 //! The HTTP/1 session (`downstream`) hands it each request with the client
 //! connection and takes back what becomes of the connection ([`Next`]).
 
-use crate::io::{read_more, write_one, write_two, Peek, Stream, READ_CHUNK};
+use crate::io::{read_more, write_one, write_two, write_two_now, Peek, Stream, READ_CHUNK};
 use crate::reply::{reply_error, After};
 use crate::state::{Counted, Generation, Tracker, Worker};
 use crate::timer::{within, Deadline, Timers};
@@ -895,7 +895,8 @@ async fn attempts<'a, C: Waiting>(
         x.rehead(to, &mut head, &mut head_at);
         x.t.o.attempts += 1;
         let exchange = async {
-            match write_two(&mut up.io, head.clone(), first.clone()).await {
+            let quiet = w.in_progress.get() <= crate::io::DIRECT_SEND_MAX;
+            match write_two_now(&mut up.io, head.clone(), first.clone(), quiet).await {
                 Ok(()) => response_head(x, client, &mut up).await,
                 Err(_) => Err(Failed::upstream_gone(true)),
             }
@@ -1218,7 +1219,7 @@ enum Sent {
 /// connection closes after the response). Every wait is bounded; after a
 /// timeout the upstream connection must be dropped (an operation was
 /// cancelled on it), never pooled.
-async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
+async fn send_response<W: AsyncWriteRent + crate::io::SendNow, R: AsyncReadRent>(
     x: &mut Ctx<'_>,
     client: &mut W,
     up: &mut R,
@@ -1311,7 +1312,12 @@ async fn send_response<W: AsyncWriteRent, R: AsyncReadRent>(
     x.head_started = true;
     let sent = within(
         timers.at(answered + x.l.write_timeout),
-        write_two(client, out, first),
+        write_two_now(
+            client,
+            out,
+            first,
+            x.w.in_progress.get() <= crate::io::DIRECT_SEND_MAX,
+        ),
     )
     .await;
     if !client_took(&mut x.t, sent, n) {

@@ -227,6 +227,8 @@ impl AsyncWriteRent for MemStream {
 // state that an operation of the other half changes.
 unsafe impl Split for MemStream {}
 
+impl crate::io::SendNow for MemStream {}
+
 impl Stream for MemStream {
     async fn readable(&self, _relaxed: bool) -> io::Result<()> {
         self.wait_readable().await;

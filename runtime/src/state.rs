@@ -430,6 +430,8 @@ pub(crate) struct Worker {
     /// exchange returns, in the same poll) reads it as the time the
     /// exchange ended, instead of reading the clock again.
     pub last_end: Cell<Instant>,
+    /// Requests in progress on this worker (their records are open).
+    pub in_progress: Cell<u32>,
     /// Upstream read buffers given back by finished exchanges, for the
     /// next ones (emptied when the worker goes quiet).
     spare_reads: Spares<BytesMut>,
@@ -639,6 +641,7 @@ impl Worker {
             idle_poll,
             hot_reads: Cell::new(0),
             last_end: Cell::new(Instant::now()),
+            in_progress: Cell::new(0),
             heads: RefCell::new(BytesMut::new()),
             spare_reads: Spares::new(crate::upstream::SPARE_READS),
             spare_fields: Spares::new(SPARE_FIELDS),
@@ -1001,6 +1004,7 @@ impl<'w> Tracker<'w> {
     /// whose head arrived at `head_at`.
     pub fn new(w: &'w Worker, gen: &'w Generation, listener: usize, head_at: Instant) -> Self {
         w.counters.request();
+        w.in_progress.set(w.in_progress.get() + 1);
         if let Some(spin) = &w.idle_poll {
             spin.activity(head_at);
         }
@@ -1037,6 +1041,7 @@ impl Drop for Tracker<'_> {
             self.o.end_at = Instant::now();
         }
         self.w.last_end.set(self.o.end_at);
+        self.w.in_progress.set(self.w.in_progress.get().saturating_sub(1));
         self.w.record(&self.o, self.gen);
         if let Some(log) = &self.w.access_log {
             let id = self.request_id.as_ref().map(|id| &id[..]);

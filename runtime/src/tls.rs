@@ -679,6 +679,8 @@ impl AsyncWriteRent for TlsStream {
 // rustls has to send to the write half while a write is in flight.
 unsafe impl Split for TlsStream {}
 
+impl crate::io::SendNow for TlsStream {}
+
 impl Stream for TlsStream {
     const GOODBYE: bool = true;
 

@@ -189,6 +189,15 @@ impl AsyncWriteRent for UpIo {
 // SAFETY: every kind of stream is itself `Split`.
 unsafe impl Split for UpIo {}
 
+impl crate::io::SendNow for UpIo {
+    fn send_now(&self, bufs: [&[u8]; 2]) -> Option<io::Result<usize>> {
+        match self {
+            UpIo::Tcp(s) => s.send_now(bufs),
+            _ => None,
+        }
+    }
+}
+
 /// How one worker opens upstream connections: its deadlines, and TCP (or,
 /// in the pipeline tests, an in-memory network).
 pub(crate) struct Dialer<'a> {
