@@ -895,8 +895,7 @@ async fn attempts<'a, C: Waiting>(
         x.rehead(to, &mut head, &mut head_at);
         x.t.o.attempts += 1;
         let exchange = async {
-            let quiet = w.in_progress.get() <= crate::io::DIRECT_SEND_MAX;
-            match write_two_now(&mut up.io, head.clone(), first.clone(), quiet).await {
+            match write_two_now(&mut up.io, head.clone(), first.clone(), w.quiet()).await {
                 Ok(()) => response_head(x, client, &mut up).await,
                 Err(_) => Err(Failed::upstream_gone(true)),
             }
@@ -1312,12 +1311,7 @@ async fn send_response<W: AsyncWriteRent + crate::io::SendNow, R: AsyncReadRent>
     x.head_started = true;
     let sent = within(
         timers.at(answered + x.l.write_timeout),
-        write_two_now(
-            client,
-            out,
-            first,
-            x.w.in_progress.get() <= crate::io::DIRECT_SEND_MAX,
-        ),
+        write_two_now(client, out, first, x.w.quiet()),
     )
     .await;
     if !client_took(&mut x.t, sent, n) {

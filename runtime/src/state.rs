@@ -696,6 +696,13 @@ impl Worker {
         }
     }
 
+    /// Few requests are in progress ([`crate::io::DIRECT_SEND_MAX`] at
+    /// most): sends go straight to the socket ([`crate::io::write_two_now`]).
+    #[inline]
+    pub fn quiet(&self) -> bool {
+        self.in_progress.get() <= crate::io::DIRECT_SEND_MAX
+    }
+
     /// Lets the kept read buffers, field vectors and read cancellers go
     /// (the worker went quiet).
     pub fn clear_spares(&self) {
