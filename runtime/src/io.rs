@@ -61,7 +61,7 @@ pub(crate) trait Stream: AsyncReadRent + AsyncWriteRent + SendNow + Split + 'sta
     }
 }
 
-/// A stream that can send at once without the ring.
+/// Sending at once, without the ring, on the streams that can.
 pub(crate) trait SendNow {
     /// Sends what the socket takes at once of `bufs`, with a plain
     /// non-blocking `sendmsg` rather than a ring operation: a send that
@@ -261,7 +261,6 @@ pub(crate) async fn write_two<S: AsyncWriteRent>(stream: &mut S, head: Bytes, bo
             iov_len: body.len(),
         },
     ];
-    let total = head.len() + body.len();
     let pair = Box::new(Pair {
         bufs: [head, body],
         iov,
@@ -272,10 +271,12 @@ pub(crate) async fn write_two<S: AsyncWriteRent>(stream: &mut S, head: Bytes, bo
         Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
         Err(e) => return Err(e),
     };
-    if n == total {
-        return Ok(());
-    }
     let [head, body] = pair.bufs;
+    write_rest(stream, head, body, n).await
+}
+
+/// Writes what a write of the first `n` bytes of `head` then `body` left.
+async fn write_rest<S: AsyncWriteRent>(stream: &mut S, head: Bytes, body: Bytes, n: usize) -> io::Result<()> {
     if n < head.len() {
         write_one(stream, head.slice(n..)).await?;
         write_one(stream, body).await
@@ -325,12 +326,9 @@ pub(crate) async fn write_two_now<S: AsyncWriteRent + SendNow>(
         // epoll: monoio's write already tries the socket first.
         return write_two(stream, head, body).await;
     }
-    let total = head.len() + body.len();
     match stream.send_now([&head, &body]) {
         None => write_two(stream, head, body).await,
-        Some(Ok(n)) if n == total => Ok(()),
-        Some(Ok(n)) if n < head.len() => write_two(stream, head.slice(n..), body).await,
-        Some(Ok(n)) => write_one(stream, body.slice(n - head.len()..)).await,
+        Some(Ok(n)) => write_rest(stream, head, body, n).await,
         Some(Err(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
             write_two(stream, head, body).await
         }
