@@ -150,44 +150,42 @@ impl RequestHead {
 
 /// Removes a trailing `:port` from an authority (keeps IPv6 brackets intact).
 pub fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return match authority.find(']') {
+    // Byte searches: `:` and `]` are ASCII, so each cut is at a char
+    // boundary (and far cheaper than a `char` pattern on every request).
+    let b = authority.as_bytes();
+    if b.first() == Some(&b'[') {
+        return match b.iter().position(|&c| c == b']') {
             Some(end) => &authority[..=end],
             None => authority,
         };
     }
-    match authority.rfind(':') {
+    match b.iter().rposition(|&c| c == b':') {
         Some(i) => &authority[..i],
         None => authority,
     }
 }
 
+/// The bytes an authority may hold (RFC 3986 `host [ ":" port ]`: unreserved,
+/// sub-delims, `%`, `:` and the brackets of an IP literal), one flag per byte.
+const AUTHORITY_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let extra = b"-._~:[]%!$&'()*+,;=";
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric();
+        i += 1;
+    }
+    let mut j = 0;
+    while j < extra.len() {
+        t[extra[j] as usize] = true;
+        j += 1;
+    }
+    t
+};
+
 fn valid_authority(a: &[u8]) -> bool {
-    !a.is_empty()
-        && a.iter().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b':'
-                        | b'['
-                        | b']'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
-        })
+    !a.is_empty() && a.iter().all(|&b| AUTHORITY_BYTES[usize::from(b)])
 }
 
 /// Finds the end of the request line; `None` while it is incomplete.
@@ -562,5 +560,27 @@ mod tests {
         assert_eq!(h.host(), Some("api.example.com"));
         assert_eq!(h.path(), "/v1/x");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn ports_come_off_at_the_last_colon_outside_brackets() {
+        assert_eq!(strip_port("a.test:8080"), "a.test");
+        assert_eq!(strip_port("a.test"), "a.test");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("[::1"), "[::1");
+        assert_eq!(strip_port("ü.test:1"), "ü.test");
+        assert_eq!(strip_port(""), "");
+    }
+
+    #[test]
+    fn authority_bytes_are_those_rfc_3986_allows() {
+        for b in 0..=255u8 {
+            let allowed = b.is_ascii_alphanumeric() || b"-._~:[]%!$&'()*+,;=".contains(&b);
+            assert_eq!(valid_authority(&[b]), allowed, "byte {b:#04x}");
+        }
+        assert!(!valid_authority(b""));
+        assert!(valid_authority(b"[fe80::1%25eth0]:443"));
+        assert!(!valid_authority(b"a.test/x"));
+        assert!(!valid_authority(b"a b"));
     }
 }
