@@ -338,7 +338,6 @@ pub fn offers_only_h2c(value: &[u8]) -> bool {
 
 /// True when the header `h` must not be forwarded to the next hop: it is
 /// hop-by-hop by definition or named by a `Connection` field of the message.
-#[inline]
 pub fn is_hop_by_hop(base: &[u8], h: &HeaderRange, connection: &ConnectionOptions) -> bool {
     match h.kind {
         HeaderKind::Connection | HeaderKind::HopByHop | HeaderKind::Upgrade => true,
