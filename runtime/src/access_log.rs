@@ -7,13 +7,17 @@
 //! channel. When the channel is full the buffer is dropped and its lines
 //! counted (`access_log_dropped_lines_total` in `/metrics`). SIGUSR1 makes
 //! the writer reopen its files, for log rotation.
+//!
+//! Destinations are numbered in the order they were opened: at start, then
+//! by reloads that name new ones ([`Destinations`]). A generation carries
+//! the list it writes to, so a worker and the writer agree on the numbers.
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 use weft_core::access_log::{Entry, Format, Stamp};
@@ -62,10 +66,10 @@ pub(crate) struct WorkerLog {
     /// Taken at the worker's end ([`WorkerLog::close`]): the writer ends
     /// once every worker's side is gone.
     tx: RefCell<Option<Sender<Batch>>>,
-    /// The destinations, as opened at start.
-    paths: Vec<LogPath>,
-    /// Per destination: the lines buffered and how many.
-    buffers: Vec<RefCell<(Vec<u8>, u64)>>,
+    /// Per destination (numbered as the writer numbers them): the lines
+    /// buffered and how many. Grows when a generation names a destination
+    /// a reload opened.
+    buffers: RefCell<Vec<(Vec<u8>, u64)>>,
     /// Lines dropped because the writer could not keep up.
     dropped: Cell<u64>,
     /// Start times as text.
@@ -81,27 +85,33 @@ pub(crate) struct LogShape {
 
 impl WorkerLog {
     /// This worker's access logs, sending to the writer through `tx`.
-    pub fn new(config: &Config, tx: Sender<Batch>) -> Self {
-        let (paths, _) = sinks(config);
+    pub fn new(tx: Sender<Batch>) -> Self {
         WorkerLog {
             tx: RefCell::new(Some(tx)),
-            buffers: paths.iter().map(|_| RefCell::new((Vec::new(), 0))).collect(),
-            paths,
+            buffers: RefCell::new(Vec::new()),
             dropped: Cell::new(0),
             stamp: RefCell::new(Stamp::default()),
         }
     }
 
-    /// How `config` logs. A destination that was not opened at start is
-    /// not written to (a reload that names one is refused before this).
-    pub fn shape(&self, config: &Config) -> LogShape {
+    /// How `config` logs, writing to `paths` (the destinations opened for
+    /// its generation, numbered as the writer numbers them). A destination
+    /// missing from `paths` is not written to (a reload cannot name one:
+    /// it opens it first, or is refused).
+    pub fn shape(&self, config: &Config, paths: &[LogPath]) -> LogShape {
+        {
+            let mut buffers = self.buffers.borrow_mut();
+            if buffers.len() < paths.len() {
+                buffers.resize_with(paths.len(), Default::default);
+            }
+        }
         LogShape {
             listeners: config
                 .listeners
                 .iter()
                 .map(|l| {
                     let a = l.access_log.as_ref()?;
-                    let sink = self.paths.iter().position(|p| *p == a.path)?;
+                    let sink = paths.iter().position(|p| *p == a.path)?;
                     Some((a.format.clone(), sink))
                 })
                 .collect(),
@@ -174,7 +184,10 @@ impl WorkerLog {
                 .map(|c| c.name.as_str()),
         };
         let full = {
-            let mut b = self.buffers[*sink].borrow_mut();
+            let mut buffers = self.buffers.borrow_mut();
+            let Some(b) = buffers.get_mut(*sink) else {
+                return;
+            };
             format.write(&entry, &mut b.0);
             b.1 += 1;
             b.0.len() >= FLUSH_AT
@@ -186,14 +199,18 @@ impl WorkerLog {
 
     /// Hands every buffer with lines to the writer.
     pub fn flush(&self) {
-        for sink in 0..self.buffers.len() {
+        let count = self.buffers.borrow().len();
+        for sink in 0..count {
             self.hand_over(sink);
         }
     }
 
     fn hand_over(&self, sink: usize) {
         let (bytes, lines) = {
-            let mut b = self.buffers[sink].borrow_mut();
+            let mut buffers = self.buffers.borrow_mut();
+            let Some(b) = buffers.get_mut(sink) else {
+                return;
+            };
             if b.1 == 0 {
                 return;
             }
@@ -219,8 +236,8 @@ impl WorkerLog {
         let Some(tx) = self.tx.borrow_mut().take() else {
             return;
         };
-        for (sink, buffer) in self.buffers.iter().enumerate() {
-            let (bytes, lines) = std::mem::take(&mut *buffer.borrow_mut());
+        let buffers = std::mem::take(&mut *self.buffers.borrow_mut());
+        for (sink, (bytes, lines)) in buffers.into_iter().enumerate() {
             if lines > 0
                 && tx
                     .send_timeout(Batch { sink, bytes }, Duration::from_secs(1))
@@ -243,6 +260,8 @@ pub(crate) struct Writer {
     pub tx: Sender<Batch>,
     reopen: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    /// The destinations it writes to, and where reloads add new ones.
+    pub destinations: Arc<Destinations>,
 }
 
 impl Writer {
@@ -261,13 +280,77 @@ impl Writer {
 }
 
 /// A destination the writer holds open.
-enum Sink {
+pub(crate) enum Sink {
     Stdout,
     File(std::path::PathBuf, File),
 }
 
 fn open(path: &std::path::Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Opens `path` for the writer; the error names the file and the fix.
+fn open_sink(path: &LogPath) -> Result<Sink, String> {
+    match path {
+        LogPath::Stdout => Ok(Sink::Stdout),
+        LogPath::File(path) => open(path).map(|f| Sink::File(path.clone(), f)).map_err(|e| {
+            format!(
+                "cannot open the access log {}: {e} (check the directory exists and weft may write there)",
+                path.display()
+            )
+        }),
+    }
+}
+
+/// Every destination opened so far, numbered in order (at start, then by
+/// reloads), and the ones a reload opened that the writer has not taken
+/// yet. Shared by the writer thread and the reloads; never on a worker.
+pub(crate) struct Destinations {
+    paths: Mutex<Vec<LogPath>>,
+    waiting: Mutex<Vec<Sink>>,
+}
+
+/// Destinations a reload opened, added by [`Destinations::add`] once the
+/// reload can no longer fail.
+pub(crate) struct Opened {
+    /// Every destination, the new ones last: the list the new generation
+    /// writes to.
+    pub paths: Vec<LogPath>,
+    sinks: Vec<Sink>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Destinations {
+    /// The destinations opened so far, in the writer's numbering.
+    pub fn paths(&self) -> Vec<LogPath> {
+        locked(&self.paths).clone()
+    }
+
+    /// Opens the destinations `config` names that are not open yet (a
+    /// file is created if missing). Nothing is added until
+    /// [`Destinations::add`]; an error names the file that cannot be opened.
+    pub fn open_new(&self, config: &Config) -> Result<Opened, String> {
+        let mut paths = self.paths();
+        let mut sinks = Vec::new();
+        for p in self::sinks(config).0 {
+            if !paths.contains(&p) {
+                sinks.push(open_sink(&p)?);
+                paths.push(p);
+            }
+        }
+        Ok(Opened { paths, sinks })
+    }
+
+    /// Adds what [`Destinations::open_new`] opened: the writer takes the
+    /// new files before it writes a line of theirs.
+    pub fn add(&self, opened: Opened) {
+        let mut paths = locked(&self.paths);
+        locked(&self.waiting).extend(opened.sinks);
+        *paths = opened.paths;
+    }
 }
 
 /// Opens every access log file of `config` and starts the writer thread;
@@ -278,32 +361,28 @@ pub(crate) fn start(config: &Config) -> Result<Option<Writer>, String> {
     if paths.is_empty() {
         return Ok(None);
     }
-    let mut open_sinks = Vec::new();
-    for p in paths {
-        open_sinks.push(match p {
-            LogPath::Stdout => Sink::Stdout,
-            LogPath::File(path) => {
-                let f = open(&path).map_err(|e| {
-                    format!(
-                        "cannot open the access log {}: {e} (check the directory exists and weft may write there)",
-                        path.display()
-                    )
-                })?;
-                Sink::File(path, f)
-            }
-        });
-    }
+    let open_sinks = paths.iter().map(open_sink).collect::<Result<Vec<_>, _>>()?;
+    let destinations = Arc::new(Destinations {
+        paths: Mutex::new(paths),
+        waiting: Mutex::new(Vec::new()),
+    });
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
     let reopen = Arc::new(AtomicBool::new(false));
     let asked = reopen.clone();
+    let added = destinations.clone();
     let thread = std::thread::Builder::new()
         .name("weft-access-log".into())
-        .spawn(move || write_batches(rx, open_sinks, &asked))
+        .spawn(move || write_batches(rx, open_sinks, &asked, &added))
         .map_err(|e| format!("cannot start the access log thread: {e}"))?;
-    Ok(Some(Writer { tx, reopen, thread }))
+    Ok(Some(Writer {
+        tx,
+        reopen,
+        thread,
+        destinations,
+    }))
 }
 
-fn write_batches(rx: Receiver<Batch>, mut sinks: Vec<Sink>, reopen: &AtomicBool) {
+fn write_batches(rx: Receiver<Batch>, mut sinks: Vec<Sink>, reopen: &AtomicBool, added: &Destinations) {
     loop {
         let batch = rx.recv_timeout(Duration::from_millis(500));
         if reopen.swap(false, Ordering::SeqCst) {
@@ -321,6 +400,11 @@ fn write_batches(rx: Receiver<Batch>, mut sinks: Vec<Sink>, reopen: &AtomicBool)
         }
         match batch {
             Ok(b) => {
+                if b.sink >= sinks.len() {
+                    // A destination a reload opened: its lines come only
+                    // after the reload added it.
+                    sinks.append(&mut locked(&added.waiting));
+                }
                 let written = match sinks.get_mut(b.sink) {
                     Some(Sink::Stdout) => std::io::stdout().lock().write_all(&b.bytes),
                     Some(Sink::File(_, f)) => f.write_all(&b.bytes),

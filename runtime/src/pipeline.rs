@@ -63,6 +63,7 @@ impl Kit {
             cluster_tls: vec![None; config.clusters.len()],
             config,
             health,
+            log_paths: Vec::new(),
         };
         let mut w = Worker::new(&material, 7, Arc::new(WorkerCounters::default()), 1, None);
         w.net = Some(net.clone());

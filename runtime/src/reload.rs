@@ -16,9 +16,12 @@
 //! - certificates and keys are read again.
 //!
 //! Health checks start again on the new clusters (an endpoint keeps its
-//! standing). Access log files are opened at start: a reload may point a
-//! listener at one of them, or at none, but not at a new file.
+//! standing). An access log file a reload names is opened before anything
+//! changes (one that cannot be opened refuses the reload); files no longer
+//! named stay open until weft stops. A weft started without access logs
+//! has no writer for them: a reload cannot add the first one.
 
+use crate::access_log::Destinations;
 use crate::admin::{Mailbox, Reloaded};
 use crate::health::{self, HealthTable, Prober};
 use crate::shutdown::Shutdown;
@@ -27,7 +30,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use weft_core::{Config, LogPath};
+use weft_core::Config;
 
 /// Binds `count` sockets on `addr` ([`crate::server::bind_all`]); an
 /// address in use is tried again for up to [`BIND_WAIT`], so that a
@@ -73,8 +76,9 @@ struct Inner {
     mailboxes: Vec<Arc<Mailbox>>,
     /// The file reloads read, when weft was started from one.
     source: Mutex<Option<PathBuf>>,
-    /// The access log destinations opened at start.
-    log_paths: Vec<LogPath>,
+    /// The access log destinations and their writer (none when weft
+    /// started without access logs).
+    logs: Option<Arc<Destinations>>,
     /// weft's shutdown (health probers stop with it).
     shutdown: Shutdown,
 }
@@ -90,8 +94,8 @@ impl Reload {
         mailboxes: Vec<Arc<Mailbox>>,
         prober: Option<Prober>,
         shutdown: Shutdown,
+        logs: Option<Arc<Destinations>>,
     ) -> Self {
-        let (log_paths, _) = crate::access_log::sinks(&material.config);
         Reload {
             inner: Arc::new(Inner {
                 current: Mutex::new(material),
@@ -101,7 +105,7 @@ impl Reload {
                 failures: AtomicU64::new(0),
                 mailboxes,
                 source: Mutex::new(None),
-                log_paths,
+                logs,
                 shutdown,
             }),
         }
@@ -166,16 +170,15 @@ impl Reload {
                 "[runtime] and [admin] are set up at start; restart weft to apply this one"
             )));
         }
-        let (paths, _) = crate::access_log::sinks(&new);
-        if let Some(p) = paths.iter().find(|p| !self.inner.log_paths.contains(p)) {
-            return Err(self.refused(format!(
-                "access log {} was not open at start: access log files are opened at start; restart weft to log there",
-                match p {
-                    LogPath::Stdout => "-".to_string(),
-                    LogPath::File(f) => f.display().to_string(),
-                }
-            )));
-        }
+        let logs = match &self.inner.logs {
+            Some(d) => Some(d.open_new(&new).map_err(|e| self.refused(e))?),
+            None if !crate::access_log::sinks(&new).0.is_empty() => {
+                return Err(self.refused(
+                    "an access log is named, but weft started without any and its log writer starts only with weft; restart weft to add the first access log".to_string(),
+                ))
+            }
+            None => None,
+        };
         // Everything that can fail, before anything changes.
         let tls = crate::tls::load(&new).map_err(|e| self.refused(e))?;
         let cluster_tls = crate::tls::load_clusters(&new).map_err(|e| self.refused(e))?;
@@ -219,8 +222,12 @@ impl Reload {
             health,
             tls,
             cluster_tls,
+            log_paths: logs.as_ref().map(|o| o.paths.clone()).unwrap_or_default(),
         });
         // From here on the reload happens.
+        if let (Some(d), Some(opened)) = (&self.inner.logs, logs) {
+            d.add(opened);
+        }
         if let Some(old) = std::mem::replace(prober, next_prober) {
             old.stop();
         }

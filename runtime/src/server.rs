@@ -337,6 +337,10 @@ impl Server {
             health: health.clone(),
             tls,
             cluster_tls,
+            log_paths: log_writer
+                .as_ref()
+                .map(|w| w.destinations.paths())
+                .unwrap_or_default(),
         });
         let mut mailboxes = Vec::new();
         let mut workers = Vec::new();
@@ -373,7 +377,7 @@ impl Server {
                         pin_to_core(core);
                     }
                     let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9) ^ std::process::id() as u64;
-                    let log = log_tx.map(|tx| WorkerLog::new(&material.config, tx));
+                    let log = log_tx.map(WorkerLog::new);
                     let worker = Worker::new(&material, seed, mine_counters, count, log);
                     let mut worker = worker;
                     match driver {
@@ -431,7 +435,15 @@ impl Server {
             Ok(prober) => prober,
             Err(e) => return abort(workers, &shutdown, StartError::HealthChecks(e)),
         };
-        let reload = Reload::new(material, addrs, mailboxes.clone(), prober, shutdown.clone());
+        let destinations = log_writer.as_ref().map(|w| w.destinations.clone());
+        let reload = Reload::new(
+            material,
+            addrs,
+            mailboxes.clone(),
+            prober,
+            shutdown.clone(),
+            destinations,
+        );
         let (dns_stop, stopped) = mpsc::channel();
         let dns = match crate::dns::start(reload.clone(), resolver, stopped) {
             Ok(thread) => Some((dns_stop, thread)),

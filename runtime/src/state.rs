@@ -228,6 +228,9 @@ pub(crate) struct Material {
     pub tls: Vec<Option<crate::tls::TlsMaterial>>,
     /// Per cluster: its TLS material, for a TLS one.
     pub cluster_tls: Vec<Option<crate::tls::ClientMaterial>>,
+    /// The access log destinations open for this configuration, numbered
+    /// as the writer numbers them (empty without access logs).
+    pub log_paths: Vec<weft_core::LogPath>,
 }
 
 impl Generation {
@@ -376,7 +379,7 @@ impl Generation {
             tls,
             health: m.health.clone(),
             rate_limits,
-            log: log.map(|l| l.shape(&m.config)),
+            log: log.map(|l| l.shape(&m.config, &m.log_paths)),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Access logs end to end: a JSON line per request with the fields of the
 //! outcome record and of the request, the default text line, reopening
-//! after rotation, and a log that cannot be opened.
+//! after rotation, a log that cannot be opened, and new files on reload.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -162,10 +162,94 @@ fn the_text_line_and_reopening_after_rotation() {
     weft.shutdown();
 }
 
+/// A reload that names a new access log file opens it, and the lines of
+/// requests after it go there; the old file keeps what it had. A file that
+/// cannot be opened refuses the reload and changes nothing. The new file
+/// is reopened after rotation as the first one is.
+fn a_reload_logs_to_a_new_file() {
+    let up = Upstream::echo("up");
+    let d = scratch_dir("access-log");
+    let first = d.join("first.log");
+    let second = d.join("second.log");
+    let logging_to = |file: &PathBuf| {
+        let text = config(up.addr, &format!("{{ path = \"{}\" }}", file.display()));
+        weft::load::parse(&text).expect("a valid configuration")
+    };
+    let weft = start(&config(up.addr, &format!("{{ path = \"{}\" }}", first.display())));
+    let addr = weft.addr("in").expect("listener");
+    let reload = weft.reload_handle();
+    assert_eq!(get(addr, "/ok/one").status, 200);
+    lines(&first, 1);
+
+    let missing = d.join("no/such/dir/access.log");
+    let why = reload
+        .apply(logging_to(&missing))
+        .expect_err("a log that cannot be opened refuses the reload");
+    assert!(
+        why.contains("cannot open the access log")
+            && why.contains("no/such/dir")
+            && why.contains("generation 1"),
+        "{why}"
+    );
+    assert_eq!(get(addr, "/ok/two").status, 200);
+    assert!(
+        lines(&first, 2)[1].contains("/ok/two"),
+        "the first file still logs"
+    );
+
+    assert_eq!(reload.apply(logging_to(&second)).expect("the reload"), 2);
+    assert_eq!(get(addr, "/ok/three").status, 200);
+    let got = lines(&second, 1);
+    assert!(got[0].contains("\"GET /ok/three HTTP/1.1\" 200"), "{}", got[0]);
+    let old = std::fs::read_to_string(&first).expect("the first file");
+    assert!(
+        old.contains("/ok/two") && !old.contains("/ok/three"),
+        "the first file keeps its lines and gets no new ones:\n{old}"
+    );
+
+    let rotated = d.join("second.log.1");
+    std::fs::rename(&second, &rotated).expect("rotated");
+    weft.reopen_logs().fire();
+    let reopened = eventually(Duration::from_secs(5), || {
+        assert_eq!(get(addr, "/ok/four").status, 200);
+        std::fs::read_to_string(&second).is_ok_and(|t| t.contains("/ok/four"))
+    });
+    assert!(reopened, "nothing written to a new {}", second.display());
+    weft.shutdown();
+}
+
 on_both_drivers!(
     a_json_line_per_request,
-    the_text_line_and_reopening_after_rotation
+    the_text_line_and_reopening_after_rotation,
+    a_reload_logs_to_a_new_file
 );
+
+/// weft started without access logs has no writer for them: a reload that
+/// names one is refused, saying to restart, and changes nothing.
+#[test]
+fn the_first_access_log_needs_a_restart() {
+    let up = Upstream::echo("up");
+    let file = scratch_dir("access-log").join("access.log");
+    let with_log = config(up.addr, &format!("{{ path = \"{}\" }}", file.display()));
+    let without = with_log
+        .lines()
+        .filter(|l| !l.starts_with("access_log"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let weft = start(&without);
+    let addr = weft.addr("in").expect("listener");
+    let why = weft
+        .reload_handle()
+        .apply(weft::load::parse(&with_log).expect("a valid configuration"))
+        .expect_err("refused");
+    assert!(
+        why.contains("started without") && why.contains("restart"),
+        "{why}"
+    );
+    assert_eq!(get(addr, "/ok/x").status, 200);
+    assert!(!file.exists(), "no file is created for a refused reload");
+    weft.shutdown();
+}
 
 /// A log in a directory that does not exist fails the start, naming it.
 #[test]
