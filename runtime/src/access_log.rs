@@ -9,7 +9,7 @@
 //! the writer reopen its files, for log rotation.
 //!
 //! Destinations are numbered in the order they were opened: at start, then
-//! by reloads that name new ones ([`Destinations`]). A generation carries
+//! by reloads that name new ones ([`AccessLogs`]). A generation carries
 //! the list it writes to, so a worker and the writer agree on the numbers.
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -254,31 +254,6 @@ impl WorkerLog {
     }
 }
 
-/// The writer thread: its channel's sending side (one clone per worker)
-/// and what asks it to reopen its files.
-pub(crate) struct Writer {
-    pub tx: Sender<Batch>,
-    reopen: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-    /// The destinations it writes to, and where reloads add new ones.
-    pub destinations: Arc<Destinations>,
-}
-
-impl Writer {
-    /// The flag that asks the writer to reopen its files (after log
-    /// rotation moved them).
-    pub fn reopen_flag(&self) -> Arc<AtomicBool> {
-        self.reopen.clone()
-    }
-
-    /// Waits until every line handed over is written (once every worker,
-    /// and with it every sending side, is gone).
-    pub fn join(self) {
-        drop(self.tx);
-        let _ = self.thread.join();
-    }
-}
-
 /// A destination the writer holds open.
 pub(crate) enum Sink {
     Stdout,
@@ -302,15 +277,22 @@ fn open_sink(path: &LogPath) -> Result<Sink, String> {
     }
 }
 
-/// Every destination opened so far, numbered in order (at start, then by
-/// reloads), and the ones a reload opened that the writer has not taken
-/// yet. Shared by the writer thread and the reloads; never on a worker.
-pub(crate) struct Destinations {
+/// The access logs of a running weft, shared by its start, its reloads and
+/// the writer thread (never on a worker's request path): every destination
+/// opened so far, numbered in the order they were opened; those a reload
+/// opened that the writer has not taken yet; the writer thread, started
+/// with the first destination (at start, or by the reload that names the
+/// first one); and the flag that asks it to reopen its files.
+pub(crate) struct AccessLogs {
     paths: Mutex<Vec<LogPath>>,
-    waiting: Mutex<Vec<Sink>>,
+    /// Shared with the writer thread (as is `reopen`); the thread holds
+    /// nothing else of this, so it ends once every sending side is gone.
+    waiting: Arc<Mutex<Vec<Sink>>>,
+    writer: Mutex<Option<(Sender<Batch>, JoinHandle<()>)>>,
+    reopen: Arc<AtomicBool>,
 }
 
-/// Destinations a reload opened, added by [`Destinations::add`] once the
+/// Destinations a reload opened, added by [`AccessLogs::add`] once the
 /// reload can no longer fail.
 pub(crate) struct Opened {
     /// Every destination, the new ones last: the list the new generation
@@ -323,7 +305,34 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Destinations {
+impl AccessLogs {
+    /// Opens every access log file of `config` and starts the writer
+    /// thread when there is one. A file that cannot be opened fails the
+    /// start, naming it.
+    pub fn start(config: &Config) -> Result<Arc<AccessLogs>, String> {
+        let logs = Arc::new(AccessLogs {
+            paths: Mutex::new(Vec::new()),
+            waiting: Arc::new(Mutex::new(Vec::new())),
+            writer: Mutex::new(None),
+            reopen: Arc::new(AtomicBool::new(false)),
+        });
+        let opened = logs.open_new(config)?;
+        logs.add(opened)?;
+        Ok(logs)
+    }
+
+    /// The flag that asks the writer to reopen its files (after log
+    /// rotation moved them).
+    pub fn reopen_flag(&self) -> Arc<AtomicBool> {
+        self.reopen.clone()
+    }
+
+    /// Where a worker hands its lines over; none before the first
+    /// destination.
+    pub fn sender(&self) -> Option<Sender<Batch>> {
+        locked(&self.writer).as_ref().map(|(tx, _)| tx.clone())
+    }
+
     /// The destinations opened so far, in the writer's numbering.
     pub fn paths(&self) -> Vec<LogPath> {
         locked(&self.paths).clone()
@@ -331,7 +340,7 @@ impl Destinations {
 
     /// Opens the destinations `config` names that are not open yet (a
     /// file is created if missing). Nothing is added until
-    /// [`Destinations::add`]; an error names the file that cannot be opened.
+    /// [`AccessLogs::add`]; an error names the file that cannot be opened.
     pub fn open_new(&self, config: &Config) -> Result<Opened, String> {
         let mut paths = self.paths();
         let mut sinks = Vec::new();
@@ -344,45 +353,42 @@ impl Destinations {
         Ok(Opened { paths, sinks })
     }
 
-    /// Adds what [`Destinations::open_new`] opened: the writer takes the
-    /// new files before it writes a line of theirs.
-    pub fn add(&self, opened: Opened) {
+    /// Adds what [`AccessLogs::open_new`] opened: a running writer takes
+    /// the new files before it writes a line of theirs; the first ones
+    /// start it. Fails only when the writer thread cannot start.
+    pub fn add(&self, opened: Opened) -> Result<(), String> {
+        if opened.sinks.is_empty() {
+            return Ok(());
+        }
+        let mut writer = locked(&self.writer);
         let mut paths = locked(&self.paths);
-        locked(&self.waiting).extend(opened.sinks);
+        if writer.is_some() {
+            locked(&self.waiting).extend(opened.sinks);
+        } else {
+            let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+            let (sinks, reopen, waiting) = (opened.sinks, self.reopen.clone(), self.waiting.clone());
+            let thread = std::thread::Builder::new()
+                .name("weft-access-log".into())
+                .spawn(move || write_batches(rx, sinks, &reopen, &waiting))
+                .map_err(|e| format!("cannot start the access log thread: {e}"))?;
+            *writer = Some((tx, thread));
+        }
         *paths = opened.paths;
+        Ok(())
+    }
+
+    /// Waits until every line handed over is written (once every worker,
+    /// and with it every other sending side, is gone).
+    pub fn join(&self) {
+        let taken = locked(&self.writer).take();
+        if let Some((tx, thread)) = taken {
+            drop(tx);
+            let _ = thread.join();
+        }
     }
 }
 
-/// Opens every access log file of `config` and starts the writer thread;
-/// `None` when no listener logs. A file that cannot be opened fails the
-/// start, naming it.
-pub(crate) fn start(config: &Config) -> Result<Option<Writer>, String> {
-    let (paths, _) = sinks(config);
-    if paths.is_empty() {
-        return Ok(None);
-    }
-    let open_sinks = paths.iter().map(open_sink).collect::<Result<Vec<_>, _>>()?;
-    let destinations = Arc::new(Destinations {
-        paths: Mutex::new(paths),
-        waiting: Mutex::new(Vec::new()),
-    });
-    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-    let reopen = Arc::new(AtomicBool::new(false));
-    let asked = reopen.clone();
-    let added = destinations.clone();
-    let thread = std::thread::Builder::new()
-        .name("weft-access-log".into())
-        .spawn(move || write_batches(rx, open_sinks, &asked, &added))
-        .map_err(|e| format!("cannot start the access log thread: {e}"))?;
-    Ok(Some(Writer {
-        tx,
-        reopen,
-        thread,
-        destinations,
-    }))
-}
-
-fn write_batches(rx: Receiver<Batch>, mut sinks: Vec<Sink>, reopen: &AtomicBool, added: &Destinations) {
+fn write_batches(rx: Receiver<Batch>, mut sinks: Vec<Sink>, reopen: &AtomicBool, waiting: &Mutex<Vec<Sink>>) {
     loop {
         let batch = rx.recv_timeout(Duration::from_millis(500));
         if reopen.swap(false, Ordering::SeqCst) {
@@ -403,7 +409,7 @@ fn write_batches(rx: Receiver<Batch>, mut sinks: Vec<Sink>, reopen: &AtomicBool,
                 if b.sink >= sinks.len() {
                     // A destination a reload opened: its lines come only
                     // after the reload added it.
-                    sinks.append(&mut locked(&added.waiting));
+                    sinks.append(&mut locked(waiting));
                 }
                 let written = match sinks.get_mut(b.sink) {
                     Some(Sink::Stdout) => std::io::stdout().lock().write_all(&b.bytes),

@@ -78,7 +78,7 @@ fn snapshot(w: &Worker) -> WorkerSnapshot {
     WorkerSnapshot {
         config: gen.config.clone(),
         metrics,
-        log_dropped: w.access_log.as_ref().map_or(0, |l| l.dropped()),
+        log_dropped: w.access_log.get().map_or(0, |l| l.dropped()),
         connections: gen
             .listeners
             .iter()
@@ -198,6 +198,9 @@ pub(crate) struct Reloaded {
     pub sockets: Vec<(usize, std::net::TcpListener)>,
     /// Told once the worker runs the new configuration.
     pub done: mpsc::Sender<()>,
+    /// Where access log lines go, once any listener has logged: a worker
+    /// without access logs yet starts handing lines over.
+    pub log_tx: Option<crossbeam_channel::Sender<crate::access_log::Batch>>,
 }
 
 /// A worker's task that takes its letters, for as long as the worker
@@ -207,6 +210,9 @@ pub(crate) async fn answer_mail(w: Rc<Worker>, mailbox: Arc<Mailbox>) {
     loop {
         let (reloads, asks) = mailbox.next().await;
         for r in reloads {
+            if let Some(tx) = r.log_tx {
+                crate::worker::log_to(&w, tx);
+            }
             w.install(&r.material);
             let gen = w.generation();
             for (li, socket) in r.sockets {

@@ -239,7 +239,7 @@ impl<'a> Ctx<'a> {
     fn aim(&mut self, to: &Upstream<'a>) {
         self.t.o.endpoint = Some(to.ep.addr);
         self.t.o.target = Some((to.c, to.i));
-        if self.t.o.sent_at.is_none() && (self.w.metrics.is_some() || self.w.access_log.is_some()) {
+        if self.t.o.sent_at.is_none() && (self.w.metrics.is_some() || self.w.access_log.get().is_some()) {
             self.t.o.sent_at = Some(Instant::now());
         }
         self.in_flight = Some(Counted::new(&to.ep.in_flight));

@@ -18,10 +18,10 @@
 //! Health checks start again on the new clusters (an endpoint keeps its
 //! standing). An access log file a reload names is opened before anything
 //! changes (one that cannot be opened refuses the reload); files no longer
-//! named stay open until weft stops. A weft started without access logs
-//! has no writer for them: a reload cannot add the first one.
+//! named stay open until weft stops. The first one starts the writer
+//! thread, and workers start handing lines over.
 
-use crate::access_log::Destinations;
+use crate::access_log::AccessLogs;
 use crate::admin::{Mailbox, Reloaded};
 use crate::health::{self, HealthTable, Prober};
 use crate::shutdown::Shutdown;
@@ -76,9 +76,8 @@ struct Inner {
     mailboxes: Vec<Arc<Mailbox>>,
     /// The file reloads read, when weft was started from one.
     source: Mutex<Option<PathBuf>>,
-    /// The access log destinations and their writer (none when weft
-    /// started without access logs).
-    logs: Option<Arc<Destinations>>,
+    /// The access log destinations and their writer.
+    logs: Arc<AccessLogs>,
     /// weft's shutdown (health probers stop with it).
     shutdown: Shutdown,
 }
@@ -94,7 +93,7 @@ impl Reload {
         mailboxes: Vec<Arc<Mailbox>>,
         prober: Option<Prober>,
         shutdown: Shutdown,
-        logs: Option<Arc<Destinations>>,
+        logs: Arc<AccessLogs>,
     ) -> Self {
         Reload {
             inner: Arc::new(Inner {
@@ -170,15 +169,7 @@ impl Reload {
                 "[runtime] and [admin] are set up at start; restart weft to apply this one"
             )));
         }
-        let logs = match &self.inner.logs {
-            Some(d) => Some(d.open_new(&new).map_err(|e| self.refused(e))?),
-            None if !crate::access_log::sinks(&new).0.is_empty() => {
-                return Err(self.refused(
-                    "an access log is named, but weft started without any and its log writer starts only with weft; restart weft to add the first access log".to_string(),
-                ))
-            }
-            None => None,
-        };
+        let logs = self.inner.logs.open_new(&new).map_err(|e| self.refused(e))?;
         // Everything that can fail, before anything changes.
         let tls = crate::tls::load(&new).map_err(|e| self.refused(e))?;
         let cluster_tls = crate::tls::load_clusters(&new).map_err(|e| self.refused(e))?;
@@ -222,12 +213,14 @@ impl Reload {
             health,
             tls,
             cluster_tls,
-            log_paths: logs.as_ref().map(|o| o.paths.clone()).unwrap_or_default(),
+            log_paths: logs.paths.clone(),
         });
-        // From here on the reload happens.
-        if let (Some(d), Some(opened)) = (&self.inner.logs, logs) {
-            d.add(opened);
+        // From here on the reload happens. (A writer thread that cannot
+        // start leaves the new files unwritten, and says so.)
+        if let Err(e) = self.inner.logs.add(logs) {
+            tracing::error!("reload: {e}; access log lines are not written");
         }
+        let log_tx = self.inner.logs.sender();
         if let Some(old) = std::mem::replace(prober, next_prober) {
             old.stop();
         }
@@ -240,6 +233,7 @@ impl Reload {
                 material: material.clone(),
                 sockets,
                 done: done.clone(),
+                log_tx: log_tx.clone(),
             });
         }
         drop(done);

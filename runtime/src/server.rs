@@ -1,6 +1,6 @@
 //! Starting and stopping the workers.
 
-use crate::access_log::{self, WorkerLog};
+use crate::access_log::{AccessLogs, WorkerLog};
 use crate::admin::{self, Admin, AdminThread, Mailbox};
 pub use crate::counters::WorkerCounters;
 use crate::health::{self, HealthTable};
@@ -132,7 +132,7 @@ pub struct Server {
     io: IoSetup,
     counters: Vec<Arc<WorkerCounters>>,
     admin: Option<AdminThread>,
-    access_log: Option<access_log::Writer>,
+    access_log: Arc<AccessLogs>,
     reload: Reload,
     /// The thread that resolves endpoint host names again, and what ends it.
     dns: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
@@ -141,14 +141,12 @@ pub struct Server {
 /// Asks the access log writer to reopen its files (SIGUSR1, after log
 /// rotation moved them).
 #[derive(Clone)]
-pub struct ReopenLogs(Option<Arc<AtomicBool>>);
+pub struct ReopenLogs(Arc<AtomicBool>);
 
 impl ReopenLogs {
     /// Reopens the files before the next write (nothing without access logs).
     pub fn fire(&self) {
-        if let Some(flag) = &self.0 {
-            flag.store(true, Ordering::SeqCst);
-        }
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 
@@ -328,8 +326,8 @@ impl Server {
             })?),
             None => None,
         };
-        let log_writer = access_log::start(&config).map_err(StartError::AccessLog)?;
-        let log_tx = log_writer.as_ref().map(|w| w.tx.clone());
+        let logs = AccessLogs::start(&config).map_err(StartError::AccessLog)?;
+        let log_tx = logs.sender();
         let shutdown = Shutdown::new();
         let health = Arc::new(HealthTable::new(&config));
         let material = Arc::new(Material {
@@ -337,10 +335,7 @@ impl Server {
             health: health.clone(),
             tls,
             cluster_tls,
-            log_paths: log_writer
-                .as_ref()
-                .map(|w| w.destinations.paths())
-                .unwrap_or_default(),
+            log_paths: logs.paths(),
         });
         let mut mailboxes = Vec::new();
         let mut workers = Vec::new();
@@ -435,14 +430,13 @@ impl Server {
             Ok(prober) => prober,
             Err(e) => return abort(workers, &shutdown, StartError::HealthChecks(e)),
         };
-        let destinations = log_writer.as_ref().map(|w| w.destinations.clone());
         let reload = Reload::new(
             material,
             addrs,
             mailboxes.clone(),
             prober,
             shutdown.clone(),
-            destinations,
+            logs.clone(),
         );
         let (dns_stop, stopped) = mpsc::channel();
         let dns = match crate::dns::start(reload.clone(), resolver, stopped) {
@@ -484,7 +478,7 @@ impl Server {
             io,
             counters,
             admin,
-            access_log: log_writer,
+            access_log: logs,
             reload,
             dns,
         })
@@ -512,7 +506,7 @@ impl Server {
 
     /// What makes the access log writer reopen its files.
     pub fn reopen_logs(&self) -> ReopenLogs {
-        ReopenLogs(self.access_log.as_ref().map(access_log::Writer::reopen_flag))
+        ReopenLogs(self.access_log.reopen_flag())
     }
 
     /// The address the admin listener answers on, when there is one.
@@ -557,8 +551,6 @@ impl Server {
             admin.stop();
         }
         // Every worker handed its last lines over: write them.
-        if let Some(writer) = self.access_log {
-            writer.join();
-        }
+        self.access_log.join();
     }
 }

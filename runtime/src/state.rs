@@ -411,8 +411,9 @@ pub(crate) struct Worker {
     /// This worker's request metrics, kept when there is an admin listener
     /// to read them (shaped by the newest generation's configuration).
     pub metrics: Option<RefCell<Metrics>>,
-    /// This worker's side of the access logs, when a listener has one.
-    pub access_log: Option<crate::access_log::WorkerLog>,
+    /// This worker's side of the access logs, once a listener has one (at
+    /// start, or from the reload that names the first).
+    pub access_log: std::cell::OnceCell<crate::access_log::WorkerLog>,
     /// Deadlines of this worker's waits.
     pub timers: Rc<Timers>,
     /// Polling instead of sleeping after activity (`runtime.idle_poll`),
@@ -639,7 +640,7 @@ impl Worker {
             draining: Cell::new(false),
             counters,
             metrics,
-            access_log,
+            access_log: access_log.map(std::cell::OnceCell::from).unwrap_or_default(),
             timers: Rc::new(Timers::default()),
             idle_poll,
             hot_reads: Cell::new(0),
@@ -836,7 +837,7 @@ impl Worker {
             m,
             self.workers,
             Some(&old),
-            self.access_log.as_ref(),
+            self.access_log.get(),
         ));
         if let Some(metrics) = &self.metrics {
             metrics.borrow_mut().reshape(&old.config, &next.config);
@@ -1053,7 +1054,7 @@ impl Drop for Tracker<'_> {
         self.w.last_end.set(self.o.end_at);
         self.w.in_progress.set(self.w.in_progress.get().saturating_sub(1));
         self.w.record(&self.o, self.gen);
-        if let Some(log) = &self.w.access_log {
+        if let Some(log) = self.w.access_log.get() {
             let id = self.request_id.as_ref().map(|id| &id[..]);
             if let Some(shape) = &self.gen.log {
                 log.write((&self.gen.config, shape), &self.o, self.req, self.peer, id);

@@ -108,7 +108,7 @@ pub(crate) async fn run(
         monoio::spawn(crate::spin::run(worker.clone()));
     }
     monoio::spawn(return_memory(worker.clone()));
-    if worker.access_log.is_some() {
+    if worker.access_log.get().is_some() {
         monoio::spawn(flush_access_log(worker.clone()));
     }
     let w = worker.clone();
@@ -209,7 +209,7 @@ struct AtEnd<'a> {
 impl Drop for AtEnd<'_> {
     fn drop(&mut self) {
         self.mailbox.close();
-        if let Some(log) = &self.worker.access_log {
+        if let Some(log) = self.worker.access_log.get() {
             log.close();
         }
     }
@@ -220,9 +220,21 @@ impl Drop for AtEnd<'_> {
 async fn flush_access_log(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(crate::access_log::FLUSH_EVERY).await;
-        if let Some(log) = &worker.access_log {
+        if let Some(log) = worker.access_log.get() {
             log.flush();
         }
+    }
+}
+
+/// Starts handing access log lines to the writer through `tx`, when the
+/// worker does not yet (a reload named the first access log).
+pub(crate) fn log_to(worker: &Rc<Worker>, tx: crossbeam_channel::Sender<crate::access_log::Batch>) {
+    if worker
+        .access_log
+        .set(crate::access_log::WorkerLog::new(tx))
+        .is_ok()
+    {
+        monoio::spawn(flush_access_log(worker.clone()));
     }
 }
 
