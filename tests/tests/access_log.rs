@@ -218,11 +218,88 @@ fn a_reload_logs_to_a_new_file() {
     weft.shutdown();
 }
 
+/// Reloads that move the log between two files while keep-alive clients
+/// keep sending lose no line and write none twice: every request is in
+/// exactly one of the files.
+fn moving_the_log_under_load_loses_no_line() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let up = Upstream::echo("up");
+    let d = scratch_dir("access-log");
+    let files = [d.join("a.log"), d.join("b.log")];
+    let logging_to = |file: &PathBuf| {
+        let text = config(up.addr, &format!("{{ path = \"{}\" }}", file.display()));
+        weft::load::parse(&text).expect("a valid configuration")
+    };
+    let weft = start(&config(
+        up.addr,
+        &format!("{{ path = \"{}\" }}", files[0].display()),
+    ));
+    let addr = weft.addr("in").expect("listener");
+    let (done, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let load: Vec<_> = (0..4)
+        .map(|c| {
+            let (done, stop) = (done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    assert_eq!(client.get(&format!("/ok/{c}/{i}"), "").status, 200);
+                    done.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let reload = weft.reload_handle();
+    for n in 1..=6 {
+        // Some requests between reloads, so that both files get lines.
+        let before = done.load(Ordering::SeqCst);
+        let moved_on = eventually(Duration::from_secs(5), || {
+            done.load(Ordering::SeqCst) >= before + 20
+        });
+        assert!(moved_on, "the clients stalled before reload {n}");
+        reload.apply(logging_to(&files[n % 2])).expect("the reload");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.join().expect("a client thread");
+    }
+    let total = done.load(Ordering::SeqCst);
+    let paths_in = |f: &PathBuf| -> Vec<String> {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("/ok/"))
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    let all = eventually(Duration::from_secs(5), || {
+        paths_in(&files[0]).len() + paths_in(&files[1]).len() >= total
+    });
+    let (a, b) = (paths_in(&files[0]), paths_in(&files[1]));
+    assert!(
+        all && a.len() + b.len() == total && !a.is_empty() && !b.is_empty(),
+        "{} + {} lines for {total} requests",
+        a.len(),
+        b.len()
+    );
+    let mut seen = [a, b].concat();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), total, "each request once");
+    weft.shutdown();
+}
+
 on_both_drivers!(
     a_json_line_per_request,
     the_text_line_and_reopening_after_rotation,
     a_reload_logs_to_a_new_file,
-    the_first_access_log_comes_with_a_reload
+    the_first_access_log_comes_with_a_reload,
+    moving_the_log_under_load_loses_no_line
 );
 
 /// weft started without access logs starts logging with the reload that
