@@ -50,6 +50,13 @@ endpoints = [\"{up}\"]
     )
 }
 
+/// [`config`] logging to `file` in the default format, parsed (what a
+/// reload applies).
+fn logging_to(up: std::net::SocketAddr, file: &std::path::Path) -> weft::Config {
+    let text = config(up, &format!("{{ path = \"{}\" }}", file.display()));
+    weft::load::parse(&text).expect("a valid configuration")
+}
+
 /// Each JSON line is an object Python's own parser reads, with what the
 /// request and its outcome say.
 fn a_json_line_per_request() {
@@ -171,10 +178,6 @@ fn a_reload_logs_to_a_new_file() {
     let d = scratch_dir("access-log");
     let first = d.join("first.log");
     let second = d.join("second.log");
-    let logging_to = |file: &PathBuf| {
-        let text = config(up.addr, &format!("{{ path = \"{}\" }}", file.display()));
-        weft::load::parse(&text).expect("a valid configuration")
-    };
     let weft = start(&config(up.addr, &format!("{{ path = \"{}\" }}", first.display())));
     let addr = weft.addr("in").expect("listener");
     let reload = weft.reload_handle();
@@ -183,7 +186,7 @@ fn a_reload_logs_to_a_new_file() {
 
     let missing = d.join("no/such/dir/access.log");
     let why = reload
-        .apply(logging_to(&missing))
+        .apply(logging_to(up.addr, &missing))
         .expect_err("a log that cannot be opened refuses the reload");
     assert!(
         why.contains("cannot open the access log")
@@ -197,7 +200,7 @@ fn a_reload_logs_to_a_new_file() {
         "the first file still logs"
     );
 
-    assert_eq!(reload.apply(logging_to(&second)).expect("the reload"), 2);
+    assert_eq!(reload.apply(logging_to(up.addr, &second)).expect("the reload"), 2);
     assert_eq!(get(addr, "/ok/three").status, 200);
     let got = lines(&second, 1);
     assert!(got[0].contains("\"GET /ok/three HTTP/1.1\" 200"), "{}", got[0]);
@@ -227,10 +230,6 @@ fn moving_the_log_under_load_loses_no_line() {
     let up = Upstream::echo("up");
     let d = scratch_dir("access-log");
     let files = [d.join("a.log"), d.join("b.log")];
-    let logging_to = |file: &PathBuf| {
-        let text = config(up.addr, &format!("{{ path = \"{}\" }}", file.display()));
-        weft::load::parse(&text).expect("a valid configuration")
-    };
     let weft = start(&config(
         up.addr,
         &format!("{{ path = \"{}\" }}", files[0].display()),
@@ -259,7 +258,9 @@ fn moving_the_log_under_load_loses_no_line() {
             done.load(Ordering::SeqCst) >= before + 20
         });
         assert!(moved_on, "the clients stalled before reload {n}");
-        reload.apply(logging_to(&files[n % 2])).expect("the reload");
+        reload
+            .apply(logging_to(up.addr, &files[n % 2]))
+            .expect("the reload");
     }
     stop.store(true, Ordering::SeqCst);
     for t in load {
