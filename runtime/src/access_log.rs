@@ -255,7 +255,7 @@ impl WorkerLog {
 }
 
 /// A destination the writer holds open.
-pub(crate) enum Sink {
+enum Sink {
     Stdout,
     File(std::path::PathBuf, File),
 }

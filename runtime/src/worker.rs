@@ -229,11 +229,8 @@ async fn flush_access_log(worker: Rc<Worker>) {
 /// Starts handing access log lines to the writer through `tx`, when the
 /// worker does not yet (a reload named the first access log).
 pub(crate) fn log_to(worker: &Rc<Worker>, tx: crossbeam_channel::Sender<crate::access_log::Batch>) {
-    if worker
-        .access_log
-        .set(crate::access_log::WorkerLog::new(tx))
-        .is_ok()
-    {
+    if worker.access_log.get().is_none() {
+        let _ = worker.access_log.set(crate::access_log::WorkerLog::new(tx));
         monoio::spawn(flush_access_log(worker.clone()));
     }
 }
